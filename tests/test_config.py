@@ -1,0 +1,64 @@
+"""Config schema: shipped configs validate; bad keys and values give one line naming the key."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from posesplat.config import Config, ConfigError, load_config, make_config
+
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.json"))
+
+
+def test_shipped_configs_validate():
+    assert len(CONFIGS) >= 6
+    for path in CONFIGS:
+        cfg = load_config(path)
+        assert cfg.gaussian_mode in ("3d", "2d", "2d_screen")
+    debug = load_config("configs/2d_3d_comparison_3d_debug.json")
+    assert (debug.grid_size, debug.max_frames, debug.epochs) == (48, 30, 10)
+    short = load_config("configs/2d_3d_comparison_2d_short.json")
+    assert (short.grid_size, short.max_frames, short.epochs) == (48, 100, 50)
+    assert load_config("configs/2d_3d_comparison_3d_paper.json").grid_size == 112
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'grid_sise' \(did you mean 'grid_size'\?\)"):
+        make_config({"grid_sise": 32})
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"grid_size": "big"}, "grid_size"),
+        ({"grid_size": 4}, "grid_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"gaussian_mode": "4d"}, "gaussian_mode"),
+        ({"image_downsample": 0}, "image_downsample"),
+    ],
+)
+def test_bad_values_name_the_key(values, key):
+    with pytest.raises(ConfigError) as err:
+        make_config(values, "my.json")
+    msg = str(err.value)
+    assert msg.startswith("my.json: key '" + key + "'") and "\n" not in msg
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="min_n"):
+        make_config({"min_n": 10, "max_n": 5})
+    with pytest.raises(ConfigError, match="volume_idx"):
+        make_config({"grid_size": 16, "volume_idx": [[0, 20], [0, 16], [0, 16]]})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        load_config(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"grid_size": 32}))
+    assert load_config(good, {"lr": 0.01}).lr == 0.01
+    assert Config().n_params_per_gaussian == 14
