@@ -1,0 +1,514 @@
+"""Train one configuration: `python -m posesplat.train configs/X.json [--epochs N] [--resume]`.
+
+`train(cfg, ...)` is the loop the study calls: it reports an `EpochReport` (metrics, checkpoint file, image panels)
+after every epoch. Checkpoints hold learnable state, optimiser, scheduler, epoch and RNG state only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+from tqdm.auto import tqdm
+
+from posesplat.carve import carve, find_volume_idx
+from posesplat.config import Config, ConfigError, load_config, make_config
+from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
+from posesplat.head import PARAMS_PER_GAUSSIAN
+from posesplat.model import PoseSplatter, pixels_per_unit, to_world
+from posesplat.render import RenderOut, pick_backend, render
+
+CHECKPOINT_FORMAT = 1
+EVAL_KEYS = [f"{split}_{m}" for split in ("valid", "valid_heldout", "test_heldout") for m in ("iou", "psnr", "ssim")]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochReport:
+    """What the loop hands to its caller after each epoch."""
+
+    metrics: dict[str, Any]
+    checkpoint: Optional[Path]
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 [H, W, 3]
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Setup:
+    """Everything derived from the config and the data before the model exists."""
+
+    ds: MultiViewDataset
+    frames: dict[str, np.ndarray]  # train / valid / test frame indices
+    observed: list[int]
+    heldout: list[int]
+    ell: float
+    volume_idx: list[list[int]]
+    px_per_voxel: float
+    width: int
+    height: int
+    background: torch.Tensor  # [3]
+    device: torch.device
+    backend: str
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    """'auto' picks CUDA when available."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config: key 'device': 'cuda' was asked for but torch sees no CUDA device")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def load_frame(setup: Setup, frame: int, views: Sequence[int], downsample: int) -> dict[str, torch.Tensor]:
+    """One frame's views as tensors on the training device."""
+    batch = setup.ds.load(int(frame), list(views), downsample)
+    return {k: v.to(setup.device) for k, v in batch.items()}
+
+
+def auto_volume_idx(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float):
+    """Crop of the grid covering the carved animal in up to 16 training frames."""
+    picks = frames[np.linspace(0, len(frames) - 1, min(16, len(frames))).round().astype(int)]
+    total = None
+    for f in picks:
+        b = ds.load(int(f), observed, cfg.image_downsample)
+        hull = carve(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"], cfg.grid_size, ell)[0]
+        total = hull if total is None else total + hull
+    return find_volume_idx(total)
+
+
+def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
+    """Open and validate the data, split frames and views, and derive the grid crop and image size."""
+    ds = open_dataset(cfg.dataset)
+    frames = ds.frame_split(cfg.max_frames, cfg.frame_jump, cfg.split)
+    observed, heldout = ds.view_split(cfg.holdout_views)
+    ell = cfg.ell or ds.ell
+    if ell is None:
+        raise ConfigError(f"config: key 'ell' is not set and the dataset {cfg.dataset} has no 'ell' attribute")
+    if volume_idx is None:
+        volume_idx = cfg.volume_idx or auto_volume_idx(cfg, ds, frames["train"], observed, ell)
+    device = resolve_device(cfg)
+    d = cfg.image_downsample
+    b = ds.load(int(frames["train"][0]), observed, d)
+    height, width = b["masks"].shape[1:]
+    ppu = pixels_per_unit(b["Ks"], b["viewmats"], b["centre"])
+    background = torch.tensor(ds.attrs.get("background", [0.0, 0.0, 0.0]), dtype=torch.float32, device=device)
+    return Setup(
+        ds, frames, observed, heldout, float(ell), volume_idx, ppu * ell / cfg.grid_size, int(width), int(height),
+        background, device, pick_backend(cfg.backend, device),
+    )
+
+
+def build_model(cfg: Config, setup: Setup) -> PoseSplatter:
+    return PoseSplatter(cfg, setup.ell, setup.volume_idx, setup.px_per_voxel).to(setup.device)
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int):
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1), eta_min=0.05 * cfg.lr)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return opt, sched
+
+
+# ----------------------------------------------------------------------------------------------- loss and metrics
+
+
+def loss_terms(out: RenderOut, images: torch.Tensor, masks: torch.Tensor, ssim_lambda: float) -> dict[str, torch.Tensor]:
+    """1 - soft IoU on masks, L1 on RGB normalised by foreground area, and 1 - SSIM (only if used)."""
+    a, m = out.alpha, masks  # [V, H, W]
+    inter = (a * m).sum()
+    iou = inter / (a.sum() + m.sum() - inter).clamp_min(1e-6)
+    l1 = (out.rgb - images).abs().mean(-1).sum() / m.sum().clamp_min(1.0)
+    terms = {"iou_loss": 1.0 - iou, "l1": l1}
+    if ssim_lambda > 0:
+        terms["ssim_loss"] = 1.0 - ssim_fn(out.rgb.permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0)
+    return terms
+
+
+@torch.no_grad()
+def image_metrics(out: RenderOut, images: torch.Tensor, masks: torch.Tensor) -> dict[str, list[float]]:
+    """Per-view IoU (alpha > 0.5 vs mask), PSNR (full image) and SSIM (torchmetrics)."""
+    pred = out.alpha > 0.5
+    gt = masks > 0.5
+    inter = (pred & gt).flatten(1).sum(1).float()
+    union = (pred | gt).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    mse = ((out.rgb.clamp(0, 1) - images) ** 2).flatten(1).mean(1)
+    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+    ssim = ssim_fn(
+        out.rgb.clamp(0, 1).permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0, reduction="none"
+    )
+    return {"iou": iou.tolist(), "psnr": psnr.tolist(), "ssim": ssim.flatten().tolist()}
+
+
+def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, centre, heading) -> float:
+    """Volumetric IoU between the cells that became Gaussians and the cells inside the true body."""
+    from posesplat.pose import yaw_rotmat
+
+    centres = model.centres.reshape(-1, 3)
+    world = (centres @ yaw_rotmat(heading).T + centre).cpu().numpy()
+    truth = torch.from_numpy(np.asarray(inside_body(gt, world), dtype=bool))
+    pred = torch.zeros_like(truth)
+    pred[local_index.cpu()] = True
+    union = (pred | truth).sum().item()
+    return float((pred & truth).sum().item() / union) if union else float("nan")
+
+
+def panel(gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+    """GT | render | |error| side by side, uint8 [H, 3W, 3]."""
+    err = (pred - gt).abs().mean(-1, keepdim=True).expand_as(gt).clamp(0, 1)
+    row = torch.cat([gt, pred.clamp(0, 1), err], dim=1)
+    return (row * 255).round().byte().cpu().numpy()
+
+
+def eval_frames(cfg: Config, frames: np.ndarray) -> np.ndarray:
+    """Evenly spaced subset of at most cfg.eval_frames frames."""
+    if cfg.eval_frames is None or len(frames) <= cfg.eval_frames:
+        return frames
+    return frames[np.linspace(0, len(frames) - 1, cfg.eval_frames).round().astype(int)]
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Valid frames (observed and held-out views) and test frames (held-out views); 3D metric on test frames."""
+    model.eval()
+    acc: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}
+    render_s, n_renders, n_gauss, ious3d, images = 0.0, 0, [], [], {}
+    for split in ("valid", "test"):
+        for f in eval_frames(cfg, setup.frames[split]):
+            b = load_frame(setup, f, setup.observed, cfg.image_downsample)
+            local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+            g = to_world(local, b["centre"], b["heading"])
+            n_gauss.append(local.means.shape[0])
+            targets = [("valid_heldout" if split == "valid" else "test_heldout", setup.heldout)]
+            if split == "valid":
+                targets.insert(0, ("valid", setup.observed))
+            for name, views in targets:
+                if not views:
+                    continue
+                t = load_frame(setup, f, views, cfg.image_downsample)
+                t0 = time.perf_counter()
+                out = render(g, model.mode, t["viewmats"], t["Ks"], setup.width, setup.height, setup.backend, setup.background)
+                if setup.device.type == "cuda":
+                    torch.cuda.synchronize()
+                render_s += time.perf_counter() - t0
+                n_renders += len(views)
+                for k, vals in image_metrics(out, t["images"], t["masks"]).items():
+                    acc[f"{name}_{k}"] += vals
+                if name == "valid_heldout" and "heldout" not in images:
+                    images["heldout"] = panel(t["images"][0], out.rgb[0])
+            if split == "test" and setup.ds.has_gt:
+                ious3d.append(gt_iou3d(model, local.index, setup.ds.gt(int(f)), b["centre"], b["heading"]))
+    model.train()
+    metrics = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
+    metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
+    metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
+    metrics["n_gaussians"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
+    return metrics, images
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max_memory_allocated, or on CPU the process's resident-set high-water mark
+    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_delta"
+
+    @staticmethod
+    def _status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1]) / 1024  # kB -> MB
+        return float("nan")
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+            self.start = self._status("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = max(self._status("VmHWM") - self.start, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, cfg: Config, setup: Setup, model, opt, sched, epoch: int, history: list) -> int:
+    """Write the checkpoint atomically (temporary name, then rename); returns its size in bytes."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.model_dump(mode="json"),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "volume_idx": setup.volume_idx,
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable posesplat checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a posesplat checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config, PoseSplatter]:
+    """A trained model from a checkpoint (for rendering and analysis)."""
+    state = read_checkpoint(Path(path))
+    cfg = make_config(state["config"], str(path))
+    if device:
+        cfg = cfg.model_copy(update={"device": device})
+    setup = prepare(cfg, state["volume_idx"])
+    model = build_model(cfg, setup)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return cfg, model
+
+
+@torch.no_grad()
+def render_frame(
+    model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
+) -> RenderOut:
+    """Reconstruct `frame` from its observed views and render it into arbitrary cameras [V,4,4], [V,3,3]."""
+    ds = open_dataset(cfg.dataset)
+    observed, _ = ds.view_split(cfg.holdout_views)
+    device = next(model.parameters()).device
+    b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
+    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+    background = torch.tensor(ds.attrs.get("background", [0.0, 0.0, 0.0]), dtype=torch.float32, device=device)
+    return render(
+        g, model.mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
+        pick_backend(cfg.backend, device), background,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def _oom_error(cfg: Config, e: BaseException) -> RuntimeError:
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMG]iB)", str(e))
+    return RuntimeError(
+        f"CUDA out of memory: mode={cfg.gaussian_mode} grid_size={cfg.grid_size} asked for "
+        f"{asked.group(1) if asked else 'an unknown amount'} ({str(e).splitlines()[0]})"
+    )
+
+
+def train(
+    cfg: Config,
+    *,
+    ckpt_path: Optional[Path] = None,
+    resume_from: Optional[Path] = None,
+    on_epoch: Optional[Callable[[EpochReport], None]] = None,
+    progress: bool = True,
+    epochs: Optional[int] = None,
+) -> list[dict]:
+    """Train `cfg`, reporting after every epoch; returns every epoch's metrics (resumed ones included).
+
+    `epochs` stops early after that epoch (the learning-rate schedule still spans `cfg.epochs`).
+    """
+    epochs = min(epochs or cfg.epochs, cfg.epochs)
+    state = read_checkpoint(Path(resume_from)) if resume_from else None
+    setup = prepare(cfg, state["volume_idx"] if state else None)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, setup)
+    n_train = len(setup.frames["train"])
+    steps = cfg.steps_per_epoch or n_train
+    opt, sched = make_optimizer(cfg, model, cfg.epochs * steps)
+    history: list[dict] = []
+    start = 1
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start = list(state["history"]), state["epoch"] + 1
+    n_model_params = sum(p.numel() for p in model.parameters())
+    for epoch in range(start, epochs + 1):
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n_train, generator=gen)
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        with PeakMemory(setup.device) as mem:
+            t0 = time.perf_counter()
+            for step in bar:
+                frame = setup.frames["train"][int(order[step % n_train])]
+                pick = torch.randperm(len(setup.observed), generator=gen)[: cfg.views_per_step]
+                try:
+                    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
+                    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+                    out = render(
+                        g, cfg.gaussian_mode, b["viewmats"][pick], b["Ks"][pick], setup.width, setup.height,
+                        setup.backend, setup.background,
+                    )
+                    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda)
+                    loss = terms["iou_loss"] + cfg.img_lambda * terms["l1"]
+                    if "ssim_loss" in terms:
+                        loss = loss + cfg.ssim_lambda * terms["ssim_loss"]
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1} (frame {int(frame)}, "
+                            f"mode {cfg.gaussian_mode}, lr {cfg.lr:g}): lower lr or enable grad_clip"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                except torch.OutOfMemoryError as e:
+                    raise _oom_error(cfg, e) from e
+                for k, v in {"loss": loss, **terms}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if setup.device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_time = time.perf_counter() - t0
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": sums["loss"] / steps,
+            "train_iou_loss": sums["iou_loss"] / steps,
+            "train_l1": sums["l1"] / steps,
+            "train_ssim_loss": sums.get("ssim_loss", float("nan")) / steps,
+            "epoch_time_s": epoch_time,
+            "peak_mem_mb": mem.peak_mb,
+            "mem_kind": mem.kind,
+            "params_per_gaussian": PARAMS_PER_GAUSSIAN[cfg.gaussian_mode],
+            "model_params": n_model_params,
+            "device": str(setup.device),
+            "backend": setup.backend,
+        }
+        images: dict[str, np.ndarray] = {}
+        if epoch % cfg.valid_every == 0 or epoch == cfg.epochs:
+            t1 = time.perf_counter()
+            evals, images = evaluate(cfg, setup, model)
+            metrics.update(evals, eval_time_s=time.perf_counter() - t1)
+        else:
+            metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "render_ms", "n_gaussians"]})
+            metrics["eval_time_s"] = 0.0
+        history.append(metrics)
+        if ckpt_path:
+            metrics["checkpoint_bytes"] = save_checkpoint(ckpt_path, cfg, setup, model, opt, sched, epoch, history)
+        else:
+            metrics["checkpoint_bytes"] = -1
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: loss {metrics['train_loss']:.4f}  held-out IoU {metrics['valid_heldout_iou']:.3f} "
+                f"PSNR {metrics['valid_heldout_psnr']:.2f}  ({epoch_time:.1f} s)"
+            )
+        if on_epoch:
+            on_epoch(EpochReport(metrics, Path(ckpt_path) if ckpt_path else None, images))
+    return history
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m posesplat.train", description=__doc__.splitlines()[0])
+    p.add_argument("config", help="JSON training config (see configs/ and docs/training.md)")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys (JSON values)")
+    args = p.parse_args(argv)
+    try:
+        overrides = _parse_set(args.set)
+        if args.epochs:
+            overrides["epochs"] = args.epochs
+        cfg = load_config(args.config, overrides)
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+        ckpt = out / "checkpoint.pt"
+        if args.resume and not ckpt.exists():
+            raise ConfigError(f"{ckpt}: --resume given but there is no checkpoint to resume from")
+        if not args.resume and ckpt.exists():
+            raise ConfigError(f"{out}: holds an earlier run; pass --resume to continue it or --out for a new one")
+        log = out / "metrics.jsonl"
+
+        def write_log(report: EpochReport) -> None:
+            rows = read_jsonl(log) if log.exists() else []
+            rows = [r for r in rows if r["epoch"] < report.metrics["epoch"]] + [report.metrics]
+            tmp = log.with_name(f".{log.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, log)
+
+        history = train(cfg, ckpt_path=ckpt, resume_from=ckpt if args.resume else None, on_epoch=write_log)
+    except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the last finished epoch is in {ckpt}; continue with --resume", file=sys.stderr)
+        return 130
+    last = history[-1] if history else {}
+    print(json.dumps({k: last[k] for k in ("epoch", "train_loss", *EVAL_KEYS, "gt_iou3d") if k in last}, indent=1))
+    print(f"checkpoint: {ckpt}  metrics: {log}")
+    return 0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
