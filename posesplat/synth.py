@@ -213,6 +213,7 @@ def surface_pattern(part: int, p: np.ndarray, prim: np.ndarray) -> np.ndarray:
     return np.ones(len(p))
 
 
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")  # rays that miss give inf/nan, masked out below
 def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shaded RGB [R, 3] in [0, 1] and mask [R] of one camera's rays."""
     best = np.full(d.shape[0], np.inf)

@@ -158,13 +158,13 @@ def image_metrics(out: RenderOut, images: torch.Tensor, masks: torch.Tensor) -> 
     return {"iou": iou.tolist(), "psnr": psnr.tolist(), "ssim": ssim.flatten().tolist()}
 
 
-def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, centre, heading) -> float:
+def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, kinds, centre, heading) -> float:
     """Volumetric IoU between the cells that became Gaussians and the cells inside the true body."""
     from posesplat.pose import yaw_rotmat
 
     centres = model.centres.reshape(-1, 3)
     world = (centres @ yaw_rotmat(heading).T + centre).cpu().numpy()
-    truth = torch.from_numpy(np.asarray(inside_body(gt, world), dtype=bool))
+    truth = torch.from_numpy(np.asarray(inside_body(gt, world, kinds), dtype=bool))
     pred = torch.zeros_like(truth)
     pred[local_index.cpu()] = True
     union = (pred | truth).sum().item()
@@ -215,7 +215,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
                 if name == "valid_heldout" and "heldout" not in images:
                     images["heldout"] = panel(t["images"][0], out.rgb[0])
             if split == "test" and setup.ds.has_gt:
-                ious3d.append(gt_iou3d(model, local.index, setup.ds.gt(int(f)), b["centre"], b["heading"]))
+                ious3d.append(gt_iou3d(model, local.index, setup.ds.gt(int(f)), setup.ds.gt_kinds(), b["centre"], b["heading"]))
     model.train()
     metrics = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
     metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
@@ -392,9 +392,12 @@ def train(
                     loss = terms["iou_loss"] + cfg.img_lambda * terms["l1"]
                     if "ssim_loss" in terms:
                         loss = loss + cfg.ssim_lambda * terms["ssim_loss"]
-                    if not torch.isfinite(loss):
+                    finite = bool(torch.isfinite(loss)) and all(
+                        bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
+                    )  # the renderer drops NaN-opacity pairs, so a diverged model can still give a finite loss
+                    if not finite:
                         raise NonFiniteLossError(
-                            f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1} (frame {int(frame)}, "
+                            f"non-finite loss or Gaussian parameters (loss {loss.item()}) at epoch {epoch}, step {step + 1} (frame {int(frame)}, "
                             f"mode {cfg.gaussian_mode}, lr {cfg.lr:g}): lower lr or enable grad_clip"
                         )
                     opt.zero_grad(set_to_none=True)
@@ -406,7 +409,7 @@ def train(
                 except torch.OutOfMemoryError as e:
                     raise _oom_error(cfg, e) from e
                 for k, v in {"loss": loss, **terms}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if setup.device.type == "cuda":
                 torch.cuda.synchronize()
