@@ -416,7 +416,7 @@ def train(
             epoch_time = time.perf_counter() - t0
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            "lr": opt.param_groups[0]["lr"],
+            "current_lr": opt.param_groups[0]["lr"],
             "train_loss": sums["loss"] / steps,
             "train_iou_loss": sums["iou_loss"] / steps,
             "train_l1": sums["l1"] / steps,

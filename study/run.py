@@ -1,0 +1,229 @@
+"""Run the 2D-vs-3D Gaussian splatting study with Ray Tune: `python -m study.run --space comparison`.
+
+Every trial trains one (gaussian_mode, grid_size, max_frames, lr, ssim_lambda, seed) combination with posesplat's
+training loop and reports each epoch. Metrics go to `<study>/metrics/` (parquet), trial states to
+`<study>/trials.parquet`, curves and renders to `<study>/tensorboard/`; the decision report to `<study>/report/`.
+Re-running the same command on the same study directory resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from posesplat.config import ConfigError
+from posesplat.data import DatasetError, open_dataset
+from study.space import Space, SpaceError, load_space
+
+
+class StudyError(RuntimeError):
+    """A study cannot start or continue; one line."""
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", default="comparison", help="search space: a name in search_spaces/ or a JSON file path")
+    p.add_argument("--name", help="study name (default: the space's name)")
+    p.add_argument("--storage", default="studies", help="directory that holds studies")
+    p.add_argument("--dataset", help="dataset to train on (default: the space's base config or "
+                                     "data/synthetic_mouse.zarr)")
+    p.add_argument("--num-samples", type=int, help="trials per (mode, grid cell); default from the space")
+    p.add_argument("--max-epochs", type=int, help="epoch budget per trial; default from the space")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial; default from the memory model")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; default from the space")
+    p.add_argument("--max-concurrent", type=int, help="most trials running at once (default: as resources allow)")
+    p.add_argument("--search", choices=["optuna", "random"], default="optuna",
+                   help="per-mode Optuna TPE, or seeded random search as a baseline")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samplers and of the trials")
+    p.add_argument("--modes", nargs="*", default=[], help="extra modes to add to the space's, e.g. 2d_screen")
+    p.add_argument("--cpu", action="store_true", help="use the space's CPU scale-down even if a GPU is present")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a trial from its last checkpoint")
+    p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    return p.parse_args(argv)
+
+
+def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Path, bool]:
+    """Validate everything before Ray starts: space, dataset, study directory (nothing written on error)."""
+    space = load_space(args.space, args.modes)
+    import torch
+
+    gpu = torch.cuda.is_available() and not args.cpu
+    space = space.scaled(gpu)
+    upd = {}
+    if args.num_samples:
+        upd["samples_per_cell"] = args.num_samples
+    if args.max_epochs:
+        upd["max_epochs"] = args.max_epochs
+    space = space.model_copy(update=upd)
+    base = dict(space.base_config)
+    dataset = args.dataset or base.get("dataset") or "data/synthetic_mouse.zarr"
+    if "://" not in dataset:
+        dataset = str(Path(dataset).resolve())
+    ds = open_dataset(dataset)  # DatasetError names the store and the array
+    for frames in space.grid.get("max_frames", []):
+        ds.frame_split(frames, base.get("frame_jump", 1))
+    base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
+    study_dir = Path(args.storage).resolve() / (args.name or space.name)
+    info = study_dir / "study.json"
+    if info.exists():
+        held = json.loads(info.read_text())
+        if held["space"] != space.model_dump(mode="json"):
+            raise StudyError(f"{study_dir}: holds a study of space '{held['space']['name']}' with other settings; "
+                             f"use --name for a new study")
+    return space, base, study_dir, gpu
+
+
+class StudyLock:
+    """One driver per study directory: an flock that the kernel drops when the driver dies (no stale locks)."""
+
+    def __init__(self, study_dir: Path):
+        self.path = study_dir / ".lock"
+
+    def __enter__(self) -> "StudyLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise StudyError(f"{self.path.parent}: another driver is running this study") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def write_json_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def run_study(args: argparse.Namespace) -> Path:
+    """Set up and run (or resume) the Tuner; returns the study directory."""
+    import ray
+    from ray import tune
+
+    from study import resources
+    from study.search import MODE_KEY, PerModeSearcher, StratifiedASHA
+    from study.sink import ParquetSink
+    from study.trainable import run_trial
+
+    space, base, study_dir, gpu = study_plan(args)
+    with StudyLock(study_dir):
+        t0 = time.time()
+        info_path = study_dir / "study.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {
+            "space": space.model_dump(mode="json"), "options": vars(args), "base_config": base,
+            "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu,
+        }
+        info["runs"] = info.get("runs", 0) + 1
+        write_json_atomic(info, info_path)
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+            ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+                     **({} if args.address else {"num_cpus": os.cpu_count()}))
+        cpus = args.cpus_per_trial or space.resources.cpus_per_trial
+        if not args.address:
+            cpus = min(cpus, os.cpu_count() or 1)
+        gpu_mem = resources.detect_gpu_mem_mb() if gpu else None
+
+        def trial_resources(config: dict) -> dict:
+            if not gpu:
+                return {"cpu": cpus, "gpu": 0}
+            if args.gpus_per_trial is not None:
+                return {"cpu": cpus, "gpu": args.gpus_per_trial}
+            if space.resources.gpus_per_trial != "auto":
+                return {"cpu": cpus, "gpu": float(space.resources.gpus_per_trial)}
+            return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem or 16e3)}
+
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, base_config=base, study_dir=str(study_dir)),
+            trial_resources,
+        )
+        sink = ParquetSink(study_dir, study_dir.name, base, space.max_epochs)
+        run_dir = study_dir / "ray"
+        if tune.Tuner.can_restore(str(run_dir)):
+            print(f"resuming the study in {study_dir}", flush=True)
+            tuner = tune.Tuner.restore(str(run_dir), trainable, resume_errored=True, restart_errored=False,
+                                       param_space={})
+            # callbacks are not saved with the experiment: hand the sink back in
+            tuner._local_tuner._run_config.callbacks = [sink]
+        else:
+            searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed)
+            scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
+                                        space.scheduler.reduction_factor, space.metric, space.metric_mode)
+                         if space.scheduler.type == "asha" else None)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=scheduler, num_samples=searcher.total,
+                    max_concurrent_trials=args.max_concurrent, reuse_actors=False,
+                ),
+                run_config=tune.RunConfig(
+                    name="ray", storage_path=str(study_dir), callbacks=[sink],
+                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=1,
+                ),
+            )
+        tuner.fit()
+        info["finished"] = datetime.now(timezone.utc).isoformat()
+        info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
+        write_json_atomic(info, info_path)
+    return study_dir
+
+
+def summary(study_dir: Path) -> str:
+    """Best configuration per mode (chosen on validation, reported on held-out test views) and trial counts."""
+    import pandas as pd
+
+    from study.analyze import load_study
+
+    metrics, trials, info = load_study(study_dir)
+    lines = [f"study {study_dir} ({info.get('wall_time_s', float('nan')):.0f} s wall time)"]
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    lines.append("trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "stopped", "failed", "running")))
+    if len(metrics):
+        for mode, rows in metrics.groupby("gaussian_mode"):
+            best = rows.sort_values(["valid_heldout_iou", "valid_heldout_psnr"], ascending=False).iloc[0]
+            lines.append(
+                f"  {mode:9s} best: grid {best.grid_size}, frames {best.max_frames}, lr {best.lr:.2g}, "
+                f"ssim_lambda {best.ssim_lambda:.2f} (epoch {best.epoch}) -> held-out test IoU "
+                f"{best.test_heldout_iou:.3f}, PSNR {best.test_heldout_psnr:.2f} dB, SSIM {best.test_heldout_ssim:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        study_dir = run_study(args)
+    except (SpaceError, ConfigError, DatasetError, StudyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume the study", file=sys.stderr)
+        return 130
+    print(summary(study_dir))
+    if not args.no_report:
+        from study import analyze
+
+        analyze.main([str(study_dir)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

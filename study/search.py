@@ -1,0 +1,158 @@
+"""Fair search and early stopping: every cell crossed with every mode, one sampler and one ASHA per mode.
+
+`PerModeSearcher` emits trials round-robin over (cell, sample, mode), so each mode gets the same number of trials
+and every (grid_size, max_frames) cell is paired across modes; the continuous dimensions come from a separate Optuna
+TPE sampler per mode (or a seeded random sampler), so one mode's results never steer the other's tuning.
+`StratifiedASHA` keeps one ASHA scheduler per mode: a trial only competes with trials of its own mode.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any, Optional
+
+import numpy as np
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from study.space import Space
+
+MODE_KEY = "gaussian_mode"
+
+
+def _optuna_space(space: Space) -> dict:
+    import optuna
+
+    return {
+        k: optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
+        for k, d in space.search.items()
+    }
+
+
+class PerModeSearcher(Searcher):
+    """Round-robin over (cell, sample, mode); lr and ssim_lambda from a per-mode sampler."""
+
+    def __init__(self, space: Space, metric: str, mode: str, algo: str = "optuna", seed: int = 0):
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.algo, self.seed = space, algo, seed
+        self.plan = [
+            {**cell, MODE_KEY: m, "seed": seed + s}
+            for cell in space.cells() for s in range(space.samples_per_cell) for m in space.modes
+        ]
+        self.next_index = 0
+        self.trial_mode: dict[str, str] = {}
+        self.inner: dict[str, Any] = {}
+        for i, m in enumerate(space.modes):
+            if algo == "optuna":
+                from optuna.samplers import TPESampler
+                from ray.tune.search.optuna import OptunaSearch
+
+                self.inner[m] = OptunaSearch(
+                    space=_optuna_space(space), metric=metric, mode=mode,
+                    sampler=TPESampler(seed=seed * 1000 + i, n_startup_trials=max(2, space.samples_per_cell)),
+                )
+            else:
+                self.inner[m] = np.random.default_rng(seed * 1000 + i)
+
+    @property
+    def total(self) -> int:
+        return len(self.plan)
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        if self.next_index >= len(self.plan):
+            return Searcher.FINISHED
+        fixed = dict(self.plan[self.next_index])
+        self.next_index += 1
+        m = fixed[MODE_KEY]
+        self.trial_mode[trial_id] = m
+        if self.algo == "optuna":
+            tuned = self.inner[m].suggest(trial_id) or {}
+        else:
+            rng = self.inner[m]
+            tuned = {
+                k: float(math.exp(rng.uniform(math.log(d.low), math.log(d.high))) if d.type == "loguniform"
+                         else rng.uniform(d.low, d.high))
+                for k, d in self.space.search.items()
+            }
+        return {**fixed, **tuned}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        m = self.trial_mode.get(trial_id)
+        if self.algo == "optuna" and m:
+            self.inner[m].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        m = self.trial_mode.get(trial_id)
+        if self.algo == "optuna" and m:
+            if result is not None and not np.isfinite(result.get(self.metric, np.nan)):
+                result = None
+                error = True
+            self.inner[m].on_trial_complete(trial_id, result, error)
+
+    def get_state(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class StratifiedASHA(FIFOScheduler):
+    """One ASHAScheduler per Gaussian mode; each trial is judged only against its own mode's trials."""
+
+    def __init__(self, modes: list[str], max_t: int, grace_period: int, reduction_factor: float,
+                 metric: str, mode: str):
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self.by_mode = {
+            m: ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
+                             reduction_factor=reduction_factor, brackets=1)
+            for m in modes
+        }
+
+    def _of(self, trial) -> ASHAScheduler:
+        return self.by_mode[trial.config[MODE_KEY]]
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # fixed at construction
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if not np.isfinite(result.get(self._metric, np.nan)):
+            return TrialScheduler.CONTINUE
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if trial.trial_id in self._of(trial)._trial_info:
+            if result and np.isfinite(result.get(self._metric, np.nan)):
+                self._of(trial).on_trial_complete(tune_controller, trial, result)
+            else:
+                self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if trial.trial_id in self._of(trial)._trial_info:
+            self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "Stratified ASHA: " + "; ".join(f"{m}: {s._num_stopped} stopped" for m, s in self.by_mode.items())
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

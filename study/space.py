@@ -1,0 +1,160 @@
+"""Search-space files (`search_spaces/NAME.json`): a validated, documented schema (docs/search_spaces.md)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from posesplat.config import MODES, ConfigError, make_config
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+class SpaceError(ValueError):
+    """A search-space file is missing or invalid; one line naming the file and key."""
+
+
+class Dist(BaseModel):
+    """A continuous search dimension."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["loguniform", "uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check(self) -> "Dist":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+class Scheduler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # "auto": from the memory model (study/resources.py)
+
+
+class Scale(BaseModel):
+    """What changes when no GPU is present (the CPU scale-down)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_config: dict[str, Any] = {}
+    grid: dict[str, list[int]] = {}
+    search: dict[str, Dist] = {}
+    max_epochs: Optional[int] = Field(None, ge=1)
+    samples_per_cell: Optional[int] = Field(None, ge=1)
+
+
+class Space(BaseModel):
+    """One study definition."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    base_config: dict[str, Any] = {}
+    modes: list[Literal["3d", "2d", "2d_screen"]] = ["2d", "3d"]
+    grid: dict[str, list[int]] = {"grid_size": [48], "max_frames": [30]}
+    search: dict[str, Dist] = {}
+    samples_per_cell: int = Field(1, ge=1, description="trials per (mode, grid cell)")
+    max_epochs: int = Field(10, ge=1)
+    metric: str = "valid_heldout_iou"
+    metric_mode: Literal["max", "min"] = "max"
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    cpu: Scale = Scale()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Space":
+        for key in ("grid_size", "max_frames"):
+            if key not in self.grid:
+                raise ValueError(f"grid must list '{key}'")
+        if not self.modes:
+            raise ValueError("modes is empty")
+        return self
+
+    def scaled(self, gpu: bool) -> "Space":
+        """This space as it runs on a machine with (gpu=True) or without a GPU."""
+        if gpu:
+            return self
+        upd: dict[str, Any] = {"base_config": {**self.base_config, **self.cpu.base_config},
+                               "grid": {**self.grid, **self.cpu.grid}, "search": {**self.search, **self.cpu.search}}
+        if self.cpu.max_epochs:
+            upd["max_epochs"] = self.cpu.max_epochs
+        if self.cpu.samples_per_cell:
+            upd["samples_per_cell"] = self.cpu.samples_per_cell
+        return self.model_copy(update=upd)
+
+    def cells(self) -> list[dict[str, int]]:
+        """Every (grid_size, max_frames, ...) combination of the grid."""
+        import itertools
+
+        keys = sorted(self.grid)
+        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        key = str(e["loc"][-1])
+        close = difflib.get_close_matches(key, list(Space.model_fields) + list(Dist.model_fields)
+                                          + list(Scheduler.model_fields) + list(Resources.model_fields), n=1)
+        return f"{source}: unknown key '{loc}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: key '{loc}': {msg}" if loc else f"{source}: {msg}"
+
+
+def find_space(name_or_path: str) -> Path:
+    """`NAME` -> search_spaces/NAME.json; a path is taken as is."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        if not p.exists():
+            raise SpaceError(f"{p}: no such search-space file")
+        return p
+    cand = SPACES_DIR / f"{name_or_path}.json"
+    if not cand.exists():
+        known = sorted(x.stem for x in SPACES_DIR.glob("*.json"))
+        raise SpaceError(f"unknown search space '{name_or_path}' (known: {', '.join(known)}; or give a path)")
+    return cand
+
+
+def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space:
+    """Read and validate a space; its base config must itself be a valid training config."""
+    path = find_space(name_or_path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpaceError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    try:
+        space = Space.model_validate(raw)
+    except ValidationError as e:
+        raise SpaceError(_one_line(e, str(path))) from None
+    for extra in extra_modes or []:
+        if extra not in MODES:
+            raise SpaceError(f"--modes: unknown mode '{extra}' (choose from {', '.join(MODES)})")
+        if extra not in space.modes:
+            space.modes.append(extra)
+    for section in (space.base_config, {**space.base_config, **space.cpu.base_config}):
+        try:
+            make_config(section, f"{path}: base_config")
+        except ConfigError as e:
+            raise SpaceError(str(e)) from None
+    for key in list(space.grid) + list(space.search):
+        if key not in make_config({}).model_fields:
+            close = difflib.get_close_matches(key, list(make_config({}).model_fields), n=1)
+            raise SpaceError(f"{path}: '{key}' is not a training config key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return space

@@ -1,0 +1,68 @@
+"""The Ray Tune function trainable: one trial = one posesplat training run, reported every epoch."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import tune
+
+from posesplat.config import make_config
+from posesplat.train import EpochReport, train
+
+
+class TrialBoard:
+    """TensorBoard writer of one trial: scalars, image panels and the HParams session."""
+
+    def __init__(self, logdir: Path, hparams: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir))
+        self.hparams = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+        self.started = False
+
+    def write(self, report: EpochReport) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        step = int(report.metrics["epoch"])
+        scalars = {k: float(v) for k, v in report.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+        if not self.started:  # HParams dashboard: the session's hyperparameters; metrics are the scalar tags
+            for s in hparams(self.hparams, {f"metrics/{k}": 0.0 for k in scalars}):
+                self.writer.file_writer.add_summary(s)
+            self.started = True
+        for k, v in scalars.items():
+            self.writer.add_scalar(f"metrics/{k}", v, step)
+        for name, img in report.images.items():
+            self.writer.add_image(f"renders/{name}", img, step, dataformats="HWC")
+        self.writer.flush()
+
+
+def run_trial(config: dict, base_config: dict, study_dir: str) -> None:
+    """Train the trial's configuration; resume from Tune's checkpoint when the trial is restored."""
+    tuned = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg = make_config({**base_config, **tuned}, "trial config")
+    ctx = tune.get_context()
+    torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
+    work = Path(tempfile.mkdtemp(prefix="posesplat-trial-"))
+    ckpt_file = work / "checkpoint.pt"
+    resume = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.copy(Path(d) / "checkpoint.pt", ckpt_file)
+        resume = ckpt_file
+    board = TrialBoard(Path(study_dir) / "tensorboard" / ctx.get_trial_id(), {**tuned, "trial_id": ctx.get_trial_id()})
+
+    def report(r: EpochReport) -> None:
+        board.write(r)
+        tune.report(dict(r.metrics), checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    try:
+        train(cfg, ckpt_path=ckpt_file, resume_from=resume, on_epoch=report, progress=False)
+    finally:
+        board.writer.close()
+        shutil.rmtree(work, ignore_errors=True)
