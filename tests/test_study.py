@@ -1,0 +1,152 @@
+"""The Ray Tune study with a real local Ray instance: the smoke study end to end, parquet and TensorBoard read back,
+stratified ASHA fairness, equal trials per mode, bad input refused with one line."""
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import ray
+from ray import tune
+
+from study.run import StudyError, StudyLock, main
+from study.search import PerModeSearcher, StratifiedASHA
+from study.space import Space, SpaceError, load_space
+
+METRIC_KEYS = ["epoch", "train_loss", "valid_heldout_iou", "valid_heldout_psnr", "test_heldout_iou",
+               "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "peak_mem_mb",
+               "n_gaussians", "params_per_gaussian", "checkpoint_bytes"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def smoke_study(ray_local, small_dataset, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("studies")
+    rc = main(["--space", "smoke", "--storage", str(storage), "--dataset", str(small_dataset), "--seed", "1"])
+    assert rc == 0
+    return storage / "smoke"
+
+
+def test_smoke_parquet_equals_reported(smoke_study):
+    rows = pads.dataset(smoke_study / "metrics", format="parquet").to_table().to_pylist()
+    trials = pq.read_table(smoke_study / "trials.parquet").to_pylist()
+    assert len(trials) == 4
+    assert sorted(t["gaussian_mode"] for t in trials) == ["2d", "2d", "3d", "3d"]
+    assert {t["status"] for t in trials} <= {"completed", "stopped"}
+    # exactly one row per (trial, epoch), epochs 1..last without gaps
+    for t in trials:
+        epochs = sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"])
+        assert epochs == list(range(1, t["last_epoch"] + 1))
+        assert (t["status"] == "stopped") == (t["last_epoch"] < 3)
+    assert all(k in rows[0] for k in METRIC_KEYS + ["grid_size", "max_frames", "lr", "ssim_lambda", "seed",
+                                                  "gaussian_mode", "device", "hostname", "timestamp", "study"])
+    # values equal what Ray recorded from tune.report in each trial's result.json
+    reported = {}
+    for result_file in (smoke_study / "ray").glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            r = json.loads(line)
+            reported[(r["trial_id"], r["epoch"])] = r
+    assert len(reported) == len(rows)
+    for row in rows:
+        rep = reported[(row["trial_id"], row["epoch"])]
+        for k in METRIC_KEYS:
+            a, b = row[k], rep[k]
+            assert (math.isnan(a) and math.isnan(b)) if isinstance(a, float) and math.isnan(a) else a == pytest.approx(b)
+        assert row["lr"] == pytest.approx(rep["config"]["lr"])
+
+
+def test_smoke_tensorboard_read_back(smoke_study):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trials = pq.read_table(smoke_study / "trials.parquet").to_pylist()
+    for t in trials:
+        acc = EventAccumulator(str(smoke_study / "tensorboard" / t["trial_id"]), size_guidance={"images": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        assert "metrics/valid_heldout_iou" in tags["scalars"]
+        assert len(acc.Scalars("metrics/train_loss")) == t["last_epoch"]
+        assert "renders/heldout" in tags["images"]
+        hp = acc.PluginTagToContent("hparams")
+        assert hp, "no HParams session written"
+        assert any(b"gaussian_mode" in v for v in hp.values())
+
+
+def test_smoke_report_written(smoke_study):
+    report = smoke_study / "report"
+    assert (report / "decision.md").read_text().startswith("# 2D vs 3D")
+    assert (report / "report.html").stat().st_size > 10_000
+
+
+def test_stratified_asha_keeps_each_mode_alive(ray_local, tmp_path):
+    """3d scores far above 2d; each mode still gets trials to the full budget and ASHA still prunes within a mode."""
+    space = Space(name="fair", modes=["2d", "3d"], grid={"grid_size": [16], "max_frames": [12]},
+                  search={"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, samples_per_cell=6, max_epochs=8)
+
+    def trainable(config):
+        gap = 10.0 if config["gaussian_mode"] == "3d" else 0.0
+        for epoch in range(1, 9):
+            tune.report({"epoch": epoch, "valid_heldout_iou": gap + math.log10(config["lr"]) + 0.01 * epoch})
+
+    searcher = PerModeSearcher(space, "valid_heldout_iou", "max", algo="random", seed=0)
+    sched = StratifiedASHA(space.modes, 8, 1, 2, "valid_heldout_iou", "max")
+    results = tune.Tuner(
+        trainable, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=searcher.total,
+                                               max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="fair", verbose=0),
+    ).fit()
+    by_mode = {"2d": [], "3d": []}
+    for r in results:
+        by_mode[r.config["gaussian_mode"]].append(r.metrics["epoch"])
+    assert len(by_mode["2d"]) == len(by_mode["3d"]) == 6
+    for mode, epochs in by_mode.items():
+        assert max(epochs) == 8, (mode, epochs)  # someone of each mode ran the full budget
+        assert min(epochs) < 8, (mode, epochs)  # and early stopping did prune within the mode
+
+
+def test_every_cell_crossed_with_every_mode():
+    space = load_space("comparison")
+    s = PerModeSearcher(space, "valid_heldout_iou", "max", algo="optuna", seed=0)
+    configs = [s.suggest(f"t{i}") for i in range(s.total)]
+    assert s.suggest("extra") == PerModeSearcher.FINISHED
+    cells = {}
+    for c in configs:
+        cells.setdefault((c["grid_size"], c["max_frames"], c["seed"]), []).append(c["gaussian_mode"])
+        assert 3e-5 <= c["lr"] <= 1e-3 and 0 <= c["ssim_lambda"] <= 0.2
+    assert len(cells) == 6 * 2 and all(sorted(m) == ["2d", "3d"] for m in cells.values())
+
+
+def test_bad_space_file_is_one_line(tmp_path, capsys, small_dataset):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "bad", "max_epoch": 3}))
+    assert main(["--space", str(bad), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {bad}: unknown key 'max_epoch' (did you mean 'max_epochs'?)"
+    bad.write_text(json.dumps({"name": "bad", "base_config": {"grid_size": 2}}))
+    assert main(["--space", str(bad), "--storage", str(tmp_path)]) == 2
+    assert "key 'grid_size'" in capsys.readouterr().err
+    assert main(["--space", "no_such_space", "--storage", str(tmp_path)]) == 2
+    assert "unknown search space 'no_such_space'" in capsys.readouterr().err
+    assert main(["--space", "smoke", "--storage", str(tmp_path), "--dataset", str(tmp_path / "none.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "none.zarr" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.glob("*/study.json"))  # nothing half-written
+    with pytest.raises(SystemExit) as e:
+        main(["--search", "grid"])
+    assert e.value.code == 2
+
+
+def test_second_driver_is_refused(tmp_path):
+    with StudyLock(tmp_path):
+        with pytest.raises(StudyError, match="another driver"):
+            with StudyLock(tmp_path):
+                pass
+    with StudyLock(tmp_path):  # released: a later driver (or a resume after kill -9) gets it
+        pass
