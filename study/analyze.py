@@ -98,7 +98,7 @@ def best_cell(per_trial: pd.DataFrame, mode: str) -> Optional[dict]:
         return None
     g = m.groupby(["grid_size", "max_frames"])["valid_heldout_iou"].mean().sort_values(ascending=False)
     grid, frames = g.index[0]
-    return {"grid_size": grid, "max_frames": frames}
+    return {"grid_size": int(grid), "max_frames": int(frames)}
 
 
 def decide(d_iou: tuple, d_psnr: tuple, ref_iou: float, ref_psnr: float, cheaper: bool, margin: float) -> tuple[str, str]:
@@ -154,6 +154,8 @@ def decision_table(per_trial: pd.DataFrame, margin: float) -> tuple[pd.DataFrame
             row["2d - 3d (paired)"] = f"{np.mean(diff):.4g} [{lo:.4g}, {hi:.4g}] (n={len(diff)})" if len(diff) else "n/a"
         finite = {m: v for m, v in means.items() if np.isfinite(v)}
         row["winner"] = (max if better == "max" else min)(finite, key=finite.get) if finite else "n/a"
+        if {"2d", "3d"} <= set(modes) and len(diff) > 1 and lo <= 0 <= hi and np.ptp(diff) > 0:
+            row["winner"] = "tie (paired interval includes 0)"
         rows.append(row)
     table = pd.DataFrame(rows)
     if not {"2d", "3d"} <= set(modes):

@@ -9,7 +9,9 @@ the fraction keeps a 1.5x safety factor.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Optional
 
 BASE_MB = {"3d": 150.0, "2d": 150.0, "2d_screen": 150.0}
@@ -17,9 +19,20 @@ PER_KVOXEL_MB = {"3d": 0.55, "2d": 0.55, "2d_screen": 0.45}
 SAFETY = 1.5
 
 
+def load_model() -> dict[str, tuple[float, float]]:
+    """(base MB, MB per 1000 voxels) per mode: study/memory_model.json written by `python -m bench`, else defaults."""
+    path = Path(__file__).with_name("memory_model.json")
+    model = {m: (BASE_MB[m], PER_KVOXEL_MB[m]) for m in BASE_MB}
+    if path.exists():
+        for m, c in json.loads(path.read_text())["modes"].items():
+            model[m] = (c["base_mb"], c["per_kvoxel_mb"])
+    return model
+
+
 def peak_mb(mode: str, grid_size: int) -> float:
     """Estimated peak memory of one training step (MB)."""
-    return BASE_MB[mode] + PER_KVOXEL_MB[mode] * grid_size**3 / 1000
+    base, per = load_model()[mode]
+    return base + per * grid_size**3 / 1000
 
 
 def gpu_fraction(mode: str, grid_size: int, gpu_mem_mb: float) -> float:

@@ -133,6 +133,7 @@ def run_study(args: argparse.Namespace) -> Path:
         write_json_atomic(info, info_path)
         if not ray.is_initialized():
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+            os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
             ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
                      **({} if args.address else {"num_cpus": os.cpu_count()}))
         cpus = args.cpus_per_trial or space.resources.cpus_per_trial

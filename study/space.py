@@ -57,6 +57,7 @@ class Scale(BaseModel):
     search: dict[str, Dist] = {}
     max_epochs: Optional[int] = Field(None, ge=1)
     samples_per_cell: Optional[int] = Field(None, ge=1)
+    cpus_per_trial: Optional[float] = Field(None, gt=0)
 
 
 class Space(BaseModel):
@@ -96,6 +97,8 @@ class Space(BaseModel):
             upd["max_epochs"] = self.cpu.max_epochs
         if self.cpu.samples_per_cell:
             upd["samples_per_cell"] = self.cpu.samples_per_cell
+        if self.cpu.cpus_per_trial:
+            upd["resources"] = self.resources.model_copy(update={"cpus_per_trial": self.cpu.cpus_per_trial})
         return self.model_copy(update=upd)
 
     def cells(self) -> list[dict[str, int]]:

@@ -1,0 +1,88 @@
+"""Benchmark table 2: one full training step (carve, U-Nets, head, render, backward) against grid_size, per mode.
+
+`python -m bench.train_step [--quick] [--dataset PATH]` prints a Markdown table. Peak memory is CUDA
+max_memory_allocated on a GPU, and on CPU the resident-set high-water mark of the step (see docs/training.md).
+The study's GPU-fraction memory model is fitted to these rows (study/resources.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from posesplat.config import make_config
+from posesplat.train import PeakMemory, build_model, load_frame, loss_terms, prepare
+from posesplat.render import render
+
+GRIDS = (32, 48, 64, 112)
+MODES = ("3d", "2d", "2d_screen")
+
+
+def step_once(cfg, setup, model, opt, frame) -> tuple[float, int]:
+    """One optimisation step on one frame; returns (seconds, number of Gaussians)."""
+    t0 = time.perf_counter()
+    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
+    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+    out = render(g, cfg.gaussian_mode, b["viewmats"][:1], b["Ks"][:1], setup.width, setup.height, setup.backend,
+                 setup.background)
+    terms = loss_terms(out, b["images"][:1], b["masks"][:1], 0.0)
+    loss = terms["iou_loss"] + 0.5 * terms["l1"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, int(g.means.shape[0])
+
+
+def measure(dataset: str, mode: str, grid: int, repeats: int, downsample: int, device: str) -> dict:
+    """Median step time and peak memory for one (mode, grid_size)."""
+    cfg = make_config(dict(dataset=dataset, gaussian_mode=mode, grid_size=grid, image_downsample=downsample,
+                           max_n=200_000, min_n=100, device=device, max_frames=30))
+    setup = prepare(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, setup)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    frames = setup.frames["train"]
+    step_once(cfg, setup, model, opt, frames[0])  # warm-up
+    times, peaks, n = [], [], 0
+    for i in range(repeats):
+        with PeakMemory(setup.device) as mem:
+            dt, n = step_once(cfg, setup, model, opt, frames[(i + 1) % len(frames)])
+        times.append(dt)
+        peaks.append(mem.peak_mb)
+    crop = [b - a for a, b in setup.volume_idx]
+    return {"mode": mode, "grid_size": grid, "voxels": crop[0] * crop[1] * crop[2], "gaussians": n,
+            "step_ms": 1000 * statistics.median(times), "peak_mb": max(peaks), "mem_kind": mem.kind,
+            "device": str(setup.device), "backend": setup.backend, "image": f"{setup.width}x{setup.height}"}
+
+
+def run(dataset: str, quick: bool = False, device: str = "auto", downsample: int = 2) -> list[dict]:
+    grids = (32, 48) if quick else GRIDS
+    rows = []
+    for grid in grids:
+        for mode in MODES:
+            rows.append(measure(dataset, mode, grid, 2 if quick else 5, downsample, device))
+            print(table(rows[-1:], header=len(rows) == 1), flush=True)
+    return rows
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    lines = ["| mode | grid | voxels (crop) | Gaussians | image | step ms (median) | peak MB | memory measure | device |",
+             "|---|---|---|---|---|---|---|---|---|"] if header else []
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['grid_size']} | {r['voxels']} | {r['gaussians']} | {r['image']} | "
+                     f"{r['step_ms']:.0f} | {r['peak_mb']:.0f} | {r['mem_kind']} | {r['device']}/{r['backend']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="data/synthetic_mouse.zarr")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args()
+    print(table(run(a.dataset, a.quick, a.device)))
