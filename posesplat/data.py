@@ -108,6 +108,8 @@ class MultiViewDataset:
         self, max_frames: Optional[int] = None, frame_jump: int = 1, split: Sequence[float] = (1 / 3, 1 / 3, 1 / 3)
     ) -> dict[str, np.ndarray]:
         """Contiguous train / valid / test blocks of the frames (every frame_jump-th, the first max_frames)."""
+        if frame_jump < 1:
+            raise self._err("images", f"frame_jump must be >= 1, got {frame_jump}")
         frames = np.arange(0, self.n_frames, frame_jump)
         if max_frames is not None:
             if max_frames > len(frames):
@@ -134,7 +136,9 @@ class MultiViewDataset:
         """One frame's chosen views as float tensors, box-downsampled by an integer factor."""
         if not 0 <= frame < self.n_frames:
             raise self._err("images", f"frame {frame} out of range [0, {self.n_frames})")
-        views = list(views)
+        views = self._check_views(views, "images")
+        if downsample < 1 or self.height < downsample or self.width < downsample:
+            raise self._err("images", f"downsample {downsample} does not fit images of {self.height}x{self.width}")
         img = self.root["images"][frame][views]  # [V, H, W, 3] uint8
         msk = self.root["masks"][frame][views]
         self._check_mask(msk, frame)

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,9 +31,14 @@ ALBEDO = np.array(
     [[0.55, 0.42, 0.30], [0.70, 0.58, 0.45], [0.95, 0.60, 0.65], [0.95, 0.60, 0.65]] + [[0.90, 0.65, 0.62]] * N_TAIL
 )
 ELL = 0.24  # carving-cube side (m) that holds the animal around its body centre in every frame
-ARENA_RADIUS = 0.06
+ARENA_RADIUS = 0.05
 LIGHT = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])
 DEFAULT_HOLDOUT = (1, 4)
+FOV_HALF_DEG = 19.0  # half the horizontal field of view: the body spans ~1/3 of the width, the tail stays in frame
+
+
+class SynthError(ValueError):
+    """The generator's arguments cannot make a dataset."""
 
 
 # ----------------------------------------------------------------------------------------------- rotations
@@ -75,7 +81,7 @@ def trajectory(frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
         freq = rng.uniform(0.05, 0.25, size=2) * (k + 1)
         phase = rng.uniform(0, 2 * np.pi, size=2)
         xy += np.sin(2 * np.pi * freq * t[:, None] + phase) / (k + 1)
-    xy *= ARENA_RADIUS / max(np.abs(xy).max(), 1e-9)
+    xy *= ARENA_RADIUS / max(np.linalg.norm(xy, axis=1).max(), 1e-9)  # the centre stays inside the arena disc
     vel = np.gradient(xy, axis=0)
     heading = np.unwrap(np.arctan2(vel[:, 1], vel[:, 0]))
     turn = np.gradient(heading)
@@ -120,7 +126,7 @@ def camera_ring(views: int, height: int, width: int) -> tuple[np.ndarray, np.nda
     """A DANNCE-like ring of pinhole cameras: intrinsics [C,3,3], world-to-camera extrinsics [C,4,4]."""
     target = np.array([0.0, 0.0, 0.02])
     Ks, Es = [], []
-    focal = 0.5 * width / np.tan(np.radians(17.0))
+    focal = 0.5 * width / np.tan(np.radians(FOV_HALF_DEG))
     for c in range(views):
         az = 2 * np.pi * c / views + 0.3
         elev = np.radians([28, 42, 35][c % 3])
@@ -137,6 +143,26 @@ def camera_ring(views: int, height: int, width: int) -> tuple[np.ndarray, np.nda
         Ks.append(K)
         Es.append(E)
     return np.stack(Ks), np.stack(Es)
+
+
+def bounding_box(prims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World axis-aligned box [3], [3] holding every primitive (each inside its bounding sphere)."""
+    radius = np.where(KINDS == CAPSULE, prims[:, 7] + prims[:, 8], prims[:, 7:10].max(1))
+    return (prims[:, :3] - radius[:, None]).min(0), (prims[:, :3] + radius[:, None]).max(0)
+
+
+def pixel_window(K: np.ndarray, E: np.ndarray, lo: np.ndarray, hi: np.ndarray, height: int, width: int
+                 ) -> tuple[int, int, int, int]:
+    """Rows [r0, r1) and columns [c0, c1) that hold the projection of a world box: rays outside it miss."""
+    corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(8, 3)
+    cam = corners @ E[:3, :3].T + E[:3, 3]
+    if (cam[:, 2] <= 1e-6).any():  # the box reaches behind the camera: cast every ray
+        return 0, height, 0, width
+    uv = cam @ K.T
+    uv = uv[:, :2] / uv[:, 2:]
+    c0, r0 = np.floor(uv.min(0)).astype(int) - 1
+    c1, r1 = np.ceil(uv.max(0)).astype(int) + 1
+    return max(r0, 0), max(min(r1, height), max(r0, 0)), max(c0, 0), max(min(c1, width), max(c0, 0))
 
 
 def camera_rays(K: np.ndarray, E: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +270,7 @@ def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray) -> tuple[np.nda
 
 def make_dataset(
     out: str | Path, frames: int = 300, views: int = 6, height: int = 128, width: int = 128, seed: int = 0,
-    progress: bool = True, force: bool = False, holdout: tuple[int, ...] = DEFAULT_HOLDOUT,
+    progress: bool = True, force: bool = False, holdout: Optional[Sequence[int]] = None,
 ) -> Path:
     """Generate the synthetic store at `out` (built under a temporary name, then renamed)."""
     import zarr
@@ -252,13 +278,17 @@ def make_dataset(
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: already exists (pass --force to replace it)")
-    holdout = tuple(h for h in holdout if h < views) if views > 2 else ()
+    if holdout is None:  # the default held-out views that exist, always leaving two observed
+        holdout = [h for h in DEFAULT_HOLDOUT if h < views][: max(views - 2, 0)]
+    holdout = [int(h) for h in holdout]
+    if any(not 0 <= h < views for h in holdout) or len(set(holdout)) != len(holdout) or len(holdout) >= views:
+        raise SynthError(f"holdout views {holdout}: must be distinct indices in [0, {views}) leaving one observed")
     rng = np.random.default_rng(seed)
     centre, heading, bend = trajectory(frames, rng)
     tail_phase = 2 * np.pi * rng.uniform(0.8, 1.5) * np.arange(frames) / 30.0
     Ks, Es = camera_ring(views, height, width)
     rays = [camera_rays(Ks[c], Es[c], height, width) for c in range(views)]
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     images = root.create_array("images", shape=(frames, views, height, width, 3), chunks=(1, views, height, width, 3),
@@ -281,10 +311,13 @@ def make_dataset(
         all_params[f] = prims
         img = np.zeros((views, height, width, 3), dtype=np.uint8)
         msk = np.zeros((views, height, width), dtype=np.uint8)
+        lo, hi = bounding_box(prims)
         for c, (o, d) in enumerate(rays):
-            rgb, m = render_view(prims, o, d)
-            img[c] = np.round(rgb * 255).astype(np.uint8).reshape(height, width, 3)
-            msk[c] = m.reshape(height, width)
+            r0, r1, c0, c1 = pixel_window(Ks[c], Es[c], lo, hi, height, width)
+            win = d.reshape(height, width, 3)[r0:r1, c0:c1].reshape(-1, 3)
+            rgb, m = render_view(prims, o, win)
+            img[c, r0:r1, c0:c1] = np.round(rgb * 255).astype(np.uint8).reshape(r1 - r0, c1 - c0, 3)
+            msk[c, r0:r1, c0:c1] = m.reshape(r1 - r0, c1 - c0)
         images[f] = img
         masks[f] = msk
     params[:] = all_params
@@ -294,10 +327,17 @@ def make_dataset(
                  "holdout": list(holdout)},
         "ell": ELL, "background": [0.0, 0.0, 0.0], "up": [0.0, 0.0, 1.0], "units": "m", "fps": 30,
     })
-    if force and out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    _swap_in(tmp, out)
     return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename a finished temporary store onto `out`, removing an old one only after the new one is in place."""
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=int, nargs="*", default=None, help="held-out view indices (default: 1 4)")
     p.add_argument("--force", action="store_true", help="replace an existing store")
     a = p.parse_args(argv)
     for name in ("frames", "views", "height", "width"):
@@ -316,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     try:
-        path = make_dataset(a.out, a.frames, a.views, a.height, a.width, a.seed, force=a.force)
-    except FileExistsError as e:
+        path = make_dataset(a.out, a.frames, a.views, a.height, a.width, a.seed, force=a.force,
+                            holdout=a.holdout)
+    except (FileExistsError, SynthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
