@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import stats
 
 N_RESAMPLES = 9999
 SEED = 0
+MIN_N = 3  # fewer seeds (pairs) than this never decide: a bootstrap of 2 values is just their range
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,13 @@ class Estimate:
         return f"{f(self.mean)} [{f(self.lo)}, {f(self.hi)}]" if self.has_ci else f"{f(self.mean)} (no CI)"
 
     def pct(self) -> str:
-        """A relative estimate as '+x.x% [lo%, hi%]'."""
+        """A relative estimate as '+x.x% [lo%, hi%]' (more decimals for differences below 0.1%)."""
         if not math.isfinite(self.mean):
             return "n/a"
-        s = f"{100 * self.mean:+.1f}%"
-        return s + (f" [{100 * self.lo:+.1f}%, {100 * self.hi:+.1f}%]" if self.has_ci else " (no CI)")
+        big = max(abs(v) for v in (self.mean, self.lo, self.hi) if math.isfinite(v))
+        d = 1 if 100 * big >= 0.1 else 3
+        s = f"{100 * self.mean:+.{d}f}%"
+        return s + (f" [{100 * self.lo:+.{d}f}%, {100 * self.hi:+.{d}f}%]" if self.has_ci else " (no CI)")
 
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"), 0)
@@ -124,19 +127,21 @@ def decide(quality: dict[str, Estimate], costs: dict[str, Estimate], margin: flo
 
     3D when some quality interval lies wholly below -margin; 2D when every quality interval lies above -margin and
     2D is faster or lighter on some cost, or better by more than the margin; inconclusive when an interval straddles
-    -margin (or there is no interval). Higher quality is better.
+    -margin or fewer than MIN_N seeds stand behind a difference. Higher quality is better.
     """
     m = 100 * margin
     if not quality or any(not math.isfinite(e.mean) for e in quality.values()):
         return Verdict("inconclusive", "no paired measurements of both 2D and 3D to compare yet")
-    worse = {k: e for k, e in quality.items() if e.has_ci and e.hi < -margin}
+    few = min(e.n for e in quality.values())
+    if few < MIN_N or not all(e.has_ci for e in quality.values()):
+        lean = ", ".join(f"{k} {100 * e.mean:+.1f}%" for k, e in quality.items())
+        return Verdict("inconclusive", f"only {few} seed(s) behind the 2D vs 3D difference (at least {MIN_N} are "
+                                       f"needed for an interval to mean anything; point estimates {lean}) — "
+                                       f"run more seeds")
+    worse = {k: e for k, e in quality.items() if e.hi < -margin}
     if worse:
         what = ", ".join(f"{k} {e.pct()}" for k, e in worse.items())
         return Verdict("3d", f"3D is better by more than the {m:g}% margin (2D vs 3D: {what})")
-    no_ci = [k for k, e in quality.items() if not e.has_ci]
-    if no_ci:
-        return Verdict("inconclusive", f"only one seed behind the {', '.join(no_ci)} difference, so there is no "
-                                       f"interval — run more seeds")
     straddle = {k: e for k, e in quality.items() if e.lo < -margin}
     if straddle:
         what = ", ".join(f"{k} {e.pct()}" for k, e in straddle.items())
@@ -164,11 +169,3 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
             front.append(i)
             best = quality[i]
     return np.array(front, dtype=int)
-
-
-def optional_float(v: Optional[float]) -> float:
-    """None/NA -> NaN, else float."""
-    try:
-        return float(v) if v is not None else float("nan")
-    except (TypeError, ValueError):
-        return float("nan")

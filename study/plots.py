@@ -1,0 +1,120 @@
+"""Report figures from the metrics (matplotlib, Agg): curves per epoch, cost bars, quality against cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from study.stats import mean_ci, pareto_front  # noqa: E402
+
+CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (valid frames)"),
+          ("valid_heldout_psnr", "held-out PSNR, dB (valid frames)")]
+COSTS = [("epoch_time_s", "training time per epoch (s)"), ("render_ms", "render time per view (ms)"),
+         ("peak_mem_mb", "peak memory (MB)")]
+DPI = 80
+
+
+def colour(mode: str) -> str:
+    return {"2d": "C0", "3d": "C1", "2d_screen": "C2"}.get(mode, "C3")
+
+
+def _cells(df: pd.DataFrame) -> list[tuple[int, int]]:
+    return sorted({(int(g), int(f)) for g, f in zip(df["grid_size"], df["max_frames"])})
+
+
+def _cell_name(cell: tuple[int, int]) -> str:
+    return f"grid {cell[0]}, frames {cell[1] or 'all'}"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def curves(metrics: pd.DataFrame, out: Path) -> tuple[Path, str]:
+    """Loss and held-out IoU/PSNR per epoch, one column per cell, modes overlaid: mean line, min-max band."""
+    cells = _cells(metrics)
+    fig, axes = plt.subplots(len(CURVES), len(cells), figsize=(3.6 * len(cells) + 0.5, 2.6 * len(CURVES)),
+                             squeeze=False, sharex="col")
+    for j, cell in enumerate(cells):
+        rows = metrics[(metrics.grid_size == cell[0]) & (metrics.max_frames == cell[1])]
+        for i, (key, label) in enumerate(CURVES):
+            ax = axes[i, j]
+            for mode, r in rows.groupby("gaussian_mode"):
+                g = r[np.isfinite(r[key])].groupby("epoch")[key].agg(["mean", "min", "max", "count"])
+                if g.empty:
+                    continue
+                n = r["trial_id"].nunique()
+                ax.plot(g.index, g["mean"], color=colour(mode), marker=".", label=f"{mode} ({n} trials)")
+                ax.fill_between(g.index, g["min"], g["max"], color=colour(mode), alpha=0.2, linewidth=0)
+            if i == 0:
+                ax.set_title(_cell_name(cell), fontsize=10)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=9)
+            if i == len(CURVES) - 1:
+                ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0, j].legend(fontsize=8)
+    path = _save(fig, out / "curves.png")
+    return path, ("Training loss and held-out IoU/PSNR on validation frames per epoch, per (grid_size, max_frames) "
+                  "cell: mean over the trials still running at that epoch (line) and their range (band).")
+
+
+def cost_bars(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
+    """Time and memory per cell and mode: mean with 95% bootstrap interval over trials."""
+    cells = _cells(per_trial)
+    modes = [m for m in ("2d", "3d", "2d_screen") if m in set(per_trial.gaussian_mode)]
+    modes += sorted(set(per_trial.gaussian_mode) - set(modes))
+    fig, axes = plt.subplots(1, len(COSTS), figsize=(4.2 * len(COSTS), 3.4), squeeze=False)
+    width = 0.8 / max(len(modes), 1)
+    for ax, (key, label) in zip(axes[0], COSTS):
+        for k, mode in enumerate(modes):
+            est = [mean_ci(per_trial[(per_trial.gaussian_mode == mode) & (per_trial.grid_size == g)
+                                     & (per_trial.max_frames == f)][key]) for g, f in cells]
+            x = np.arange(len(cells)) + (k - (len(modes) - 1) / 2) * width
+            mean = np.array([e.mean for e in est])
+            err = np.clip(np.array([[e.mean - e.lo, e.hi - e.mean] if e.has_ci else [0, 0] for e in est]).T, 0, None)
+            ax.bar(x, np.nan_to_num(mean), width, yerr=err, capsize=2, color=colour(mode), label=mode)
+        ax.set_xticks(np.arange(len(cells)), [_cell_name(c).replace(", ", "\n") for c in cells], fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    path = _save(fig, out / "costs.png")
+    return path, ("Training time per epoch (median over a trial's epochs), render time per view and peak memory "
+                  "(max over a trial's epochs; see mem_kind) per cell: mean over trials with a 95% bootstrap "
+                  "interval.")
+
+
+def quality_vs_cost(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
+    """Every trial as a point of test quality against cost; each mode's Pareto front as a step line."""
+    qual = [("test_heldout_iou", "held-out IoU (test)"), ("test_heldout_psnr", "held-out PSNR, dB (test)")]
+    cost = [("epoch_time_s", "training time per epoch (s)"), ("peak_mem_mb", "peak memory (MB)")]
+    fig, axes = plt.subplots(len(qual), len(cost), figsize=(5.2 * len(cost), 3.6 * len(qual)), squeeze=False)
+    for i, (q, ql) in enumerate(qual):
+        for j, (c, cl) in enumerate(cost):
+            ax = axes[i, j]
+            for mode, r in per_trial.groupby("gaussian_mode"):
+                x, y = r[c].to_numpy(float), r[q].to_numpy(float)
+                ax.scatter(x, y, color=colour(mode), alpha=0.7, s=18, label=mode)
+                front = pareto_front(x, y)
+                if len(front):
+                    ax.plot(x[front], y[front], color=colour(mode), drawstyle="steps-post", linewidth=1.5)
+            ax.set(xlabel=cl, ylabel=ql)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    path = _save(fig, out / "pareto.png")
+    return path, ("Test-frame held-out quality against cost, one point per trial (at its best validation epoch); "
+                  "lines: each mode's Pareto front (no other trial of the mode is both cheaper and better).")
+
+
+def all_plots(metrics: pd.DataFrame, per_trial: pd.DataFrame, out: Path) -> list[tuple[Path, str]]:
+    """Every metrics figure, as (file, caption)."""
+    return [curves(metrics, out), cost_bars(per_trial, out), quality_vs_cost(per_trial, out)]

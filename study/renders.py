@@ -1,0 +1,189 @@
+"""Qualitative figures from checkpoints: held-out renders beside ground truth, and a turntable GIF per mode.
+
+Needs `posesplat.train.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
+is reported as a note and the figure skipped, never a crash of the analysis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+N_FRAMES = 3  # test frames in the qualitative panel
+N_TURN = 24  # views of the turntable
+CHUNK = 8  # views rendered per call
+TURN_PX = 256  # the turntable is rendered at least this tall (the model is 3D: no upsampling of pixels)
+
+
+def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict) -> tuple[dict, list[str]]:
+    """Each mode's best trial (best validation score in its best cell) whose checkpoint file exists."""
+    if not len(trials) or "checkpoint_path" not in trials:
+        return {}, ["Qualitative renders skipped: no trials.parquet with checkpoint paths."]
+    paths = {(s, t): p for s, t, p in zip(trials["study"], trials["trial_id"], trials["checkpoint_path"])}
+    picked, notes = {}, []
+    for mode, (g, f) in cells.items():
+        rows = per_trial[(per_trial.gaussian_mode == mode) & (per_trial.grid_size == g) & (per_trial.max_frames == f)]
+        rows = rows.sort_values(["valid_heldout_iou", "valid_heldout_psnr"], ascending=False)
+        for _, r in rows.iterrows():
+            p = paths.get((r["study"], r["trial_id"]))
+            if isinstance(p, str) and Path(p).is_file():
+                picked[mode] = (r, Path(p))
+                break
+        else:
+            notes.append(f"Qualitative renders of {mode} skipped: no checkpoint file of its best cell's trials exists.")
+    return picked, notes
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _to_uint8(rgb) -> np.ndarray:
+    return (rgb.clamp(0, 1).mul(255).round().byte().cpu().numpy())
+
+
+def look_at(eyes: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """World-to-camera matrices [N,4,4] (OpenCV: x right, y down, z forward) looking from eyes [N,3] at target,
+    world z up."""
+    fwd = target - eyes
+    fwd /= np.linalg.norm(fwd, axis=1, keepdims=True)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    down = np.cross(fwd, right)
+    R = np.stack([right, down, fwd], axis=1)  # rows: camera axes in world coordinates
+    out = np.tile(np.eye(4), (len(eyes), 1, 1))
+    out[:, :3, :3] = R
+    out[:, :3, 3] = -np.einsum("nij,nj->ni", R, eyes)
+    return out
+
+
+def orbit(extrinsics: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
+    """n cameras circling `centre` at the dataset cameras' mean horizontal distance and height: [n,4,4]."""
+    R, t = extrinsics[:, :3, :3], extrinsics[:, :3, 3]
+    eyes = -np.einsum("nji,nj->ni", R, t)  # camera centres, -R^T t
+    rel = eyes - centre
+    radius = float(np.linalg.norm(rel[:, :2], axis=1).mean())
+    height = float(rel[:, 2].mean())
+    theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ring = np.stack([radius * np.cos(theta), radius * np.sin(theta), np.full(n, height)], axis=1) + centre
+    return look_at(ring, np.asarray(centre, dtype=float))
+
+
+def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
+    """Rows: test frames; per mode: ground truth | held-out render | |error| (shared colour scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from posesplat.data import open_dataset
+    from posesplat.train import render_frame
+
+    tests = {}
+    for mode, (cfg, model, _) in models.items():
+        ds = open_dataset(cfg.dataset)
+        tests[mode] = (ds, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"])
+    common = sorted(set.intersection(*(set(map(int, t)) for _, t in tests.values())))
+    panels = []  # (frame, mode, gt, render) as float [H,W,3]
+    for mode, (cfg, model, _) in tqdm(models.items(), desc="qualitative renders", leave=False):
+        ds, frames = tests[mode]
+        pool = common or sorted(map(int, frames))
+        picks = [pool[i] for i in np.linspace(0, len(pool) - 1, min(N_FRAMES, len(pool))).round().astype(int)]
+        _, held = ds.view_split(cfg.holdout_views)
+        view = held[0] if held else ds.n_views - 1
+        for f in picks:
+            gt = ds.load(f, [view], cfg.image_downsample)
+            h, w = gt["images"].shape[1:3]
+            r = render_frame(model, cfg, f, gt["viewmats"], gt["Ks"], w, h)
+            panels.append((f, mode, view, gt["images"][0].numpy(), r.rgb[0].clamp(0, 1).cpu().numpy()))
+    modes = list(models)
+    errs = [np.abs(p[4] - p[3]).mean(-1) for p in panels]
+    vmax = max(float(np.percentile(np.concatenate([e.ravel() for e in errs]), 99.5)), 1e-3)
+    nrows = max(sum(1 for p in panels if p[1] == m) for m in modes)
+    fig, axes = plt.subplots(nrows, 3 * len(modes), figsize=(2.2 * 3 * len(modes) + 1, 2.3 * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for mi, mode in enumerate(modes):
+        mine = [(p, e) for p, e in zip(panels, errs) if p[1] == mode]
+        for row, ((f, _, view, gt, pred), err) in enumerate(mine):
+            psnr = -10 * np.log10(max(float(((pred - gt) ** 2).mean()), 1e-10))
+            a = axes[row, 3 * mi: 3 * mi + 3]
+            a[0].imshow(gt)
+            a[0].set_title(f"frame {f}, view {view}: truth", fontsize=8)
+            a[1].imshow(pred)
+            a[1].set_title(f"{mode} ({psnr:.1f} dB)", fontsize=8)
+            im = a[2].imshow(err, cmap="magma", vmin=0, vmax=vmax)
+            a[2].set_title(f"{mode} |error|", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="mean |error| over RGB")
+    path = out / "qualitative.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    what = "; ".join(f"{m}: trial {r['trial_id']} (lr {float(r['lr']):.2g}), weights of its last checkpoint "
+                     f"(epoch {int(r['epochs_run'])})" for m, (_, _, r) in models.items())
+    same = "the same test frames for every mode" if common else "each mode's own test frames (their splits differ)"
+    return path, (f"Held-out view of {same}: ground truth, each mode's best trial's render and its absolute error "
+                  f"(shared colour scale). {what}.")
+
+
+def turntable(mode: str, cfg, model, row: pd.Series, out: Path) -> tuple[Path, str]:
+    """A GIF of one test frame rendered from N_TURN cameras circling the animal."""
+    import imageio.v3 as iio
+    import torch
+
+    from posesplat.data import open_dataset
+    from posesplat.train import render_frame
+
+    ds = open_dataset(cfg.dataset)
+    test = ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
+    frame = int(test[len(test) // 2])
+    _, held = ds.view_split(cfg.holdout_views)
+    ref = ds.load(frame, [held[0] if held else 0], cfg.image_downsample)
+    h, w = ref["images"].shape[1:3]
+    s = max(1, -(-TURN_PX // h))
+    K = ref["Ks"][0].clone()
+    K[:2] *= s
+    mats = torch.from_numpy(orbit(ds.extrinsics, ds.centre[frame], N_TURN)).float()
+    frames = []
+    for i in range(0, N_TURN, CHUNK):
+        v = mats[i: i + CHUNK]
+        frames.append(_to_uint8(render_frame(model, cfg, frame, v, K.expand(len(v), 3, 3), w * s, h * s).rgb))
+    path = out / f"turntable_{mode}.gif"
+    iio.imwrite(path, np.concatenate(frames), extension=".gif", duration=80, loop=0)
+    return path, (f"Turntable of {mode}'s best trial ({row['trial_id']}): test frame {frame} reconstructed from its "
+                  f"observed views and rendered from {N_TURN} cameras circling the animal.")
+
+
+def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path) -> tuple[list, list[str]]:
+    """The qualitative panel and turntables, with notes on whatever had to be skipped and why."""
+    picked, notes = pick_checkpoints(per_trial, trials, cells)
+    if not picked:
+        return [], notes
+    try:
+        from posesplat.train import load_checkpoint
+    except ImportError as e:
+        return [], notes + [f"Qualitative renders skipped: posesplat.train is not importable ({e})."]
+    models = {}
+    for mode, (row, path) in picked.items():
+        try:
+            cfg, model = load_checkpoint(path, device=_device())
+            models[mode] = (cfg, model, row)
+        except Exception as e:  # a foreign checkpoint, a dataset that moved: say so and go on
+            notes.append(f"Qualitative renders of {mode} skipped: {path}: {str(e).splitlines()[0]}")
+    figs = []
+    if models:
+        try:
+            figs.append(qualitative_panel(models, out))
+        except Exception as e:
+            notes.append(f"Qualitative panel skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+    for mode, (cfg, model, row) in models.items():
+        try:
+            figs.append(turntable(mode, cfg, model, row, out))
+        except Exception as e:
+            notes.append(f"Turntable of {mode} skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+    return figs, notes

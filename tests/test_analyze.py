@@ -1,0 +1,329 @@
+"""study.analyze on real parquet studies with a planted truth: the right winner and recommendation, intervals that
+cover the planted difference, running/interrupted/one-sided/several studies, bad input refused with one line, renders
+from real checkpoints, and the HTML report rendered by headless Chromium with its images decoded."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from study.analyze import load_study, main
+
+CELLS = [(32, 30), (32, 100), (48, 30), (48, 100)]
+
+
+def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect: float | None = None,
+               seeds=range(6), cells=CELLS, modes=("2d", "3d"), epochs: int = 5, noise: float = 0.003,
+               time_ratio: float = 0.8, status: str = "completed", effect_by_grid: dict | None = None,
+               rng_seed: int = 0, checkpoints: dict | None = None) -> Path:
+    """A study directory as study.run writes it: metrics/ parts per (trial, epoch), trials.parquet, study.json.
+
+    2d's quality is 3d's times (1 + effect) (per grid size when effect_by_grid is given); 2d's epoch time is 3d's
+    times time_ratio. Every (cell, seed) shares a random level for both modes, so pairing removes it."""
+    rng = np.random.default_rng(rng_seed)
+    d = root / name
+    (d / "metrics").mkdir(parents=True)
+    trials = []
+    psnr_effect = effect if psnr_effect is None else psnr_effect
+    for g, f in cells:
+        for seed in seeds:
+            level = rng.normal(0, 0.03)  # this seed's luck, shared by both modes
+            for mode in modes:
+                e = (effect_by_grid or {}).get(g, effect) if mode == "2d" else 0.0
+                pe = (effect_by_grid or {}).get(g, psnr_effect) if mode == "2d" else 0.0
+                tid = f"{mode}_{g}_{f}_{seed}"
+                for epoch in range(1, epochs + 1):
+                    ramp = 1 - 0.3 * np.exp(-epoch)
+                    iou = 0.8 * (1 + level) * (1 + e) * ramp * (1 + rng.normal(0, noise))
+                    psnr = 28 * (1 + level) * (1 + pe) * ramp * (1 + rng.normal(0, noise))
+                    base = 1.0 * g / 32 * (time_ratio if mode == "2d" else 1.0)
+                    row = {
+                        "study": name, "trial_id": tid, "gaussian_mode": mode, "grid_size": g, "max_frames": f,
+                        "seed": seed, "lr": 1e-3, "ssim_lambda": 0.1, "epoch": epoch, "current_lr": 1e-3,
+                        "train_loss": 0.5 / epoch, "valid_heldout_iou": iou, "valid_heldout_psnr": psnr,
+                        "valid_heldout_ssim": 0.9, "test_heldout_iou": iou * 1.01, "test_heldout_psnr": psnr,
+                        "test_heldout_ssim": 0.9, "gt_iou3d": float("nan"),
+                        "epoch_time_s": base * (1 + rng.normal(0, 0.02)), "render_ms": 3.0 * base,
+                        "peak_mem_mb": 100.0 * g / 32, "mem_kind": "cpu_rss_delta", "n_gaussians": 500.0,
+                        "params_per_gaussian": {"2d": 13, "3d": 14, "2d_screen": 9}[mode], "model_params": 1000,
+                        "checkpoint_bytes": 1_000_000, "device": "cpu", "backend": "torch", "hostname": "h",
+                        "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=epoch),
+                    }
+                    pq.write_table(pa.Table.from_pylist([row]), d / "metrics" / f"part-{tid}-{epoch:04d}.parquet")
+                ck = (checkpoints or {}).get(mode)
+                trials.append({"study": name, "trial_id": tid, "status": status, "last_epoch": epochs,
+                               "stopped_at_epoch": None, "error": None, "checkpoint_path": str(ck) if ck else None,
+                               "gaussian_mode": mode, "grid_size": g, "max_frames": f, "seed": seed})
+    pq.write_table(pa.Table.from_pylist(trials), d / "trials.parquet")
+    space = {"name": name, "modes": list(modes), "grid": {"grid_size": sorted({c[0] for c in cells}),
+                                                          "max_frames": sorted({c[1] for c in cells})},
+             "samples_per_cell": len(list(seeds)), "max_epochs": epochs}
+    (d / "study.json").write_text(json.dumps({"space": space}))
+    return d
+
+
+
+
+def run(args, capsys):
+    rc = main([str(a) for a in args] + ["--no-renders"])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def table(report: Path) -> pd.DataFrame:
+    return pd.read_csv(report / "decision.csv").set_index("key")
+
+
+def recommendation(report: Path) -> str:
+    return re.search(r"\*\*Recommendation: (\S+)\*\*", (report / "decision.md").read_text()).group(1)
+
+
+# ----------------------------------------------------------------------------------------------- planted truth
+
+
+@pytest.mark.parametrize("effect, winner, iou_winner", [
+    (+0.05, "2d", "2d"),     # 2d better by 5%
+    (0.0, "2d", "tie"),      # equal within noise; 2d is 20% faster
+    (-0.05, "3d", "3d"),     # 3d better by 5% (2d = 0.95 x 3d)
+])
+def test_planted_truth_picks_the_winner(tmp_path, capsys, effect, winner, iou_winner):
+    study = make_study(tmp_path, effect=effect)
+    rc, out, err = run([study], capsys)
+    assert rc == 0, err
+    report = study / "report"
+    assert recommendation(report) == winner
+    assert f"recommendation: {winner}" in out
+    t = table(report)
+    assert t.loc["test_heldout_iou", "winner"] == iou_winner
+    # the planted relative difference lies inside the interval (both modes' best cell is paired by seed)
+    for key in ("test_heldout_iou", "test_heldout_psnr"):
+        assert t.loc[key, "rel_lo"] <= effect <= t.loc[key, "rel_hi"], key
+        assert bool(t.loc[key, "paired"]) and t.loc[key, "n_pairs"] == 6
+    assert t.loc["test_heldout_iou", "2d_n"] == 6 and t.loc["test_heldout_iou", "2d_seeds"] == 6
+    assert t.loc["epoch_time_s", "rel_hi"] < 0  # 2d is faster, and the interval says so
+    assert "gt_iou3d" not in t.index  # no ground truth in this data: no row
+    md = (report / "decision.md").read_text()
+    assert md.startswith("# 2D vs 3D") and "## Per grid_size" in md and "## Per max_frames" in md
+
+
+def test_interval_straddling_the_margin_is_inconclusive(tmp_path, capsys):
+    study = make_study(tmp_path, effect=-0.02, noise=0.03, seeds=range(4))
+    rc, out, _ = run([study], capsys)
+    assert rc == 0
+    assert recommendation(study / "report") == "inconclusive"
+    assert "run more seeds" in (study / "report" / "decision.md").read_text()
+    t = table(study / "report")
+    assert t.loc["test_heldout_iou", "rel_lo"] < -0.02 < t.loc["test_heldout_iou", "rel_hi"]
+
+
+def test_two_seeds_never_decide(tmp_path, capsys):
+    study = make_study(tmp_path, effect=-0.10, seeds=range(2))
+    run([study], capsys)
+    assert recommendation(study / "report") == "inconclusive"
+    assert "only 2 seed(s)" in (study / "report" / "decision.md").read_text()
+
+
+def test_breakdown_shows_where_the_answer_changes(tmp_path, capsys):
+    study = make_study(tmp_path, effect_by_grid={32: +0.06, 48: -0.06})
+    rc, _, _ = run([study], capsys)
+    assert rc == 0
+    tables = pd.read_csv(study / "report" / "breakdown.csv")
+    by_grid = tables[tables.table.str.startswith("Per grid_size")].set_index("group")
+    assert by_grid.loc["all cells", "verdict"] == "inconclusive"  # +6% and -6% pooled straddle the margin
+    per_cell = tables[tables.table.str.startswith("Per cell")].set_index("group")
+    assert per_cell.loc["grid_size 48, max_frames 100", "verdict"] == "3d"
+    assert by_grid.loc["grid_size 32", "verdict"] == "2d" and by_grid.loc["grid_size 48", "verdict"] == "3d"
+    assert by_grid.loc["grid_size 32", "pairs"] == 12  # 2 max_frames x 6 seeds
+
+
+# ----------------------------------------------------------------------------------------------- study states
+
+
+def test_running_study_uses_what_is_there(tmp_path, capsys):
+    study = make_study(tmp_path, effect=0.05, status="running", cells=CELLS[:2])
+    (study / "study.json").write_text(json.dumps({"space": {"modes": ["2d", "3d"], "samples_per_cell": 6,
+                                                            "grid": {"grid_size": [32, 48], "max_frames": [30, 100]}}}))
+    rc, _, _ = run([study], capsys)
+    assert rc == 0
+    md = (study / "report" / "decision.md").read_text()
+    assert "still running or interrupted" in md
+    assert "24 of 48 planned trials started" in md
+
+
+def test_interrupted_study_without_trials_table(tmp_path, capsys):
+    study = make_study(tmp_path, effect=0.05)
+    (study / "trials.parquet").unlink()
+    (study / "study.json").unlink()
+    for p in sorted((study / "metrics").glob("*-0005.parquet"))[:10]:  # some trials stopped after epoch 4
+        p.unlink()
+    rc, _, _ = run([study], capsys)
+    assert rc == 0
+    assert "No trials.parquet" in (study / "report" / "decision.md").read_text()
+
+
+def test_mode_without_evaluated_trial_is_said_not_crashed(tmp_path, capsys):
+    study = make_study(tmp_path, modes=("3d",))
+    t = pq.read_table(study / "trials.parquet").to_pylist()
+    t += [{**r, "trial_id": r["trial_id"].replace("3d", "2d"), "gaussian_mode": "2d", "status": "failed",
+           "error": "NonFiniteLossError: non-finite loss at epoch 1, step 3"} for r in t]
+    pq.write_table(pa.Table.from_pylist(t), study / "trials.parquet")
+    rc, out, _ = run([study], capsys)
+    assert rc == 0
+    md = (study / "report" / "decision.md").read_text()
+    assert recommendation(study / "report") == "inconclusive"
+    assert "Mode 2d has no trial with a validation epoch" in md
+    assert "24 2d trial(s) failed (NonFiniteLossError: non-finite loss at epoch 1, step 3)" in md
+
+
+def test_several_studies_at_once(tmp_path, capsys):
+    a = make_study(tmp_path, "a", effect=-0.05, seeds=range(0, 3), rng_seed=1)
+    b = make_study(tmp_path, "b", effect=-0.05, seeds=range(3, 6), rng_seed=2)
+    rc, _, err = run([a, b], capsys)
+    assert rc == 2 and err.strip() == "error: several inputs: give --out DIR for the combined report"
+    rc, _, err = run([a, b, "--out", tmp_path / "both"], capsys)
+    assert rc == 0, err
+    t = table(tmp_path / "both")
+    assert t.loc["test_heldout_iou", "n_pairs"] == 6 and recommendation(tmp_path / "both") == "3d"
+    assert "from 2 study(ies) (a, b)" in (tmp_path / "both" / "decision.md").read_text()
+
+
+def test_2d_screen_column_when_present(tmp_path, capsys):
+    study = make_study(tmp_path, effect=0.0, modes=("2d", "3d", "2d_screen"), seeds=range(3))
+    rc, _, _ = run([study], capsys)
+    assert rc == 0
+    t = table(study / "report")
+    assert t.loc["params_per_gaussian", "2d_screen_mean"] == 9
+    assert t.loc["params_per_gaussian", "winner"] == "2d_screen"
+    assert "| 2d_screen" in (study / "report" / "decision.md").read_text()
+
+
+def test_a_single_parquet_file_and_a_rerun_replace_the_report(tmp_path, capsys):
+    study = make_study(tmp_path, effect=0.05, seeds=range(3))
+    m, _, _ = load_study(study)
+    one = tmp_path / "all.parquet"
+    m.to_parquet(one)
+    rc, _, err = run([one], capsys)
+    assert rc == 0, err
+    assert recommendation(tmp_path / "report") == "2d"
+    (tmp_path / "report" / "stale.png").write_bytes(b"x")
+    rc, _, _ = run([one], capsys)
+    assert rc == 0 and not (tmp_path / "report" / "stale.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gives_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "part-x.parquet").write_bytes(b"PAR1 this is not parquet")
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "foreign.parquet")
+    cases = {tmp_path / "nope": "no such study directory or parquet file",
+             tmp_path / "empty": "holds no metrics yet",
+             tmp_path / "broken": "part-x.parquet: not a readable parquet file",
+             tmp_path / "foreign.parquet": "foreign.parquet: not a metrics table (no column 'trial_id'"}
+    for path, msg in cases.items():
+        rc, _, err = run([path, "--out", tmp_path / "r"], capsys)
+        assert rc == 2
+        assert len(err.strip().splitlines()) == 1 and msg in err, err
+        assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_refuses_to_replace_a_foreign_directory(tmp_path, capsys):
+    study = make_study(tmp_path, seeds=range(3))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    rc, _, err = run([study, "--out", tmp_path / "mine"], capsys)
+    assert rc == 2 and "is not a report directory" in err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+
+
+def test_cli_entry_point(tmp_path):
+    study = make_study(tmp_path, effect=0.05, seeds=range(3))
+    r = subprocess.run([sys.executable, "-m", "study.analyze", str(study), "--margin", "0.5"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "recommendation: 2d" in r.stdout
+    assert "margin 50%" in (study / "report" / "decision.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "study.analyze", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------- renders
+
+
+@pytest.fixture(scope="module")
+def checkpoints(small_dataset, tmp_path_factory):
+    """Two tiny real models (2d, 3d), trained for two epochs."""
+    from posesplat.config import make_config
+    from posesplat.train import train
+
+    d = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for mode in ("2d", "3d"):
+        cfg = make_config(dict(dataset=str(small_dataset), image_downsample=1, grid_size=16, base_filters=4,
+                               min_n=50, max_n=2000, max_frames=12, eval_frames=2, steps_per_epoch=2, epochs=2,
+                               lr=3e-3, gaussian_mode=mode))
+        train(cfg, ckpt_path=d / f"{mode}.pt", progress=False)
+        out[mode] = d / f"{mode}.pt"
+    return out
+
+
+def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, checkpoints):
+    import imageio.v3 as iio
+
+    study = make_study(tmp_path, effect=0.0, seeds=range(3), cells=CELLS[:1], checkpoints=checkpoints)
+    rc = main([str(study)])
+    assert rc == 0, capsys.readouterr().err
+    report = study / "report"
+    panel = iio.imread(report / "qualitative.png")
+    assert panel.shape[0] > 200 and panel[..., :3].std() > 10
+    for mode in ("2d", "3d"):
+        gif = iio.imread(report / f"turntable_{mode}.gif")
+        assert gif.shape[0] == 24 and gif.shape[1] >= 256
+        assert not np.array_equal(gif[0], gif[6])  # the camera moves
+        assert gif[0].max() > 50  # the animal is in view
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/gif;base64,") == 2 and "qualitative" in page
+
+
+def test_renders_skipped_with_a_note_when_checkpoints_are_gone(tmp_path, capsys):
+    study = make_study(tmp_path, seeds=range(3), cells=CELLS[:1], checkpoints={"2d": tmp_path / "gone.pt"})
+    assert main([str(study)]) == 0
+    md = (study / "report" / "decision.md").read_text()
+    assert "Qualitative renders of 2d skipped: no checkpoint file" in md
+    assert not (study / "report" / "qualitative.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------- the browser
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(tmp_path, capsys):
+    study = make_study(tmp_path, effect=0.05, seeds=range(3))
+    assert run([study], capsys)[0] == 0
+    page = (study / "report" / "report.html").read_text()
+    probe = ("<script>window.addEventListener('load', () => { const im = [...document.images];"
+             "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0).length"
+             " + '/' + im.length); });</script>")
+    test_page = tmp_path / "probe.html"
+    test_page.write_text(page.replace("</body>", probe + "</body>"))
+    r = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         test_page.as_uri()], capture_output=True, text=True, timeout=120)
+    decoded = re.search(r'data-decoded="(\d+)/(\d+)"', r.stdout)
+    assert decoded, r.stderr[-2000:]
+    assert int(decoded.group(2)) == 3 and decoded.group(1) == decoded.group(2)
+    assert "Recommendation: 2d" in r.stdout
