@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from study.stats import MIN_N, NAN, Estimate, Verdict, decide, diff_ci, mean_ci
 
@@ -87,7 +88,7 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         parts = sorted(p for p in mdir.glob("*.parquet") if not p.name.startswith((".", "_")))
         if not parts:
             raise AnalysisError(f"{path}: holds no metrics yet (no parquet files in {mdir})")
-    tables = [_read_table(p) for p in parts]
+    tables = [_read_table(p) for p in tqdm(parts, desc=f"reading {path.name}", leave=False, disable=len(parts) < 500)]
     try:
         metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

@@ -23,11 +23,12 @@ CELLS = [(32, 30), (32, 100), (48, 30), (48, 100)]
 def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect: float | None = None,
                seeds=range(6), cells=CELLS, modes=("2d", "3d"), epochs: int = 5, noise: float = 0.003,
                time_ratio: float = 0.8, status: str = "completed", effect_by_grid: dict | None = None,
-               rng_seed: int = 0, checkpoints: dict | None = None) -> Path:
+               rng_seed: int = 0, checkpoints: dict | None = None, bonus: dict | None = None) -> Path:
     """A study directory as study.run writes it: metrics/ parts per (trial, epoch), trials.parquet, study.json.
 
-    2d's quality is 3d's times (1 + effect) (per grid size when effect_by_grid is given); 2d's epoch time is 3d's
-    times time_ratio. Every (cell, seed) shares a random level for both modes, so pairing removes it."""
+    2d's quality is 3d's times (1 + effect) (per grid size when effect_by_grid is given) and times (1 + bonus) of
+    (mode, grid_size, max_frames); 2d's epoch time is 3d's times time_ratio. Every (cell, seed) shares a random level
+    for both modes, so pairing removes it."""
     rng = np.random.default_rng(rng_seed)
     d = root / name
     (d / "metrics").mkdir(parents=True)
@@ -39,6 +40,8 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
             for mode in modes:
                 e = (effect_by_grid or {}).get(g, effect) if mode == "2d" else 0.0
                 pe = (effect_by_grid or {}).get(g, psnr_effect) if mode == "2d" else 0.0
+                b = (bonus or {}).get((mode, g, f), 0.0)
+                e, pe = (1 + e) * (1 + b) - 1, (1 + pe) * (1 + b) - 1
                 tid = f"{mode}_{g}_{f}_{seed}"
                 for epoch in range(1, epochs + 1):
                     ramp = 1 - 0.3 * np.exp(-epoch)
@@ -193,6 +196,25 @@ def test_several_studies_at_once(tmp_path, capsys):
     t = table(tmp_path / "both")
     assert t.loc["test_heldout_iou", "n_pairs"] == 6 and recommendation(tmp_path / "both") == "3d"
     assert "from 2 study(ies) (a, b)" in (tmp_path / "both" / "decision.md").read_text()
+
+
+def test_different_best_cells_are_compared_unpaired(tmp_path, capsys):
+    study = make_study(tmp_path, bonus={("2d", 32, 30): 0.1, ("3d", 48, 100): 0.1})
+    rc, _, _ = run([study], capsys)
+    assert rc == 0
+    t = table(study / "report")
+    assert not t.loc["test_heldout_iou", "paired"] and t.loc["test_heldout_iou", "n_pairs"] == 0
+    md = (study / "report" / "decision.md").read_text()
+    assert "2d: grid 32, frames 30; 3d: grid 48, frames 100" in md and "unpaired (the modes' best cells differ)" in md
+    assert re.search(r"\|\s*unpaired\s*\|", md)  # the pairs column of the table
+
+
+def test_modes_from_separate_studies_pair_across_them(tmp_path, capsys):
+    a = make_study(tmp_path, "only2d", modes=("2d",), rng_seed=1)
+    b = make_study(tmp_path, "only3d", modes=("3d",), rng_seed=2)
+    rc, _, err = run([a, b, "--out", tmp_path / "r"], capsys)
+    assert rc == 0, err
+    assert table(tmp_path / "r").loc["test_heldout_iou", "n_pairs"] == 6  # paired by (cell, seed) across studies
 
 
 def test_2d_screen_column_when_present(tmp_path, capsys):
