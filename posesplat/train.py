@@ -171,6 +171,13 @@ def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, kin
     return float((pred & truth).sum().item() / union) if union else float("nan")
 
 
+def gt_mass_inside(g, gt: np.ndarray, kinds) -> float:
+    """Opacity-weighted fraction of the Gaussians (their learned world means) that lie inside the true body."""
+    inside = torch.from_numpy(np.asarray(inside_body(gt, g.means.detach().cpu().double().numpy(), kinds), dtype=bool))
+    w = g.opacities.detach().cpu().double()
+    return float((w * inside).sum() / w.sum().clamp_min(1e-12))
+
+
 def panel(gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     """GT | render | |error| side by side, uint8 [H, 3W, 3]."""
     err = (pred - gt).abs().mean(-1, keepdim=True).expand_as(gt).clamp(0, 1)
@@ -190,7 +197,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
     """Valid frames (observed and held-out views) and test frames (held-out views); 3D metric on test frames."""
     model.eval()
     acc: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}
-    render_s, n_renders, n_gauss, ious3d, images = 0.0, 0, [], [], {}
+    render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
     for split in ("valid", "test"):
         for f in eval_frames(cfg, setup.frames[split]):
             b = load_frame(setup, f, setup.observed, cfg.image_downsample)
@@ -215,10 +222,13 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
                 if name == "valid_heldout" and "heldout" not in images:
                     images["heldout"] = panel(t["images"][0], out.rgb[0])
             if split == "test" and setup.ds.has_gt:
-                ious3d.append(gt_iou3d(model, local.index, setup.ds.gt(int(f)), setup.ds.gt_kinds(), b["centre"], b["heading"]))
+                gt, kinds = setup.ds.gt(int(f)), setup.ds.gt_kinds()
+                ious3d.append(gt_iou3d(model, local.index, gt, kinds, b["centre"], b["heading"]))
+                mass.append(gt_mass_inside(g, gt, kinds))
     model.train()
     metrics = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
     metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
+    metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
     metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
     metrics["n_gaussians"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
     return metrics, images
@@ -229,7 +239,8 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
 
 class PeakMemory:
     """Peak memory of a block: CUDA max_memory_allocated, or on CPU the process's resident-set high-water mark
-    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start."""
+    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start, after glibc has returned
+    freed memory to the system (malloc_trim), so cached allocations do not hide the block's own peak."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -247,6 +258,14 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            import ctypes
+            import gc
+
+            gc.collect()
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
@@ -435,7 +454,7 @@ def train(
             evals, images = evaluate(cfg, setup, model)
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
         else:
-            metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "render_ms", "n_gaussians"]})
+            metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "gt_mass_inside", "render_ms", "n_gaussians"]})
             metrics["eval_time_s"] = 0.0
         history.append(metrics)
         if ckpt_path:
