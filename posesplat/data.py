@@ -57,7 +57,8 @@ class MultiViewDataset:
             raise self._err("masks", f"shape {list(msk.shape)} disagrees with images [F, C, H, W] = {[F_, C, H, W]}")
         self.intrinsics = np.asarray(self.root["intrinsics"][:], dtype=np.float64)
         self.extrinsics = np.asarray(self.root["extrinsics"][:], dtype=np.float64)
-        for name, arr, shape in (("intrinsics", self.intrinsics, (C, 3, 3)), ("extrinsics", self.extrinsics, (C, 4, 4))):
+        cameras = (("intrinsics", self.intrinsics, (C, 3, 3)), ("extrinsics", self.extrinsics, (C, 4, 4)))
+        for name, arr, shape in cameras:
             if arr.shape != shape:
                 raise self._err(name, f"shape {list(arr.shape)} should be {list(shape)} (views in images: {C})")
             if not np.isfinite(arr).all():

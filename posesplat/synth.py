@@ -1,6 +1,7 @@
 """The embedded synthetic dataset: an articulated mouse walking in an arena, seen by a ring of calibrated cameras.
 
 `python -m posesplat.synth --out data/synthetic_mouse.zarr [--frames N --views C --height H --width W --seed S]`
+`python -m posesplat.synth --raw DIR ...` writes the same recording in the raw layout that posesplat.prep imports.
 
 Rendered exactly by analytic ray-primitive intersection (ellipsoids and capsules) with Lambertian shading on a
 black background, so the models are never graded by a Gaussian splatting renderer. Deterministic: the same
@@ -10,6 +11,7 @@ arguments give byte-identical arrays. The format is documented in docs/dataset.m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 GENERATOR_VERSION = "1.0"
 FORMAT_VERSION = 1
 ELLIPSOID, CAPSULE = 0, 1
-# GT columns per primitive: centre 3, quaternion wxyz 4, size 3 (ellipsoid semi-axes; capsule half-length, radius, radius)
+# GT columns per primitive: centre 3, quaternion wxyz 4, size 3 (ellipsoid semi-axes; capsule half-length, radius,
+# radius)
 GT_COLUMNS = ["cx", "cy", "cz", "qw", "qx", "qy", "qz", "s0", "s1", "s2"]
 N_TAIL = 5
 PARTS = ["body", "head", "ear_left", "ear_right"] + [f"tail_{i}" for i in range(N_TAIL)]
@@ -34,6 +37,8 @@ ELL = 0.24  # carving-cube side (m) that holds the animal around its body centre
 ARENA_RADIUS = 0.05
 LIGHT = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])
 DEFAULT_HOLDOUT = (1, 4)
+FPS = 30
+RAW_UNIT_PER_M = 1000.0  # the raw recording's calibration is in millimetres, like DANNCE's
 FOV_HALF_DEG = 19.0  # half the horizontal field of view: the body spans ~1/3 of the width, the tail stays in frame
 
 
@@ -73,19 +78,37 @@ def rotz(a: float) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- the animal
 
 
-def trajectory(frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smooth random walk inside the arena: centres [F, 3], headings [F], body bend [F]."""
-    t = np.arange(frames) / 30.0
-    xy = np.zeros((frames, 2))
+def smooth_noise(t: np.ndarray, rng: np.random.Generator, base_hz: float) -> np.ndarray:
+    """A smooth random signal [T] in about [-1, 1]: three sines at random frequencies and phases."""
+    out = np.zeros_like(t)
     for k in range(3):
-        freq = rng.uniform(0.05, 0.25, size=2) * (k + 1)
-        phase = rng.uniform(0, 2 * np.pi, size=2)
-        xy += np.sin(2 * np.pi * freq * t[:, None] + phase) / (k + 1)
-    xy *= ARENA_RADIUS / max(np.linalg.norm(xy, axis=1).max(), 1e-9)  # the centre stays inside the arena disc
-    vel = np.gradient(xy, axis=0)
-    heading = np.unwrap(np.arctan2(vel[:, 1], vel[:, 0]))
-    turn = np.gradient(heading)
-    bend = np.clip(8.0 * turn, -0.5, 0.5) + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 0.6) * t)
+        out += np.sin(2 * np.pi * rng.uniform(0.5, 1.5) * base_hz * (k + 1) * t + rng.uniform(0, 2 * np.pi)) / (k + 1)
+    return out / 1.83
+
+
+def trajectory(frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A walk that stays in the arena: centres [F, 3], headings [F] (smooth, along the motion), body bend [F].
+
+    Integrates a unicycle (the animal moves where it faces) with smooth random speed and turn rate, steering back
+    towards the middle near the arena wall, so the heading never jumps.
+    """
+    t = np.arange(frames) / FPS
+    speed = 0.045 + 0.025 * smooth_noise(t, rng, 0.15)  # m/s
+    wander = 1.6 * smooth_noise(t, rng, 0.2)  # rad/s
+    pos = rng.uniform(-0.3, 0.3, size=2) * ARENA_RADIUS
+    head = rng.uniform(-np.pi, np.pi)
+    xy, heading, turn = np.zeros((frames, 2)), np.zeros(frames), np.zeros(frames)
+    for f in range(frames):
+        r = np.linalg.norm(pos)
+        home = np.angle(np.exp(1j * (np.arctan2(-pos[1], -pos[0]) - head)))  # turn needed to face the middle
+        steer = 6.0 * max(r / ARENA_RADIUS - 0.5, 0.0) * home  # rad/s, only in the outer half
+        turn[f] = np.clip(wander[f] + steer, -4.0, 4.0)
+        xy[f], heading[f] = pos, head
+        head = head + turn[f] / FPS
+        pos = pos + speed[f] / FPS * np.array([np.cos(head), np.sin(head)])
+        if np.linalg.norm(pos) > ARENA_RADIUS:  # the wall: slide along it
+            pos = pos * ARENA_RADIUS / np.linalg.norm(pos)
+    bend = np.clip(0.2 * turn, -0.5, 0.5) + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 0.6) * t)
     centre = np.concatenate([xy, np.full((frames, 1), 0.022)], axis=1)
     return centre, heading, bend
 
@@ -268,6 +291,41 @@ def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray) -> tuple[np.nda
 # ----------------------------------------------------------------------------------------------- the store
 
 
+def check_holdout(holdout: Optional[Sequence[int]], views: int) -> list[int]:
+    """The held-out views: the default ones that exist when None; distinct, in range, leaving one observed."""
+    if holdout is None:  # the default held-out views that exist, always leaving two observed
+        holdout = [h for h in DEFAULT_HOLDOUT if h < views][: max(views - 2, 0)]
+    holdout = [int(h) for h in holdout]
+    if any(not 0 <= h < views for h in holdout) or len(set(holdout)) != len(holdout) or len(holdout) >= views:
+        raise SynthError(f"holdout views {holdout}: must be distinct indices in [0, {views}) leaving one observed")
+    return holdout
+
+
+def render_frames(frames: int, views: int, height: int, width: int, seed: int, progress: bool):
+    """Scene arrays (dict) and a generator of (frame, primitives [P, 10], images [C,H,W,3] uint8, masks [C,H,W])."""
+    rng = np.random.default_rng(seed)
+    centre, heading, bend = trajectory(frames, rng)
+    tail_phase = 2 * np.pi * rng.uniform(0.8, 1.5) * np.arange(frames) / 30.0
+    Ks, Es = camera_ring(views, height, width)
+    rays = [camera_rays(Ks[c], Es[c], height, width) for c in range(views)]
+
+    def frames_iter():
+        for f in tqdm(range(frames), desc="synthetic mouse", disable=not progress):
+            prims = animal_primitives(centre[f], heading[f], bend[f], tail_phase[f])
+            img = np.zeros((views, height, width, 3), dtype=np.uint8)
+            msk = np.zeros((views, height, width), dtype=np.uint8)
+            lo, hi = bounding_box(prims)
+            for c, (o, d) in enumerate(rays):
+                r0, r1, c0, c1 = pixel_window(Ks[c], Es[c], lo, hi, height, width)
+                win = d.reshape(height, width, 3)[r0:r1, c0:c1].reshape(-1, 3)
+                rgb, m = render_view(prims, o, win)
+                img[c, r0:r1, c0:c1] = np.round(rgb * 255).astype(np.uint8).reshape(r1 - r0, c1 - c0, 3)
+                msk[c, r0:r1, c0:c1] = m.reshape(r1 - r0, c1 - c0)
+            yield f, prims, img, msk
+
+    return {"centre": centre, "heading": heading, "intrinsics": Ks, "extrinsics": Es}, frames_iter()
+
+
 def make_dataset(
     out: str | Path, frames: int = 300, views: int = 6, height: int = 128, width: int = 128, seed: int = 0,
     progress: bool = True, force: bool = False, holdout: Optional[Sequence[int]] = None,
@@ -278,16 +336,8 @@ def make_dataset(
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: already exists (pass --force to replace it)")
-    if holdout is None:  # the default held-out views that exist, always leaving two observed
-        holdout = [h for h in DEFAULT_HOLDOUT if h < views][: max(views - 2, 0)]
-    holdout = [int(h) for h in holdout]
-    if any(not 0 <= h < views for h in holdout) or len(set(holdout)) != len(holdout) or len(holdout) >= views:
-        raise SynthError(f"holdout views {holdout}: must be distinct indices in [0, {views}) leaving one observed")
-    rng = np.random.default_rng(seed)
-    centre, heading, bend = trajectory(frames, rng)
-    tail_phase = 2 * np.pi * rng.uniform(0.8, 1.5) * np.arange(frames) / 30.0
-    Ks, Es = camera_ring(views, height, width)
-    rays = [camera_rays(Ks[c], Es[c], height, width) for c in range(views)]
+    holdout = check_holdout(holdout, views)
+    scene, rendered = render_frames(frames, views, height, width, seed, progress)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -300,24 +350,12 @@ def make_dataset(
                              chunks=(min(frames, 1024), len(PARTS), len(GT_COLUMNS)), dtype="float32")
     gt.create_array("kind", data=KINDS)
     gt.attrs.update({"columns": GT_COLUMNS, "parts": PARTS, "kinds": {"0": "ellipsoid", "1": "capsule"}})
-    root.create_array("intrinsics", data=Ks)
-    root.create_array("extrinsics", data=Es)
-    root.create_array("centre", data=centre)
-    root.create_array("heading", data=heading)
+    for name in ("intrinsics", "extrinsics", "centre", "heading"):
+        root.create_array(name, data=scene[name])
     root.create_array("holdout_views", data=np.array(holdout, dtype=np.int64))
     all_params = np.zeros((frames, len(PARTS), len(GT_COLUMNS)), dtype=np.float32)
-    for f in tqdm(range(frames), desc="synthetic mouse", disable=not progress):
-        prims = animal_primitives(centre[f], heading[f], bend[f], tail_phase[f])
+    for f, prims, img, msk in rendered:
         all_params[f] = prims
-        img = np.zeros((views, height, width, 3), dtype=np.uint8)
-        msk = np.zeros((views, height, width), dtype=np.uint8)
-        lo, hi = bounding_box(prims)
-        for c, (o, d) in enumerate(rays):
-            r0, r1, c0, c1 = pixel_window(Ks[c], Es[c], lo, hi, height, width)
-            win = d.reshape(height, width, 3)[r0:r1, c0:c1].reshape(-1, 3)
-            rgb, m = render_view(prims, o, win)
-            img[c, r0:r1, c0:c1] = np.round(rgb * 255).astype(np.uint8).reshape(r1 - r0, c1 - c0, 3)
-            msk[c, r0:r1, c0:c1] = m.reshape(r1 - r0, c1 - c0)
         images[f] = img
         masks[f] = msk
     params[:] = all_params
@@ -325,10 +363,94 @@ def make_dataset(
         "generator": "posesplat.synth", "generator_version": GENERATOR_VERSION, "format_version": FORMAT_VERSION,
         "args": {"frames": frames, "views": views, "height": height, "width": width, "seed": seed,
                  "holdout": list(holdout)},
-        "ell": ELL, "background": [0.0, 0.0, 0.0], "up": [0.0, 0.0, 1.0], "units": "m", "fps": 30,
+        "ell": ELL, "background": [0.0, 0.0, 0.0], "up": [0.0, 0.0, 1.0], "units": "m", "fps": FPS,
     })
     _swap_in(tmp, out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- raw recording
+
+
+def calibration_frame(seed: int) -> np.ndarray:
+    """A random similarity [4, 4] from the z-up metric world to a tilted, shifted, millimetre calibration frame."""
+    rng = np.random.default_rng([seed, 7])
+    axis = np.cross([0.0, 0.0, 1.0], [*rng.normal(size=2), 0.0])
+    axis /= np.linalg.norm(axis)
+    tilt, yaw = np.radians(rng.uniform(20, 35)), rng.uniform(-np.pi, np.pi)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    R = (np.eye(3) + np.sin(tilt) * K + (1 - np.cos(tilt)) * K @ K) @ rotz(yaw)  # Rodrigues, then a yaw
+    M = np.eye(4)
+    M[:3, :3], M[:3, 3] = RAW_UNIT_PER_M * R, RAW_UNIT_PER_M * rng.uniform(-0.3, 0.3, size=3)
+    return M
+
+
+def raw_background(height: int, width: int, c: int) -> np.ndarray:
+    """A static textured background [H, W, 3] uint8 for camera c: prep must remove it with the masks."""
+    i, j = np.mgrid[:height, :width]
+    checker = ((i // 8 + j // 8 + c) % 2) * 25
+    return np.stack([60 + checker + j * 40 // width, 70 + checker, 80 + i * 40 // height], -1).astype(np.uint8)
+
+
+def make_raw(
+    out: str | Path, frames: int = 300, views: int = 6, height: int = 128, width: int = 128, seed: int = 0,
+    progress: bool = True, force: bool = False, holdout: Optional[Sequence[int]] = None,
+) -> Path:
+    """Write the synthetic recording in the Pose Splatter / DANNCE raw layout; returns the prep config's path.
+
+    `out/` gets `camera_params.h5` (world-to-camera in a tilted millimetre frame, OpenCV principal point),
+    `videos/C.mp4` (RGB over a textured background), `mask_videos/C.mp4`, `prep.json` and `truth.npz` (the ground
+    truth and `calib_from_world`, the similarity from the z-up metric world into the calibration frame).
+    """
+    import h5py
+    import imageio_ffmpeg
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out}: already exists (pass --force to replace it)")
+    if height % 2 or width % 2:
+        raise SynthError(f"--height {height} and --width {width} must be even for H.264 video")
+    holdout = check_holdout(holdout, views)
+    scene, rendered = render_frames(frames, views, height, width, seed, progress)
+    M = calibration_frame(seed)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "videos").mkdir(parents=True)
+    (tmp / "mask_videos").mkdir()
+    Es = scene["extrinsics"] @ np.linalg.inv(M)  # calibration units -> world -> camera (metres)
+    Es[:, :3, :] *= RAW_UNIT_PER_M  # camera coordinates in calibration units: only the scale of t changes
+    Ks = scene["intrinsics"].copy()
+    Ks[:, :2, 2] -= 0.5  # OpenCV: the centre of the top-left pixel is (0, 0)
+    with h5py.File(tmp / "camera_params.h5", "w") as h:
+        g = h.create_group("camera_parameters")
+        g["rotation"], g["translation"], g["intrinsic"] = Es[:, :3, :3], Es[:, :3, 3], Ks
+    kw = dict(size=(width, height), fps=FPS, codec="libx264", quality=10, macro_block_size=2)  # crf 0
+    writers = [imageio_ffmpeg.write_frames(str(tmp / d / f"{c}.mp4"), **kw)
+               for d in ("videos", "mask_videos") for c in range(views)]
+    for w in writers:
+        w.send(None)
+    backgrounds = [raw_background(height, width, c) for c in range(views)]
+    params = np.zeros((frames, len(PARTS), len(GT_COLUMNS)), dtype=np.float32)
+    for f, prims, img, msk in rendered:
+        params[f] = prims
+        for c in range(views):
+            m = msk[c, ..., None].astype(bool)
+            writers[c].send(np.ascontiguousarray(np.where(m, img[c], backgrounds[c])))
+            writers[views + c].send(np.ascontiguousarray(np.repeat(msk[c, ..., None] * 255, 3, -1).astype(np.uint8)))
+    for w in writers:
+        w.close()
+    config = {
+        "data_directory": ".", "camera_fn": "camera_params.h5",
+        "video_fns": [f"videos/{c}.mp4" for c in range(views)],
+        "mask_video_fns": [f"mask_videos/{c}.mp4" for c in range(views)],
+        "image_downsample": 1, "frame_jump": 1, "holdout_views": holdout, "ell": ELL, "grid_size": 48,
+        "fps": FPS, "unit_m": 1.0 / RAW_UNIT_PER_M,
+    }
+    (tmp / "prep.json").write_text(json.dumps(config, indent=2) + "\n")
+    np.savez(tmp / "truth.npz", centre=scene["centre"], heading=scene["heading"], params=params, kinds=KINDS,
+             calib_from_world=M, intrinsics=scene["intrinsics"], extrinsics=scene["extrinsics"])
+    _swap_in(tmp, out)
+    return out / "prep.json"
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -343,6 +465,8 @@ def _swap_in(tmp: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m posesplat.synth", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/synthetic_mouse.zarr", help="zarr v3 store to write")
+    p.add_argument("--raw", metavar="DIR", help="instead, write a raw Pose Splatter-layout recording (videos, "
+                                                "camera HDF5, prep.json) into DIR")
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--views", type=int, default=6)
     p.add_argument("--height", type=int, default=128)
@@ -355,10 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, name) < (3 if name == "frames" else 1 if name == "views" else 16):
             print(f"error: --{name} {getattr(a, name)} is too small", file=sys.stderr)
             return 2
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    target = a.raw or a.out
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    make = make_raw if a.raw else make_dataset
     try:
-        path = make_dataset(a.out, a.frames, a.views, a.height, a.width, a.seed, force=a.force,
-                            holdout=a.holdout)
+        path = make(target, a.frames, a.views, a.height, a.width, a.seed, force=a.force, holdout=a.holdout)
     except (FileExistsError, SynthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,8 @@ def test_same_seed_gives_identical_bytes(tmp_path):
 
 
 def test_different_seed_differs(tmp_path):
-    a, b = zarr.open_group(tiny(tmp_path / "a.zarr", 1), mode="r"), zarr.open_group(tiny(tmp_path / "b.zarr", 2), mode="r")
+    a = zarr.open_group(tiny(tmp_path / "a.zarr", 1), mode="r")
+    b = zarr.open_group(tiny(tmp_path / "b.zarr", 2), mode="r")
     for name in ("images", "masks", "centre", "heading", "gt/params"):
         assert not np.array_equal(a[name][:], b[name][:]), name
     np.testing.assert_array_equal(a["extrinsics"][:], b["extrinsics"][:])  # the rig does not depend on the seed
@@ -151,4 +152,22 @@ def test_refuses_to_overwrite_and_leaves_no_temporary(tmp_path, capsys):
 def test_cli_rejects_bad_holdout(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x.zarr"), "--views", "4", "--holdout", "4", "--frames", "3"]) == 2
     assert "holdout" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_walk_is_smooth_and_forwards(small_dataset):
+    ds = open_dataset(small_dataset)
+    turn = np.abs(np.diff(ds.heading))
+    assert turn.max() <= 4.0 / 30 + 1e-9  # at most 4 rad/s: the heading never jumps
+    step = np.diff(ds.centre[:, :2], axis=0)
+    facing = np.stack([np.cos(ds.heading[:-1]), np.sin(ds.heading[:-1])], 1)
+    assert ((step * facing).sum(1) > 0.9 * np.linalg.norm(step, axis=1)).all()  # it moves where it faces
+    assert np.linalg.norm(ds.centre[:, :2], axis=1).max() <= 0.05 + 1e-9 and np.ptp(ds.centre[:, 2]) == 0
+
+
+def test_raw_recording_refuses_odd_sizes(tmp_path):
+    from posesplat.synth import SynthError, make_raw
+
+    with pytest.raises(SynthError, match="must be even"):
+        make_raw(tmp_path / "raw", frames=3, views=3, height=33, width=32, progress=False)
     assert not list(tmp_path.iterdir())

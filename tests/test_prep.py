@@ -1,0 +1,258 @@
+"""posesplat.prep on a raw recording written by the synthetic generator: geometry recovered, frames equal to the
+directly generated dataset, fingerprinted steps skip and resume (also after a SIGKILL mid-write), one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from posesplat.data import inside_body, open_dataset
+from posesplat.prep import (FAULT_ENV, PrepError, find_up, headings_from_axes, main, prep, read_video)
+from posesplat.synth import make_dataset, make_raw
+
+RAW = dict(frames=48, views=6, height=64, width=64, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    """A raw recording (videos, mask videos, camera HDF5 in a tilted millimetre frame) and its prep config."""
+    return make_raw(tmp_path_factory.mktemp("raw") / "rec", **RAW)
+
+
+@pytest.fixture(scope="module")
+def prepped(raw) -> Path:
+    """The raw recording imported with two worker processes."""
+    return prep(raw, workers=2, progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory) -> Path:
+    """The same recording written directly by the generator."""
+    return make_dataset(tmp_path_factory.mktemp("direct") / "d.zarr", **RAW)
+
+
+def gt_to_prep_world(ds, truth) -> np.ndarray:
+    """The rigid transform [4, 4] from the generator's world into the imported dataset's world."""
+    return np.asarray(ds.attrs["world_from_calibration"]) @ truth["calib_from_world"]
+
+
+def test_recovers_up_centres_and_headings(raw, prepped):
+    ds, truth = open_dataset(prepped), np.load(raw.parent / "truth.npz")
+    A = gt_to_prep_world(ds, truth)
+    assert np.allclose(A[:3, :3] @ A[:3, :3].T, np.eye(3), atol=1e-9)  # units converted: a rigid motion
+    up_error = np.degrees(np.arccos(A[2, 2]))  # the generator's up, seen in the imported world
+    assert up_error < 2.0, up_error
+    rng = np.random.default_rng(0)
+    voxel = ds.ell / ds.attrs["grid_size"]
+    yaw = np.arctan2(A[1, 0], A[0, 0])
+    for f in range(ds.n_frames):
+        pts = truth["centre"][f] + rng.uniform(-0.12, 0.12, size=(60000, 3))
+        centroid = pts[inside_body(truth["params"][f], pts, truth["kinds"])].mean(0)  # of the true body volume
+        assert np.linalg.norm(ds.centre[f] - (A[:3, :3] @ centroid + A[:3, 3])) < voxel, f
+        err = np.degrees(abs(np.angle(np.exp(1j * (ds.heading[f] - truth["heading"][f] - yaw)))))
+        assert err < 10.0, (f, err)
+
+
+def test_frames_equal_the_direct_dataset(prepped, direct, raw):
+    a, b = open_dataset(prepped), open_dataset(direct)
+    assert (a.n_frames, a.n_views, a.height, a.width) == (b.n_frames, b.n_views, b.height, b.width)
+    assert a.holdout_views == b.holdout_views and a.attrs["generator"] == "posesplat.prep"
+    ma, mb = a.root["masks"][:], b.root["masks"][:]
+    assert (ma != mb).mean() < 1e-3  # masks survive H.264 at crf 0 and the 128 threshold
+    ia, ib = a.root["images"][:].astype(int), b.root["images"][:].astype(int)
+    assert ia[ma == 0].max() == 0  # the raw videos' textured background is removed
+    both = (ma == 1) & (mb == 1)
+    assert np.abs(ia - ib)[both].mean() < 8  # chroma subsampling blurs colour edges a little
+    # the same world point lands on the same pixel in both datasets' cameras
+    A = gt_to_prep_world(a, np.load(raw.parent / "truth.npz"))
+    x = np.array([0.01, -0.02, 0.03, 1.0])
+    for c in range(a.n_views):
+        uv = [K @ (E @ p)[:3] for K, E, p in ((a.intrinsics[c], a.extrinsics[c], A @ x),
+                                            (b.intrinsics[c], b.extrinsics[c], x))]
+        assert np.allclose(uv[0][:2] / uv[0][2], uv[1][:2] / uv[1][2], atol=1e-6)
+
+
+def test_crop_indices_cover_every_frame(prepped):
+    ds = open_dataset(prepped)
+    (x0, x1), (y0, y1), (z0, z1) = ds.attrs["volume_idx"]
+    G = ds.attrs["grid_size"]
+    assert 0 <= x0 < x1 <= G and 0 <= y0 < y1 <= G and 0 <= z0 < z1 <= G
+    assert all((hi - lo) % 4 == 0 for lo, hi in ds.attrs["volume_idx"])
+    assert (x1 - x0) * (y1 - y0) * (z1 - z0) < 0.5 * G**3  # a real crop, not the whole cube
+
+
+def test_rerun_skips_every_step(raw, prepped):
+    before = {p: p.stat().st_mtime_ns for p in prepped.rglob("*")}
+    lines = []
+    assert prep(raw, workers=2, progress=False, log=lines.append) == prepped
+    assert lines == ["cameras: up to date", "track: up to date", "pose: up to date", f"{prepped}: up to date"]
+    assert {p: p.stat().st_mtime_ns for p in prepped.rglob("*")} == before
+
+
+def copy_recording(raw: Path, dest: Path) -> Path:
+    shutil.copytree(raw.parent, dest, ignore=shutil.ignore_patterns("*.zarr", "*.prep"))
+    return dest / raw.name
+
+
+def test_changed_background_redoes_only_the_frames(tiny_raw, tmp_path):
+    cfg = copy_recording(tiny_raw, tmp_path / "rec")
+    lines = []
+    prep(cfg, workers=1, progress=False, log=lines.append)
+    values = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**values, "background": [1.0, 1.0, 1.0]}))
+    lines.clear()
+    out = prep(cfg, workers=1, progress=False, log=lines.append)
+    assert lines[:3] == ["cameras: up to date", "track: up to date", "pose: up to date"] and "frames: done" in lines
+    ds = open_dataset(out)
+    assert ds.attrs["background"] == [1.0, 1.0, 1.0]
+    assert (ds.root["images"][3][ds.root["masks"][3] == 0] == 255).all()
+
+
+def test_killed_mid_write_resumes_to_the_same_dataset(raw, prepped, tmp_path):
+    cfg = copy_recording(raw, tmp_path / "rec")
+    cmd = [sys.executable, "-m", "posesplat.prep", str(cfg), "--workers", "1"]
+    killed = subprocess.run(cmd, env={**os.environ, FAULT_ENV: "frames:1"}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr  # SIGKILL between the image and mask chunks of frame 16
+    work = cfg.parent / "dataset.zarr.prep"
+    assert not (cfg.parent / "dataset.zarr").exists()
+    assert [p.name for p in work.glob("done-*/*.json")] == ["00000000.json"]  # block 0 finished, block 1 not
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "track: up to date" in resumed.stderr and "pose: up to date" in resumed.stderr
+    a, b = zarr.open_group(str(cfg.parent / "dataset.zarr"), mode="r"), zarr.open_group(str(prepped), mode="r")
+    for name in ("images", "masks", "centre", "heading", "intrinsics", "extrinsics"):
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+    assert not list((cfg.parent / "dataset.zarr").rglob("*.partial"))
+
+
+def test_read_video_seeks_to_exact_frames(raw):
+    path = raw.parent / "mask_videos" / "2.mp4"
+    every = np.stack(list(read_video(path, 0, 48, 1, 30.0)))
+    for start, count, step in ((1, 3, 1), (17, 4, 3), (40, 8, 1)):
+        np.testing.assert_array_equal(np.stack(list(read_video(path, start, count, step, 30.0))),
+                                      every[start: start + count * step: step])
+    with pytest.raises(PrepError, match="ended after frame 47"):
+        list(read_video(path, 44, 3, 2, 30.0))
+
+
+def test_up_falls_back_to_cameras_and_accepts_an_override(raw, prepped):
+    E = open_dataset(prepped).extrinsics  # imported world: z is up
+    still = np.zeros((30, 3))  # an animal that never moves gives no path plane
+    up, how = find_up(E, still, None)
+    assert how == "camera axes" and np.degrees(np.arccos(up[2])) < 2
+    up, how = find_up(E, still, [0.0, 0.0, 2.0])
+    assert how == "config" and np.allclose(up, [0, 0, 1])
+
+
+def test_headings_resolve_the_180_degree_ambiguity():
+    t = np.arange(40)
+    true = 0.05 * t  # turning left while walking forwards
+    centres = np.stack([np.cos(true), np.sin(true), 0 * t], 1).cumsum(0) * 0.002
+    axes = np.stack([np.cos(true), np.sin(true)], 1) * np.where(t % 3 == 0, -1, 1)[:, None]  # random-looking flips
+    got = headings_from_axes(axes, centres, sigma=0.0)
+    np.testing.assert_allclose(got, true, atol=1e-9)
+    got = headings_from_axes(-axes, centres, sigma=1.0)  # the global sign comes from the direction of travel
+    assert np.abs(got - true).max() < 0.02
+
+
+# ------------------------------------------------------------------ bad input: one line naming the file
+
+
+@pytest.fixture(scope="module")
+def tiny_raw(tmp_path_factory) -> Path:
+    return make_raw(tmp_path_factory.mktemp("tiny") / "rec", frames=6, views=4, height=32, width=32, progress=False)
+
+
+@pytest.fixture
+def broken(tiny_raw, tmp_path) -> Path:
+    return copy_recording(tiny_raw, tmp_path / "rec")
+
+
+def cli_error(cfg: Path, capsys) -> str:
+    assert main([str(cfg), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert not (cfg.parent / "dataset.zarr").exists()
+    return err
+
+
+def edit(cfg: Path, **changes) -> None:
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **changes}))
+
+
+def test_missing_config(tmp_path, capsys):
+    assert "no such config file" in cli_error(tmp_path / "prep.json", capsys)
+
+
+def test_missing_key(broken, capsys):
+    values = json.loads(broken.read_text())
+    del values["ell"]
+    broken.write_text(json.dumps(values))
+    assert "key 'ell': Field required" in cli_error(broken, capsys)
+
+
+def test_missing_video(broken, capsys):
+    (broken.parent / "videos" / "2.mp4").unlink()
+    err = cli_error(broken, capsys)
+    assert "videos/2.mp4: no such file (video 2" in err
+
+
+def test_unreadable_video(broken, capsys):
+    (broken.parent / "mask_videos" / "1.mp4").write_bytes(b"not a video")
+    assert "mask_videos/1.mp4: unreadable video" in cli_error(broken, capsys)
+
+
+def test_videos_of_different_lengths(broken, tiny_raw, capsys):
+    make_raw(broken.parent.parent / "short", frames=4, views=4, height=32, width=32, progress=False)
+    shutil.copy(broken.parent.parent / "short" / "videos" / "3.mp4", broken.parent / "videos" / "3.mp4")
+    assert "videos/3.mp4: 4 frames but" in cli_error(broken, capsys)
+
+
+def test_camera_count_disagrees(broken, capsys):
+    with h5py.File(broken.parent / "camera_params.h5", "r+") as h:
+        g = h["camera_parameters"]
+        R = g["rotation"][:3]
+        del g["rotation"]
+        g["rotation"] = R
+    assert "camera_parameters/rotation has 3 cameras but the config names 4 videos" in cli_error(broken, capsys)
+
+
+def test_transposed_intrinsics(broken, capsys):
+    with h5py.File(broken.parent / "camera_params.h5", "r+") as h:
+        K = h["camera_parameters/intrinsic"][:]
+        h["camera_parameters/intrinsic"][...] = np.transpose(K, (0, 2, 1))
+    assert "intrinsic[0] must be [[fx,0,cx],[0,fy,cy],[0,0,1]] (it looks transposed" in cli_error(broken, capsys)
+
+
+def test_holdout_out_of_range(broken, capsys):
+    edit(broken, holdout_views=[1, 4])
+    assert "key 'holdout_views': view 4 out of range [0, 4)" in cli_error(broken, capsys)
+
+
+def test_mask_videos_count_disagrees(broken, capsys):
+    edit(broken, mask_video_fns=["mask_videos/0.mp4"])
+    assert "4 video_fns but 1 mask_video_fns" in cli_error(broken, capsys)
+
+
+@pytest.mark.slow
+def test_trains_like_the_direct_dataset(prepped, direct):
+    from posesplat.config import make_config
+    from posesplat.train import train
+
+    def run(dataset):
+        cfg = make_config(dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
+                               max_n=2000, max_frames=24, eval_frames=4, steps_per_epoch=8, epochs=4, lr=3e-3,
+                               lr_schedule="constant", valid_every=4, seed=0))
+        return train(cfg, progress=False)[-1]
+
+    a, b = run(prepped), run(direct)
+    print({k: (a[k], b[k]) for k in ("train_loss", "valid_heldout_iou", "valid_heldout_psnr")})
+    assert a["valid_heldout_iou"] > 0.3 and abs(a["valid_heldout_iou"] - b["valid_heldout_iou"]) < 0.1
+    assert abs(a["valid_heldout_psnr"] - b["valid_heldout_psnr"]) < 2.0
