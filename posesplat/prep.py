@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 PREP_VERSION = "1"
 TRACK_SCALE = 1.25  # the tracking cube is this much larger than ell so that a rough centre still holds the animal
-TRUNK = 1 / 6  # the heading is the principal axis of the hull within ell * TRUNK of its centroid: tail and head
-# tips, which bend and swing, would tilt the axis of the whole hull
+TRUNK = 0.135  # default trunk radius / ell: the heading is the principal axis of the hull within that distance of
+# its centroid, because the tail and a turned head, which swing, would tilt the axis of the whole hull
 BLOCK = 16  # output frames per parallel job (one done-marker per block)
 FAULT_ENV = "POSESPLAT_PREP_FAULT"  # test hook: "frames:<block>" SIGKILLs the process in the middle of that block
 
@@ -65,6 +65,8 @@ class PrepConfig(BaseModel):
     background: list[float] = Field([0.0, 0.0, 0.0], min_length=3, max_length=3)
     mask_threshold: int = Field(128, ge=1, le=255)
     smooth_frames: float = Field(1.0, ge=0, description="Gaussian sigma (output frames) for centres and headings")
+    trunk_radius: Optional[float] = Field(None, gt=0, description="metres; heading from the hull within it of the "
+                                                                 "centroid (default 0.135 ell)")
     fps: Optional[float] = None
 
 
@@ -357,7 +359,7 @@ def track_block(job: dict, j0: int, j1: int) -> dict[str, np.ndarray]:
             out["low"].append(np.nan)
             continue
         centroid = pts.mean(0)
-        trunk = pts[np.linalg.norm(pts - centroid, axis=1) < job["ell"] * TRUNK]
+        trunk = pts[np.linalg.norm(pts - centroid, axis=1) < job["trunk_radius"]]
         out["centroid"].append(centroid)
         out["cov"].append(np.cov(trunk.T, bias=True) if len(trunk) >= 4 else np.full((3, 3), np.nan))
         out["low"].append((pts @ up).min() - 0.5 * job["ell"] / job["grid_size"])
@@ -481,11 +483,12 @@ def prep(config: str | Path, out: Optional[str | Path] = None, workers: Optional
     job = {"Ks": cams["intrinsics"].tolist(), "Es": cams["extrinsics"].tolist(), "observed": observed,
            "views": list(range(C)), "mask_videos": [str(files[f"mask video {c}"]) for c in range(C)],
            "videos": [str(files[f"video {c}"]) for c in range(C)], "frame_jump": cfg.frame_jump, "fps": fps,
-           "threshold": cfg.mask_threshold, "ds": ds, "ell": cfg.ell, "grid_size": cfg.grid_size}
+           "threshold": cfg.mask_threshold, "ds": ds, "ell": cfg.ell, "grid_size": cfg.grid_size,
+           "trunk_radius": cfg.trunk_radius or TRUNK * cfg.ell}
 
     # --- track
     fp_track = fingerprint(fp_cam, [source[f"mask video {c}"] for c in observed], observed, cfg.ell, cfg.grid_size,
-                           cfg.frame_jump, cfg.mask_threshold, fps)
+                           cfg.frame_jump, cfg.mask_threshold, fps, job["trunk_radius"])
 
     def track():
         clear_stale(work, "track", f"track-{fp_track}")

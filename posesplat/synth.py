@@ -38,6 +38,8 @@ ARENA_RADIUS = 0.05
 LIGHT = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])
 DEFAULT_HOLDOUT = (1, 4)
 FPS = 30
+RAW_ELL = 0.26  # the raw recording's prep config: prep centres on the hull's centroid, ahead of the body centre,
+# so the tail needs a little more room behind it than ELL gives
 RAW_UNIT_PER_M = 1000.0  # the raw recording's calibration is in millimetres, like DANNCE's
 FOV_HALF_DEG = 19.0  # half the horizontal field of view: the body spans ~1/3 of the width, the tail stays in frame
 
@@ -443,7 +445,7 @@ def make_raw(
         "data_directory": ".", "camera_fn": "camera_params.h5",
         "video_fns": [f"videos/{c}.mp4" for c in range(views)],
         "mask_video_fns": [f"mask_videos/{c}.mp4" for c in range(views)],
-        "image_downsample": 1, "frame_jump": 1, "holdout_views": holdout, "ell": ELL, "grid_size": 48,
+        "image_downsample": 1, "frame_jump": 1, "holdout_views": holdout, "ell": RAW_ELL, "grid_size": 48,
         "fps": FPS, "unit_m": 1.0 / RAW_UNIT_PER_M,
     }
     (tmp / "prep.json").write_text(json.dumps(config, indent=2) + "\n")
