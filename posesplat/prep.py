@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional
 
@@ -351,7 +352,8 @@ def track_block(job: dict, j0: int, j1: int) -> dict[str, np.ndarray]:
     for _, masks in read_masks(job, obs, j0, j1):
         rough = triangulate([mask_median(m) for m in masks], Ks[obs], Es[obs])
         pts = np.zeros((0, 3)) if np.isnan(rough).any() else local + rough
-        pts = pts[hull(masks, Ks[obs], Es[obs], pts)] if len(pts) else pts
+        seen = [v for v, m in enumerate(masks) if m.any()]  # a view that lost the animal does not carve it away
+        pts = pts[hull(masks[seen], Ks[obs][seen], Es[obs][seen], pts)] if len(pts) and len(seen) >= 2 else pts[:0]
         out["rough"].append(rough)
         if len(pts) < 4:
             out["centroid"].append(np.full(3, np.nan))
@@ -386,10 +388,24 @@ def frames_block(job: dict, j0: int, j1: int) -> dict[str, list]:
         root["masks"][j] = small.astype(np.uint8)
         c, s = np.cos(headings[j]), np.sin(headings[j])
         world = local @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + centres[j]
-        occ = hull(small[obs], Ks[obs], Es[obs], world).reshape(G, G, G)
+        seen = [v for v in obs if small[v].any()]
+        occ = hull(small[seen], Ks[seen], Es[seen], world) if len(seen) >= 2 else np.zeros(len(world), bool)
+        occ = occ.reshape(G, G, G)
         idx = [np.flatnonzero(occ.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
         boxes.append([[int(i.min()), int(i.max()) + 1] if len(i) else None for i in idx])
     return {"boxes": boxes}
+
+
+_JOB: dict = {}
+
+
+def _set_job(job: dict) -> None:
+    _JOB.clear()
+    _JOB.update(job)
+
+
+def _run_with_job(fn: Callable, j0: int, j1: int):
+    return fn(_JOB, j0, j1)
 
 
 def run_blocks(fn: Callable, job: dict, n: int, folder: Path, workers: int, desc: str, progress: bool) -> list:
@@ -404,15 +420,18 @@ def run_blocks(fn: Callable, job: dict, n: int, folder: Path, workers: int, desc
         os.replace(tmp, folder / f"{b[0]:08d}.json")
         bar.update(b[1] - b[0])
 
-    if workers <= 1 or len(todo) <= 1:
-        for b in todo:
-            save(b, fn(job, *b))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(fn, job, *b): b for b in todo}
-            for fut in as_completed(futures):
-                save(futures[fut], fut.result())
-    bar.close()
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for b in todo:
+                save(b, fn(job, *b))
+        else:  # the job (cameras, poses) goes to each worker once; each task names only its block
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_set_job, initargs=(job,)) as pool:
+                futures = {pool.submit(_run_with_job, fn, *b): b for b in todo}
+                for fut in as_completed(futures):
+                    save(futures[fut], fut.result())
+    finally:
+        bar.close()
     return [json.loads((folder / f"{j0:08d}.json").read_text()) for j0, _ in blocks(n)]
 
 
@@ -611,6 +630,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except PrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenProcessPool:
+        print("error: a worker process died (out of memory or killed); run the same command again to resume",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -256,3 +256,16 @@ def test_trains_like_the_direct_dataset(prepped, direct):
     print({k: (a[k], b[k]) for k in ("train_loss", "valid_heldout_iou", "valid_heldout_psnr")})
     assert a["valid_heldout_iou"] > 0.3 and abs(a["valid_heldout_iou"] - b["valid_heldout_iou"]) < 0.1
     assert abs(a["valid_heldout_psnr"] - b["valid_heldout_psnr"]) < 2.0
+
+
+def test_a_dead_worker_is_one_line_and_the_rerun_resumes(tmp_path):
+    cfg = make_raw(tmp_path / "rec", frames=40, views=4, height=32, width=32, progress=False)
+    cmd = [sys.executable, "-m", "posesplat.prep", str(cfg), "--workers", "2"]
+    died = subprocess.run(cmd, env={**os.environ, FAULT_ENV: "frames:1"}, capture_output=True, text=True)
+    errors = [line for line in died.stderr.splitlines() if "error" in line.lower()]
+    assert died.returncode == 1 and errors == [
+        "error: a worker process died (out of memory or killed); run the same command again to resume"]
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "track: up to date" in resumed.stderr
+    assert open_dataset(cfg.parent / "dataset.zarr").n_frames == 40
