@@ -12,7 +12,9 @@ import argparse
 import fcntl
 import json
 import os
+import socket
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +49,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="use the space's CPU scale-down even if a GPU is present")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a trial from its last checkpoint")
     p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    p.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none); "
+                                                         "re-running the same command also resumes")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     return p.parse_args(argv)
 
@@ -73,13 +77,44 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Path, bool]:
         ds.frame_split(frames, base.get("frame_jump", 1))
     base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
     study_dir = Path(args.storage).resolve() / (args.name or space.name)
+    check_writable(Path(args.storage))
+    if args.address:
+        check_reachable(args.address)
     info = study_dir / "study.json"
+    if args.resume and not info.exists():
+        raise StudyError(f"{study_dir}: no study to resume (run without --resume to start one)")
     if info.exists():
         held = json.loads(info.read_text())
         if held["space"] != space.model_dump(mode="json"):
             raise StudyError(f"{study_dir}: holds a study of space '{held['space']['name']}' with other settings; "
                              f"use --name for a new study")
     return space, base, study_dir, gpu
+
+
+def check_writable(storage: Path) -> None:
+    """Refuse storage the driver cannot write to, before anything is created there."""
+    probe = storage.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StudyError(f"{storage}: storage is not writable ({probe} is a file, not a directory)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise StudyError(f"{storage}: storage is not writable ({e.strerror})") from None
+
+
+def check_reachable(address: str) -> None:
+    """Refuse a cluster address nobody answers at (ray.init would wait minutes); 'auto' is left to Ray."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise StudyError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
 class StudyLock:

@@ -123,24 +123,84 @@ def test_every_cell_crossed_with_every_mode():
     assert len(cells) == 6 * 2 and all(sorted(m) == ["2d", "3d"] for m in cells.values())
 
 
-def test_bad_space_file_is_one_line(tmp_path, capsys, small_dataset):
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"name": "bad", "max_epoch": 3}))
-    assert main(["--space", str(bad), "--storage", str(tmp_path)]) == 2
+@pytest.fixture(scope="module")
+def invalid_dataset(small_dataset, tmp_path_factory):
+    """A copy of the small dataset whose centre track has a NaN: it fails validation."""
+    import shutil
+
+    import zarr
+
+    bad = tmp_path_factory.mktemp("bad") / "nan_centre.zarr"
+    shutil.copytree(small_dataset, bad)
+    zarr.open_group(str(bad), mode="r+")["centre"][5, 0] = float("nan")
+    return bad
+
+
+def _space_file(tmp_path, **raw):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"name": "bad", **raw}))
+    return path
+
+
+BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
+    "unknown_space": (lambda t, d: ["--space", "no_such_space"], "unknown search space 'no_such_space'"),
+    "space_unknown_key": (lambda t, d: ["--space", str(_space_file(t, max_epoch=3))],
+                          "unknown key 'max_epoch' (did you mean 'max_epochs'?)"),
+    "space_bad_value": (lambda t, d: ["--space", str(_space_file(t, scheduler={"reduction_factor": 0.5}))],
+                        "key 'scheduler.reduction_factor'"),
+    "space_not_json": (lambda t, d: ["--space", str(_space_file(t)).replace("space.json", "nope.json")],
+                       "no such search-space file"),
+    "config_key_does_not_exist": (lambda t, d: ["--space", str(_space_file(t, base_config={"gridsize": 32}))],
+                                  "gridsize"),
+    "config_bad_value": (lambda t, d: ["--space", str(_space_file(t, base_config={"grid_size": 2}))],
+                         "key 'grid_size'"),
+    "grid_key_does_not_exist": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12], "frame_skip": [1]}))], "'frame_skip' is not a training config key"),
+    "missing_dataset": (lambda t, d: ["--space", "smoke", "--dataset", str(t / "none.zarr")], "none.zarr: no such dataset"),
+    "invalid_dataset": (lambda t, d: ["--space", "smoke", "--dataset", str(d)], "array 'centre': non-finite value at frame 5"),
+    "resume_without_study": (lambda t, d: ["--space", "smoke", "--resume"], "no study to resume"),
+    "cluster_unreachable": (lambda t, d: ["--space", "smoke", "--address", "127.0.0.1:9"],
+                            "--address 127.0.0.1:9: no Ray cluster answers there"),
+    "unknown_mode": (lambda t, d: ["--space", "smoke", "--modes", "4d"], "--modes: unknown mode '4d'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys, small_dataset, invalid_dataset):
+    make_argv, expected = BAD_INPUTS[case]
+    storage = tmp_path / "studies"
+    argv = make_argv(tmp_path, invalid_dataset) + ["--storage", str(storage)]
+    if "--dataset" not in argv:
+        argv += ["--dataset", str(small_dataset)]
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {bad}: unknown key 'max_epoch' (did you mean 'max_epochs'?)"
-    bad.write_text(json.dumps({"name": "bad", "base_config": {"grid_size": 2}}))
-    assert main(["--space", str(bad), "--storage", str(tmp_path)]) == 2
-    assert "key 'grid_size'" in capsys.readouterr().err
-    assert main(["--space", "no_such_space", "--storage", str(tmp_path)]) == 2
-    assert "unknown search space 'no_such_space'" in capsys.readouterr().err
-    assert main(["--space", "smoke", "--storage", str(tmp_path), "--dataset", str(tmp_path / "none.zarr")]) == 2
-    err = capsys.readouterr().err
-    assert "none.zarr" in err and len(err.strip().splitlines()) == 1
-    assert not any(tmp_path.glob("*/study.json"))  # nothing half-written
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
+    assert not storage.exists()  # nothing half-written
+
+
+def test_unwritable_storage_is_one_line(tmp_path, capsys, small_dataset):
+    (tmp_path / "a_file").write_text("x")
+    storage = tmp_path / "a_file" / "studies"
+    assert main(["--space", "smoke", "--dataset", str(small_dataset), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {storage}: storage is not writable ({tmp_path / 'a_file'} is a file, not a directory)"
+
+
+def test_other_space_into_existing_study_is_refused(smoke_study, capsys, small_dataset):
+    before = (smoke_study / "study.json").read_text()
+    argv = ["--space", "comparison", "--name", "smoke", "--storage", str(smoke_study.parent),
+            "--dataset", str(small_dataset)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a study of space 'smoke'" in err and len(err.splitlines()) == 1
+    assert (smoke_study / "study.json").read_text() == before
+
+
+def test_bad_option_exits_non_zero(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--search", "grid"])
     assert e.value.code == 2
+    assert "invalid choice: 'grid'" in capsys.readouterr().err
 
 
 def test_second_driver_is_refused(tmp_path):
