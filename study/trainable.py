@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from ray import tune
 
@@ -55,11 +56,12 @@ def run_trial(config: dict, base_config: dict, study_dir: str) -> None:
         with restored.as_directory() as d:
             shutil.copy(Path(d) / "checkpoint.pt", ckpt_file)
         resume = ckpt_file
+    node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each epoch (a retried trial may move)
     board = TrialBoard(Path(study_dir) / "tensorboard" / ctx.get_trial_id(), {**tuned, "trial_id": ctx.get_trial_id()})
 
     def report(r: EpochReport) -> None:
         board.write(r)
-        tune.report(dict(r.metrics), checkpoint=tune.Checkpoint.from_directory(str(work)))
+        tune.report({**r.metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         train(cfg, ckpt_path=ckpt_file, resume_from=resume, on_epoch=report, progress=False)
