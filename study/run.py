@@ -72,10 +72,6 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Path, bool]:
     dataset = args.dataset or base.get("dataset") or "data/synthetic_mouse.zarr"
     if "://" not in dataset:
         dataset = str(Path(dataset).resolve())
-    ds = open_dataset(dataset)  # DatasetError names the store and the array
-    for frames in space.grid.get("max_frames", []):
-        ds.frame_split(frames, base.get("frame_jump", 1))
-    base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
     study_dir = Path(args.storage).resolve() / (args.name or space.name)
     check_writable(Path(args.storage))
     if args.address:
@@ -83,11 +79,20 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Path, bool]:
     info = study_dir / "study.json"
     if args.resume and not info.exists():
         raise StudyError(f"{study_dir}: no study to resume (run without --resume to start one)")
+    base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
     if info.exists():
         held = json.loads(info.read_text())
         if held["space"] != space.model_dump(mode="json"):
             raise StudyError(f"{study_dir}: holds a study of space '{held['space']['name']}' with other settings; "
                              f"use --name for a new study")
+        changed = sorted(k for k in {**held["base_config"], **base} if held["base_config"].get(k) != base.get(k))
+        changed += [f"--{k}" for k in ("search", "seed") if held["options"].get(k) != getattr(args, k)]
+        if changed:
+            raise StudyError(f"{study_dir}: this study was started with other {', '.join(changed)}; "
+                             f"resume it with the same settings, or use --name for a new study")
+    ds = open_dataset(dataset)  # DatasetError names the store and the array
+    for frames in space.grid.get("max_frames", []):
+        ds.frame_split(frames, base.get("frame_jump", 1))
     return space, base, study_dir, gpu
 
 
@@ -152,7 +157,7 @@ def run_study(args: argparse.Namespace) -> Path:
     from ray import tune
 
     from study import resources
-    from study.search import MODE_KEY, PerModeSearcher, StratifiedASHA
+    from study.search import MODE_KEY, PerModeSearcher, SchedulerState, StratifiedASHA
     from study.sink import ParquetSink
     from study.trainable import run_trial
 
@@ -195,8 +200,10 @@ def run_study(args: argparse.Namespace) -> Path:
             print(f"resuming the study in {study_dir}", flush=True)
             tuner = tune.Tuner.restore(str(run_dir), trainable, resume_errored=True, restart_errored=False,
                                        param_space={})
-            # callbacks are not saved with the experiment: hand the sink back in
-            tuner._local_tuner._run_config.callbacks = [sink]
+            # hand in a fresh sink (it reads trials.parquet) and the restored scheduler's state callback; the
+            # Tuner's own pickle holds the scheduler as constructed, its state comes from the callback's snapshot
+            scheduler = tuner._local_tuner._tune_config.scheduler
+            tuner._local_tuner._run_config.callbacks = [sink] + ([SchedulerState(scheduler)] if scheduler else [])
         else:
             searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed)
             scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
@@ -206,10 +213,11 @@ def run_study(args: argparse.Namespace) -> Path:
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher, scheduler=scheduler, num_samples=searcher.total,
-                    max_concurrent_trials=args.max_concurrent, reuse_actors=False,
+                    max_concurrent_trials=args.max_concurrent, reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
-                    name="ray", storage_path=str(study_dir), callbacks=[sink],
+                    name="ray", storage_path=str(study_dir),
+                    callbacks=[sink] + ([SchedulerState(scheduler)] if scheduler else []),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=1,

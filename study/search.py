@@ -4,6 +4,8 @@
 and every (grid_size, max_frames) cell is paired across modes; the continuous dimensions come from a separate Optuna
 TPE sampler per mode (or a seeded random sampler), so one mode's results never steer the other's tuning.
 `StratifiedASHA` keeps one ASHA scheduler per mode: a trial only competes with trials of its own mode.
+Ray's experiment state does not include the scheduler; `SchedulerState` carries it in the same snapshot (as a
+callback state), so a resumed study makes the same early-stopping decisions as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pickle
 from typing import Any, Optional
 
 import numpy as np
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -156,3 +159,17 @@ class StratifiedASHA(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+class SchedulerState(Callback):
+    """Saves a scheduler's state with Ray's experiment snapshot and puts it back on restore (Ray saves only the
+    searcher); without it a resumed ASHA forgets every rung result and stops (or keeps) other trials."""
+
+    def __init__(self, scheduler: TrialScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"scheduler": pickle.dumps(self.scheduler.__dict__)}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))

@@ -1,13 +1,17 @@
 """Driver-side Tune callback: every reported epoch to `<study>/metrics/` (parquet parts) and the trials table.
 
 One part file per (trial, epoch), named by both, written to a temporary name and renamed: a resumed study that
-re-reports an epoch replaces that part instead of duplicating it. Schema: docs/metrics.md.
+re-reports an epoch replaces that part instead of duplicating it. Ray saves its experiment state every few seconds,
+so after a crash it may know less than the parquet does; at the first step of every (re)started run the sink drops
+what Ray will redo (parts of trials Ray no longer knows, epochs after a trial's restored state), so the parquet ends
+with exactly one row per (trial, epoch). Schema: docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +50,7 @@ class ParquetSink(Callback):
     def __init__(self, study_dir: Path, study: str, base_config: dict, max_epochs: int):
         self.dir, self.study, self.base, self.max_epochs = Path(study_dir), study, base_config, max_epochs
         self.trials: dict[str, dict] = {}
+        self.reconciled = False
         old = self.dir / "trials.parquet"
         if old.exists():  # a resumed study keeps the rows of trials it will not see again
             self.trials = {r["trial_id"]: r for r in pq.read_table(old).to_pylist()}
@@ -66,6 +71,28 @@ class ParquetSink(Callback):
         rows = list(self.trials.values())
         keys = sorted({k for r in rows for k in r})
         write_table_atomic([{k: r.get(k) for k in keys} for r in rows], self.dir / "trials.parquet")
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self.reconciled:
+            self.reconcile({t.trial_id: int(t.last_result.get("epoch") or 0) for t in trials})
+            self.reconciled = True
+
+    def reconcile(self, known: dict[str, int]) -> None:
+        """Keep exactly what Ray's (restored) state knows: trial id -> last epoch it has a result for."""
+        for part in sorted((self.dir / "metrics").glob("part-*.parquet")):
+            tid, epoch = part.stem.removeprefix("part-").rsplit("-", 1)
+            if int(epoch) > known.get(tid, 0):
+                part.unlink()
+        for tid in set(self.trials) - set(known):
+            del self.trials[tid]
+            shutil.rmtree(self.dir / "tensorboard" / tid, ignore_errors=True)
+        for tid, row in self.trials.items():
+            if (row.get("last_epoch") or 0) > known[tid]:
+                row.update(last_epoch=known[tid], status="running", stopped_at_epoch=None)
+        if self.trials:
+            self._flush()
+        else:
+            (self.dir / "trials.parquet").unlink(missing_ok=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial, status="running")

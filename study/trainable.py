@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,10 +19,11 @@ from posesplat.train import EpochReport, train
 class TrialBoard:
     """TensorBoard writer of one trial: scalars, image panels and the HParams session."""
 
-    def __init__(self, logdir: Path, hparams: dict):
+    def __init__(self, logdir: Path, hparams: dict, first_epoch: int = 1):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(logdir))
+        # purge_step: a resumed trial hides the events of epochs it is about to redo (written before a crash)
+        self.writer = SummaryWriter(str(logdir), purge_step=first_epoch if first_epoch > 1 else None)
         self.hparams = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
         self.started = False
 
@@ -50,17 +52,20 @@ def run_trial(config: dict, base_config: dict, study_dir: str) -> None:
     torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
     work = Path(tempfile.mkdtemp(prefix="posesplat-trial-"))
     ckpt_file = work / "checkpoint.pt"
-    resume = None
+    resume, done = None, 0
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
             shutil.copy(Path(d) / "checkpoint.pt", ckpt_file)
+            done = json.loads((Path(d) / "state.json").read_text())["epoch"]
         resume = ckpt_file
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each epoch (a retried trial may move)
-    board = TrialBoard(Path(study_dir) / "tensorboard" / ctx.get_trial_id(), {**tuned, "trial_id": ctx.get_trial_id()})
+    board = TrialBoard(Path(study_dir) / "tensorboard" / ctx.get_trial_id(), {**tuned, "trial_id": ctx.get_trial_id()},
+                       first_epoch=done + 1)
 
     def report(r: EpochReport) -> None:
         board.write(r)
+        (work / "state.json").write_text(json.dumps({"epoch": int(r.metrics["epoch"])}))
         tune.report({**r.metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:

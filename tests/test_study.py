@@ -186,13 +186,18 @@ def test_unwritable_storage_is_one_line(tmp_path, capsys, small_dataset):
     assert err == f"error: {storage}: storage is not writable ({tmp_path / 'a_file'} is a file, not a directory)"
 
 
-def test_other_space_into_existing_study_is_refused(smoke_study, capsys, small_dataset):
+@pytest.mark.parametrize("change, expected", [
+    (["--space", "comparison"], "holds a study of space 'smoke'"),
+    (["--space", "smoke", "--seed", "2"], "started with other --seed"),
+    (["--space", "smoke", "--seed", "1", "--dataset", "OTHER"], "started with other dataset"),
+])
+def test_changed_study_into_existing_directory_is_refused(smoke_study, invalid_dataset, capsys, small_dataset,
+                                                           change, expected):
     before = (smoke_study / "study.json").read_text()
-    argv = ["--space", "comparison", "--name", "smoke", "--storage", str(smoke_study.parent),
-            "--dataset", str(small_dataset)]
-    assert main(argv) == 2
+    argv = ["--name", "smoke", "--storage", str(smoke_study.parent), "--dataset", str(small_dataset)] + change
+    assert main([str(invalid_dataset) if a == "OTHER" else a for a in argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert "holds a study of space 'smoke'" in err and len(err.splitlines()) == 1
+    assert expected in err and len(err.splitlines()) == 1, err
     assert (smoke_study / "study.json").read_text() == before
 
 
@@ -210,3 +215,24 @@ def test_second_driver_is_refused(tmp_path):
                 pass
     with StudyLock(tmp_path):  # released: a later driver (or a resume after kill -9) gets it
         pass
+
+
+def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
+    """After a crash Ray's snapshot can lag the parquet: parts of unknown trials and of later epochs go."""
+    from study.sink import ParquetSink, write_table_atomic
+
+    for tid, epochs in (("a", 3), ("b", 2)):
+        for e in range(1, epochs + 1):
+            write_table_atomic([{"trial_id": tid, "epoch": e}], tmp_path / "metrics" / f"part-{tid}-{e:04d}.parquet")
+        (tmp_path / "tensorboard" / tid).mkdir(parents=True)
+    write_table_atomic([{"trial_id": "a", "status": "completed", "last_epoch": 3, "stopped_at_epoch": None},
+                        {"trial_id": "b", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}],
+                       tmp_path / "trials.parquet")
+    sink = ParquetSink(tmp_path, "s", {}, 3)
+    sink.reconcile({"a": 2})  # Ray restored trial a at epoch 2 and never saw trial b
+    assert sorted(p.stem for p in (tmp_path / "metrics").iterdir()) == ["part-a-0001", "part-a-0002"]
+    assert pq.read_table(tmp_path / "trials.parquet").to_pylist() == [
+        {"trial_id": "a", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}]
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == ["a"]
+    sink.reconcile({})  # a fresh start into a directory Ray could not restore: nothing of the old run is kept
+    assert not any((tmp_path / "metrics").iterdir()) and not (tmp_path / "trials.parquet").exists()

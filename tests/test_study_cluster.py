@@ -5,7 +5,6 @@ the other node from its checkpoint, with no lost or repeated epoch."""
 import json
 import threading
 import time
-from datetime import datetime, timezone
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -18,7 +17,7 @@ from study.run import main
 pytestmark = pytest.mark.slow
 
 SPACE = {
-    "name": "cluster", "base_config": {"image_downsample": 2, "valid_every": 1, "eval_frames": 2, "steps_per_epoch": 3,
+    "name": "cluster", "base_config": {"image_downsample": 2, "valid_every": 1, "eval_frames": 2, "steps_per_epoch": 6,
                                        "base_filters": 4, "min_n": 50, "max_n": 3000},
     "modes": ["2d", "3d"], "grid": {"grid_size": [16], "max_frames": [12]},
     "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3}},
@@ -49,17 +48,16 @@ def test_study_spreads_and_survives_a_dead_node(cluster, small_dataset, tmp_path
     killed = {}
 
     def kill_a_node_mid_trial():
-        """When both trials have reported epoch 1, kill the node running the first one (no graceful shutdown)."""
+        """As soon as a trial has reported its first epoch, kill its node (no graceful shutdown)."""
         deadline = time.time() + 300
         while time.time() < deadline:
             rows = read_rows(study)
-            if len({r["trial_id"] for r in rows}) == 2:
+            if rows:
                 victim = rows[0]["node_id"]
-                node = next(w for w in workers if w.node_id == victim)
-                killed.update(node_id=victim, trial_id=rows[0]["trial_id"], at=datetime.now(timezone.utc))
-                c.remove_node(node, allow_graceful=False)
+                killed.update(node_id=victim, trial_id=rows[0]["trial_id"])
+                c.remove_node(next(w for w in workers if w.node_id == victim), allow_graceful=False)
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     killer = threading.Thread(target=kill_a_node_mid_trial)
     killer.start()
@@ -73,11 +71,10 @@ def test_study_spreads_and_survives_a_dead_node(cluster, small_dataset, tmp_path
     assert len(trials) == 2 and {t["status"] for t in trials.values()} == {"completed"}
     for tid in trials:  # every epoch exactly once
         assert sorted(r["epoch"] for r in rows if r["trial_id"] == tid) == [1, 2, 3, 4]
-    assert len({r["node_id"] for r in rows}) == 2  # the trials ran on both worker nodes
-    moved = sorted((r for r in rows if r["trial_id"] == killed["trial_id"]), key=lambda r: r["epoch"])
-    before = [r for r in moved if r["timestamp"] < killed["at"]]
-    after = [r for r in moved if r["timestamp"] > killed["at"]]
-    assert before and after, moved
-    assert {r["node_id"] for r in before} == {killed["node_id"]}  # these rows were not redone after the kill
-    assert killed["node_id"] not in {r["node_id"] for r in after}  # it resumed elsewhere ...
-    assert after[0]["epoch"] == before[-1]["epoch"] + 1  # ... from its last checkpoint, not from scratch
+    first = {r["trial_id"]: r["node_id"] for r in rows if r["epoch"] == 1}
+    assert len(set(first.values())) == 2  # the two trials started on different worker nodes
+    moved = [r["node_id"] for r in sorted((r for r in rows if r["trial_id"] == killed["trial_id"]),
+                                            key=lambda r: r["epoch"])]
+    k = moved.count(killed["node_id"])
+    assert k >= 1 and moved[:k] == [killed["node_id"]] * k, moved  # epochs 1..k from the dead node were kept ...
+    assert killed["node_id"] not in moved[k:] and moved[k:], moved  # ... and k+1.. ran elsewhere, from its checkpoint

@@ -1,5 +1,6 @@
-"""A study whose driver is killed with SIGKILL mid-run and then resumed ends exactly like an uninterrupted one:
-the same trials, one row per (trial, epoch), and on CPU the same losses."""
+"""A seeded study whose driver is killed with SIGKILL (while trials start, mid-epoch, while a checkpoint is written)
+and then resumed ends exactly like the same study run without interruption: the same trials (Optuna's suggestions
+and ASHA's decisions included), one row per (trial, epoch), and on CPU the same losses."""
 
 import json
 import os
@@ -10,60 +11,100 @@ import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.slow
 
-SPACE = {
+SPACE = {  # 8 trials of up to 3 epochs; per mode 4 trials, of which 2 are TPE suggestions after 2 random ones
     "name": "resume", "base_config": {"image_downsample": 2, "valid_every": 1, "eval_frames": 2, "steps_per_epoch": 3,
                                       "base_filters": 4, "min_n": 50, "max_n": 3000},
-    "modes": ["2d", "3d"], "grid": {"grid_size": [16], "max_frames": [12]},
-    "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3}},
-    "samples_per_cell": 2, "max_epochs": 4, "scheduler": {"type": "none"},
+    "modes": ["2d", "3d"], "grid": {"grid_size": [16], "max_frames": [9, 12]},
+    "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3},
+               "ssim_lambda": {"type": "uniform", "low": 0.0, "high": 0.2}},
+    "samples_per_cell": 2, "max_epochs": 3, "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
 }
 
 
 def command(space, storage, dataset):
     return [sys.executable, "-m", "study.run", "--space", str(space), "--storage", str(storage), "--dataset",
-            str(dataset), "--search", "random", "--max-concurrent", "1", "--no-report"]
+            str(dataset), "--search", "optuna", "--seed", "5", "--max-concurrent", "1", "--no-report"]
 
 
-def rows_by_config(study: Path) -> dict:
-    rows = pads.dataset(study / "metrics", format="parquet").to_table().to_pylist()
-    out = {}
-    for r in rows:
-        key = (r["gaussian_mode"], r["seed"], round(r["lr"], 12), r["epoch"])
-        assert key not in out, f"duplicate row {key}"
-        out[key] = r
-    return out
+def key(r: dict) -> tuple:
+    return r["gaussian_mode"], r["max_frames"], r["seed"], round(r["lr"], 12), round(r["ssim_lambda"], 12)
 
 
-def test_sigkill_then_resume_matches_uninterrupted(small_dataset, tmp_path):
-    space = tmp_path / "resume.json"
+def outcome(study: Path) -> tuple[dict, dict]:
+    """(rows by (config, epoch), trials by config), asserting no duplicate row and no gap in any trial's epochs."""
+    rows, trials = {}, {}
+    for r in pads.dataset(study / "metrics", format="parquet").to_table().to_pylist():
+        assert (key(r), r["epoch"]) not in rows, f"duplicate row {key(r)}, epoch {r['epoch']}"
+        rows[key(r), r["epoch"]] = r
+    for t in pq.read_table(study / "trials.parquet").to_pylist():
+        assert key(t) not in trials, f"two trials with config {key(t)}"
+        trials[key(t)] = t
+        epochs = sorted(r["epoch"] for (k, _), r in rows.items() if k == key(t))
+        assert epochs == list(range(1, t["last_epoch"] + 1)), (key(t), epochs)
+    assert {k for k, _ in rows} == set(trials)
+    return rows, trials
+
+
+@pytest.fixture(scope="module")
+def setup(small_dataset, tmp_path_factory):
+    """The space file and the uninterrupted reference study."""
+    root = tmp_path_factory.mktemp("resume")
+    space = root / "resume.json"
     space.write_text(json.dumps(SPACE))
-    ref_store, cut_store = tmp_path / "ref", tmp_path / "cut"
-    subprocess.run(command(space, ref_store, small_dataset), check=True, capture_output=True, timeout=600)
-    reference = rows_by_config(ref_store / "resume")
-    assert len(reference) == 4 * 4
+    subprocess.run(command(space, root / "ref", small_dataset), check=True, capture_output=True, timeout=600)
+    return space, small_dataset, outcome(root / "ref" / "resume")
 
-    proc = subprocess.Popen(command(space, cut_store, small_dataset), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    parts = cut_store / "resume" / "metrics"
+
+def wait_and_kill(proc: subprocess.Popen, study: Path, point: str) -> None:
+    """SIGKILL the driver's whole process group (driver, Ray's daemons and workers: a crash or reboot) at `point`."""
+    seen: set[str] = set()
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 6:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every process it started, as in a crash or reboot
+    while time.time() < deadline and proc.poll() is None:
+        if point == "trial_start" and (study / "trials.parquet").exists():
+            break
+        if point == "mid_epoch" and len(list((study / "metrics").glob("*.parquet"))) >= 5:
+            time.sleep(0.3)
+            break
+        if point == "checkpoint":
+            seen |= {p.name + p.parent.name for p in (study / "ray").glob("*/checkpoint_*")}
+            if len(seen) >= 7:  # a checkpoint directory just appeared: Ray is writing it
+                break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the study finished before the kill point"
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(list(parts.glob("*.parquet")))
-    assert 6 <= done_before < 16, done_before
 
-    r = subprocess.run(command(space, cut_store, small_dataset), capture_output=True, text=True, timeout=600)
+
+@pytest.mark.parametrize("point", ["trial_start", "mid_epoch", "checkpoint"])
+def test_sigkill_then_resume_matches_uninterrupted(setup, point, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    space, dataset, (ref_rows, ref_trials) = setup
+    study = tmp_path / "resume"
+    proc = subprocess.Popen(command(space, tmp_path, dataset), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_and_kill(proc, study, point)
+    parts_before = len(list((study / "metrics").glob("*.parquet")))
+    assert parts_before < len(ref_rows)
+
+    r = subprocess.run(command(space, tmp_path, dataset), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    resumed = rows_by_config(cut_store / "resume")
-    assert resumed.keys() == reference.keys()
-    for key, ref in reference.items():
-        assert resumed[key]["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-5), key
-        assert resumed[key]["valid_heldout_iou"] == pytest.approx(ref["valid_heldout_iou"], rel=1e-5), key
-    info = json.loads((cut_store / "resume" / "study.json").read_text())
-    assert info["runs"] == 2
+    rows, trials = outcome(study)
+    assert rows.keys() == ref_rows.keys()  # the same trials and epochs: Optuna and ASHA continued where they stopped
+    for k, ref in ref_rows.items():
+        for metric in ("train_loss", "valid_heldout_iou", "test_heldout_psnr"):
+            assert rows[k][metric] == pytest.approx(ref[metric], rel=1e-5), (k, metric)
+    for k, ref in ref_trials.items():
+        assert (trials[k]["status"], trials[k]["last_epoch"]) == (ref["status"], ref["last_epoch"]), k
+    assert {p.name for p in (study / "tensorboard").iterdir()} == {t["trial_id"] for t in trials.values()}
+    for t in trials.values():  # TensorBoard shows each epoch once (events of redone epochs purged)
+        acc = EventAccumulator(str(study / "tensorboard" / t["trial_id"]))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("metrics/train_loss")] == list(range(1, t["last_epoch"] + 1))
+    assert json.loads((study / "study.json").read_text())["runs"] == 2
