@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Optional
 
 from posesplat.config import ConfigError
 from posesplat.data import DatasetError, open_dataset
+from study.sink import Store, StorageError, join_uri
 from study.space import Space, SpaceError, load_space
 
 
@@ -34,7 +36,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--space", default="comparison", help="search space: a name in search_spaces/ or a JSON file path")
     p.add_argument("--name", help="study name (default: the space's name)")
-    p.add_argument("--storage", default="studies", help="directory that holds studies")
+    p.add_argument("--storage", default="studies", help="directory or URI (s3://, gs://, hdfs://, file://) that "
+                                                        "holds studies; on a cluster every node must reach it")
     p.add_argument("--dataset", help="dataset to train on (default: the space's base config or "
                                      "data/synthetic_mouse.zarr)")
     p.add_argument("--num-samples", type=int, help="trials per (mode, grid cell); default from the space")
@@ -55,7 +58,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Path, bool]:
+def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
     """Validate everything before Ray starts: space, dataset, study directory (nothing written on error)."""
     space = load_space(args.space, args.modes)
     import torch
@@ -72,33 +75,41 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Path, bool]:
     dataset = args.dataset or base.get("dataset") or "data/synthetic_mouse.zarr"
     if "://" not in dataset:
         dataset = str(Path(dataset).resolve())
-    study_dir = Path(args.storage).resolve() / (args.name or space.name)
-    check_writable(Path(args.storage))
+    check_writable(args.storage)
+    study = Store(args.storage).child(args.name or space.name)
     if args.address:
         check_reachable(args.address)
-    info = study_dir / "study.json"
-    if args.resume and not info.exists():
-        raise StudyError(f"{study_dir}: no study to resume (run without --resume to start one)")
+    if args.resume and not study.exists("study.json"):
+        raise StudyError(f"{study.uri}: no study to resume (run without --resume to start one)")
     base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
-    if info.exists():
-        held = json.loads(info.read_text())
+    if study.exists("study.json"):
+        held = json.loads(study.read_text("study.json"))
         if held["space"] != space.model_dump(mode="json"):
-            raise StudyError(f"{study_dir}: holds a study of space '{held['space']['name']}' with other settings; "
+            raise StudyError(f"{study.uri}: holds a study of space '{held['space']['name']}' with other settings; "
                              f"use --name for a new study")
         changed = sorted(k for k in {**held["base_config"], **base} if held["base_config"].get(k) != base.get(k))
         changed += [f"--{k}" for k in ("search", "seed") if held["options"].get(k) != getattr(args, k)]
         if changed:
-            raise StudyError(f"{study_dir}: this study was started with other {', '.join(changed)}; "
+            raise StudyError(f"{study.uri}: this study was started with other {', '.join(changed)}; "
                              f"resume it with the same settings, or use --name for a new study")
     ds = open_dataset(dataset)  # DatasetError names the store and the array
     for frames in space.grid.get("max_frames", []):
         ds.frame_split(frames, base.get("frame_jump", 1))
-    return space, base, study_dir, gpu
+    return space, base, study, gpu
 
 
-def check_writable(storage: Path) -> None:
+def check_writable(storage: str) -> None:
     """Refuse storage the driver cannot write to, before anything is created there."""
-    probe = storage.resolve()
+    if "://" in storage:
+        try:
+            store = Store(storage)
+            probe = f".probe-{os.getpid()}"
+            store.write_bytes(b"", probe)
+            store.delete(probe)
+        except (StorageError, OSError) as e:
+            raise StudyError(f"{storage}: storage is not writable ({str(e).splitlines()[0]})") from None
+        return
+    probe = Path(storage).resolve()
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
@@ -123,35 +134,75 @@ def check_reachable(address: str) -> None:
 
 
 class StudyLock:
-    """One driver per study directory: an flock that the kernel drops when the driver dies (no stale locks)."""
+    """One driver per study. On a local or shared filesystem: an flock, which the kernel drops when the driver dies,
+    so a stale lock never blocks a resume. Behind a URI (no flock): a lock file naming host, pid and a heartbeat
+    renewed every HEARTBEAT_S; it is stale when its driver's pid is gone (same host) or its heartbeat is older than
+    STALE_S."""
 
-    def __init__(self, study_dir: Path):
-        self.path = study_dir / ".lock"
+    HEARTBEAT_S, STALE_S = 30.0, 120.0
+
+    def __init__(self, study: Store | Path):
+        self.store = study if isinstance(study, Store) else Store(study)
 
     def __enter__(self) -> "StudyLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise StudyError(f"{self.path.parent}: another driver is running this study") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        if self.store.local:
+            path = Path(self.store.path(".lock"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self.fd)
+                raise StudyError(f"{self.store.uri}: another driver is running this study") from None
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, str(os.getpid()).encode())
+            return self
+        if self.store.exists(".lock"):
+            held = json.loads(self.store.read_text(".lock"))
+            age = time.time() - held["beat"]
+            alive = age < self.STALE_S and (held["host"] != socket.gethostname() or _pid_alive(held["pid"]))
+            if alive:
+                raise StudyError(f"{self.store.uri}: another driver is running this study ({held['host']} pid "
+                                 f"{held['pid']}, alive {age:.0f} s ago; stale after {self.STALE_S:.0f} s)")
+        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._beat()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat_loop, daemon=True)
+        self.thread.start()
         return self
 
+    def _beat(self) -> None:
+        self.store.write_bytes(json.dumps({**self.me, "beat": time.time()}).encode(), ".lock")
+
+    def _beat_loop(self) -> None:
+        while not self.stop.wait(self.HEARTBEAT_S):
+            self._beat()
+
     def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        if self.store.local:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            return
+        self.stop.set()
+        self.thread.join()
+        self.store.delete(".lock")
 
 
-def write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def run_study(args: argparse.Namespace) -> Path:
+def write_json(obj: dict, study: Store, name: str) -> None:
+    study.write_bytes(json.dumps(obj, indent=1, default=str).encode(), name)
+
+
+def run_study(args: argparse.Namespace) -> Store:
     """Set up and run (or resume) the Tuner; returns the study directory."""
     import ray
     from ray import tune
@@ -161,16 +212,15 @@ def run_study(args: argparse.Namespace) -> Path:
     from study.sink import ParquetSink
     from study.trainable import run_trial
 
-    space, base, study_dir, gpu = study_plan(args)
-    with StudyLock(study_dir):
+    space, base, study, gpu = study_plan(args)
+    with StudyLock(study):
         t0 = time.time()
-        info_path = study_dir / "study.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {
+        info = json.loads(study.read_text("study.json")) if study.exists("study.json") else {
             "space": space.model_dump(mode="json"), "options": vars(args), "base_config": base,
             "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu,
         }
         info["runs"] = info.get("runs", 0) + 1
-        write_json_atomic(info, info_path)
+        write_json(info, study, "study.json")
         if not ray.is_initialized():
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
             os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -191,14 +241,14 @@ def run_study(args: argparse.Namespace) -> Path:
             return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem or 16e3)}
 
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base_config=base, study_dir=str(study_dir)),
+            tune.with_parameters(run_trial, base_config=base, study_uri=study.uri),
             trial_resources,
         )
-        sink = ParquetSink(study_dir, study_dir.name, base, space.max_epochs)
-        run_dir = study_dir / "ray"
-        if tune.Tuner.can_restore(str(run_dir)):
-            print(f"resuming the study in {study_dir}", flush=True)
-            tuner = tune.Tuner.restore(str(run_dir), trainable, resume_errored=True, restart_errored=False,
+        sink = ParquetSink(study, study.name, base, space.max_epochs)
+        run_dir = join_uri(study.uri, "ray")
+        if tune.Tuner.can_restore(run_dir):
+            print(f"resuming the study in {study.uri}", flush=True)
+            tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=True, restart_errored=False,
                                        param_space={})
             # hand in a fresh sink (it reads trials.parquet) and the restored scheduler's state callback; the
             # Tuner's own pickle holds the scheduler as constructed, its state comes from the callback's snapshot
@@ -216,7 +266,7 @@ def run_study(args: argparse.Namespace) -> Path:
                     max_concurrent_trials=args.max_concurrent, reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
-                    name="ray", storage_path=str(study_dir),
+                    name="ray", storage_path=study.uri,
                     callbacks=[sink] + ([SchedulerState(scheduler)] if scheduler else []),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -226,18 +276,19 @@ def run_study(args: argparse.Namespace) -> Path:
         tuner.fit()
         info["finished"] = datetime.now(timezone.utc).isoformat()
         info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
-        write_json_atomic(info, info_path)
-    return study_dir
+        write_json(info, study, "study.json")
+    return study
 
 
-def summary(study_dir: Path) -> str:
+def summary(study_dir: Path, name: str) -> str:
     """Best configuration per mode (chosen on validation, reported on held-out test views) and trial counts."""
-    import pandas as pd
+    from study.analyze import AnalysisError, load_study
 
-    from study.analyze import load_study
-
-    metrics, trials, info = load_study(study_dir)
-    lines = [f"study {study_dir} ({info.get('wall_time_s', float('nan')):.0f} s wall time)"]
+    try:
+        metrics, trials, info = load_study(study_dir)
+    except AnalysisError as e:  # e.g. every trial failed before its first epoch
+        return f"study {name}: {e}"
+    lines = [f"study {name} ({info.get('wall_time_s', float('nan')):.0f} s wall time)"]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     lines.append("trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "stopped", "failed", "running")))
     if len(metrics):
@@ -251,21 +302,43 @@ def summary(study_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def finish(study: Store, report: bool) -> None:
+    """Print the summary and write the decision report into the study (via a local copy when it is remote)."""
+    import pyarrow.fs as pafs
+
+    from study import analyze
+
+    if study.local:
+        print(summary(Path(study.root), study.uri))
+        if report:
+            analyze.main([study.root])
+        return
+    with tempfile.TemporaryDirectory(prefix="study-") as tmp:
+        local = Path(tmp) / study.name
+        local.mkdir()
+        for name in ("study.json", "trials.parquet", "metrics"):
+            if study.exists(name):
+                if study.fs.get_file_info(study.path(name)).type == pafs.FileType.Directory:
+                    (local / name).mkdir()
+                pafs.copy_files(study.path(name), str(local / name), source_filesystem=study.fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+        print(summary(local, study.uri))
+        if report and analyze.main([str(local), "--no-renders", "--out", str(local / "report")]) == 0:
+            study.upload(local / "report", "report")  # checkpoints stay remote: no qualitative renders here
+            print(f"report uploaded to {join_uri(study.uri, 'report')}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        study_dir = run_study(args)
-    except (SpaceError, ConfigError, DatasetError, StudyError) as e:
+        study = run_study(args)
+    except (SpaceError, ConfigError, DatasetError, StudyError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
         return 130
-    print(summary(study_dir))
-    if not args.no_report:
-        from study import analyze
-
-        analyze.main([str(study_dir)])
+    finish(study, not args.no_report)
     return 0
 
 

@@ -1,23 +1,30 @@
-"""Driver-side Tune callback: every reported epoch to `<study>/metrics/` (parquet parts) and the trials table.
+"""Study storage and the driver-side Tune callback that writes every reported epoch to `<study>/metrics/` (parquet
+parts) and the trials table.
 
-One part file per (trial, epoch), named by both, written to a temporary name and renamed: a resumed study that
-re-reports an epoch replaces that part instead of duplicating it. Ray saves its experiment state every few seconds,
-so after a crash it may know less than the parquet does; at the first step of every (re)started run the sink drops
-what Ray will redo (parts of trials Ray no longer knows, epochs after a trial's restored state), so the parquet ends
-with exactly one row per (trial, epoch). Schema: docs/metrics.md.
+`Store` is the study directory on a local or shared path or behind a URI that pyarrow's filesystems understand
+(s3://, gs://, hdfs://, file://): every file the study writes goes through it. One part file per (trial, epoch),
+named by both, written to a temporary name and renamed: a resumed study that re-reports an epoch replaces that part
+instead of duplicating it. Ray saves its experiment state every few seconds, so after a crash it may know less than
+the parquet does; at the first step of every (re)started run the sink drops what Ray will redo (parts of trials Ray
+no longer knows, epochs after a trial's restored state), so the parquet ends with exactly one row per
+(trial, epoch). Schema: docs/metrics.md.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import json
 import os
-import shutil
 import socket
+import urllib.parse
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
@@ -30,12 +37,88 @@ RAY_KEYS = {
 }
 
 
+def join_uri(base: str, *parts: str) -> str:
+    """Append path parts to a local path or a URI, keeping its query (s3://b/p?endpoint_override=... + x)."""
+    if "://" not in base:
+        return "/".join([base.rstrip("/"), *parts])
+    u = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
+
+
+class StorageError(OSError):
+    """Study storage that cannot be opened or written; one line."""
+
+
+class Store:
+    """A study directory: a local path or a URI, and the few file operations the study needs on it."""
+
+    def __init__(self, location: str | Path):
+        location = str(location)
+        if "://" in location:
+            try:
+                self.fs, root = pafs.FileSystem.from_uri(location)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+                raise StorageError(f"{location}: not a storage URI pyarrow can open ({str(e).splitlines()[0]})") from None
+            self.root = root.rstrip("/")
+            self.uri = location.rstrip("/")
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
+            self.uri = self.root
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.name = self.root.rsplit("/", 1)[-1]
+
+    def path(self, *parts: str) -> str:
+        """Path of a file in the study, in the store's filesystem."""
+        return "/".join([self.root, *parts])
+
+    def child(self, *parts: str) -> "Store":
+        return Store(join_uri(self.uri, *parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def read_text(self, *parts: str) -> str:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read().decode()
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write through a temporary name and a move, so readers never see half a file."""
+        final = self.path(*parts)
+        parent, name = final.rsplit("/", 1)
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, final)
+
+    def write_table(self, rows: list[dict], *parts: str) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        self.write_bytes(buf.getvalue(), *parts)
+
+    def read_table(self, *parts: str) -> pa.Table:
+        return pq.read_table(self.path(*parts), filesystem=self.fs)
+
+    def list(self, folder: str, pattern: str = "*") -> list[str]:
+        """Names of the files and folders directly in `folder` matching a glob pattern."""
+        sel = pafs.FileSelector(self.path(folder), allow_not_found=True)
+        return sorted(n for n in (i.base_name for i in self.fs.get_file_info(sel)) if fnmatch.fnmatch(n, pattern))
+
+    def delete(self, *parts: str) -> None:
+        if self.exists(*parts):
+            info = self.fs.get_file_info(self.path(*parts))
+            (self.fs.delete_dir if info.type == pafs.FileType.Directory else self.fs.delete_file)(self.path(*parts))
+
+    def upload(self, local_dir: Path, *parts: str) -> None:
+        """Copy a local folder's files into the study (TensorBoard events written on a worker)."""
+        self.fs.create_dir(self.path(*parts), recursive=True)
+        pafs.copy_files(str(local_dir), self.path(*parts), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+
 def write_table_atomic(rows: list[dict], path: Path) -> None:
-    """Write rows as one parquet file via a temporary name and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+    """Write rows as one local parquet file via a temporary name and a rename."""
+    Store(path.parent).write_table(rows, path.name)
 
 
 def full_config(base: dict, tuned: dict) -> dict[str, Any]:
@@ -47,13 +130,13 @@ def full_config(base: dict, tuned: dict) -> dict[str, Any]:
 class ParquetSink(Callback):
     """Writes metrics parts and keeps `<study>/trials.parquet` current."""
 
-    def __init__(self, study_dir: Path, study: str, base_config: dict, max_epochs: int):
-        self.dir, self.study, self.base, self.max_epochs = Path(study_dir), study, base_config, max_epochs
+    def __init__(self, study: Store | str | Path, name: str, base_config: dict, max_epochs: int):
+        self.store = study if isinstance(study, Store) else Store(study)
+        self.study, self.base, self.max_epochs = name, base_config, max_epochs
         self.trials: dict[str, dict] = {}
         self.reconciled = False
-        old = self.dir / "trials.parquet"
-        if old.exists():  # a resumed study keeps the rows of trials it will not see again
-            self.trials = {r["trial_id"]: r for r in pq.read_table(old).to_pylist()}
+        if self.store.exists("trials.parquet"):  # a resumed study keeps the rows of trials it will not see again
+            self.trials = {r["trial_id"]: r for r in self.store.read_table("trials.parquet").to_pylist()}
 
     def _row(self, trial, **status) -> dict:
         row = self.trials.get(trial.trial_id, {})
@@ -70,7 +153,7 @@ class ParquetSink(Callback):
     def _flush(self) -> None:
         rows = list(self.trials.values())
         keys = sorted({k for r in rows for k in r})
-        write_table_atomic([{k: r.get(k) for k in keys} for r in rows], self.dir / "trials.parquet")
+        self.store.write_table([{k: r.get(k) for k in keys} for r in rows], "trials.parquet")
 
     def on_step_begin(self, iteration, trials, **info):
         if not self.reconciled:
@@ -79,20 +162,21 @@ class ParquetSink(Callback):
 
     def reconcile(self, known: dict[str, int]) -> None:
         """Keep exactly what Ray's (restored) state knows: trial id -> last epoch it has a result for."""
-        for part in sorted((self.dir / "metrics").glob("part-*.parquet")):
-            tid, epoch = part.stem.removeprefix("part-").rsplit("-", 1)
+        for part in self.store.list("metrics", "part-*.parquet"):
+            tid, epoch = part.removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)
             if int(epoch) > known.get(tid, 0):
-                part.unlink()
+                self.store.delete("metrics", part)
         for tid in set(self.trials) - set(known):
             del self.trials[tid]
-            shutil.rmtree(self.dir / "tensorboard" / tid, ignore_errors=True)
+        for tid in set(self.store.list("tensorboard")) - set(known):
+            self.store.delete("tensorboard", tid)
         for tid, row in self.trials.items():
             if (row.get("last_epoch") or 0) > known[tid]:
                 row.update(last_epoch=known[tid], status="running", stopped_at_epoch=None)
         if self.trials:
             self._flush()
         else:
-            (self.dir / "trials.parquet").unlink(missing_ok=True)
+            self.store.delete("trials.parquet")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial, status="running")
@@ -104,10 +188,10 @@ class ParquetSink(Callback):
         row = {"study": self.study, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
                "hostname": result.get("hostname") or socket.gethostname(),
                "timestamp": datetime.now(timezone.utc)}
-        write_table_atomic([row], self.dir / "metrics" / f"part-{trial.trial_id}-{epoch:04d}.parquet")
+        self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet")
         ckpt = getattr(trial, "checkpoint", None)
         self._row(trial, status="running", last_epoch=epoch, **{k: v for k, v in metrics.items() if k != "epoch"},
-                  checkpoint_path=(str(Path(ckpt.path) / "checkpoint.pt") if ckpt is not None else None))
+                  checkpoint_path=checkpoint_file(ckpt))
         self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -116,7 +200,7 @@ class ParquetSink(Callback):
         stopped = last < epochs
         ckpt = getattr(trial, "checkpoint", None)
         self._row(trial, status="stopped" if stopped else "completed", stopped_at_epoch=last if stopped else None,
-                  checkpoint_path=(str(Path(ckpt.path) / "checkpoint.pt") if ckpt is not None else None))
+                  checkpoint_path=checkpoint_file(ckpt))
         self._flush()
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -133,3 +217,14 @@ def error_text(trial) -> Optional[str]:
         lines = []
     errs = [l.strip() for l in lines if "Error" in l or "Exception" in l]
     return (errs[-1] if errs else lines[-1] if lines else "unknown error")[:2000]
+
+
+def checkpoint_file(ckpt) -> Optional[str]:
+    """The trial's latest checkpoint file: a local path, or a URI when the storage is remote."""
+    if ckpt is None:
+        return None
+    path = f"{ckpt.path}/checkpoint.pt"
+    if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+        return path
+    scheme = {"gcs": "gs"}.get(ckpt.filesystem.type_name, ckpt.filesystem.type_name)
+    return f"{scheme}://{path.lstrip('/')}"

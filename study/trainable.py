@@ -14,6 +14,7 @@ from ray import tune
 
 from posesplat.config import make_config
 from posesplat.train import EpochReport, train
+from study.sink import Store
 
 
 class TrialBoard:
@@ -44,8 +45,11 @@ class TrialBoard:
         self.writer.flush()
 
 
-def run_trial(config: dict, base_config: dict, study_dir: str) -> None:
-    """Train the trial's configuration; resume from Tune's checkpoint when the trial is restored."""
+def run_trial(config: dict, base_config: dict, study_uri: str) -> None:
+    """Train the trial's configuration; resume from Tune's checkpoint when the trial is restored.
+
+    TensorBoard events are written on the worker and copied into `<study>/tensorboard/<trial_id>/` after every
+    epoch, so they reach the study's storage (a shared path or a URI) from any node."""
     tuned = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = make_config({**base_config, **tuned}, "trial config")
     ctx = tune.get_context()
@@ -60,11 +64,13 @@ def run_trial(config: dict, base_config: dict, study_dir: str) -> None:
             done = json.loads((Path(d) / "state.json").read_text())["epoch"]
         resume = ckpt_file
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each epoch (a retried trial may move)
-    board = TrialBoard(Path(study_dir) / "tensorboard" / ctx.get_trial_id(), {**tuned, "trial_id": ctx.get_trial_id()},
-                       first_epoch=done + 1)
+    study, tid = Store(study_uri), ctx.get_trial_id()
+    tb_dir = Path(tempfile.mkdtemp(prefix="posesplat-tb-"))
+    board = TrialBoard(tb_dir, {**tuned, "trial_id": tid}, first_epoch=done + 1)
 
     def report(r: EpochReport) -> None:
         board.write(r)
+        study.upload(tb_dir, "tensorboard", tid)
         (work / "state.json").write_text(json.dumps({"epoch": int(r.metrics["epoch"])}))
         tune.report({**r.metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
@@ -73,3 +79,4 @@ def run_trial(config: dict, base_config: dict, study_dir: str) -> None:
     finally:
         board.writer.close()
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tb_dir, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""Study storage behind a URI: a local S3 server (moto) stands in for a lab's object store. Every file the study
+writes (metrics, trials, study.json, TensorBoard events from the workers, Ray's state, the report) lands there and
+nothing in the driver's working directory; a re-run resumes from there; the lock works without flock."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from study.run import StudyError, StudyLock, main
+from study.sink import Store, join_uri
+
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """(URI of a fresh bucket on a local moto S3 server, its pyarrow filesystem, the endpoint query)."""
+    ThreadedMotoServer = pytest.importorskip("moto.server", reason="moto[server] (test extra) is not installed") \
+        .ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in CREDS}
+    os.environ.update(CREDS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://lab?{query}&allow_bucket_creation=true")
+    fs.create_dir("lab")
+    yield f"s3://lab/studies?{query}", fs, query
+    server.stop()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture
+def ray_with_creds(s3):
+    """A local Ray started after the S3 credentials are in the environment, so its workers have them."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_smoke_study_writes_only_to_the_uri_and_resumes(s3, ray_with_creds, small_dataset, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri, fs, _ = s3
+    monkeypatch.chdir(tmp_path)
+    argv = ["--space", "smoke", "--storage", uri, "--dataset", str(small_dataset), "--seed", "1"]
+    assert main(argv) == 0
+    assert not any(tmp_path.iterdir())  # nothing through driver-only paths
+
+    root = "lab/studies/smoke"
+    files = [i.path.removeprefix(root + "/") for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
+    for expected in ("study.json", "trials.parquet", "ray/tuner.pkl", "report/decision.md", "report/report.html"):
+        assert expected in files, expected
+    trials = pq.read_table(f"{root}/trials.parquet", filesystem=fs).to_pylist()
+    rows = pads.dataset(f"{root}/metrics", filesystem=fs, format="parquet").to_table().to_pylist()
+    assert len(trials) == 4 and len(rows) == sum(t["last_epoch"] for t in trials)
+    assert all(t["checkpoint_path"].startswith("s3://lab/studies/smoke/ray/") for t in trials)
+    for t in trials:  # the workers' TensorBoard events reached the bucket
+        local = tmp_path.parent / f"tb-{t['trial_id']}"
+        local.mkdir()
+        pafs.copy_files(f"{root}/tensorboard/{t['trial_id']}", str(local), source_filesystem=fs)
+        acc = EventAccumulator(str(local))
+        acc.Reload()
+        assert len(acc.Scalars("metrics/train_loss")) == t["last_epoch"]
+
+    assert main(argv) == 0  # the same command again: resumes (nothing left to run) from the bucket
+    info = json.loads(fs.open_input_stream(f"{root}/study.json").read())
+    assert info["runs"] == 2
+    assert len(pads.dataset(f"{root}/metrics", filesystem=fs, format="parquet").files) == len(rows)
+    assert not fs.get_file_info(f"{root}/.lock").is_file  # released
+
+
+def test_lock_behind_a_uri(s3):
+    uri, fs, _ = s3
+    store = Store(join_uri(uri, "locked"))
+    assert not store.local
+    with StudyLock(store):
+        with pytest.raises(StudyError, match=r"another driver is running this study \(.* pid \d+, alive 0 s ago"):
+            StudyLock(store).__enter__()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    for stale in ({"host": "elsewhere", "pid": 1, "beat": time.time() - 1000},  # a heartbeat long gone
+                  {"host": socket.gethostname(), "pid": dead.pid, "beat": time.time()}):  # a dead driver here
+        store.write_bytes(json.dumps(stale).encode(), ".lock")
+        with StudyLock(store):
+            assert json.loads(store.read_text(".lock"))["pid"] == os.getpid()
+    store.write_bytes(json.dumps({"host": "elsewhere", "pid": 1, "beat": time.time()}).encode(), ".lock")
+    with pytest.raises(StudyError, match="elsewhere pid 1"):
+        StudyLock(store).__enter__()
+
+
+def test_unwritable_uri_is_one_line(s3, capsys, small_dataset):
+    _, _, query = s3
+    storage = f"s3://no-such-bucket/studies?{query}"
+    assert main(["--space", "smoke", "--storage", storage, "--dataset", str(small_dataset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {storage}: storage is not writable (") and len(err.splitlines()) == 1, err
+    assert main(["--space", "smoke", "--storage", "nosuch://x/y", "--dataset", str(small_dataset)]) == 2
+    assert "storage is not writable" in capsys.readouterr().err
