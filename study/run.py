@@ -31,9 +31,18 @@ class StudyError(RuntimeError):
     """A study cannot start or continue; one line."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one (the help text says what an unset option means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--space", default="comparison", help="search space: a name in search_spaces/ or a JSON file path")
     p.add_argument("--name", help="study name (default: the space's name)")
     p.add_argument("--storage", default="studies", help="directory or URI (s3://, gs://, hdfs://, file://) that "

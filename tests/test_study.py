@@ -236,3 +236,15 @@ def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == ["a"]
     sink.reconcile({})  # a fresh start into a directory Ray could not restore: nothing of the old run is kept
     assert not any((tmp_path / "metrics").iterdir()) and not (tmp_path / "trials.parquet").exists()
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--space", "--name", "--storage", "--dataset", "--num-samples", "--max-epochs", "--gpus-per-trial",
+                "--cpus-per-trial", "--max-concurrent", "--search", "--seed", "--modes", "--cpu", "--max-failures",
+                "--address", "--resume", "--no-report"):
+        assert f"\n  {opt} " in out or f"\n  {opt}\n" in out, opt
+    assert "default: None" not in out
