@@ -282,9 +282,13 @@ def run_study(args: argparse.Namespace) -> Store:
                     verbose=1,
                 ),
             )
-        tuner.fit()
-        info["finished"] = datetime.now(timezone.utc).isoformat()
+        results = tuner.fit()  # on Ctrl-C Tune saves its state and returns early
         info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
+        total = len(space.cells()) * space.samples_per_cell * len(space.modes)
+        if results.num_terminated + results.num_errors < total:
+            write_json(info, study, "study.json")
+            raise KeyboardInterrupt
+        info["finished"] = datetime.now(timezone.utc).isoformat()
         write_json(info, study, "study.json")
     return study
 
