@@ -131,8 +131,9 @@ def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
                   f"(shared colour scale). {what}.")
 
 
-def turntable(mode: str, cfg, model, row: pd.Series, out: Path) -> tuple[Path, str]:
-    """A GIF of one test frame rendered from N_TURN cameras circling the animal."""
+def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int = N_TURN,
+              px: int = TURN_PX) -> tuple[Path, str]:
+    """A GIF of one test frame rendered from `n_views` cameras circling the animal, at least `px` pixels tall."""
     import imageio.v3 as iio
     import torch
 
@@ -145,18 +146,18 @@ def turntable(mode: str, cfg, model, row: pd.Series, out: Path) -> tuple[Path, s
     _, held = ds.view_split(cfg.holdout_views)
     ref = ds.load(frame, [held[0] if held else 0], cfg.image_downsample)
     h, w = ref["images"].shape[1:3]
-    s = max(1, -(-TURN_PX // h))
+    s = max(1, -(-px // h))
     K = ref["Ks"][0].clone()
     K[:2] *= s
-    mats = torch.from_numpy(orbit(ds.extrinsics, ds.centre[frame], N_TURN)).float()
+    mats = torch.from_numpy(orbit(ds.extrinsics, ds.centre[frame], n_views)).float()
     frames = []
-    for i in range(0, N_TURN, CHUNK):
+    for i in range(0, n_views, CHUNK):
         v = mats[i: i + CHUNK]
         frames.append(_to_uint8(render_frame(model, cfg, frame, v, K.expand(len(v), 3, 3), w * s, h * s).rgb))
     path = out / f"turntable_{mode}.gif"
     iio.imwrite(path, np.concatenate(frames), extension=".gif", duration=80, loop=0)
     return path, (f"Turntable of {mode}'s best trial ({row['trial_id']}): test frame {frame} reconstructed from its "
-                  f"observed views and rendered from {N_TURN} cameras circling the animal.")
+                  f"observed views and rendered from {n_views} cameras circling the animal.")
 
 
 def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path) -> tuple[list, list[str]]:
