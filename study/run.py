@@ -233,7 +233,8 @@ def run_study(args: argparse.Namespace) -> Store:
         if not ray.is_initialized():
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
             os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-            ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+            # "local": a fresh instance even when another Ray runs on this machine (ray.init() would join it)
+            ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False,
                      **({} if args.address else {"num_cpus": os.cpu_count()}))
         cpus = args.cpus_per_trial or space.resources.cpus_per_trial
         if not args.address:
