@@ -1,36 +1,52 @@
-"""On CUDA only: the torch backend agrees with gsplat's CUDA rasterisers (images, alpha and gradients)."""
+"""On CUDA only: the torch backend runs on the GPU exactly as on the CPU, and agrees with the gsplat backend
+(gsplat's CUDA rasterisers) in images, alpha and the gradients of every Gaussian field, per mode.
+
+Tolerances (docs/rendering.md): images atol 2e-3; gradients within 2 % of gsplat's norm, cosine > 0.99."""
 
 import pytest
 import torch
 
-from posesplat.render import render
+from posesplat.render import Gaussians, render
+from test_render import cameras, scene
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+MODES = ["3d", "2d", "2d_screen"]
+FIELDS = ("means", "colors", "opacities", "quats", "scales", "offsets", "angles")
 
 
-@pytest.mark.parametrize("mode", ["3d", "2d"])
-def test_torch_backend_matches_gsplat(mode):
-    import sys
-    from pathlib import Path
+def _render_with_grads(g: Gaussians, mode: str, vm, K, W, H, backend: str, device: str):
+    """Render on device with a fixed random loss; return the output and the gradient of every field."""
+    fields = {k: getattr(g, k).to(device).clone().requires_grad_() for k in FIELDS if getattr(g, k) is not None}
+    bg = torch.tensor([0.1, 0.2, 0.3], device=device)
+    out = render(Gaussians(**fields), mode, vm.to(device), K.to(device), W, H, backend=backend, background=bg)
+    weights = torch.rand(out.rgb.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    ((out.rgb * weights).sum() + out.alpha.square().sum()).backward()
+    return out, {k: v.grad for k, v in fields.items()}
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_render import cameras, scene
 
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_backend_on_cuda_equals_cpu(mode):
     vm, K, W, H = cameras(C=3, W=96, H=80)
     g = scene(mode, N=800, seed=4)
-    vm, K = vm.cuda(), K.cuda()
-    outs, grads = {}, {}
-    for backend in ("torch", "gsplat"):
-        fields = {k: getattr(g, k).cuda().clone().requires_grad_() for k in ("means", "colors", "opacities", "quats", "scales")}
-        from posesplat.render import Gaussians
+    out_cpu, grads_cpu = _render_with_grads(g, mode, vm, K, W, H, "torch", "cpu")
+    out_gpu, grads_gpu = _render_with_grads(g, mode, vm, K, W, H, "torch", "cuda")
+    torch.testing.assert_close(out_gpu.rgb.cpu(), out_cpu.rgb, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out_gpu.alpha.cpu(), out_cpu.alpha, atol=1e-5, rtol=1e-4)
+    for k in grads_cpu:
+        torch.testing.assert_close(grads_gpu[k].cpu(), grads_cpu[k], atol=1e-4, rtol=1e-3, msg=k)
 
-        out = render(Gaussians(**fields), mode, vm, K, W, H, backend=backend)
-        (out.rgb.square().sum() + out.alpha.sum()).backward()
-        outs[backend] = out
-        grads[backend] = {k: v.grad for k, v in fields.items()}
-    torch.testing.assert_close(outs["torch"].alpha, outs["gsplat"].alpha, atol=2e-3, rtol=0)
-    torch.testing.assert_close(outs["torch"].rgb, outs["gsplat"].rgb, atol=2e-3, rtol=0)
-    for k in ("means", "colors", "opacities"):
-        a, b = grads["torch"][k].flatten(), grads["gsplat"][k].flatten()
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_backend_matches_gsplat(mode):
+    vm, K, W, H = cameras(C=3, W=96, H=80)
+    g = scene(mode, N=800, seed=4)
+    ours, grads = _render_with_grads(g, mode, vm, K, W, H, "torch", "cuda")
+    ref, grads_ref = _render_with_grads(g, mode, vm, K, W, H, "gsplat", "cuda")
+    assert ref.alpha.max() > 0.5 and (ref.alpha > 0.01).float().mean() > 0.05  # a non-trivial image
+    torch.testing.assert_close(ours.alpha, ref.alpha, atol=2e-3, rtol=0)
+    torch.testing.assert_close(ours.rgb, ref.rgb, atol=2e-3, rtol=0)
+    for k in grads:
+        a, b = grads[k].flatten(), grads_ref[k].flatten()
+        assert b.norm() > 0, k
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99, k
-        assert (a - b).norm() <= 0.02 * b.norm() + 1e-6, k
+        assert (a - b).norm() <= 0.02 * b.norm(), k

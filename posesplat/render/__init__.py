@@ -2,6 +2,9 @@
 
     out = render(gaussians, mode, viewmats [C,4,4], Ks [C,3,3], width, height, backend, background [3])
     out.rgb [C, H, W, 3], out.alpha [C, H, W]
+
+backend: "torch" (any device, torch_backend.py), "gsplat" (CUDA, gsplat_backend.py) or "auto" (see pick_backend).
+The maths of each mode and the agreement between backends: docs/rendering.md.
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ from posesplat.render import project, torch_backend
 
 MODES = ("3d", "2d", "2d_screen")
 BACKENDS = ("torch", "gsplat")
+# per mode: field -> trailing shape (N rows each); the fields every mode needs come first
+FIELDS = {
+    "3d": {"means": (3,), "colors": (3,), "opacities": (), "quats": (4,), "scales": (3,)},
+    "2d": {"means": (3,), "colors": (3,), "opacities": (), "quats": (4,), "scales": (2,)},
+    "2d_screen": {"means": (3,), "colors": (3,), "opacities": (), "offsets": (2,), "scales": (2,), "angles": ()},
+}
+
+
+class RenderError(ValueError):
+    """Bad renderer input (mode, backend, a Gaussian field or camera tensor); the message is one line naming it."""
 
 
 @dataclass
@@ -41,11 +54,30 @@ def pick_backend(requested: str, device: torch.device) -> str:
     """'auto' -> gsplat on CUDA, torch elsewhere; gsplat without CUDA is refused with one line."""
     if requested == "auto":
         return "gsplat" if device.type == "cuda" else "torch"
-    if requested == "gsplat" and device.type != "cuda":
-        raise ValueError("config: key 'backend': 'gsplat' needs a CUDA device; use 'torch' or 'auto' on CPU")
     if requested not in BACKENDS:
-        raise ValueError(f"config: key 'backend': unknown backend {requested!r} (choose from auto, torch, gsplat)")
+        raise RenderError(f"config: key 'backend': unknown backend {requested!r} (choose from auto, torch, gsplat)")
+    if requested == "gsplat" and device.type != "cuda":
+        raise RenderError("config: key 'backend': 'gsplat' needs a CUDA device; use 'torch' or 'auto' on CPU")
     return requested
+
+
+def check_inputs(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor) -> None:
+    """Raise RenderError naming the first missing or mis-shaped input (cheap: shapes only)."""
+    if mode not in FIELDS:
+        raise RenderError(f"render: unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
+    n = g.means.shape[0] if g.means is not None and g.means.dim() == 2 else None
+    for name, tail in FIELDS[mode].items():
+        t = getattr(g, name)
+        if t is None:
+            raise RenderError(f"render: Gaussians.{name} is required in mode {mode!r}")
+        if n is None or tuple(t.shape) != (n, *tail):
+            want = f"[{n if n is not None else 'N'}{''.join(f', {k}' for k in tail)}]"
+            raise RenderError(f"render: Gaussians.{name} has shape {list(t.shape)}, expected {want} in mode {mode!r}")
+    C = viewmats.shape[0] if viewmats.dim() == 3 else -1
+    if tuple(viewmats.shape) != (C, 4, 4):
+        raise RenderError(f"render: viewmats has shape {list(viewmats.shape)}, expected [C, 4, 4]")
+    if tuple(Ks.shape) != (C, 3, 3):
+        raise RenderError(f"render: Ks has shape {list(Ks.shape)}, expected [{C}, 3, 3] (one per viewmat)")
 
 
 def project_any(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int):
@@ -56,15 +88,16 @@ def project_any(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: in
         return ("surfel", *project.project_2dgs(g.means, g.quats, g.scales, viewmats, Ks, width, height))
     if mode == "2d_screen":
         return ("conic", *project.project_screen(g.means, g.offsets, g.scales, g.angles, viewmats, Ks, width, height))
-    raise ValueError(f"unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
+    raise RenderError(f"render: unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
 
 
 def render(
     g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int,
-    backend: str = "torch", background: Optional[Tensor] = None,
+    backend: str = "torch", background: Optional[Tensor] = None,  # backend: torch | gsplat | auto
 ) -> RenderOut:
     """Render Gaussians into C cameras; differentiable with respect to every Gaussian field."""
-    if backend == "gsplat" and mode != "2d_screen":
+    check_inputs(g, mode, viewmats, Ks)
+    if pick_backend(backend, g.means.device) == "gsplat":
         from posesplat.render.gsplat_backend import render_gsplat
 
         rgb, alpha = render_gsplat(g, mode, viewmats, Ks, width, height, background)

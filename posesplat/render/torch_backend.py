@@ -1,69 +1,182 @@
-"""Pure-PyTorch rasteriser: only the (Gaussian, pixel) pairs inside each Gaussian's 3.33-sigma box are evaluated.
+"""Pure-PyTorch rasteriser: only the (Gaussian, pixel) pairs that gsplat would composite are evaluated with autograd.
 
 Algorithm (differentiable end to end, no Python loop over Gaussians or pixels):
-1. Order Gaussians by (camera, depth); enumerate the pixels of each one's box (repeat_interleave + arange).
-2. Evaluate alpha per pair without gradients and drop pairs with alpha < 1/255 (gsplat skips them too).
-3. Stable-sort the surviving pairs by pixel: pairs of one pixel end up contiguous and front to back.
-4. Transmittance by a segmented exclusive cumulative sum of log(1 - alpha) (float64), weights = alpha * T,
-   cut where T would fall below 1e-4 as gsplat does; colours and alpha are scattered with index_add.
+1. Order Gaussians by (camera, depth); enumerate the pixels of each one's box (repeat_interleave + arange), in
+   chunks of Gaussians so that no more than CHUNK_PAIRS candidate pairs exist at once.
+2. Without gradients: alpha per pair, drop pairs under 1/255 (gsplat skips them); stable-sort by pixel id, so each
+   pixel's pairs are contiguous and front to back; transmittance by a segmented exclusive cumulative sum of
+   log(1 - alpha); drop every pair at or after the one that would take T to 1e-4 (gsplat stops there). What is left
+   is exactly the set of pairs with a non-zero weight, often a small fraction of the boxes in dense scenes.
+3. With gradients, on the surviving pairs only: one gather of the packed per-Gaussian parameters, alpha,
+   transmittance by the same segmented cumulative sum (float64), weights alpha * T, and one index_add of
+   (w * colour, w) into the pixels.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-ALPHA_MIN = 1.0 / 255.0
-T_MIN = 1e-4
+ALPHA_MIN = 1.0 / 255.0  # gsplat's ALPHA_THRESHOLD
+ALPHA_MAX = 0.999  # gsplat 1.5's clamp, 3d and 2d alike
+T_MIN = 1e-4  # gsplat stops a pixel before the pair that would take T to this or below
+CHUNK_PAIRS = 1 << 22  # at most this many candidate pairs enumerated at once (memory bound of step 1)
+CHUNK_PIXEL_PAIRS = 32  # chunks of about this many candidate pairs per pixel, so that finished pixels are seen early
+CHUNK_MIN_PAIRS = 1 << 16  # but not smaller than this (per-chunk overhead)
 
 
-def _pairs(
-    radii: Tensor, means2d: Tensor, depths: Tensor, width: int, height: int, min_radius: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Enumerate box pixels: (camera, gaussian) ids [P] and flat pixel ids [P], depth-ordered per camera."""
+def _pack(means2d: Tensor, shape: Tensor, opacities: Tensor, colors: Tensor) -> Tensor:
+    """Per (camera, Gaussian) parameters in one [C*N, K] tensor: means2d 2 | conic 3 or ray transform 9 | opacity 1 |
+    colour 3, so that pairs need one gather (and the backward one index_add)."""
+    C, N = means2d.shape[:2]
+    return torch.cat(
+        [means2d.reshape(C * N, 2), shape.reshape(C * N, -1),
+         opacities.expand(C, N).reshape(C * N, 1), colors.expand(C, N, 3).reshape(C * N, 3)], dim=1,
+    )
+
+
+def _alpha(kind: str, q: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
+    """Alpha of pairs from the K columns [P] of their packed parameters at pixel columns px / rows py [P];
+    0 where gsplat skips the pair."""
+    x, y = px + 0.5, py + 0.5
+    dx, dy = x - q[0], y - q[1]
+    if kind == "conic":  # 3d and 2d_screen: conic (a, b, c)
+        sigma = 0.5 * (q[2] * dx * dx + q[4] * dy * dy) + q[3] * dx * dy
+    else:  # 2d surfels: ray-splat intersection (u, v) = cross(h_u, h_v), with the screen-space low-pass floor
+        m = q[2:11]  # ray transform M row-major: M[i][j] = m[3 i + j]
+        hu = [m[6 + j] * x - m[j] for j in range(3)]
+        hv = [m[6 + j] * y - m[3 + j] for j in range(3)]
+        t0 = hu[1] * hv[2] - hu[2] * hv[1]
+        t1 = hu[2] * hv[0] - hu[0] * hv[2]
+        t2 = hu[0] * hv[1] - hu[1] * hv[0]
+        us, vs = t0 / t2, t1 / t2
+        sigma = 0.5 * torch.minimum(us * us + vs * vs, 2 * (dx * dx + dy * dy))
+    alpha = torch.clamp_max(q[-4] * torch.exp(-sigma), ALPHA_MAX)
+    return torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+
+
+def _surfel_extent(S: Tensor, mu: Tensor, o: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """Screen bounds lo, hi [G, 2] of the pixels where a surfel can reach alpha 1/255: its disc u^2 + v^2 <= e^2,
+    e^2 = 2 ln(255 o), seen in perspective (the exact bounding box of the projected conic: 2DGS's dual-conic formula,
+    gsplat's 1-sigma box with radius e), united with the low-pass floor's disc |x - mu|^2 <= ln(255 o). The whole
+    image where the disc reaches behind the camera plane. S: ray transforms WH [G, 3, 3], mu: means2d [G, 2].
+
+    gsplat instead evaluates the 16 px tiles touched by ceil(3.33 x 1-sigma box), which under perspective can miss
+    faint pixels of large oblique surfels; this box misses none (docs/rendering.md)."""
+    e2 = 2 * torch.log(255 * o).clamp_min(1e-12)
+    test = torch.stack([torch.ones_like(e2), torch.ones_like(e2), -1 / e2], dim=-1)  # [G, 3]
+    d = (test * S[:, 2] ** 2).sum(-1, keepdim=True)  # [G, 1]; < 0 iff the whole disc is in front of the camera
+    bounded = d < 0
+    d = torch.where(bounded, d, -torch.ones_like(d))
+    centre = (test[:, None] * S[:, :2] * S[:, 2:3]).sum(-1) / d  # [G, 2]
+    ext = (centre**2 - (test[:, None] * S[:, :2] ** 2).sum(-1) / d).clamp_min(0).sqrt()
+    size = torch.tensor([width, height], dtype=S.dtype, device=S.device)
+    lo = torch.where(bounded, centre - ext, torch.zeros_like(centre))
+    hi = torch.where(bounded, centre + ext, size.expand_as(centre))
+    floor = torch.log(255 * o).clamp_min(0).sqrt()[:, None]
+    return torch.minimum(lo, mu - floor), torch.maximum(hi, mu + floor)
+
+
+def _boxes(kind: str, radii: Tensor, depths: Tensor, packed: Tensor, width: int, height: int):
+    """Visible (camera * N + Gaussian) ids [G] in (camera, depth) order with their pixel boxes [x0, x1) x [y0, y1)
+    holding every pixel centre where the Gaussian's alpha can reach 1/255. Visibility is gsplat's (radii > 0).
+    Conic boxes use gsplat's opacity-aware extent min(3.33, sqrt(2 ln(255 o))) sigma; surfels _surfel_extent."""
     C, N = depths.shape
     order = torch.argsort(depths.detach(), dim=1)  # [C, N] front to back
-    cam = torch.arange(C, device=depths.device)[:, None].expand(C, N).reshape(-1)
-    gid = order.reshape(-1)
-    r = radii[cam, gid].long()  # [C*N, 2]
-    r = torch.where(r > 0, r.clamp_min(min_radius), r)
-    m = means2d.detach()[cam, gid]
-    x0 = (m[:, 0] - r[:, 0]).floor().clamp(0, width).long()
-    x1 = (m[:, 0] + r[:, 0]).ceil().clamp(0, width).long()
-    y0 = (m[:, 1] - r[:, 1]).floor().clamp(0, height).long()
-    y1 = (m[:, 1] + r[:, 1]).ceil().clamp(0, height).long()
-    keep = (r[:, 0] > 0) & (r[:, 1] > 0) & (x1 > x0) & (y1 > y0)
-    cam, gid, x0, x1, y0, y1 = cam[keep], gid[keep], x0[keep], x1[keep], y0[keep], y1[keep]
+    cg = (order + N * torch.arange(C, device=depths.device)[:, None]).reshape(-1)
+    cg = cg[(radii.reshape(C * N, 2)[cg] > 0).all(-1)]
+    p = packed.detach()[cg]  # means2d 2 | shape | opacity 1 | colour 3
+    cg, p = cg[p[:, -4] >= ALPHA_MIN], p[p[:, -4] >= ALPHA_MIN]
+    mu, o = p[:, :2], p[:, -4]
+    if kind == "conic":  # radii are ceil(3.33 sigma): shrinking them by extend / 3.33 still covers the extent
+        extend = torch.sqrt(2 * torch.log(o / ALPHA_MIN)).clamp_max(3.33)
+        r = torch.ceil(radii.reshape(C * N, 2)[cg].to(mu.dtype) * (extend / 3.33)[:, None])
+        lo, hi = mu - r, mu + r
+    else:
+        lo, hi = _surfel_extent(p[:, 2:11].reshape(-1, 3, 3), mu, o, width, height)
+    x0 = lo[:, 0].floor().clamp(0, width).long()
+    x1 = hi[:, 0].ceil().clamp(0, width).long()
+    y0 = lo[:, 1].floor().clamp(0, height).long()
+    y1 = hi[:, 1].ceil().clamp(0, height).long()
+    keep = (x1 > x0) & (y1 > y0)
+    return cg[keep], x0[keep], x1[keep], y0[keep], y1[keep]
+
+
+def _box_pixels(cg: Tensor, x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, N: int, width: int, height: int):
+    """Every pixel of every box: (camera * N + Gaussian) ids [P] and flat pixel ids (camera, row, column) [P]."""
     wx = x1 - x0
     counts = wx * (y1 - y0)
-    owner = torch.repeat_interleave(torch.arange(len(counts), device=depths.device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(owner.numel(), device=depths.device) - starts[owner]
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=cg.device), counts)
+    local = torch.arange(owner.numel(), device=cg.device) - (torch.cumsum(counts, 0) - counts)[owner]
     px = x0[owner] + local % wx[owner]
     py = y0[owner] + local // wx[owner]
-    pix = (cam[owner] * height + py) * width + px
-    return cam[owner], gid[owner], pix
+    ids = cg[owner]
+    return ids, ((ids // N) * height + py) * width + px
 
 
-def _alpha_conic(opac: Tensor, means2d: Tensor, conics: Tensor, px: Tensor, py: Tensor) -> Tensor:
-    """3DGS / screen-space alpha of pairs (gsplat: sigma < 0 skipped, clamp at 0.99)."""
-    dx = px + 0.5 - means2d[:, 0]
-    dy = py + 0.5 - means2d[:, 1]
-    sigma = 0.5 * (conics[:, 0] * dx * dx + conics[:, 2] * dy * dy) + conics[:, 1] * dx * dy
-    alpha = torch.clamp_max(opac * torch.exp(-sigma), 0.99)
-    return torch.where(sigma >= 0, alpha, torch.zeros_like(alpha))
+def _open_boxes(done: Tensor, cam: Tensor, x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor) -> Tensor:
+    """[G] bool: the box has at least one pixel that is not done yet (summed-area table of done [C, H, W])."""
+    C, H, W = done.shape
+    sat = torch.zeros(C, H + 1, W + 1, dtype=torch.long, device=done.device)
+    sat[:, 1:, 1:] = (~done).long().cumsum(1).cumsum(2)
+    flat = sat.reshape(-1)
+    at = lambda y, x: flat[(cam * (H + 1) + y) * (W + 1) + x]
+    return at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0) > 0
 
 
-def _alpha_surfel(opac: Tensor, means2d: Tensor, M: Tensor, px: Tensor, py: Tensor) -> Tensor:
-    """2DGS alpha of pairs: ray-splat intersection with the screen-space low-pass floor (gsplat's 2dgs)."""
-    x, y = px + 0.5, py + 0.5
-    h_u = -M[:, 0, :] + M[:, 2, :] * x[:, None]
-    h_v = -M[:, 1, :] + M[:, 2, :] * y[:, None]
-    tmp = torch.cross(h_u, h_v, dim=-1)
-    us, vs = tmp[:, 0] / tmp[:, 2], tmp[:, 1] / tmp[:, 2]
-    dx, dy = x - means2d[:, 0], y - means2d[:, 1]
-    sigma = 0.5 * torch.minimum(us**2 + vs**2, 2 * (dx**2 + dy**2))
-    return torch.clamp_max(opac * torch.exp(-sigma), 0.999)
+def _segment_exclusive_cumsum(x: Tensor, pix: Tensor) -> Tensor:
+    """Exclusive cumulative sum of x [P] within runs of equal (sorted) pix [P], in float64."""
+    x = x.double()
+    incl = torch.cumsum(x, 0)
+    first = torch.ones_like(pix, dtype=torch.bool)
+    first[1:] = pix[1:] != pix[:-1]
+    seg = torch.cumsum(first.long(), 0) - 1
+    before = incl - x  # sum of everything before this pair
+    return before - before[first][seg]
+
+
+@torch.no_grad()
+def contributing_pairs(kind: str, radii: Tensor, depths: Tensor, packed: Tensor, width: int,
+                       height: int) -> tuple[Tensor, Tensor]:
+    """The pairs gsplat composites, sorted by (camera, pixel, depth): (camera * N + Gaussian) ids [P], pixel ids [P].
+
+    Boxes are enumerated in depth-ordered chunks; a pixel whose transmittance is already below T_MIN after the
+    chunks in front (the sum of log(1 - alpha) does not depend on order) takes no more pairs, and a box whose
+    pixels are all done is skipped before its pixels are enumerated."""
+    C, N = depths.shape
+    cg, x0, x1, y0, y1 = _boxes(kind, radii, depths, packed, width, height)
+    counts = (x1 - x0) * (y1 - y0)
+    chunk_pairs = min(max(CHUNK_PIXEL_PAIRS * C * width * height, CHUNK_MIN_PAIRS), CHUNK_PAIRS)
+    chunk = (torch.cumsum(counts, 0) - counts) // chunk_pairs  # chunk of each box (by its first pair)
+    log_T = torch.zeros(C * height * width, dtype=torch.float64, device=depths.device)
+    log_T_min = math.log(T_MIN) - 1e-6  # a margin keeps the skip conservative against rounding
+    ids, pixs, alphas = [cg[:0]], [cg[:0]], [packed[:0, 0]]
+    a = 0
+    for n in torch.unique_consecutive(chunk, return_counts=True)[1].tolist():  # chunks of Gaussians
+        box = (cg[a:a + n], x0[a:a + n], x1[a:a + n], y0[a:a + n], y1[a:a + n])
+        a += n
+        if a > n:  # not the first chunk: drop boxes and pairs that only reach finished pixels
+            done = log_T < log_T_min
+            box = [t[_open_boxes(done.reshape(C, height, width), box[0] // N, *box[1:])] for t in box]
+        i, pix = _box_pixels(*box, N, width, height)
+        if a > n:
+            live = ~done[pix]
+            i, pix = i[live], pix[live]
+        alpha = _alpha(kind, packed[i].unbind(1), (pix % width).to(packed.dtype), ((pix // width) % height).to(packed.dtype))
+        keep = alpha > 0
+        i, pix, alpha = i[keep], pix[keep], alpha[keep]
+        log_T.index_add_(0, pix, torch.log1p(-alpha).double())
+        ids.append(i)
+        pixs.append(pix)
+        alphas.append(alpha)
+    ids, pix, alpha = torch.cat(ids), torch.cat(pixs), torch.cat(alphas)
+    pix, perm = torch.sort(pix, stable=True)  # a pixel's pairs contiguous, still front to back
+    ids, alpha = ids[perm], alpha[perm]
+    T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pix)).to(alpha.dtype)
+    alive = T * (1 - alpha) > T_MIN
+    return ids[alive], pix[alive]
 
 
 def rasterize(
@@ -80,35 +193,16 @@ def rasterize(
 ) -> tuple[Tensor, Tensor]:
     """Composite front to back: rgb [C, H, W, 3], alpha [C, H, W]."""
     C = depths.shape[0]
-    # a surfel's screen-space low-pass floor reaches ~2.4 px beyond its centre whatever its 3D extent; gsplat's
-    # tiles evaluate those pixels too, so surfel boxes are at least 3 px
-    cam, gid, pix = _pairs(radii, means2d, depths, width, height, 3 if kind == "surfel" else 0)
-    px, py = (pix % width).to(means2d.dtype), ((pix // width) % height).to(means2d.dtype)
-    alpha_fn = _alpha_conic if kind == "conic" else _alpha_surfel
-
-    def alpha_of(c, g, x, y):
-        return alpha_fn(opacities[g], means2d[c, g], shape[c, g], x, y)
-
-    with torch.no_grad():  # cheap pre-pass: drop pairs gsplat would skip
-        keep = alpha_of(cam, gid, px, py) >= ALPHA_MIN
-    cam, gid, pix, px, py = cam[keep], gid[keep], pix[keep], px[keep], py[keep]
-    pix_sorted, perm = torch.sort(pix, stable=True)  # pairs of a pixel contiguous, still front to back
-    cam, gid, px, py = cam[perm], gid[perm], px[perm], py[perm]
-    alpha = alpha_of(cam, gid, px, py)
-    alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
-    log1m = torch.log1p(-alpha).double()
-    cs = torch.cumsum(log1m, 0)
-    first = torch.ones_like(pix_sorted, dtype=torch.bool)
-    first[1:] = pix_sorted[1:] != pix_sorted[:-1]
-    seg = torch.cumsum(first.long(), 0) - 1
-    start = (cs - log1m)[first][seg]  # cumulative sum just before each pixel's first pair
-    log_T = (cs - log1m - start).to(alpha.dtype)  # exclusive: transmittance before this pair
-    T = torch.exp(log_T)
-    alive = (T * (1 - alpha)).detach() > T_MIN  # gsplat stops before the pair that would drop T below 1e-4
-    w = torch.where(alive, alpha * T, torch.zeros_like(alpha))
-    n_pix = C * height * width
-    rgb = torch.zeros(n_pix, 3, device=means2d.device, dtype=colors.dtype).index_add(0, pix_sorted, w[:, None] * colors[gid])
-    acc = torch.zeros(n_pix, device=means2d.device, dtype=colors.dtype).index_add(0, pix_sorted, w)
+    packed = _pack(means2d, shape, opacities, colors)  # [C*N, K]
+    ids, pix = contributing_pairs(kind, radii, depths, packed, width, height)
+    # K columns [P]; unbind's backward is one stack, where column slices would each zero-fill a [P, K] gradient
+    q = packed.index_select(0, ids).unbind(1)
+    alpha = _alpha(kind, q, (pix % width).to(packed.dtype), ((pix // width) % height).to(packed.dtype))
+    T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pix)).to(alpha.dtype)
+    w = alpha * T  # [P]
+    out = torch.zeros(C * height * width, 4, device=packed.device, dtype=packed.dtype)
+    out = out.index_add(0, pix, torch.stack([w * c for c in q[-3:]] + [w], dim=1))
+    rgb, acc = out[:, :3], out[:, 3]
     if background is not None:
         rgb = rgb + (1 - acc)[:, None] * background
     return rgb.reshape(C, height, width, 3), acc.reshape(C, height, width)
