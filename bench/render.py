@@ -1,7 +1,13 @@
 """Benchmark table 1: renderer forward + backward time and peak memory against Gaussians, image size, mode, backend.
 
-`python -m bench.render [--quick]`. Scenes are Gaussians of voxel-like size filling the middle of the image, as the
-model produces them. Median of repeats after one warm-up.
+`python -m bench.render [--quick]` prints a Markdown table. The scene: n Gaussians of voxel-like size filling a
+0.2 m cube 0.5 m in front of one camera that sees 0.4 m across, i.e. an opaque animal-like blob over the middle of
+the image, as the model produces them. Time: median of the repeats after one warm-up, forward + backward of a sum
+loss. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the process's resident-set high-water mark
+during the call (VmHWM reset through /proc/self/clear_refs, after malloc_trim) minus the resident set before it
+(`posesplat.train.PeakMemory`: tracemalloc does not see torch's allocations). `pairs/px` is the number of
+(Gaussian, pixel) pairs that are composited (alpha >= 1/255, before the pixel's T reaches 1e-4) per image pixel:
+the scene's depth complexity, which sets the torch backend's cost.
 """
 
 from __future__ import annotations
@@ -13,39 +19,55 @@ import time
 
 import torch
 
-from posesplat.render import Gaussians, render
+from posesplat.render import Gaussians, project_any, render, torch_backend
 from posesplat.train import PeakMemory
 
-SIZES = ((64, 64), (128, 128), (256, 288))
+SIZES = ((64, 64), (128, 128), (256, 288))  # (width, height)
 COUNTS = (1000, 4000, 16000)
 MODES = ("3d", "2d", "2d_screen")
+CUBE, VIEW, DISTANCE = 0.2, 0.4, 0.5  # metres
 
 
-def make_scene(mode: str, n: int, width: int, device: torch.device, seed: int = 0):
-    """n Gaussians in a 0.2 m cube 0.5 m in front of one camera whose view spans about 0.4 m."""
+def make_scene(mode: str, n: int, width: int, device: torch.device, seed: int = 0) -> tuple[Gaussians, float]:
+    """n Gaussians on a jittered grid filling the cube, scales about half a voxel; returns them and the focal length."""
     g = torch.Generator().manual_seed(seed)
-    voxel = 0.2 / n ** (1 / 3)
-    means = (torch.rand(n, 3, generator=g) - 0.5) * 0.2
-    kw = dict(means=means, colors=torch.rand(n, 3, generator=g), opacities=0.5 + 0.4 * torch.rand(n, generator=g))
-    f = width / 0.8 * 0.5 / 0.25  # 0.4 m across the image at 0.5 m
+    voxel = CUBE / n ** (1 / 3)
+    f = width * DISTANCE / VIEW
+    kw = dict(means=(torch.rand(n, 3, generator=g) - 0.5) * CUBE, colors=torch.rand(n, 3, generator=g),
+              opacities=0.5 + 0.4 * torch.rand(n, generator=g))
     if mode == "3d":
         kw.update(quats=torch.randn(n, 4, generator=g), scales=voxel * (0.3 + 0.4 * torch.rand(n, 3, generator=g)))
     elif mode == "2d":
         kw.update(quats=torch.randn(n, 4, generator=g), scales=voxel * (0.4 + 0.4 * torch.rand(n, 2, generator=g)))
     else:
-        px = f * voxel / 0.5
+        px = f * voxel / DISTANCE
         kw.update(offsets=torch.zeros(n, 2), scales=px * (0.4 + 0.4 * torch.rand(n, 2, generator=g)),
                   angles=torch.rand(n, generator=g) * math.pi)
-    kw = {k: v.to(device).requires_grad_() for k, v in kw.items()}
-    return Gaussians(**kw), f
+    return Gaussians(**{k: v.to(device).requires_grad_() for k, v in kw.items()}), f
+
+
+def camera(f: float, width: int, height: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One camera at DISTANCE looking at the cube's centre along +z: viewmats [1, 4, 4], Ks [1, 3, 3]."""
+    vm = torch.eye(4, device=device)[None]
+    vm[0, 2, 3] = DISTANCE
+    K = torch.tensor([[[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]]], device=device)
+    return vm, K
+
+
+@torch.no_grad()
+def composited_pairs_per_pixel(g: Gaussians, mode: str, vm, K, width: int, height: int) -> float:
+    """The scene's depth complexity: pairs the renderer composites, per pixel."""
+    kind, radii, means2d, depths, shape = project_any(g, mode, vm, K, width, height)
+    packed = torch_backend._pack(means2d, shape, g.opacities, g.colors)
+    ids, _ = torch_backend.contributing_pairs(kind, radii, depths, packed, width, height)
+    return ids.numel() / (width * height)
 
 
 def measure(mode: str, n: int, size: tuple[int, int], backend: str, device: torch.device, repeats: int) -> dict:
-    height, width = size
+    """One table row: median forward + backward milliseconds and peak MB over `repeats` after a warm-up."""
+    width, height = size
     g, f = make_scene(mode, n, width, device)
-    vm = torch.eye(4, device=device)[None]
-    vm[0, 2, 3] = 0.5
-    K = torch.tensor([[[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]]], device=device)
+    vm, K = camera(f, width, height, device)
     times, peaks = [], []
     for i in range(repeats + 1):
         with PeakMemory(device) as mem:
@@ -55,22 +77,23 @@ def measure(mode: str, n: int, size: tuple[int, int], backend: str, device: torc
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
+        del out
         if i:
             times.append(dt)
             peaks.append(mem.peak_mb)
     return {"mode": mode, "backend": backend, "device": device.type, "gaussians": n, "image": f"{width}x{height}",
+            "pairs_per_px": composited_pairs_per_pixel(g, mode, vm, K, width, height),
             "ms": 1000 * statistics.median(times), "peak_mb": max(peaks), "mem_kind": mem.kind}
 
 
 def run(quick: bool = False) -> list[dict]:
+    """Every (device, mode, backend, size, count) case; quick: the two smaller sizes and counts, 3 repeats."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
         backends = ("torch", "gsplat") if device.type == "cuda" else ("torch",)
         for mode in MODES:
             for backend in backends:
-                if backend == "gsplat" and mode == "2d_screen":
-                    continue
                 for size in SIZES[:2] if quick else SIZES:
                     for n in COUNTS[:2] if quick else COUNTS:
                         rows.append(measure(mode, n, size, backend, device, 3 if quick else 5))
@@ -79,14 +102,16 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def table(rows: list[dict], header: bool = True) -> str:
-    lines = ["| mode | backend | device | Gaussians | image | fwd+bwd ms (median) | peak MB | memory measure |",
-             "|---|---|---|---|---|---|---|---|"] if header else []
-    lines += [f"| {r['mode']} | {r['backend']} | {r['device']} | {r['gaussians']} | {r['image']} | {r['ms']:.0f} | "
-              f"{r['peak_mb']:.0f} | {r['mem_kind']} |" for r in rows]
+    """Markdown table of run()'s rows."""
+    lines = ["| mode | backend | device | Gaussians | image | pairs/px | fwd+bwd ms (median) | peak MB | memory measure |",
+             "|---|---|---|---|---|---|---|---|---|"] if header else []
+    lines += [f"| {r['mode']} | {r['backend']} | {r['device']} | {r['gaussians']} | {r['image']} | "
+              f"{r['pairs_per_px']:.1f} | {r['ms']:.0f} | {r['peak_mb']:.0f} | {r['mem_kind']} |" for r in rows]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    print(table(run(p.parse_args().quick)))
+    p = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="64x64 and 128x128, 1k and 4k Gaussians, 3 repeats")
+    rows = run(p.parse_args().quick)
+    print("\n" + table(rows))
