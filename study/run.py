@@ -24,7 +24,7 @@ from typing import Optional
 from posesplat.config import ConfigError
 from posesplat.data import DatasetError, open_dataset
 from study.sink import Store, StorageError, join_uri
-from study.space import Space, SpaceError, load_space
+from study.space import Space, SpaceError, load_space, with_options
 
 
 class StudyError(RuntimeError):
@@ -73,13 +73,8 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
     import torch
 
     gpu = torch.cuda.is_available() and not args.cpu
-    space = space.scaled(gpu)
-    upd = {}
-    if args.num_samples:
-        upd["samples_per_cell"] = args.num_samples
-    if args.max_epochs:
-        upd["max_epochs"] = args.max_epochs
-    space = space.model_copy(update=upd)
+    space, notes = with_options(space.scaled(gpu), args.num_samples, args.max_epochs)
+    check_options(args)
     base = dict(space.base_config)
     dataset = args.dataset or base.get("dataset") or "data/synthetic_mouse.zarr"
     if "://" not in dataset:
@@ -104,7 +99,23 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
     ds = open_dataset(dataset)  # DatasetError names the store and the array
     for frames in space.grid.get("max_frames", []):
         ds.frame_split(frames, base.get("frame_jump", 1))
+    for note in notes:
+        print(note, flush=True)
     return space, base, study, gpu
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse numeric options Ray would reject later with a traceback (or silently misread)."""
+    bad = [(f"--{k.replace('_', '-')}", v, need) for k, v, need, ok in (
+        ("max_concurrent", args.max_concurrent, "at least 1", lambda v: v >= 1),
+        ("max_failures", args.max_failures, "at least 0 (or -1: retry without limit)", lambda v: v >= -1),
+        ("cpus_per_trial", args.cpus_per_trial, "above 0", lambda v: v > 0),
+        ("gpus_per_trial", args.gpus_per_trial, "a fraction in [0, 1] or a whole number of GPUs",
+         lambda v: 0 <= v <= 1 or float(v).is_integer() and v > 0),
+    ) if v is not None and not ok(v)]
+    if bad:
+        opt, value, need = bad[0]
+        raise StudyError(f"{opt} {value}: must be {need}")
 
 
 def check_writable(storage: str) -> None:
@@ -217,7 +228,7 @@ def run_study(args: argparse.Namespace) -> Store:
     from ray import tune
 
     from study import resources
-    from study.search import MODE_KEY, PerModeSearcher, SchedulerState, StratifiedASHA
+    from study.search import MODE_KEY, PerModeSearcher, StratifiedASHA
     from study.sink import ParquetSink
     from study.trainable import run_trial
 
@@ -258,26 +269,21 @@ def run_study(args: argparse.Namespace) -> Store:
         run_dir = join_uri(study.uri, "ray")
         if tune.Tuner.can_restore(run_dir):
             print(f"resuming the study in {study.uri}", flush=True)
-            tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=True, restart_errored=False,
-                                       param_space={})
-            # hand in a fresh sink (it reads trials.parquet) and the restored scheduler's state callback; the
-            # Tuner's own pickle holds the scheduler as constructed, its state comes from the callback's snapshot
-            scheduler = tuner._local_tuner._tune_config.scheduler
-            tuner._local_tuner._run_config.callbacks = [sink] + ([SchedulerState(scheduler)] if scheduler else [])
+            tuner = restore_tuner(run_dir, trainable, sink, args.max_failures, args.max_concurrent)
         else:
-            searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed)
+            searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed,
+                                       max_concurrent=args.max_concurrent)
             scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
                                         space.scheduler.reduction_factor, space.metric, space.metric_mode)
                          if space.scheduler.type == "asha" else None)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=searcher, scheduler=scheduler, num_samples=searcher.total,
-                    max_concurrent_trials=args.max_concurrent, reuse_actors=True,
+                    search_alg=searcher, scheduler=scheduler, num_samples=searcher.total, reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name="ray", storage_path=study.uri,
-                    callbacks=[sink] + ([SchedulerState(scheduler)] if scheduler else []),
+                    callbacks=study_callbacks(sink, scheduler, args.max_failures),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=1,
@@ -292,6 +298,34 @@ def run_study(args: argparse.Namespace) -> Store:
         info["finished"] = datetime.now(timezone.utc).isoformat()
         write_json(info, study, "study.json")
     return study
+
+
+def study_callbacks(sink, scheduler, max_failures: int) -> list:
+    """The study's Tune callbacks, in a fixed order (Ray restores callback states by position)."""
+    from study.search import SchedulerState, TrialRetries
+
+    return [sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures)]
+
+
+def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurrent: Optional[int]):
+    """The study's Tuner as Ray saved it, with this run's sink and options.
+
+    Finished trials stay finished and errored ones stay failed (`resume_errored=False`: a trial that raised, e.g.
+    NonFiniteLossError, would raise again; a trial whose worker died was already retried `--max-failures` times);
+    interrupted ones continue from their last checkpoint. The Tuner's pickle holds the options of the first run:
+    `--max-failures` is applied to every trial (restored trials keep their own limit otherwise) by TrialRetries, and
+    `--max-concurrent` is the searcher's (PerModeSearcher.set_state keeps the value set here)."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False, param_space={})
+    local = tuner._local_tuner
+    scheduler = local._tune_config.scheduler  # as constructed; its state comes from SchedulerState's snapshot
+    local._run_config.callbacks = study_callbacks(sink, scheduler, max_failures)
+    local._run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
+    # no Ray ConcurrencyLimiter (older studies had one): its restored state would override the new value
+    local._tune_config.max_concurrent_trials = None
+    local._tune_config.search_alg.max_concurrent = max_concurrent
+    return tuner
 
 
 def summary(study_dir: Path, name: str) -> str:

@@ -85,6 +85,11 @@ class Space(BaseModel):
                 raise ValueError(f"grid must list '{key}'")
         if not self.modes:
             raise ValueError("modes is empty")
+        if self.scheduler.type == "asha":  # Ray's ASHAScheduler asserts grace_period <= max_t
+            for where, epochs in (("max_epochs", self.max_epochs), ("cpu.max_epochs", self.cpu.max_epochs)):
+                if epochs is not None and self.scheduler.grace_period > epochs:
+                    raise ValueError(f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds {where} "
+                                     f"({epochs})")
         return self
 
     def scaled(self, gpu: bool) -> "Space":
@@ -98,8 +103,8 @@ class Space(BaseModel):
         if self.cpu.samples_per_cell:
             upd["samples_per_cell"] = self.cpu.samples_per_cell
         if self.cpu.cpus_per_trial:
-            upd["resources"] = self.resources.model_copy(update={"cpus_per_trial": self.cpu.cpus_per_trial})
-        return self.model_copy(update=upd)
+            upd["resources"] = {**self.resources.model_dump(), "cpus_per_trial": self.cpu.cpus_per_trial}
+        return Space.model_validate({**self.model_dump(), **upd})  # validated again, unlike model_copy
 
     def cells(self) -> list[dict[str, int]]:
         """Every (grid_size, max_frames, ...) combination of the grid."""
@@ -107,6 +112,32 @@ class Space(BaseModel):
 
         keys = sorted(self.grid)
         return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+
+
+def with_options(space: Space, samples_per_cell: Optional[int] = None,
+                 max_epochs: Optional[int] = None) -> tuple[Space, list[str]]:
+    """The space with `--num-samples` / `--max-epochs` applied and validated again; (space, notes for the user).
+
+    A budget below ASHA's grace period caps the grace period at the budget (so `--max-epochs 3` works with any
+    space) and says so in a note; values below 1 are refused (SpaceError naming the option)."""
+    upd: dict[str, Any] = {}
+    notes: list[str] = []
+    for opt, key, value in (("--num-samples", "samples_per_cell", samples_per_cell),
+                            ("--max-epochs", "max_epochs", max_epochs)):
+        if value is None:
+            continue
+        if value < 1:
+            raise SpaceError(f"{opt} {value}: must be at least 1")
+        upd[key] = value
+    sched = space.scheduler
+    if max_epochs is not None and sched.type == "asha" and sched.grace_period > max_epochs:
+        notes.append(f"note: --max-epochs {max_epochs} is below the space's ASHA grace period "
+                     f"({sched.grace_period}): grace period capped at {max_epochs}")
+        upd["scheduler"] = {**sched.model_dump(), "grace_period": max_epochs}
+    try:
+        return Space.model_validate({**space.model_dump(), **upd}), notes
+    except ValidationError as e:
+        raise SpaceError(_one_line(e, f"{space.name} with options")) from None
 
 
 def _one_line(err: ValidationError, source: str) -> str:

@@ -162,6 +162,18 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
     "cluster_unreachable": (lambda t, d: ["--space", "smoke", "--address", "127.0.0.1:9"],
                             "--address 127.0.0.1:9: no Ray cluster answers there"),
     "unknown_mode": (lambda t, d: ["--space", "smoke", "--modes", "4d"], "--modes: unknown mode '4d'"),
+    "max_epochs_negative": (lambda t, d: ["--space", "comparison", "--max-epochs", "-3"],
+                            "--max-epochs -3: must be at least 1"),
+    "max_epochs_zero": (lambda t, d: ["--space", "smoke", "--max-epochs", "0"], "--max-epochs 0: must be at least 1"),
+    "num_samples_zero": (lambda t, d: ["--space", "smoke", "--num-samples", "0"],
+                         "--num-samples 0: must be at least 1"),
+    "max_concurrent_zero": (lambda t, d: ["--space", "smoke", "--max-concurrent", "0"],
+                            "--max-concurrent 0: must be at least 1"),
+    "space_grace_above_budget": (lambda t, d: ["--space", str(_space_file(
+        t, max_epochs=3, scheduler={"grace_period": 5}))], "scheduler.grace_period (5) exceeds max_epochs (3)"),
+    "space_grace_above_cpu_budget": (lambda t, d: ["--space", str(_space_file(
+        t, max_epochs=30, scheduler={"grace_period": 5}, cpu={"max_epochs": 4}))],
+        "scheduler.grace_period (5) exceeds cpu.max_epochs (4)"),
 }
 
 
@@ -176,6 +188,22 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys, small_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
     assert not storage.exists()  # nothing half-written
+
+
+def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
+    """`--max-epochs 3` with a space whose ASHA grace period is 5 runs with grace 3 (Ray's ASHA would assert)."""
+    from study.run import parse_args, study_plan
+
+    space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [12]}, max_epochs=8,
+                        scheduler={"grace_period": 5, "reduction_factor": 3})
+    args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset),
+                       "--max-epochs", "3", "--num-samples", "2"])
+    plan, base, _, _ = study_plan(args)
+    assert (plan.max_epochs, plan.scheduler.grace_period, plan.samples_per_cell, base["epochs"]) == (3, 3, 2, 3)
+    assert "grace period capped at 3" in capsys.readouterr().out
+    StratifiedASHA(plan.modes, plan.max_epochs, plan.scheduler.grace_period, plan.scheduler.reduction_factor,
+                   plan.metric, plan.metric_mode)  # Ray accepts it
+    assert not (tmp_path / "s").exists()
 
 
 def test_unwritable_storage_is_one_line(tmp_path, capsys, small_dataset):
