@@ -36,9 +36,12 @@ def _optuna_space(space: Space) -> dict:
 class PerModeSearcher(Searcher):
     """Round-robin over (cell, sample, mode); lr and ssim_lambda from a per-mode sampler."""
 
-    def __init__(self, space: Space, metric: str, mode: str, algo: str = "optuna", seed: int = 0):
+    def __init__(self, space: Space, metric: str, mode: str, algo: str = "optuna", seed: int = 0,
+                 max_concurrent: Optional[int] = None):
         super().__init__(metric=metric, mode=mode)
         self.space, self.algo, self.seed = space, algo, seed
+        self.max_concurrent = max_concurrent  # most live trials; not part of the saved state (a resume may change it)
+        self.live: set[str] = set()
         self.plan = [
             {**cell, MODE_KEY: m, "seed": seed + s}
             for cell in space.cells() for s in range(space.samples_per_cell) for m in space.modes
@@ -65,6 +68,9 @@ class PerModeSearcher(Searcher):
     def suggest(self, trial_id: str) -> Optional[dict]:
         if self.next_index >= len(self.plan):
             return Searcher.FINISHED
+        if self.max_concurrent and len(self.live) >= self.max_concurrent:
+            return None  # Tune asks again later
+        self.live.add(trial_id)
         fixed = dict(self.plan[self.next_index])
         self.next_index += 1
         m = fixed[MODE_KEY]
@@ -86,6 +92,7 @@ class PerModeSearcher(Searcher):
             self.inner[m].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        self.live.discard(trial_id)
         m = self.trial_mode.get(trial_id)
         if self.algo == "optuna" and m:
             if result is not None and not np.isfinite(result.get(self.metric, np.nan)):
@@ -94,10 +101,10 @@ class PerModeSearcher(Searcher):
             self.inner[m].on_trial_complete(trial_id, result, error)
 
     def get_state(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        return {k: v for k, v in self.__dict__.items() if k != "max_concurrent"}
 
     def set_state(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"live": set(), **{k: v for k, v in state.items() if k != "max_concurrent"}})
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -159,6 +166,18 @@ class StratifiedASHA(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+class TrialRetries(Callback):
+    """Applies `--max-failures` to every trial at every step: Ray keeps each trial's limit from when it was created
+    (in the experiment snapshot), so without this a resumed study would ignore a changed value."""
+
+    def __init__(self, max_failures: int):
+        self.max_failures = max_failures
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        for t in trials:
+            t.max_failures = self.max_failures
 
 
 class SchedulerState(Callback):
