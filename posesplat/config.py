@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -28,38 +28,43 @@ class Config(BaseModel):
 
     # --- data ---
     dataset: str = Field("data/synthetic_mouse.zarr", description="zarr v3 dataset (path or URI)")
-    holdout_views: Optional[list[int]] = Field(None, description="held-out camera indices; None: the dataset's")
+    holdout_views: Optional[list[int]] = Field(None, description="held-out camera indices; null: the dataset's",
+                                               json_schema_extra={"allowed": "camera indices"})
     image_downsample: int = Field(2, ge=1, le=16, description="integer downsampling of images and masks")
     frame_jump: int = Field(1, ge=1, description="use every k-th frame")
     max_frames: Optional[int] = Field(None, ge=3, description="use only the first N frames (after frame_jump)")
-    split: tuple[float, float, float] = Field((1 / 3, 1 / 3, 1 / 3), description="train/valid/test fractions")
+    split: tuple[float, float, float] = Field((1 / 3, 1 / 3, 1 / 3), description="train/valid/test fractions",
+                                           json_schema_extra={"allowed": "three fractions > 0 summing to 1"})
     # --- volume ---
-    ell: Optional[float] = Field(None, gt=0, description="side of the carving cube (world units); None: dataset's")
+    ell: Optional[float] = Field(None, gt=0, description="side of the carving cube (world units); null: dataset's")
     grid_size: int = Field(48, ge=8, le=256, description="voxels per side of the carving cube")
     volume_idx: Optional[list[list[int]]] = Field(
-        None, description="[[x0,x1],[y0,y1],[z0,z1]] crop of the grid; None: found from the data"
+        None, description="[[x0,x1],[y0,y1],[z0,z1]] crop of the grid; null: found from the data",
+        json_schema_extra={"allowed": "0 <= start < stop <= grid_size per axis"},
     )
     # --- model ---
-    gaussian_mode: Literal["3d", "2d", "2d_screen"] = "3d"
-    num_unets: int = Field(1, ge=0, le=4)
-    base_filters: int = Field(8, ge=2, le=64)
-    min_n: int = Field(500, ge=1, description="minimum number of Gaussians per frame")
+    gaussian_mode: Literal["3d", "2d", "2d_screen"] = Field(
+        "3d", description="3D Gaussians, 2D surfels, or the screen-space 2D ablation (rendering.md)")
+    num_unets: int = Field(1, ge=0, le=4, description="3D U-Nets stacked between carving and head")
+    base_filters: int = Field(8, ge=2, le=64, description="channels of the U-Nets' first level (doubled per level)")
+    min_n: int = Field(500, ge=1, description="minimum number of Gaussians per frame",
+                       json_schema_extra={"allowed": "<= max_n"})
     max_n: int = Field(8000, ge=1, description="maximum number of Gaussians per frame")
     backend: Literal["auto", "torch", "gsplat"] = Field("auto", description="auto: gsplat on CUDA, torch otherwise")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
     # --- optimisation ---
-    lr: float = Field(1e-3, gt=0, le=1)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    img_lambda: float = Field(0.5, ge=0)
-    ssim_lambda: float = Field(0.0, ge=0)
-    grad_clip: Optional[float] = Field(1.0, gt=0)
-    epochs: int = Field(10, ge=1)
-    steps_per_epoch: Optional[int] = Field(None, ge=1, description="None: one step per training frame")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine: down to 5% of lr over epochs x steps_per_epoch")
+    img_lambda: float = Field(0.5, ge=0, description="weight of the RGB L1 term")
+    ssim_lambda: float = Field(0.0, ge=0, description="weight of the 1 - SSIM term (0: not computed)")
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="gradient-norm clip; null: no clipping")
+    epochs: int = Field(10, ge=1, description="epochs (also the horizon of the cosine schedule)")
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="null: one step per training frame")
     views_per_step: int = Field(1, ge=1, description="observed views rendered per training step")
-    valid_every: int = Field(1, ge=1)
-    eval_frames: Optional[int] = Field(6, ge=1, description="cap on valid/test frames evaluated; None: all")
-    num_workers: int = Field(0, ge=0)
-    seed: int = 0
+    valid_every: int = Field(1, ge=1, description="evaluate every k-th epoch (and at the last)")
+    eval_frames: Optional[int] = Field(6, ge=1, description="cap on valid/test frames evaluated; null: all")
+    seed: int = Field(0, description="seeds the weights, frame order and view choice")
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -117,3 +122,42 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
     values.pop("_comment", None)
     values.update(overrides or {})
     return make_config(values, str(path))
+
+
+def _type_name(annotation: Any) -> str:
+    """A short JSON-minded name of a field's type: 'int', 'float or null', 'list[int] or null', ..."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "str"
+    if origin is Union:
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple):
+        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
+        return f"{origin.__name__}[{inner}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _allowed(name: str) -> str:
+    """A field's allowed values: its Literal choices or its numeric bounds ('' when unconstrained)."""
+    field = Config.model_fields[name]
+    if get_origin(field.annotation) is Literal:
+        return ", ".join(f"`{a}`" for a in get_args(field.annotation))
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bounds = [f"{ops[k]} {getattr(m, k)}" for m in field.metadata for k in ops if hasattr(m, k)]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return ", ".join(bounds + ([str(extra["allowed"])] if "allowed" in extra else []))
+
+
+def schema_table() -> str:
+    """Every Config key as a markdown table (key, type, default, allowed, meaning); pasted into docs/training.md."""
+    rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for name, field in Config.model_fields.items():
+        default = json.dumps(field.default, default=str).replace("0.3333333333333333", "1/3")
+        rows.append(f"| `{name}` | {_type_name(field.annotation)} | `{default}` | {_allowed(name)} | "
+                    f"{field.description or ''} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m posesplat.config prints the table for docs/training.md
+    print(schema_table())

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from posesplat.config import Config, ConfigError, load_config, make_config
+from posesplat.config import Config, ConfigError, load_config, make_config, schema_table
 
-CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.json"))
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted(ROOT.joinpath("configs").glob("*.json"))
 
 
 def test_shipped_configs_validate():
@@ -62,3 +63,17 @@ def test_file_errors(tmp_path):
     good.write_text(json.dumps({"grid_size": 32}))
     assert load_config(good, {"lr": 0.01}).lr == 0.01
     assert Config().n_params_per_gaussian == 14
+
+
+def test_training_doc_lists_every_key():
+    """docs/training.md holds the generated schema table verbatim, so it names every key with its current default."""
+    doc = (ROOT / "docs" / "training.md").read_text()
+    assert [k for k in Config.model_fields if f"| `{k}` |" not in doc] == []
+    assert schema_table() in doc, "docs/training.md: paste the output of `python -m posesplat.config`"
+    assert "| `seed` | int | `0` |" in schema_table() and "| `grid_size` | int | `48` | >= 8, <= 256 |" in schema_table()
+
+
+def test_removed_key_is_unknown():
+    """num_workers was never used by train() and is gone: a config that sets it is refused, not silently ignored."""
+    with pytest.raises(ConfigError, match="unknown key 'num_workers'"):
+        make_config({"num_workers": 2})
