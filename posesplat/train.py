@@ -1,7 +1,8 @@
 """Train one configuration: `python -m posesplat.train configs/X.json [--epochs N] [--resume]`.
 
 `train(cfg, ...)` is the loop the study calls: it reports an `EpochReport` (metrics, checkpoint file, image panels)
-after every epoch. Checkpoints hold learnable state, optimiser, scheduler, epoch and RNG state only.
+after every epoch. Checkpoints hold the config, learnable state, optimiser, scheduler, epoch, RNG states, grid crop
+and the metrics history: nothing derived.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ EVAL_KEYS = [f"{split}_{m}" for split in ("valid", "valid_heldout", "test_heldou
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """The device (CUDA) ran out of memory; the message names the mode, grid size, where, and the allocation."""
 
 
 @dataclass
@@ -284,7 +289,21 @@ class PeakMemory:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, cfg: Config, setup: Setup, model, opt, sched, epoch: int, history: list) -> int:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """torch's CPU RNG state, and the training device's CUDA RNG state when training on CUDA (else None)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what rng_state saved; a CUDA state is restored only when training on CUDA again."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model, opt, sched, epoch: int,
+                    history: list, device: torch.device) -> int:
     """Write the checkpoint atomically (temporary name, then rename); returns its size in bytes."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -293,8 +312,8 @@ def save_checkpoint(path: Path, cfg: Config, setup: Setup, model, opt, sched, ep
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "volume_idx": setup.volume_idx,
-        "torch_rng": torch.get_rng_state(),
+        "volume_idx": volume_idx,
+        **rng_state(device),
         "history": history,
     }
     path = Path(path)
@@ -352,11 +371,14 @@ def render_frame(
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _oom_error(cfg: Config, e: BaseException) -> RuntimeError:
-    asked = re.search(r"Tried to allocate ([\d.]+ [KMG]iB)", str(e))
-    return RuntimeError(
-        f"CUDA out of memory: mode={cfg.gaussian_mode} grid_size={cfg.grid_size} asked for "
-        f"{asked.group(1) if asked else 'an unknown amount'} ({str(e).splitlines()[0]})"
+def _oom_error(cfg: Config, device: torch.device, e: BaseException, where: str) -> OutOfMemoryError:
+    """One line naming the device, where it ran out, the mode, the grid size and the allocation torch asked for."""
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(e))
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return OutOfMemoryError(
+        f"out of memory on {device} in {where}: mode={cfg.gaussian_mode} grid_size={cfg.grid_size} asked for "
+        f"{asked.group(1) if asked else 'an unknown amount'}; lower grid_size, max_n or views_per_step, or raise "
+        f"image_downsample ({first})"
     )
 
 
@@ -387,7 +409,7 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state, setup.device)
         history, start = list(state["history"]), state["epoch"] + 1
     n_model_params = sum(p.numel() for p in model.parameters())
     for epoch in range(start, epochs + 1):
@@ -426,7 +448,7 @@ def train(
                     opt.step()
                     sched.step()
                 except torch.OutOfMemoryError as e:
-                    raise _oom_error(cfg, e) from e
+                    raise _oom_error(cfg, setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
                 for k, v in {"loss": loss, **terms}.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -451,14 +473,19 @@ def train(
         images: dict[str, np.ndarray] = {}
         if epoch % cfg.valid_every == 0 or epoch == cfg.epochs:
             t1 = time.perf_counter()
-            evals, images = evaluate(cfg, setup, model)
+            try:
+                evals, images = evaluate(cfg, setup, model)
+            except torch.OutOfMemoryError as e:
+                raise _oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
         else:
             metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "gt_mass_inside", "render_ms", "n_gaussians"]})
             metrics["eval_time_s"] = 0.0
         history.append(metrics)
         if ckpt_path:
-            metrics["checkpoint_bytes"] = save_checkpoint(ckpt_path, cfg, setup, model, opt, sched, epoch, history)
+            metrics["checkpoint_bytes"] = save_checkpoint(
+                ckpt_path, cfg, setup.volume_idx, model, opt, sched, epoch, history, setup.device
+            )
         else:
             metrics["checkpoint_bytes"] = -1
         if progress:
@@ -516,9 +543,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             os.replace(tmp, log)
 
         history = train(cfg, ckpt_path=ckpt, resume_from=ckpt if args.resume else None, on_epoch=write_log)
-    except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, OutOfMemoryError) as e:  # the run failed: epochs before it are in the checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"interrupted: the last finished epoch is in {ckpt}; continue with --resume", file=sys.stderr)
         return 130

@@ -3,13 +3,18 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from posesplat.config import make_config
+import posesplat.train
+from posesplat.config import load_config, make_config
 from posesplat.model import PoseSplatter
-from posesplat.train import NonFiniteLossError, load_checkpoint, read_checkpoint, render_frame, save_checkpoint, train
+from posesplat.train import (NonFiniteLossError, OutOfMemoryError, load_checkpoint, main, make_optimizer,
+                             read_checkpoint, render_frame, rng_state, save_checkpoint, set_rng_state, train)
+
+DOCS = Path(__file__).parents[1] / "docs"
 
 
 def tiny(dataset, **kw):
@@ -28,8 +33,17 @@ def test_loss_decreases(small_dataset, mode):
     last = history[-1]
     assert last["params_per_gaussian"] == {"3d": 14, "2d": 13, "2d_screen": 9}[mode]
     assert 0 <= last["valid_heldout_iou"] <= 1 and last["n_gaussians"] >= 50
-    assert last["test_heldout_psnr"] > 5 and last["render_ms"] > 0 and last["peak_mem_mb"] >= 0
-    assert 0 <= last["gt_iou3d"] <= 1
+    assert last["test_heldout_psnr"] > 5 and last["render_ms"] > 0 and last["peak_mem_mb"] > 0
+    assert last["mem_kind"] == ("cuda_max_allocated" if last["device"].startswith("cuda") else "cpu_rss_delta")
+    assert 0 <= last["gt_iou3d"] <= 1 and 0 <= last["gt_mass_inside"] <= 1
+
+
+def test_every_reported_metric_is_documented(small_dataset, tmp_path):
+    metrics = train(tiny(small_dataset, epochs=1, steps_per_epoch=1), ckpt_path=tmp_path / "k.pt", progress=False)[0]
+    metrics_md, training_md = (DOCS / "metrics.md").read_text(), (DOCS / "training.md").read_text()
+    assert len(metrics) >= 28
+    assert [k for k in metrics if f"`{k}`" not in metrics_md] == []
+    assert [k for k in metrics if f"`{k}`" not in training_md] == []
 
 
 def test_resume_reproduces_losses(small_dataset, tmp_path):
@@ -71,15 +85,28 @@ def test_load_checkpoint_and_render_frame(small_dataset, tmp_path):
     assert out.rgb.shape == (2, ds.height, ds.width, 3) and out.alpha.max() > 0.5
 
 
-def test_paper_size_checkpoint_is_small():
-    """Learnable state plus Adam's two moments at grid 112 stays well under 10 MB."""
-    from posesplat.config import load_config
-
-    cfg = load_config("configs/2d_3d_comparison_3d_paper.json")
-    model = PoseSplatter(cfg, ell=0.2, volume_idx=[[0, 112], [0, 56], [0, 56]], px_per_voxel=1.0)
+@pytest.mark.parametrize("mode", ["3d", "2d", "2d_screen"])
+def test_paper_size_checkpoint_is_small(tmp_path, mode):
+    """A real checkpoint of a paper-size model (grid 112, crop 112 x 56 x 56) with Adam's two moments and a
+    200-epoch history is written by save_checkpoint and stays under 10 MB; nothing derived is saved."""
+    cfg = load_config(f"configs/2d_3d_comparison_{mode}_paper.json")
+    volume_idx = [[0, 112], [0, 56], [0, 56]]
+    model = PoseSplatter(cfg, ell=0.2, volume_idx=volume_idx, px_per_voxel=1.0)
+    opt, sched = make_optimizer(cfg, model, total_steps=1000)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sched.step()
+    history = [{f"metric_{i}": float(i) for i in range(30)} for _ in range(cfg.epochs)]
+    size = save_checkpoint(tmp_path / "paper.pt", cfg, volume_idx, model, opt, sched, cfg.epochs, history,
+                           torch.device("cpu"))
     n = sum(p.numel() for p in model.parameters())
-    assert 3 * 4 * n < 10_000_000, n
-    assert all(k.startswith(("unets.", "head.")) for k in model.state_dict())  # nothing derived is saved
+    assert size == (tmp_path / "paper.pt").stat().st_size
+    assert 3 * 4 * n < size < 10_000_000, (n, size)  # weights and both moments really are in it
+    state = read_checkpoint(tmp_path / "paper.pt")
+    assert all(k.startswith(("unets.", "head.")) for k in state["model"])  # no voxel grid, no Gaussians
+    assert len(state["optimizer"]["state"]) == len(list(model.parameters())) and len(state["history"]) == cfg.epochs
+    assert state["volume_idx"] == volume_idx and state["cuda_rng"] is None
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -93,3 +120,69 @@ def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "posesplat.train", str(missing), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nope.zarr" in r.stderr
+
+
+def fake_oom(when_grad: bool):
+    """A stand-in for posesplat.train.render that runs out of memory in training (grad on) or evaluation (off)."""
+    real = posesplat.train.render
+
+    def render(*args, **kw):
+        if torch.is_grad_enabled() == when_grad:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                         "of 79.10 GiB of which 1.20 GiB is free.\nSee documentation for Memory Management")
+        return real(*args, **kw)
+
+    return render
+
+
+@pytest.mark.parametrize("where, when_grad", [("training (epoch 1, step 1)", True), ("evaluation (epoch 1)", False)])
+def test_out_of_memory_names_mode_grid_and_size(small_dataset, monkeypatch, where, when_grad):
+    monkeypatch.setattr(posesplat.train, "render", fake_oom(when_grad))
+    cfg = tiny(small_dataset, gaussian_mode="2d", epochs=1, steps_per_epoch=2)
+    with pytest.raises(OutOfMemoryError) as err:
+        train(cfg, progress=False)
+    msg = str(err.value)
+    assert f"out of memory on cpu in {where}: mode=2d grid_size=16 asked for 2.00 GiB;" in msg and "\n" not in msg
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_cli_run_failures_are_one_line(small_dataset, tmp_path, monkeypatch, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(tiny(small_dataset, epochs=2, steps_per_epoch=2, valid_every=5).model_dump_json())
+    with monkeypatch.context() as m:  # out of memory in the first training step
+        m.setattr(posesplat.train, "render", fake_oom(True))
+        assert main([str(config), "--out", str(tmp_path / "oom")]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: out of memory on cpu in training (epoch 1, step 1): mode=3d grid_size=16 "
+                                "asked for 2.00 GiB")
+    # a diverged run: epoch 1 trains, then the head's weights are NaN and --resume fails at epoch 2, step 1
+    out = tmp_path / "nan"
+    assert main([str(config), "--out", str(out), "--epochs", "1"]) == 0
+    state = read_checkpoint(out / "checkpoint.pt")
+    for k, v in state["model"].items():
+        if k.startswith("head."):
+            v.fill_(float("nan"))
+    torch.save(state, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main([str(config), "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: non-finite loss or Gaussian parameters") and "epoch 2, step 1" in errors[0]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_rng_state_round_trip(device):
+    """What a checkpoint saves of the RNGs restores the same random numbers (CUDA's only when on CUDA)."""
+    dev = torch.device(device)
+    torch.manual_seed(1)
+    saved = rng_state(dev)
+    assert (saved["cuda_rng"] is None) == (device == "cpu")
+    first = (torch.rand(5), torch.rand(5, device=dev))
+    torch.manual_seed(2)  # something else moves both generators on
+    set_rng_state(saved, dev)
+    again = (torch.rand(5), torch.rand(5, device=dev))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
