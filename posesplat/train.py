@@ -266,7 +266,9 @@ class PeakMemory:
             import ctypes
             import gc
 
-            gc.collect()
+            # young generations only: a full collection walks every object a Ray worker has imported (0.25 s a call
+            # there, once per epoch); tensors are freed by reference counting, cycles holding them are rare
+            gc.collect(1)
             try:
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
             except (OSError, AttributeError):
