@@ -2,8 +2,9 @@
 
 1. renderer forward+backward time and peak memory (bench/render.py)
 2. one full training step against grid_size per mode (bench/train_step.py); fits the study's memory model
-3. study overhead: smoke study wall time against the time its trials spent training
+3. study overhead: a study's wall time against the same trials trained one after another without Ray
 4. ASHA savings: epochs with early stopping against the full budget, and whether each mode's winner changes
+   (bench/study_overhead.py)
 Prints each table and rewrites the output file with the machine and the date.
 """
 
@@ -13,10 +14,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,9 +22,16 @@ import numpy as np
 import torch
 
 from bench import render as bench_render
+from bench import study_overhead as bench_study
 from bench import train_step as bench_step
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY_NOTE = ("Each study runs as a user runs it (`python -m study.run`, one trial at a time, one CPU per trial). The "
+              "baseline trains the same trials' configurations one after another in one process with "
+              "`posesplat.train.train` (one thread, checkpoints written), each for the epochs it ran in the study. "
+              "Overhead = wall time / baseline - 1: what Ray start-up, Tune, the parquet sink, TensorBoard and "
+              "checkpoint reporting add. It is a fixed cost per study plus a small cost per trial and epoch, so it "
+              "is large for the smoke space's tiny trials and small for real ones.")
 
 
 def machine() -> str:
@@ -48,58 +53,21 @@ def machine() -> str:
 
 
 def fit_memory_model(rows: list[dict]) -> dict:
-    """Per mode, least squares of peak MB against grid_size**3 / 1000 (linear in voxels)."""
+    """Per mode, least squares of peak MB against grid_size**3 / 1000 and image pixels / 1000 (study/resources.py).
+
+    With a single image size the pixel term cannot be told from the base and is left at 0."""
     model = {}
     for mode in sorted({r["mode"] for r in rows}):
-        pts = [(r["grid_size"] ** 3 / 1000, r["peak_mb"]) for r in rows if r["mode"] == mode]
-        x, y = np.array(pts).T
-        if len(x) >= 2:
-            slope, base = np.polyfit(x, y, 1)
-        else:
-            slope, base = y[0] / x[0], 0.0
-        model[mode] = {"base_mb": float(max(base, 0.0)), "per_kvoxel_mb": float(max(slope, 0.0))}
+        rs = [r for r in rows if r["mode"] == mode]
+        y = np.array([r["peak_mb"] for r in rs])
+        cols = [np.ones(len(rs)), np.array([r["grid_size"] ** 3 / 1000 for r in rs])]
+        if len({r["pixels"] for r in rs}) > 1:
+            cols.append(np.array([r["pixels"] / 1000 for r in rs]))
+        coef = np.linalg.lstsq(np.stack(cols, 1), y, rcond=None)[0]
+        coef = np.append(coef, [0.0] * (3 - len(coef)))
+        model[mode] = {"base_mb": float(max(coef[0], 0.0)), "per_kvoxel_mb": float(max(coef[1], 0.0)),
+                       "per_kpixel_mb": float(max(coef[2], 0.0))}
     return model
-
-
-def study_runs(dataset: str, quick: bool) -> tuple[str, str]:
-    """Tables 3 and 4 from real smoke-sized studies run in subprocesses."""
-    import pandas as pd
-
-    from study.analyze import load_study, trial_summary
-
-    space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
-    space.update(max_epochs=4 if quick else 8, samples_per_cell=2 if quick else 4)
-    space["scheduler"] = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for sched in ("asha", "none"):
-            s = dict(space, name=f"bench_{sched}", scheduler=dict(space["scheduler"], type=sched))
-            path = Path(tmp) / f"{sched}.json"
-            path.write_text(json.dumps(s))
-            t0 = time.time()
-            subprocess.run([sys.executable, "-m", "study.run", "--space", str(path), "--storage", tmp, "--dataset",
-                            dataset, "--no-report", "--max-concurrent", "1"], check=True, capture_output=True)
-            wall = time.time() - t0
-            metrics, trials, info = load_study(Path(tmp) / f"bench_{sched}")
-            per = trial_summary(metrics)
-            winners = {}
-            for m, r in per.groupby("gaussian_mode"):
-                best = r.sort_values("valid_heldout_iou", ascending=False).iloc[0]
-                winners[m] = (round(float(best["lr"]), 6), int(best["seed"]))
-            out[sched] = dict(wall=wall, tune_wall=info.get("wall_time_s", float("nan")),
-                              train=float((metrics.epoch_time_s + metrics.eval_time_s).sum()),
-                              epochs=int(len(metrics)), trials=len(trials), winners=winners)
-    a, n = out["asha"], out["none"]
-    t3 = ("| study | trials | epochs | wall s (command) | wall s (Tuner.fit) | trial train+eval s | overhead |\n"
-          "|---|---|---|---|---|---|---|\n")
-    for k, r in out.items():
-        t3 += (f"| smoke-sized, {k} | {r['trials']} | {r['epochs']} | {r['wall']:.1f} | {r['tune_wall']:.1f} | "
-               f"{r['train']:.1f} | {100 * (r['tune_wall'] / r['train'] - 1):.0f}% |\n")
-    same = all(a["winners"].get(m) == n["winners"].get(m) for m in n["winners"])
-    t4 = ("| epochs with ASHA | epochs, full budget | saved | each mode's best (lr, seed) same |\n|---|---|---|---|\n"
-          f"| {a['epochs']} | {n['epochs']} | {100 * (1 - a['epochs'] / n['epochs']):.0f}% | "
-          f"{'yes' if same else 'no'}: {a['winners']} vs {n['winners']} |\n")
-    return t3, t4
 
 
 def main(argv=None) -> int:
@@ -126,14 +94,14 @@ def main(argv=None) -> int:
                                    "modes": model}, indent=1))
         os.replace(tmp, mm)
         sections.append("## 2. One training step against grid_size\n\n" + bench_step.table(rows) +
-                        "\n\nMemory model fitted (peak MB = base + per_kvoxel x grid^3/1000), written to "
+                        "\n\nMemory model fitted (peak MB = base + per_kvoxel x grid^3/1000 + per_kpixel x pixels/1000), written to "
                         f"`study/memory_model.json` for the study's GPU fractions:\n\n```\n{json.dumps(model, indent=1)}\n```\n")
     if {3, 4} & only:
-        t3, t4 = study_runs(a.dataset, a.quick)
-        sections.append("## 3. Study overhead\n\nSmoke-sized study (grid 16, 12 frames), one trial at a time. Overhead "
-                        "= Tuner.fit wall time over the time trials spent training and evaluating, minus one.\n\n" + t3)
-        sections.append("## 4. ASHA savings\n\nThe same seeded study with stratified ASHA (grace 1, factor 2) and "
-                        "without early stopping.\n\n" + t4)
+        rows, savings = bench_study.run(a.dataset, a.quick)
+        sections.append("## 3. Study overhead\n\n" + STUDY_NOTE + "\n\n" + bench_study.overhead_table(rows) + "\n")
+        sections.append("## 4. ASHA savings\n\nThe smoke-sized study of table 3 with stratified ASHA (grace 1, "
+                        "factor 2) against the full budget, same seed and trials.\n\n"
+                        + bench_study.savings_table(savings) + "\n")
     out = Path(a.out)
     if only != {1, 2, 3, 4} and out.exists():  # keep the tables that were not rerun
         old = out.read_text().split("\n## ")[1:]

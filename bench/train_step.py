@@ -57,20 +57,24 @@ def measure(dataset: str, mode: str, grid: int, repeats: int, downsample: int, d
     crop = [b - a for a, b in setup.volume_idx]
     return {"mode": mode, "grid_size": grid, "voxels": crop[0] * crop[1] * crop[2], "gaussians": n,
             "step_ms": 1000 * statistics.median(times), "peak_mb": max(peaks), "mem_kind": mem.kind,
-            "device": str(setup.device), "backend": setup.backend, "image": f"{setup.width}x{setup.height}"}
+            "device": str(setup.device), "backend": setup.backend, "image": f"{setup.width}x{setup.height}",
+            "pixels": setup.width * setup.height}
 
 
-def run(dataset: str, quick: bool = False, device: str = "auto", downsample: int = 2) -> list[dict]:
-    grids = (32, 48) if quick else GRIDS
+def run(dataset: str, quick: bool = False, device: str = "auto") -> list[dict]:
+    """Every (image downsample, grid, mode); two image sizes so the memory model can separate voxels from pixels."""
+    grids, downsamples = ((32, 48), (2,)) if quick else (GRIDS, (2, 1))
     rows = []
-    for grid in grids:
-        for mode in MODES:
-            rows.append(measure(dataset, mode, grid, 2 if quick else 5, downsample, device))
-            print(table(rows[-1:], header=len(rows) == 1), flush=True)
+    for downsample in downsamples:
+        for grid in grids:
+            for mode in MODES:
+                rows.append(measure(dataset, mode, grid, 2 if quick else 5, downsample, device))
+                print(table(rows[-1:], header=len(rows) == 1), flush=True)
     return rows
 
 
 def table(rows: list[dict], header: bool = True) -> str:
+    """Markdown table of run()'s rows."""
     lines = ["| mode | grid | voxels (crop) | Gaussians | image | step ms (median) | peak MB | memory measure | device |",
              "|---|---|---|---|---|---|---|---|---|"] if header else []
     for r in rows:
