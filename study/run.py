@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from posesplat.config import ConfigError
 from posesplat.data import DatasetError, open_dataset
@@ -222,8 +222,9 @@ def write_json(obj: dict, study: Store, name: str) -> None:
     study.write_bytes(json.dumps(obj, indent=1, default=str).encode(), name)
 
 
-def run_study(args: argparse.Namespace) -> Store:
-    """Set up and run (or resume) the Tuner; returns the study directory."""
+def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> Store:
+    """Set up and run (or resume) the Tuner; returns the study directory. `trial_fn(config, base_config, study_uri)`
+    is what each trial runs (default: study.trainable.run_trial; tests give a cheap one)."""
     import ray
     from ray import tune
 
@@ -262,7 +263,7 @@ def run_study(args: argparse.Namespace) -> Store:
             return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem or 16e3)}
 
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base_config=base, study_uri=study.uri),
+            tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=study.uri),
             trial_resources,
         )
         sink = ParquetSink(study, study.name, base, space.max_epochs)

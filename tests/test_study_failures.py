@@ -4,7 +4,9 @@ failed with its error line while the study goes on; a worker that dies is retrie
 
 import json
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -86,3 +88,118 @@ def test_without_retries_a_dead_worker_is_a_failed_trial(ray_local, tmp_path):
     assert trials[2]["status"] == "failed" and trials[2]["last_epoch"] == 2
     assert "died" in trials[2]["error"].lower() or "actor" in trials[2]["error"].lower(), trials[2]["error"]
     assert trials[0]["status"] == "completed"
+
+
+# ------------------------------------------------------------------ re-runs of a study (study.run.run_study)
+
+FAKE_SPACE = {  # 4 trials (2d/3d x seeds 0, 1) of 3 epochs, no early stopping
+    "name": "fake", "modes": ["2d", "3d"], "grid": {"grid_size": [16], "max_frames": [12]},
+    "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3}}, "samples_per_cell": 2, "max_epochs": 3,
+    "scheduler": {"type": "none"}, "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+}
+
+
+def fake_trial(log: Path, behave):
+    """A cheap stand-in for study.trainable.run_trial: each execution appends `start T` / `end T` lines to
+    `log/<mode>-<seed>.txt`; `behave(config, attempt, epoch)` may raise, kill the worker or signal the driver."""
+
+    def trainable(config, base_config=None, study_uri=None):
+        name = log / f"{config['gaussian_mode']}-{config['seed']}.txt"
+        attempt = len([l for l in name.read_text().splitlines() if l.startswith("start")]) + 1 if name.exists() else 1
+        with open(name, "a") as f:
+            f.write(f"start {time.time()}\n")
+        start = 1
+        if tune.get_checkpoint() is not None:
+            with tune.get_checkpoint().as_directory() as d:
+                start = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
+        for epoch in range(start, 4):
+            behave(config, attempt, epoch)
+            time.sleep(0.5)
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                with open(name, "a") as f:
+                    f.write(f"end {time.time()}\n" if epoch == 3 else "")
+                tune.report({"epoch": epoch, "valid_heldout_iou": 0.1 * epoch},
+                            checkpoint=tune.Checkpoint.from_directory(d))
+
+    return trainable
+
+
+def study_args(tmp_path: Path, dataset: Path, *extra: str):
+    from study.run import parse_args
+
+    space = tmp_path / "fake.json"
+    space.write_text(json.dumps(FAKE_SPACE))
+    return parse_args(["--space", str(space), "--storage", str(tmp_path / "studies"), "--dataset", str(dataset),
+                       "--search", "random", "--no-report", *extra])
+
+
+def starts(log: Path, trial: str) -> list[float]:
+    return [float(l.split()[1]) for l in (log / f"{trial}.txt").read_text().splitlines() if l.startswith("start")]
+
+
+def test_rerun_does_not_reexecute_a_failed_trial(ray_local, tmp_path, small_dataset):
+    """A trial that raises is a result: re-running the finished study neither runs it again nor calls the study
+    unfinished."""
+    from study.run import run_study
+
+    def behave(config, attempt, epoch):
+        if (config["gaussian_mode"], config["seed"], epoch) == ("3d", 1, 2):
+            raise NonFiniteLossError("non-finite loss at epoch 2, step 1")
+
+    log = tmp_path / "log"
+    log.mkdir()
+    study = run_study(study_args(tmp_path, small_dataset), fake_trial(log, behave))
+    first = {t["trial_id"]: t for t in pq.read_table(Path(study.root) / "trials.parquet").to_pylist()}
+    failed = [t for t in first.values() if t["status"] == "failed"]
+    assert len(failed) == 1 and "NonFiniteLossError" in failed[0]["error"] and failed[0]["last_epoch"] == 1
+    assert sorted(t["status"] for t in first.values()) == ["completed"] * 3 + ["failed"]
+    executions = {p.stem: len(starts(log, p.stem)) for p in log.iterdir()}
+    assert executions["3d-1"] == 2  # run once and retried once (--max-failures 1: Ray retries any exception)
+
+    run_study(study_args(tmp_path, small_dataset), fake_trial(log, behave))  # the same command again: exit 0
+    assert {p.stem: len(starts(log, p.stem)) for p in log.iterdir()} == executions  # nothing executed again
+    again = {t["trial_id"]: t for t in pq.read_table(Path(study.root) / "trials.parquet").to_pylist()}
+    assert again == first
+    info = json.loads((Path(study.root) / "study.json").read_text())
+    assert info["runs"] == 2 and "finished" in info
+
+
+def test_resume_applies_max_failures_and_max_concurrent_given_again(ray_local, tmp_path, small_dataset):
+    """Started with --max-concurrent 1 --max-failures 0 and interrupted while its second trial runs; resumed with
+    --max-concurrent 2 --max-failures 2: trials now overlap, and the restored trial, whose worker dies twice, is
+    retried from its checkpoint and completes (with the first run's limits it would be failed)."""
+    from study.run import run_study
+
+    driver = os.getpid()
+
+    def behave(config, attempt, epoch):
+        if (config["gaussian_mode"], config["seed"]) != ("3d", 0):
+            return
+        if attempt == 1 and epoch == 2:
+            os.kill(driver, signal.SIGUSR1)  # Tune's interrupt: it saves its state and returns (like Ctrl-C)
+            time.sleep(60)
+        if attempt in (2, 3) and epoch == 3:
+            os._exit(1)  # the worker process dies (run 2, twice)
+
+    log = tmp_path / "log"
+    log.mkdir()
+    with pytest.raises(KeyboardInterrupt):  # run_study's "interrupted, run again to resume"
+        run_study(study_args(tmp_path, small_dataset, "--max-concurrent", "1", "--max-failures", "0"),
+                  fake_trial(log, behave))
+    assert sorted(p.stem for p in log.iterdir()) == ["2d-0", "3d-0"]
+    resumed_at = time.time()
+    study = run_study(study_args(tmp_path, small_dataset, "--max-concurrent", "2", "--max-failures", "2"),
+                      fake_trial(log, behave))
+    trials = {(t["gaussian_mode"], t["seed"]): t for t in pq.read_table(Path(study.root) / "trials.parquet").to_pylist()}
+    assert {k: t["status"] for k, t in trials.items()} == {k: "completed" for k in trials} and len(trials) == 4
+    assert len(starts(log, "3d-0")) == 4  # interrupted, died twice, completed
+    rows = pads.dataset(Path(study.root) / "metrics", format="parquet").to_table().to_pylist()
+    assert sorted(r["epoch"] for r in rows if (r["gaussian_mode"], r["seed"]) == ("3d", 0)) == [1, 2, 3]
+    spans = []  # (start, end) of every execution in the second run
+    for p in log.iterdir():
+        lines = [l.split() for l in p.read_text().splitlines()]
+        spans += [(float(a[1]), float(b[1])) for a, b in zip(lines, lines[1:] + [["end", "inf"]])
+                  if a[0] == "start" and float(a[1]) > resumed_at]
+    overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlap == 2, sorted(spans)
