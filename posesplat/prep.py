@@ -35,6 +35,7 @@ TRUNK = 0.135  # default trunk radius / ell: the heading is the principal axis o
 # its centroid, because the tail and a turned head, which swing, would tilt the axis of the whole hull
 BLOCK = 16  # output frames per parallel job (one done-marker per block)
 FAULT_ENV = "POSESPLAT_PREP_FAULT"  # test hook: "frames:<block>" SIGKILLs the process in the middle of that block
+CAMERA_GROUP, CAMERA_DATASETS = "camera_parameters", ("rotation", "translation", "intrinsic")  # the camera HDF5
 
 
 class PrepError(ValueError):
@@ -63,6 +64,11 @@ class PrepConfig(BaseModel):
     principal_point: Literal["opencv", "pixel_corner"] = Field(
         "opencv", description="opencv: the top-left pixel's centre is (0, 0); pixel_corner: it is (0.5, 0.5)")
     up: Optional[list[float]] = Field(None, min_length=3, max_length=3, description="up in calibration coordinates")
+    vertical_lines: Optional[list[list[tuple[tuple[float, float], tuple[float, float]]]]] = Field(
+        None, description="per camera, segments [[u1, v1], [u2, v2]] (video pixels) along vertical edges: up is "
+                          "triangulated from them")
+    vertical_lines_fn: Optional[str] = Field(
+        None, description="Pose Splatter's vertical-lines npz (img_nums [M], lines [M, 2, 2]), in project_directory")
     background: list[float] = Field([0.0, 0.0, 0.0], min_length=3, max_length=3)
     mask_threshold: int = Field(128, ge=1, le=255)
     smooth_frames: float = Field(1.0, ge=0, description="Gaussian sigma (output frames) for centres and headings")
@@ -98,6 +104,14 @@ def load_prep_config(path: str | Path) -> tuple[PrepConfig, dict[str, Path]]:
             raise PrepError(f"{path}: key 'holdout_views': view {h} out of range [0, {len(cfg.video_fns)})")
     if len(set(cfg.holdout_views)) >= len(cfg.video_fns) - 1:
         raise PrepError(f"{path}: key 'holdout_views': at least two cameras must stay observed for carving")
+    given = [k for k in ("up", "vertical_lines", "vertical_lines_fn") if getattr(cfg, k) is not None]
+    if len(given) > 1:
+        raise PrepError(f"{path}: keys {' and '.join(repr(k) for k in given)} both set the up direction; keep one")
+    if cfg.vertical_lines is not None and len(cfg.vertical_lines) != len(cfg.video_fns):
+        raise PrepError(f"{path}: key 'vertical_lines': {len(cfg.vertical_lines)} cameras but the config names "
+                        f"{len(cfg.video_fns)} videos (one list of segments per camera, [] for none)")
+    if cfg.vertical_lines_fn is not None:
+        files["vertical lines"] = project / cfg.vertical_lines_fn
     for name, f in files.items():
         if not f.is_file():
             raise PrepError(f"{f}: no such file ({name} in {path})")
@@ -123,10 +137,15 @@ def read_cameras(cfg: PrepConfig, path: Path, n_views: int) -> tuple[np.ndarray,
 
     try:
         with h5py.File(path, "r") as h:
-            g = h["camera_parameters"]
-            R, t, K = (np.asarray(g[k][()], dtype=np.float64) for k in ("rotation", "translation", "intrinsic"))
-    except KeyError as e:
-        raise PrepError(f"{path}: missing dataset camera_parameters/{str(e).split(chr(39))[1]}") from None
+            if not isinstance(h.get(CAMERA_GROUP), h5py.Group):
+                found = ", ".join(sorted(h.keys())) or "nothing"
+                raise PrepError(f"{path}: missing HDF5 group '{CAMERA_GROUP}' (the file holds: {found})")
+            g = h[CAMERA_GROUP]
+            for k in CAMERA_DATASETS:
+                if not isinstance(g.get(k), h5py.Dataset):
+                    found = ", ".join(sorted(g.keys())) or "nothing"
+                    raise PrepError(f"{path}: missing HDF5 dataset '{CAMERA_GROUP}/{k}' (the group holds: {found})")
+            R, t, K = (np.asarray(g[k][()], dtype=np.float64) for k in CAMERA_DATASETS)
     except OSError as e:
         raise PrepError(f"{path}: not a readable HDF5 file ({e})".splitlines()[0]) from None
     for name, arr, shape in (("rotation", R, (3, 3)), ("translation", t, (3,)), ("intrinsic", K, (3, 3))):
@@ -272,6 +291,63 @@ def find_up(Es: np.ndarray, centroids: np.ndarray, override: Optional[list[float
         if s[1] > 0.2 * s[0] and s[2] < 0.3 * s[1] and normal @ cam > np.cos(np.radians(25)):
             return normal, "path plane"
     return cam, "camera axes"
+
+
+def read_vertical_lines(cfg: PrepConfig, files: dict[str, Path], config: Path) -> tuple[Optional[list], str]:
+    """Per camera, the hand-drawn vertical segments [[u1, v1], [u2, v2]] from the config or from Pose Splatter's npz
+    (None if neither), and where they came from (for error messages)."""
+    if cfg.vertical_lines is not None:
+        lines, source = [[[list(a), list(b)] for a, b in segs] for segs in cfg.vertical_lines], \
+            f"{config}: key 'vertical_lines'"
+    elif cfg.vertical_lines_fn is not None:
+        lines, source = _lines_from_npz(files["vertical lines"], len(cfg.video_fns)), str(files["vertical lines"])
+    else:
+        return None, ""
+    n = sum(map(len, lines))
+    if n < 2:
+        raise PrepError(f"{source}: {n} segment(s); at least two are needed to find the vertical")
+    return lines, source
+
+
+def _lines_from_npz(path: Path, n: int) -> list:
+    """Per camera, the segments of Pose Splatter's estimate_up_direction.py output (img_nums [M], lines [M, 2, 2])."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, TypeError, AttributeError) as e:  # a .npy array has no context manager
+        raise PrepError(f"{path}: not a readable npz file ({e})".splitlines()[0]) from None
+    if "img_nums" not in arrays or "lines" not in arrays:
+        raise PrepError(f"{path}: needs arrays 'img_nums' [M] and 'lines' [M, 2, 2] (holds: "
+                        f"{', '.join(arrays) or 'nothing'})")
+    cams, segs = arrays["img_nums"].reshape(-1), arrays["lines"].astype(np.float64)
+    if segs.shape != (len(cams), 2, 2):
+        raise PrepError(f"{path}: 'lines' has shape {list(segs.shape)}, expected [{len(cams)}, 2, 2]")
+    if len(cams) and not (0 <= cams.min() and cams.max() < n):
+        raise PrepError(f"{path}: 'img_nums' holds camera {int(cams.max() if cams.max() >= n else cams.min())}, "
+                        f"out of range [0, {n})")
+    return [segs[cams == c].tolist() for c in range(n)]
+
+
+def up_from_lines(lines: list, Ks: np.ndarray, Es: np.ndarray, source: str) -> np.ndarray:
+    """Up [3] (calibration frame) from vertical segments (per camera, pixels in the Ks' convention): each segment
+    back-projects to a plane through its camera's centre that contains the vertical, so up is the direction common to
+    all planes, the least-squares null vector of their stacked normals; its sign is the cameras' up side."""
+    normals = []
+    for c, segs in enumerate(lines):
+        Kinv, R = np.linalg.inv(Ks[c]), Es[c, :3, :3]
+        for i, (p1, p2) in enumerate(segs):
+            n = R.T @ np.cross(Kinv @ [*p1, 1.0], Kinv @ [*p2, 1.0])
+            if np.linalg.norm(n) < 1e-12 or not np.isfinite(n).all():
+                raise PrepError(f"{source}: camera {c}, segment {i}: its two points coincide")
+            normals.append(n / np.linalg.norm(n))
+    if len(normals) < 2:
+        raise PrepError(f"{source}: {len(normals)} segment(s); at least two are needed to find the vertical")
+    _, sv, vt = np.linalg.svd(np.array(normals))
+    if sv[1] < 0.05 * sv[0]:
+        raise PrepError(f"{source}: the segments' planes (nearly) coincide, so they do not fix a direction; draw "
+                        f"vertical edges far apart in the image or in more cameras")
+    up = vt[-1]
+    return up * np.sign(up @ camera_up(Es))
 
 
 def world_from_calib(up: np.ndarray, centroids: np.ndarray, floor: float) -> np.ndarray:
@@ -466,6 +542,7 @@ def prep(config: str | Path, out: Optional[str | Path] = None, workers: Optional
     import zarr
 
     cfg, files = load_prep_config(config)
+    lines, lines_source = read_vertical_lines(cfg, files, Path(config))
     base = Path(config).parent / (cfg.project_directory or cfg.data_directory)
     out = Path(out) if out is not None else base / "dataset.zarr"
     work = out.with_name(out.name + ".prep")
@@ -474,7 +551,7 @@ def prep(config: str | Path, out: Optional[str | Path] = None, workers: Optional
     C = len(cfg.video_fns)
 
     # --- inputs: counts and sizes must agree
-    infos = {name: video_info(p) for name, p in files.items() if name != "camera"}
+    infos = {name: video_info(p) for name, p in files.items() if name.startswith(("video", "mask video"))}
     n_src, W, H, fps = infos["video 0"]
     for name, (n, w, h, _) in infos.items():
         if n != n_src:
@@ -499,6 +576,11 @@ def prep(config: str | Path, out: Optional[str | Path] = None, workers: Optional
         return {"intrinsics": K, "extrinsics": E}
 
     cams = cached_step(work / "cameras.npz", fp_cam, cameras, log)
+    lines_up = None
+    if lines is not None:  # video pixels -> the cameras' convention (half-pixel shift, downsampled); fails early
+        shift = 0.5 if cfg.principal_point == "opencv" else 0.0
+        px = [[[[(x + shift) / ds for x in pt] for pt in seg] for seg in segs] for segs in lines]
+        lines_up = up_from_lines(px, cams["intrinsics"], cams["extrinsics"], lines_source)
     job = {"Ks": cams["intrinsics"].tolist(), "Es": cams["extrinsics"].tolist(), "observed": observed,
            "views": list(range(C)), "mask_videos": [str(files[f"mask video {c}"]) for c in range(C)],
            "videos": [str(files[f"video {c}"]) for c in range(C)], "frame_jump": cfg.frame_jump, "fps": fps,
@@ -518,11 +600,14 @@ def prep(config: str | Path, out: Optional[str | Path] = None, workers: Optional
     tr = cached_step(work / "track.npz", fp_track, track, log)
 
     # --- pose
-    fp_pose = fingerprint(fp_track, cfg.up, cfg.smooth_frames)
+    fp_pose = fingerprint(fp_track, cfg.up, cfg.smooth_frames, *([lines] if lines is not None else []))
 
     def pose():
         centroid = fill_gaps(tr["centroid"], str(config))
-        up, method = find_up(cams["extrinsics"], tr["centroid"], cfg.up)
+        if lines_up is not None:
+            up, method = lines_up, "vertical lines"
+        else:
+            up, method = find_up(cams["extrinsics"], tr["centroid"], cfg.up)
         lows = tr["low"][np.isfinite(tr["low"])]
         M = world_from_calib(up, centroid, float(np.percentile(lows, 1)))
         centres = gaussian_smooth(centroid @ M[:3, :3].T + M[:3, 3], cfg.smooth_frames)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import zarr
 
+from posesplat.carve import carve
 from posesplat.data import inside_body, open_dataset
-from posesplat.prep import (FAULT_ENV, PrepError, find_up, headings_from_axes, main, prep, read_video)
+from posesplat.prep import (FAULT_ENV, PrepError, find_up, headings_from_axes, main, prep, read_video, up_from_lines)
 from posesplat.synth import make_dataset, make_raw
 
 RAW = dict(frames=48, views=6, height=64, width=64, seed=0, progress=False)
@@ -86,6 +87,15 @@ def test_crop_indices_cover_every_frame(prepped):
     assert 0 <= x0 < x1 <= G and 0 <= y0 < y1 <= G and 0 <= z0 < z1 <= G
     assert all((hi - lo) % 4 == 0 for lo, hi in ds.attrs["volume_idx"])
     assert (x1 - x0) * (y1 - y0) * (z1 - z0) < 0.5 * G**3  # a real crop, not the whole cube
+    inside = np.zeros((G, G, G), dtype=bool)
+    inside[x0:x1, y0:y1, z0:z1] = True
+    observed, _ = ds.view_split()
+    for f in range(ds.n_frames):  # the hull training carves (posesplat.carve) lies inside the crop in every frame
+        b = ds.load(f, observed)
+        hull = carve(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"], G, ds.ell)[0]
+        occupied = (hull > 0.5).numpy()
+        assert occupied.sum() > 100, f
+        assert not (occupied & ~inside).any(), (f, np.argwhere(occupied & ~inside)[:3])
 
 
 def test_rerun_skips_every_step(raw, prepped):
@@ -224,6 +234,22 @@ def test_camera_count_disagrees(broken, capsys):
     assert "camera_parameters/rotation has 3 cameras but the config names 4 videos" in cli_error(broken, capsys)
 
 
+def test_missing_camera_group(broken, capsys):
+    with h5py.File(broken.parent / "camera_params.h5", "r+") as h:
+        h.move("camera_parameters", "cams")
+    err = cli_error(broken, capsys)
+    assert err == f"error: {broken.parent / 'camera_params.h5'}: missing HDF5 group 'camera_parameters' (the file " \
+                  f"holds: cams)"
+
+
+def test_missing_camera_dataset(broken, capsys):
+    with h5py.File(broken.parent / "camera_params.h5", "r+") as h:
+        del h["camera_parameters/intrinsic"]
+    err = cli_error(broken, capsys)
+    assert err == f"error: {broken.parent / 'camera_params.h5'}: missing HDF5 dataset 'camera_parameters/intrinsic' " \
+                  f"(the group holds: rotation, translation)"
+
+
 def test_transposed_intrinsics(broken, capsys):
     with h5py.File(broken.parent / "camera_params.h5", "r+") as h:
         K = h["camera_parameters/intrinsic"][:]
@@ -269,3 +295,127 @@ def test_a_dead_worker_is_one_line_and_the_rerun_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "track: up to date" in resumed.stderr
     assert open_dataset(cfg.parent / "dataset.zarr").n_frames == 40
+
+
+# ------------------------------------------------------------------ up from hand-drawn vertical lines
+
+
+def post_lines(K: np.ndarray, E: np.ndarray, direction, decimals: int = 1) -> list:
+    """Per camera, the image segments [[u1, v1], [u2, v2]] of 10 cm posts standing on the floor around the arena
+    along `direction`, as clicked (rounded to 0.1 px) where both ends are in the image. K: gsplat pixel convention."""
+    width, height = 2 * K[0, 0, 2], 2 * K[0, 1, 2]
+    lines = []
+    for Kc, Ec in zip(K, E):
+        segs = []
+        for a in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+            base = np.array([0.1 * np.cos(a), 0.1 * np.sin(a), 0.0])
+            ends = [Kc @ (Ec[:3, :3] @ x + Ec[:3, 3]) for x in (base, base + 0.1 * np.asarray(direction))]
+            uv = [e[:2] / e[2] for e in ends]
+            if all(0 <= u <= width and 0 <= v <= height for u, v in uv):
+                segs.append([np.round(x, decimals).tolist() for x in uv])
+        lines.append(segs)
+    return lines
+
+
+def angle(a, b) -> float:
+    return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+
+
+def test_up_from_vertical_lines(tiny_raw):
+    t = np.load(tiny_raw.parent / "truth.npz")
+    K, E = t["intrinsics"], t["extrinsics"]  # the generator's z-up world
+    lines = post_lines(K, E, [0, 0, 1])
+    assert sum(map(len, lines)) >= 12
+    assert angle(up_from_lines(lines, K, E, "x"), np.array([0, 0, 1.0])) < 2.0
+    flipped = [[[b, a] for a, b in segs] for segs in lines]  # click order does not matter: the cameras give the sign
+    assert angle(up_from_lines(flipped, K, E, "x"), np.array([0, 0, 1.0])) < 2.0
+    only_one = [segs if c == 0 else [] for c, segs in enumerate(lines)]  # one camera's vanishing point is enough
+    assert angle(up_from_lines(only_one, K, E, "x"), np.array([0, 0, 1.0])) < 2.0
+    tilted = np.array([np.sin(np.radians(8)), 0.0, np.cos(np.radians(8))])  # the lines decide, not the cameras
+    assert angle(up_from_lines(post_lines(K, E, tilted, 3), K, E, "x"), tilted) < 0.5
+    with pytest.raises(PrepError, match="x: camera 0, segment 0: its two points coincide"):
+        up_from_lines([[[[5.0, 5.0], [5.0, 5.0]]], []], K[:2], E[:2], "x")
+    with pytest.raises(PrepError, match="planes \\(nearly\\) coincide"):
+        up_from_lines([lines[0][:1] * 2], K[:1], E[:1], "x")
+
+
+def lines_in_calibration_pixels(raw_cfg: Path, direction=(0, 0, 1)) -> list:
+    """post_lines as the raw videos' OpenCV pixel coordinates (what a person clicks)."""
+    t = np.load(raw_cfg.parent / "truth.npz")
+    lines = post_lines(t["intrinsics"], t["extrinsics"], direction, decimals=3)
+    return [[[[u - 0.5, v - 0.5] for u, v in seg] for seg in segs] for segs in lines]
+
+
+@pytest.mark.parametrize("how", ["vertical_lines", "vertical_lines_fn"])
+def test_prep_takes_up_from_vertical_lines(tiny_raw, tmp_path, how):
+    cfg = copy_recording(tiny_raw, tmp_path / "rec")
+    tilted = np.array([np.sin(np.radians(6)), 0.0, np.cos(np.radians(6))])  # so the automatic up would not match
+    lines = lines_in_calibration_pixels(cfg, tilted)
+    if how == "vertical_lines":
+        edit(cfg, vertical_lines=lines)
+    else:  # Pose Splatter's estimate_up_direction.py output
+        np.savez(cfg.parent / "vertical_lines.npz", img_nums=[c for c, segs in enumerate(lines) for _ in segs],
+                 lines=[seg for segs in lines for seg in segs], up=np.zeros(3))
+        edit(cfg, vertical_lines_fn="vertical_lines.npz")
+    ds = open_dataset(prep(cfg, workers=1, progress=False, log=lambda s: None))
+    assert ds.attrs["up_method"] == "vertical lines"
+    A = gt_to_prep_world(ds, np.load(cfg.parent / "truth.npz"))
+    assert angle(A[2, :3], tilted) < 2.0  # the dataset's z is the lines' vertical, seen in the generator's world
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(up=[0, 0, 1], vertical_lines=[[], [], [], []]), "keys 'up' and 'vertical_lines' both set the up direction"),
+    (dict(vertical_lines=[[], [], []]), "key 'vertical_lines': 3 cameras but the config names 4 videos"),
+    (dict(vertical_lines=[[[[1, 1], [1, 9]]], [], [], []]), "key 'vertical_lines': 1 segment(s); at least two"),
+    (dict(vertical_lines=[[[[1, 1], [1]]], [], [], []]), "key 'vertical_lines.0.0.1.1': Field required"),
+    (dict(vertical_lines_fn="nope.npz"), "nope.npz: no such file (vertical lines in"),
+])
+def test_bad_vertical_lines(broken, capsys, change, message):
+    edit(broken, **change)
+    assert message in cli_error(broken, capsys)
+
+
+def test_bad_vertical_lines_file(broken, capsys):
+    np.savez(broken.parent / "v.npz", img_nums=[0, 1])
+    edit(broken, vertical_lines_fn="v.npz")
+    assert "v.npz: needs arrays 'img_nums' [M] and 'lines' [M, 2, 2] (holds: img_nums)" in cli_error(broken, capsys)
+
+
+# ------------------------------------------------------------------ downsampling and frame jump
+
+
+def test_downsample_and_frame_jump_match_the_direct_dataset(tiny_raw, tmp_path):
+    cfg = copy_recording(tiny_raw, tmp_path / "rec")
+    edit(cfg, image_downsample=2, frame_jump=2)
+    a = open_dataset(prep(cfg, workers=1, progress=False, log=lambda s: None))
+    b = open_dataset(make_dataset(tmp_path / "direct.zarr", frames=6, views=4, height=32, width=32, progress=False))
+    assert (a.n_frames, a.n_views, a.height, a.width) == (3, 4, 16, 16)
+    assert a.root["images"].shape == (3, 4, 16, 16, 3) and a.root["masks"].shape == (3, 4, 16, 16)
+    np.testing.assert_allclose(a.intrinsics[:, :2], b.intrinsics[:, :2] / 2, atol=1e-9)
+    views = list(range(4))
+    for j in range(3):  # output frame j is raw frame 2 j, box-downsampled like MultiViewDataset.load
+        want = b.load(2 * j, views, 2)
+        np.testing.assert_array_equal(a.root["masks"][j], want["masks"].numpy().astype(np.uint8), err_msg=str(j))
+        assert (a.root["masks"][j] != b.load(2 * j + 1, views, 2)["masks"].numpy()).any()  # not the next frame
+        both = a.root["masks"][j] == 1
+        assert np.abs(a.root["images"][j] / 255 - want["images"].numpy())[both].mean() < 8 / 255
+
+
+def test_trains_like_the_direct_dataset_fast(prepped, direct):
+    """A short version of the slow test below: a tiny model trained on the import scores at least as well as the
+    same model trained on the directly generated dataset."""
+    from posesplat.config import make_config
+    from posesplat.train import train
+
+    def run(dataset):
+        cfg = make_config(dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
+                               max_n=2000, max_frames=24, eval_frames=2, steps_per_epoch=6, epochs=2, lr=3e-3,
+                               lr_schedule="constant", valid_every=2, seed=0))
+        return train(cfg, progress=False)[-1]
+
+    a, b = run(prepped), run(direct)
+    scores = {k: (a[k], b[k]) for k in ("train_loss", "valid_heldout_iou", "valid_heldout_psnr")}
+    # measured: IoU 0.78 (import) vs 0.69 (direct), PSNR 27.4 vs 26.6 dB; the import must lose nothing
+    assert b["valid_heldout_iou"] > 0.3 and a["valid_heldout_iou"] > b["valid_heldout_iou"] - 0.05, scores
+    assert a["valid_heldout_psnr"] > b["valid_heldout_psnr"] - 1.0, scores
+    assert abs(a["train_loss"] - b["train_loss"]) < 0.1, scores
