@@ -88,9 +88,11 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
     base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
     if study.exists("study.json"):
         held = json.loads(study.read_text("study.json"))
-        if held["space"] != space.model_dump(mode="json"):
-            raise StudyError(f"{study.uri}: holds a study of space '{held['space']['name']}' with other settings; "
-                             f"use --name for a new study")
+        diffs = dict_diff(held["space"], space.model_dump(mode="json"))
+        if diffs:
+            shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+            raise StudyError(f"{study.uri}: holds a study of space '{held['space']['name']}' with other settings "
+                             f"({shown}); use --name for a new study")
         changed = sorted(k for k in {**held["base_config"], **base} if held["base_config"].get(k) != base.get(k))
         changed += [f"--{k}" for k in ("search", "seed") if held["options"].get(k) != getattr(args, k)]
         if changed:
@@ -102,6 +104,18 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
     for note in notes:
         print(note, flush=True)
     return space, base, study, gpu
+
+
+def dict_diff(held: dict, new: dict, prefix: str = "") -> list[str]:
+    """What differs between two nested dicts, one `key.path old -> new` per leaf (`-` where a key is absent)."""
+    out = []
+    for k in list(held) + [k for k in new if k not in held]:
+        a, b = held.get(k, "-"), new.get(k, "-")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += dict_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {json.dumps(a) if a != '-' else a} -> {json.dumps(b) if b != '-' else b}")
+    return out
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -330,24 +344,32 @@ def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurre
 
 
 def summary(study_dir: Path, name: str) -> str:
-    """Best configuration per mode (chosen on validation, reported on held-out test views) and trial counts."""
-    from study.analyze import AnalysisError, load_study
+    """Trial counts and each mode's best configuration as the analysis chooses it (study.analyze: the cell with the
+    best mean validation score, every trial read at its best validation epoch), with the mean held-out test scores
+    of its trials there: the numbers of the report's decision table."""
+    from study.analyze import AnalysisError, cell_text, decision, load_studies, trial_summary
 
     try:
-        metrics, trials, info = load_study(study_dir)
+        study = load_studies([study_dir])
     except AnalysisError as e:  # e.g. every trial failed before its first epoch
         return f"study {name}: {e}"
+    info = next(iter(study.infos.values()), {})
     lines = [f"study {name} ({info.get('wall_time_s', float('nan')):.0f} s wall time)"]
-    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    counts = study.trials["status"].value_counts().to_dict() if len(study.trials) else {}
     lines.append("trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "stopped", "failed", "running")))
-    if len(metrics):
-        for mode, rows in metrics.groupby("gaussian_mode"):
-            best = rows.sort_values(["valid_heldout_iou", "valid_heldout_psnr"], ascending=False).iloc[0]
-            lines.append(
-                f"  {mode:9s} best: grid {best.grid_size}, frames {best.max_frames}, lr {best.lr:.2g}, "
-                f"ssim_lambda {best.ssim_lambda:.2f} (epoch {best.epoch}) -> held-out test IoU "
-                f"{best.test_heldout_iou:.3f}, PSNR {best.test_heldout_psnr:.2f} dB, SSIM {best.test_heldout_ssim:.3f}"
-            )
+    per_trial = trial_summary(study.metrics)
+    if per_trial.empty:
+        return "\n".join(lines + ["no trial has reached a validation epoch yet"])
+    d = decision(per_trial, margin=0.02)
+    table = d.table.set_index("key")
+    for mode, cell in d.cells.items():
+        def mean(key: str) -> float:
+            return float(table.loc[key, f"{mode}_mean"]) if key in table.index else float("nan")
+
+        n = int(table.loc["test_heldout_iou", f"{mode}_n"]) if "test_heldout_iou" in table.index else 0
+        lines.append(f"  {mode:9s} best: {cell_text(cell)} (mean of {n} trial(s) at their best validation epoch) -> "
+                     f"held-out test IoU {mean('test_heldout_iou'):.3f}, PSNR {mean('test_heldout_psnr'):.2f} dB, "
+                     f"SSIM {mean('test_heldout_ssim'):.3f}")
     return "\n".join(lines)
 
 

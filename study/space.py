@@ -53,7 +53,7 @@ class Scale(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     base_config: dict[str, Any] = {}
-    grid: dict[str, list[int]] = {}
+    grid: dict[str, list[Optional[int]]] = {}
     search: dict[str, Dist] = {}
     max_epochs: Optional[int] = Field(None, ge=1)
     samples_per_cell: Optional[int] = Field(None, ge=1)
@@ -68,7 +68,7 @@ class Space(BaseModel):
     description: str = ""
     base_config: dict[str, Any] = {}
     modes: list[Literal["3d", "2d", "2d_screen"]] = ["2d", "3d"]
-    grid: dict[str, list[int]] = {"grid_size": [48], "max_frames": [30]}
+    grid: dict[str, list[Optional[int]]] = {"grid_size": [48], "max_frames": [30]}  # max_frames null: all frames
     search: dict[str, Dist] = {}
     samples_per_cell: int = Field(1, ge=1, description="trials per (mode, grid cell)")
     max_epochs: int = Field(10, ge=1)
@@ -191,4 +191,11 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
         if key not in make_config({}).model_fields:
             close = difflib.get_close_matches(key, list(make_config({}).model_fields), n=1)
             raise SpaceError(f"{path}: '{key}' is not a training config key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    for gpu in (True, False):  # every cell of the grid, as it runs with and without a GPU, is a valid config
+        scaled = space.scaled(gpu)
+        for cell in scaled.cells():
+            try:
+                make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
+            except ConfigError as e:
+                raise SpaceError(str(e)) from None
     return space

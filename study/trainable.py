@@ -23,8 +23,9 @@ class TrialBoard:
     def __init__(self, logdir: Path, hparams: dict, first_epoch: int = 1):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: a resumed trial hides the events of epochs it is about to redo (written before a crash)
-        self.writer = SummaryWriter(str(logdir), purge_step=first_epoch if first_epoch > 1 else None)
+        # purge_step: a resumed trial hides the events of epochs it is about to redo (written before a crash), also
+        # when it restarts from epoch 1 (interrupted after writing epoch 1 but before Ray registered its checkpoint)
+        self.writer = SummaryWriter(str(logdir), purge_step=first_epoch)
         self.hparams = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
         self.started = False
 

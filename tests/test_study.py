@@ -28,11 +28,22 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def smoke_study(ray_local, small_dataset, tmp_path_factory):
+def smoke_run(ray_local, small_dataset, tmp_path_factory):
+    """(the smoke study's directory, what its driver printed)."""
+    import contextlib
+    import io
+
     storage = tmp_path_factory.mktemp("studies")
-    rc = main(["--space", "smoke", "--storage", str(storage), "--dataset", str(small_dataset), "--seed", "1"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["--space", "smoke", "--storage", str(storage), "--dataset", str(small_dataset), "--seed", "1"])
     assert rc == 0
-    return storage / "smoke"
+    return storage / "smoke", out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke_study(smoke_run):
+    return smoke_run[0]
 
 
 def test_smoke_parquet_equals_reported(smoke_study):
@@ -85,30 +96,65 @@ def test_smoke_report_written(smoke_study):
     assert (report / "report.html").stat().st_size > 10_000
 
 
-def test_stratified_asha_keeps_each_mode_alive(ray_local, tmp_path):
-    """3d scores far above 2d; each mode still gets trials to the full budget and ASHA still prunes within a mode."""
-    space = Space(name="fair", modes=["2d", "3d"], grid={"grid_size": [16], "max_frames": [12]},
-                  search={"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, samples_per_cell=6, max_epochs=8)
+def test_smoke_summary_matches_the_report(smoke_run):
+    """The driver's summary names each mode's best configuration and scores as the report's decision table does
+    (cell chosen on mean validation score, mean held-out test scores of its trials), not the single best epoch."""
+    import re
 
-    def trainable(config):
+    import pandas as pd
+
+    study, out = smoke_run
+    table = pd.read_csv(study / "report" / "decision.csv").set_index("key")
+    trials = pq.read_table(study / "trials.parquet").to_pylist()
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped", "failed", "running")}
+    assert "trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) in out
+    for mode in ("2d", "3d"):
+        line = re.search(rf"^  {mode} +best: grid 16, frames 12 \(mean of (\d) trial\(s\) at their best validation "
+                         rf"epoch\) -> held-out test IoU ([\d.]+), PSNR ([\d.]+) dB, SSIM ([\d.]+)$", out, re.M)
+        assert line, out
+        assert int(line[1]) == table.loc["test_heldout_iou", f"{mode}_n"] == 2
+        assert float(line[2]) == pytest.approx(table.loc["test_heldout_iou", f"{mode}_mean"], abs=5e-4)
+        assert float(line[3]) == pytest.approx(table.loc["test_heldout_psnr", f"{mode}_mean"], abs=5e-3)
+        assert float(line[4]) == pytest.approx(table.loc["test_heldout_ssim", f"{mode}_mean"], abs=5e-4)
+
+
+PLANTED = [0.5, 0.6, 0.1, 0.7]  # validation score by seed: some later trials better than earlier ones, one worse
+
+
+def epochs_by_mode(scheduler, tmp_path, name: str) -> dict[str, list[int]]:
+    """Run 4 seeds x 2 modes one trial at a time (2d, 3d, 2d, ...) under `scheduler`; epochs run, by mode, in order."""
+
+    def planted_trainable(config):  # nested: shipped to the workers by value
+        """Reports a planted score (3d 10 above 2d) every epoch: real Ray, no training."""
         gap = 10.0 if config["gaussian_mode"] == "3d" else 0.0
         for epoch in range(1, 9):
-            tune.report({"epoch": epoch, "valid_heldout_iou": gap + math.log10(config["lr"]) + 0.01 * epoch})
+            tune.report({"epoch": epoch, "valid_heldout_iou": gap + PLANTED[config["seed"]] + 0.01 * epoch})
 
-    searcher = PerModeSearcher(space, "valid_heldout_iou", "max", algo="random", seed=0)
-    sched = StratifiedASHA(space.modes, 8, 1, 2, "valid_heldout_iou", "max")
+    space = Space(name="fair", modes=["2d", "3d"], grid={"grid_size": [16], "max_frames": [12]},
+                  search={"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, samples_per_cell=4, max_epochs=8)
+    searcher = PerModeSearcher(space, "valid_heldout_iou", "max", algo="random", seed=0, max_concurrent=1)
     results = tune.Tuner(
-        trainable, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=searcher.total,
-                                               max_concurrent_trials=1),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="fair", verbose=0),
+        planted_trainable, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                                       num_samples=searcher.total),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0),
     ).fit()
-    by_mode = {"2d": [], "3d": []}
+    by_mode = {"2d": {}, "3d": {}}
     for r in results:
-        by_mode[r.config["gaussian_mode"]].append(r.metrics["epoch"])
-    assert len(by_mode["2d"]) == len(by_mode["3d"]) == 6
-    for mode, epochs in by_mode.items():
-        assert max(epochs) == 8, (mode, epochs)  # someone of each mode ran the full budget
-        assert min(epochs) < 8, (mode, epochs)  # and early stopping did prune within the mode
+        by_mode[r.config["gaussian_mode"]][r.config["seed"]] = r.metrics["epoch"]
+    return {m: [e[s] for s in sorted(e)] for m, e in by_mode.items()}
+
+
+def test_stratified_asha_keeps_each_mode_alive(ray_local, tmp_path):
+    """3d scores 10 above 2d. One ASHA over both modes stops every 2d trial but the first (which met empty rungs)
+    at the grace period; StratifiedASHA judges 2d trials among 2d trials: the ones that beat their predecessors run
+    the full budget, the others are stopped, exactly as for 3d."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    plain = epochs_by_mode(ASHAScheduler(time_attr="epoch", metric="valid_heldout_iou", mode="max", max_t=8,
+                                         grace_period=1, reduction_factor=2, brackets=1), tmp_path, "plain")
+    assert plain["2d"] == [8, 1, 1, 1], plain  # the weaker mode is starved
+    fair = epochs_by_mode(StratifiedASHA(["2d", "3d"], 8, 1, 2, "valid_heldout_iou", "max"), tmp_path, "fair")
+    assert fair["2d"] == fair["3d"] == [8, 8, 1, 8], fair  # each mode pruned within itself only
 
 
 def test_every_cell_crossed_with_every_mode():
@@ -162,6 +208,8 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
     "cluster_unreachable": (lambda t, d: ["--space", "smoke", "--address", "127.0.0.1:9"],
                             "--address 127.0.0.1:9: no Ray cluster answers there"),
     "unknown_mode": (lambda t, d: ["--space", "smoke", "--modes", "4d"], "--modes: unknown mode '4d'"),
+    "grid_cell_bad_value": (lambda t, d: ["--space", str(_space_file(t, grid={"grid_size": [16, 4], "max_frames": [12]}))],
+                            'grid cell {"grid_size": 4, "max_frames": 12}: key \'grid_size\''),
     "max_epochs_negative": (lambda t, d: ["--space", "comparison", "--max-epochs", "-3"],
                             "--max-epochs -3: must be at least 1"),
     "max_epochs_zero": (lambda t, d: ["--space", "smoke", "--max-epochs", "0"], "--max-epochs 0: must be at least 1"),
@@ -206,6 +254,24 @@ def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
     assert not (tmp_path / "s").exists()
 
 
+def test_max_frames_null_means_all_frames(tmp_path, small_dataset):
+    """`"max_frames": [null]` in a grid (search_spaces/paper.json) trains on every frame of the recording."""
+    from posesplat.config import make_config
+    from posesplat.data import open_dataset
+    from study.run import parse_args, study_plan
+
+    assert load_space("paper").grid["max_frames"] == [None]
+    space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [None, 12]})
+    plan, base, _, _ = study_plan(parse_args(["--space", str(space), "--storage", str(tmp_path / "s"),
+                                              "--dataset", str(small_dataset)]))
+    s = PerModeSearcher(plan, "valid_heldout_iou", "max", algo="random")
+    frames = sorted({s.suggest(f"t{i}")["max_frames"] or 0 for i in range(s.total)})
+    assert frames == [0, 12]
+    cfg = make_config({**base, "grid_size": 16, "max_frames": None})
+    split = open_dataset(str(small_dataset)).frame_split(cfg.max_frames, cfg.frame_jump, cfg.split)
+    assert sum(len(x) for x in split.values()) == 24  # all of the small dataset's frames
+
+
 def test_unwritable_storage_is_one_line(tmp_path, capsys, small_dataset):
     (tmp_path / "a_file").write_text("x")
     storage = tmp_path / "a_file" / "studies"
@@ -215,7 +281,11 @@ def test_unwritable_storage_is_one_line(tmp_path, capsys, small_dataset):
 
 
 @pytest.mark.parametrize("change, expected", [
-    (["--space", "comparison"], "holds a study of space 'smoke'"),
+    (["--space", "comparison"], "holds a study of space 'smoke' with other settings (name \"smoke\" -> \"comparison\";"),
+    (["--space", "smoke", "--seed", "1", "--max-epochs", "2", "--num-samples", "3"],
+     "with other settings (samples_per_cell 2 -> 3; max_epochs 3 -> 2); use --name"),
+    (["--space", "smoke", "--seed", "1", "--modes", "2d_screen"],
+     'with other settings (modes ["2d", "3d"] -> ["2d", "3d", "2d_screen"]); use --name'),
     (["--space", "smoke", "--seed", "2"], "started with other --seed"),
     (["--space", "smoke", "--seed", "1", "--dataset", "OTHER"], "started with other dataset"),
 ])
@@ -243,6 +313,31 @@ def test_second_driver_is_refused(tmp_path):
                 pass
     with StudyLock(tmp_path):  # released: a later driver (or a resume after kill -9) gets it
         pass
+
+
+def test_lock_of_a_killed_driver_is_not_stale(tmp_path):
+    """A driver holding the lock blocks another; once it is killed with SIGKILL (no cleanup) the lock is free."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from study.run import StudyLock; "
+                               "StudyLock(sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(600)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StudyError, match="another driver is running this study"):
+            StudyLock(tmp_path).__enter__()
+        holder.send_signal(signal.SIGKILL)
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+        assert (tmp_path / ".lock").exists()  # the file stays behind; the kernel dropped the flock
+        with StudyLock(tmp_path):
+            assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
