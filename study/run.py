@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from posesplat.config import ConfigError
 from posesplat.data import DatasetError, open_dataset
@@ -60,29 +60,42 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--modes", nargs="*", default=[], help="extra modes to add to the space's, e.g. 2d_screen")
     p.add_argument("--cpu", action="store_true", help="use the space's CPU scale-down even if a GPU is present")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a trial from its last checkpoint")
-    p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one); its "
+                                     "resources decide whether trials get GPUs")
+    p.add_argument("--gpu-mem-mb", type=float, help="memory of one GPU for the memory model (default: measured; "
+                                                    "on a cluster by a small task on a GPU node, else 16000)")
     p.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none); "
                                                          "re-running the same command also resumes")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     return p.parse_args(argv)
 
 
-def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
-    """Validate everything before Ray starts: space, dataset, study directory (nothing written on error)."""
-    space = load_space(args.space, args.modes)
-    import torch
+class Plan(NamedTuple):
+    """What a validated study will run."""
 
-    gpu = torch.cuda.is_available() and not args.cpu
-    space, notes = with_options(space.scaled(gpu), args.num_samples, args.max_epochs)
+    space: Space
+    base: dict  # the training config every trial starts from
+    study: Store
+    gpu: bool  # trials get GPUs (and the space is not scaled down)
+    gpu_mem_mb: Optional[float]  # memory of one GPU, for the memory model (None without GPUs)
+
+
+def study_plan(args: argparse.Namespace) -> Plan:
+    """Validate everything before the study starts: space, options, storage, cluster, dataset, study directory
+    (nothing written on error). With --address this connects to the cluster, whose resources decide GPU or CPU."""
+    space = load_space(args.space, args.modes)
     check_options(args)
+    check_writable(args.storage)
+    if args.address:
+        check_reachable(args.address)
+    gpu, gpu_mem, gpu_notes = detect_gpu(args)
+    space, notes = with_options(space.scaled(gpu), args.num_samples, args.max_epochs)
+    notes = gpu_notes + notes
     base = dict(space.base_config)
     dataset = args.dataset or base.get("dataset") or "data/synthetic_mouse.zarr"
     if "://" not in dataset:
         dataset = str(Path(dataset).resolve())
-    check_writable(args.storage)
     study = Store(args.storage).child(args.name or space.name)
-    if args.address:
-        check_reachable(args.address)
     if args.resume and not study.exists("study.json"):
         raise StudyError(f"{study.uri}: no study to resume (run without --resume to start one)")
     base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
@@ -103,7 +116,64 @@ def study_plan(args: argparse.Namespace) -> tuple[Space, dict, Store, bool]:
         ds.frame_split(frames, base.get("frame_jump", 1))
     for note in notes:
         print(note, flush=True)
-    return space, base, study, gpu
+    return Plan(space, base, study, gpu, gpu_mem)
+
+
+DEFAULT_GPU_MEM_MB = 16e3
+
+
+def detect_gpu(args: argparse.Namespace) -> tuple[bool, Optional[float], list[str]]:
+    """(trials get GPUs, memory of one GPU in MB, notes). Locally from torch; with --address from the cluster's
+    resources, since the driver may run on a CPU-only head node. `--cpu` forces CPU; `--gpu-mem-mb` sets the memory
+    (else it is measured: locally, or by a small task on a cluster GPU; DEFAULT_GPU_MEM_MB when that fails)."""
+    from study import resources
+
+    if args.cpu:
+        return False, None, []
+    if not args.address:
+        mem = resources.detect_gpu_mem_mb()
+        return mem is not None, (args.gpu_mem_mb or mem) if mem is not None else None, []
+    import ray
+
+    connect_ray(args.address)
+    if ray.cluster_resources().get("GPU", 0) <= 0:
+        return False, None, []
+    mem = args.gpu_mem_mb or cluster_gpu_mem_mb()
+    if mem:
+        return True, mem, []
+    return True, DEFAULT_GPU_MEM_MB, [f"note: could not measure the memory of the cluster's GPUs: the memory model "
+                                      f"assumes {DEFAULT_GPU_MEM_MB:.0f} MB per GPU (set it with --gpu-mem-mb)"]
+
+
+def cluster_gpu_mem_mb(timeout_s: float = 60.0) -> Optional[float]:
+    """Memory (MB) of a GPU of the connected cluster, from a tiny task on a GPU node; None if there is no CUDA
+    there or no GPU frees up within timeout_s."""
+    import ray
+
+    from study.resources import detect_gpu_mem_mb
+
+    ref = ray.remote(num_cpus=0, num_gpus=0.01, max_retries=0)(detect_gpu_mem_mb).remote()
+    ready, _ = ray.wait([ref], timeout=timeout_s)
+    if not ready:
+        ray.cancel(ref, force=True)
+        return None
+    try:
+        return ray.get(ref)
+    except Exception:  # e.g. torch missing on that node: the trials would say so themselves
+        return None
+
+
+def connect_ray(address: Optional[str]) -> None:
+    """Join the cluster at `address`, or start the study's own local Ray (unless Ray is already up in-process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # "local": a fresh instance even when another Ray runs on this machine (ray.init() would join it)
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+             **({} if address else {"num_cpus": os.cpu_count()}))
 
 
 def dict_diff(held: dict, new: dict, prefix: str = "") -> list[str]:
@@ -124,6 +194,7 @@ def check_options(args: argparse.Namespace) -> None:
         ("max_concurrent", args.max_concurrent, "at least 1", lambda v: v >= 1),
         ("max_failures", args.max_failures, "at least 0 (or -1: retry without limit)", lambda v: v >= -1),
         ("cpus_per_trial", args.cpus_per_trial, "above 0", lambda v: v > 0),
+        ("gpu_mem_mb", args.gpu_mem_mb, "above 0", lambda v: v > 0),
         ("gpus_per_trial", args.gpus_per_trial, "a fraction in [0, 1] or a whole number of GPUs",
          lambda v: 0 <= v <= 1 or float(v).is_integer() and v > 0),
     ) if v is not None and not ok(v)]
@@ -239,7 +310,6 @@ def write_json(obj: dict, study: Store, name: str) -> None:
 def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> Store:
     """Set up and run (or resume) the Tuner; returns the study directory. `trial_fn(config, base_config, study_uri)`
     is what each trial runs (default: study.trainable.run_trial; tests give a cheap one)."""
-    import ray
     from ray import tune
 
     from study import resources
@@ -247,7 +317,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
     from study.sink import ParquetSink
     from study.trainable import run_trial
 
-    space, base, study, gpu = study_plan(args)
+    space, base, study, gpu, gpu_mem = study_plan(args)
     with StudyLock(study):
         t0 = time.time()
         info = json.loads(study.read_text("study.json")) if study.exists("study.json") else {
@@ -256,16 +326,10 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
         }
         info["runs"] = info.get("runs", 0) + 1
         write_json(info, study, "study.json")
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-            os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-            # "local": a fresh instance even when another Ray runs on this machine (ray.init() would join it)
-            ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False,
-                     **({} if args.address else {"num_cpus": os.cpu_count()}))
+        connect_ray(args.address)
         cpus = args.cpus_per_trial or space.resources.cpus_per_trial
         if not args.address:
             cpus = min(cpus, os.cpu_count() or 1)
-        gpu_mem = resources.detect_gpu_mem_mb() if gpu else None
 
         def trial_resources(config: dict) -> dict:
             if not gpu:
@@ -274,7 +338,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
                 return {"cpu": cpus, "gpu": args.gpus_per_trial}
             if space.resources.gpus_per_trial != "auto":
                 return {"cpu": cpus, "gpu": float(space.resources.gpus_per_trial)}
-            return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem or 16e3)}
+            return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem)}
 
         trainable = tune.with_resources(
             tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=study.uri),

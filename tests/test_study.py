@@ -217,6 +217,7 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
                          "--num-samples 0: must be at least 1"),
     "max_concurrent_zero": (lambda t, d: ["--space", "smoke", "--max-concurrent", "0"],
                             "--max-concurrent 0: must be at least 1"),
+    "gpu_mem_zero": (lambda t, d: ["--space", "smoke", "--gpu-mem-mb", "0"], "--gpu-mem-mb 0.0: must be above 0"),
     "space_grace_above_budget": (lambda t, d: ["--space", str(_space_file(
         t, max_epochs=3, scheduler={"grace_period": 5}))], "scheduler.grace_period (5) exceeds max_epochs (3)"),
     "space_grace_above_cpu_budget": (lambda t, d: ["--space", str(_space_file(
@@ -246,7 +247,8 @@ def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
                         scheduler={"grace_period": 5, "reduction_factor": 3})
     args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset),
                        "--max-epochs", "3", "--num-samples", "2"])
-    plan, base, _, _ = study_plan(args)
+    plan = study_plan(args)
+    base, plan = plan.base, plan.space
     assert (plan.max_epochs, plan.scheduler.grace_period, plan.samples_per_cell, base["epochs"]) == (3, 3, 2, 3)
     assert "grace period capped at 3" in capsys.readouterr().out
     StratifiedASHA(plan.modes, plan.max_epochs, plan.scheduler.grace_period, plan.scheduler.reduction_factor,
@@ -262,8 +264,9 @@ def test_max_frames_null_means_all_frames(tmp_path, small_dataset):
 
     assert load_space("paper").grid["max_frames"] == [None]
     space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [None, 12]})
-    plan, base, _, _ = study_plan(parse_args(["--space", str(space), "--storage", str(tmp_path / "s"),
-                                              "--dataset", str(small_dataset)]))
+    plan = study_plan(parse_args(["--space", str(space), "--storage", str(tmp_path / "s"),
+                                  "--dataset", str(small_dataset)]))
+    base, plan = plan.base, plan.space
     s = PerModeSearcher(plan, "valid_heldout_iou", "max", algo="random")
     frames = sorted({s.suggest(f"t{i}")["max_frames"] or 0 for i in range(s.total)})
     assert frames == [0, 12]
@@ -368,6 +371,6 @@ def test_help_documents_every_option(capsys):
     out = capsys.readouterr().out
     for opt in ("--space", "--name", "--storage", "--dataset", "--num-samples", "--max-epochs", "--gpus-per-trial",
                 "--cpus-per-trial", "--max-concurrent", "--search", "--seed", "--modes", "--cpu", "--max-failures",
-                "--address", "--resume", "--no-report"):
+                "--address", "--gpu-mem-mb", "--resume", "--no-report"):
         assert f"\n  {opt} " in out or f"\n  {opt}\n" in out, opt
     assert "default: None" not in out

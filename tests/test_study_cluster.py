@@ -1,6 +1,7 @@
-"""The study on a Ray cluster (`ray.cluster_utils.Cluster`: a head and two worker nodes on this machine), driven
+"""The study on a Ray cluster (`ray.cluster_utils.Cluster`: a head and worker nodes on this machine), driven
 through `--address`: trials spread across the nodes, and killing a worker node mid-trial makes that trial resume on
-the other node from its checkpoint, with no lost or repeated epoch."""
+the other node from its checkpoint, with no lost or repeated epoch (slow); the cluster's resources, not the driver's,
+decide whether trials get GPUs (fast)."""
 
 import json
 import threading
@@ -12,9 +13,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from study.run import main
-
-pytestmark = pytest.mark.slow
+from study.run import main, parse_args, study_plan
 
 SPACE = {
     "name": "cluster", "base_config": {"image_downsample": 2, "valid_every": 1, "eval_frames": 2, "steps_per_epoch": 6,
@@ -36,10 +35,38 @@ def cluster():
     c.shutdown()
 
 
+def test_gpu_workers_decide_gpu_even_from_a_cpu_only_head(small_dataset, tmp_path, capsys):
+    """A head without GPUs and a worker node declaring one GPU (a resource count: nothing runs on it here): the plan
+    is the GPU plan (no CPU scale-down, device cuda); --cpu still forces the CPU plan; --gpu-mem-mb is used as given."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=1, num_gpus=1)
+        c.wait_for_nodes()
+        space = tmp_path / "space.json"
+        space.write_text(json.dumps({**SPACE, "max_epochs": 5, "resources": {"cpus_per_trial": 1},
+                                     "cpu": {"max_epochs": 2, "base_config": {"steps_per_epoch": 1}}}))
+        argv = ["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset),
+                "--address", c.address]
+        plan = study_plan(parse_args(argv))
+        assert ray.is_initialized() and ray.get_runtime_context().gcs_address == c.address
+        assert plan.gpu and plan.space.max_epochs == 5 and plan.base["device"] == "cuda"
+        assert plan.base["steps_per_epoch"] == 6
+        # the worker's "GPU" is only a resource count: the probe finds no CUDA there and says what it assumes
+        assert plan.gpu_mem_mb == 16000 and "assumes 16000 MB per GPU" in capsys.readouterr().out
+        assert study_plan(parse_args(argv + ["--gpu-mem-mb", "40000"])).gpu_mem_mb == 40000
+        cpu = study_plan(parse_args(argv + ["--cpu"]))
+        assert not cpu.gpu and cpu.space.max_epochs == 2 and cpu.base["device"] == "cpu" and cpu.gpu_mem_mb is None
+        assert not (tmp_path / "s").exists()  # planning writes nothing
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
 def read_rows(study):
     return pads.dataset(study / "metrics", format="parquet").to_table().to_pylist() if (study / "metrics").exists() else []
 
 
+@pytest.mark.slow
 def test_study_spreads_and_survives_a_dead_node(cluster, small_dataset, tmp_path):
     c, workers = cluster
     space = tmp_path / "cluster.json"
