@@ -198,10 +198,16 @@ def eval_frames(cfg: Config, frames: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Valid frames (observed and held-out views) and test frames (held-out views); 3D metric on test frames."""
+def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Valid frames (observed and held-out views) and test frames (held-out views); 3D metric on test frames.
+
+    Besides the means, `test_heldout_{iou,psnr,ssim}_frames` hold one value per evaluated test frame (the mean over
+    its held-out views) and `test_frames` the frame indices, in the same order (lists; empty without held-out views).
+    """
     model.eval()
     acc: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}
+    per_frame: dict[str, list[float]] = {k: [] for k in EVAL_KEYS if k.startswith("test_heldout_")}
+    test_frames: list[int] = []
     render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
     for split in ("valid", "test"):
         for f in eval_frames(cfg, setup.frames[split]):
@@ -224,6 +230,10 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
                 n_renders += len(views)
                 for k, vals in image_metrics(out, t["images"], t["masks"]).items():
                     acc[f"{name}_{k}"] += vals
+                    if name == "test_heldout":
+                        per_frame[f"{name}_{k}"].append(float(np.mean(vals)))
+                if name == "test_heldout":
+                    test_frames.append(int(f))
                 if name == "valid_heldout" and "heldout" not in images:
                     images["heldout"] = panel(t["images"][0], out.rgb[0])
             if split == "test" and setup.ds.has_gt:
@@ -236,6 +246,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
     metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
     metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
     metrics["n_gaussians"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
+    metrics.update({f"{k}_frames": v for k, v in per_frame.items()}, test_frames=test_frames)
     return metrics, images
 
 
@@ -482,6 +493,7 @@ def train(
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
         else:
             metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "gt_mass_inside", "render_ms", "n_gaussians"]})
+            metrics.update({f"{k}_frames": [] for k in EVAL_KEYS if k.startswith("test_heldout_")}, test_frames=[])
             metrics["eval_time_s"] = 0.0
         history.append(metrics)
         if ckpt_path:

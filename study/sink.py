@@ -91,9 +91,14 @@ class Store:
             f.write(data)
         self.fs.move(tmp, final)
 
-    def write_table(self, rows: list[dict], *parts: str) -> None:
+    def write_table(self, rows: list[dict], *parts: str, types: Optional[dict[str, pa.DataType]] = None) -> None:
+        """Write rows as one parquet file; `types` fixes the type of some columns (e.g. an empty list's)."""
+        table = pa.Table.from_pylist(rows)
+        for name, typ in (types or {}).items():
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, table[name].cast(typ))
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows), buf)
+        pq.write_table(table, buf)
         self.write_bytes(buf.getvalue(), *parts)
 
     def read_table(self, *parts: str) -> pa.Table:
@@ -185,10 +190,15 @@ class ParquetSink(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: v for k, v in result.items() if k not in RAY_KEYS and not isinstance(v, (dict, list))}
         epoch = int(metrics["epoch"])
+        # per-test-frame lists (`*_frames`) go to the metrics part only, with a fixed type so that every part of
+        # the dataset agrees (an empty list of a non-evaluated epoch would otherwise be list<null>)
+        lists = {k: v for k, v in result.items() if k not in RAY_KEYS and isinstance(v, list)
+                 and all(isinstance(x, (int, float)) for x in v)}
         row = {"study": self.study, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
-               "hostname": result.get("hostname") or socket.gethostname(),
+               **lists, "hostname": result.get("hostname") or socket.gethostname(),
                "timestamp": datetime.now(timezone.utc)}
-        self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet")
+        self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet",
+                               types={k: list_type(k) for k in lists})
         ckpt = getattr(trial, "checkpoint", None)
         self._row(trial, status="running", last_epoch=epoch, **{k: v for k, v in metrics.items() if k != "epoch"},
                   checkpoint_path=checkpoint_file(ckpt))
@@ -206,6 +216,11 @@ class ParquetSink(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial, status="failed", error=error_text(trial))
         self._flush()
+
+
+def list_type(key: str) -> pa.DataType:
+    """Parquet type of a list-valued metric: frame indices (`test_frames`) are integers, per-frame values doubles."""
+    return pa.list_(pa.int64()) if key == "test_frames" else pa.list_(pa.float64())
 
 
 def error_text(trial) -> Optional[str]:
