@@ -3,8 +3,10 @@
 Every trial is read at its epoch of best validation (held-out views of validation frames: `valid_heldout_iou`, ties
 broken by `valid_heldout_psnr`, then the earlier epoch) and reported on held-out views of test frames. Each mode's
 best configuration is its (grid_size, max_frames) cell with the highest mean validation score; the table gives each
-mode's mean there with a 95% bootstrap interval over its trials (one seed each), and 2d - 3d paired by seed when
-both modes' best cells coincide. Breakdowns per cell, grid_size and max_frames are always paired by (cell, seed).
+mode's mean there with a 95% bootstrap interval over its trials (one seed each) and, for held-out test IoU, PSNR and
+SSIM, over their test frames too (two-level bootstrap; trials only for studies without per-frame values), and
+2d - 3d paired by seed when both modes' best cells coincide. Breakdowns per cell, grid_size and max_frames are
+always paired by (cell, seed).
 See docs/analysis.md. Writes `<study>/report/`: decision.md, decision.csv, breakdown.csv, trials.csv, PNG plots, renders and a
 self-contained report.html.
 """
@@ -29,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from study.stats import MIN_N, NAN, Estimate, Verdict, decide, diff_ci, mean_ci
+from study.stats import (MIN_N, NAN, Estimate, Verdict, decide, diff_ci, diff_rel_ci_frames, mean_ci,
+                         mean_ci_frames)
 
 MODE_ORDER = ("2d", "3d", "2d_screen")
 CELL = ["grid_size", "max_frames"]
@@ -47,6 +50,10 @@ COST = [("epoch_time_s", "training time per epoch, s (median over epochs)", Fals
         ("checkpoint_mb", "checkpoint size, MB", False),
         ("epochs_to_threshold", "epochs to reach the IoU threshold (trials that reached it)", False)]
 DECISION_QUALITY = {"IoU": "test_heldout_iou", "PSNR": "test_heldout_psnr"}
+# measures with per-test-frame values (lists in the metrics, one per evaluated test frame) and the frame indices
+FRAME_VALUES = {k: f"{k}_frames" for k in ("test_heldout_iou", "test_heldout_psnr", "test_heldout_ssim")}
+FRAME_IDS = "test_frames"
+OVER_FRAMES, OVER_TRIALS = "seeds and test frames", "seeds"
 DECISION_COST = {"time per epoch": "epoch_time_s", "render time": "render_ms", "peak memory": "peak_mem_mb"}
 THRESHOLD_FRACTION = 0.9
 TRIAL_COLUMNS = ["study", "trial_id", "gaussian_mode", *CELL, "seed", "lr", "ssim_lambda", "selected_epoch", "epochs_run",
@@ -238,6 +245,52 @@ def paired_values(per_trial: pd.DataFrame, key: str, units: list[str]) -> tuple[
     return a[j].to_numpy(float), b[j].to_numpy(float)
 
 
+def _as_list(v) -> Optional[np.ndarray]:
+    """A stored list cell (numpy array, list) as a float array; None for a missing value or an empty list."""
+    if v is None or isinstance(v, float) or not hasattr(v, "__len__") or isinstance(v, str) or len(v) == 0:
+        return None
+    return np.asarray(v, dtype=float)
+
+
+def frame_values(rows: pd.DataFrame, key: str) -> Optional[tuple[list[np.ndarray], list[Optional[np.ndarray]]]]:
+    """(per-frame values, frame indices) of every trial in `rows` with a finite `key`, or None when `key` has no
+    per-frame column or some of those trials have no per-frame values (a study from before they were recorded):
+    the caller then falls back to the trial-level bootstrap."""
+    col = FRAME_VALUES.get(key)
+    if col is None or col not in rows:
+        return None
+    r = rows[np.isfinite(rows[key].to_numpy(float))]
+    vals = [_as_list(v) for v in r[col]]
+    if not len(r) or any(v is None for v in vals):
+        return None
+    ids = [_as_list(v) for v in r[FRAME_IDS]] if FRAME_IDS in r else [None] * len(r)
+    ids = [i if i is not None and v is not None and len(i) == len(v) else None for i, v in zip(ids, vals)]
+    return vals, ids
+
+
+def paired_frames(per_trial: pd.DataFrame, key: str, units: list[str]):
+    """Per-frame counterpart of paired_values: (2d values, 3d values, 2d frame indices, 3d frame indices) per unit
+    (a unit's trials' frames concatenated, by study and trial id), or None without per-frame values."""
+    sides = []
+    for mode in ("2d", "3d"):
+        rows = per_trial[(per_trial.gaussian_mode == mode) & np.isfinite(per_trial[key].to_numpy(float))]
+        fv = frame_values(rows, key)
+        if fv is None:
+            return None
+        found: dict[tuple, list[tuple]] = {}
+        for pos in np.lexsort((rows["trial_id"].to_numpy(str), rows["study"].to_numpy(str))):
+            unit = tuple(rows[units].iloc[pos])
+            found.setdefault(unit, []).append((fv[0][pos], fv[1][pos]))
+        side = {}
+        for unit, trials in found.items():
+            ids = None if any(i is None for _, i in trials) else np.concatenate([i for _, i in trials])
+            side[unit] = (np.concatenate([v for v, _ in trials]), ids)
+        sides.append(side)
+    common = sorted(u for u in sides[0] if u in sides[1])
+    return ([sides[0][u][0] for u in common], [sides[1][u][0] for u in common],
+            [sides[0][u][1] for u in common], [sides[1][u][1] for u in common])
+
+
 # ----------------------------------------------------------------------------------------------- comparisons
 
 
@@ -250,6 +303,7 @@ class Comparison:
     rel: dict[str, Estimate]  # key -> (2d - 3d) / 3d
     paired: bool
     verdict: Verdict
+    ci_over: dict[str, str] = field(default_factory=dict)  # key -> what its intervals are over (OVER_*, or "mixed")
 
 
 def compare(a_rows: pd.DataFrame, b_rows: pd.DataFrame, others: dict[str, pd.DataFrame], units: list[str],
@@ -258,23 +312,46 @@ def compare(a_rows: pd.DataFrame, b_rows: pd.DataFrame, others: dict[str, pd.Dat
     and the decision rule."""
     keys = keys or [k for k, _, _ in QUALITY + COST]
     keys = list(dict.fromkeys([*keys, *DECISION_QUALITY.values(), *DECISION_COST.values()]))
-    per_mode = {m: {k: mean_ci(r[k]) for k in keys} for m, r in {"2d": a_rows, "3d": b_rows, **others}.items()}
+    levels: dict[str, set[str]] = {k: set() for k in keys}
+
+    def mean_of(rows: pd.DataFrame, k: str) -> Estimate:
+        if not np.isfinite(rows[k].to_numpy(float)).any():
+            return NAN
+        fv = frame_values(rows, k)
+        levels[k].add(OVER_TRIALS if fv is None else OVER_FRAMES)
+        return mean_ci(rows[k]) if fv is None else mean_ci_frames(*fv)
+
+    per_mode = {m: {k: mean_of(r, k) for k in keys} for m, r in {"2d": a_rows, "3d": b_rows, **others}.items()}
     diff, rel = {}, {}
     for k in keys:
+        if not len(a_rows) or not len(b_rows):
+            diff[k] = rel[k] = NAN
+            continue
         if paired:
-            both = pd.concat([a_rows, b_rows])
-            a, b = paired_values(both, k, units)
+            fv = paired_frames(pd.concat([a_rows, b_rows]), k, units) if k in FRAME_VALUES else None
+        else:
+            fa, fb = frame_values(a_rows, k), frame_values(b_rows, k)
+            fv = (fa[0], fb[0], fa[1], fb[1]) if fa is not None and fb is not None else None
+        if fv is not None:
+            levels[k].add(OVER_FRAMES)
+            a, b, ia, ib = fv
+            diff[k], rel[k] = diff_rel_ci_frames(a, b, paired=paired, frames_a=ia, frames_b=ib)
+            continue
+        levels[k].add(OVER_TRIALS)
+        if paired:
+            a, b = paired_values(pd.concat([a_rows, b_rows]), k, units)
         else:
             a, b = a_rows[k].to_numpy(float), b_rows[k].to_numpy(float)
-        diff[k] = diff_ci(a, b, paired=paired) if len(a_rows) and len(b_rows) else NAN
-        rel[k] = diff_ci(a, b, paired=paired, relative=True) if len(a_rows) and len(b_rows) else NAN
+        diff[k] = diff_ci(a, b, paired=paired)
+        rel[k] = diff_ci(a, b, paired=paired, relative=True)
     if not len(a_rows) or not len(b_rows):
         missing = " and ".join(m for m, r in (("2d", a_rows), ("3d", b_rows)) if not len(r))
         verdict = Verdict("inconclusive", f"no evaluated trial of {missing} yet, so there is nothing to compare")
     else:
         verdict = decide({n: rel[k] for n, k in DECISION_QUALITY.items()},
                          {n: rel[k] for n, k in DECISION_COST.items()}, margin)
-    return Comparison(per_mode, diff, rel, paired, verdict)
+    ci_over = {k: "mixed" if len(v) > 1 else next(iter(v), OVER_TRIALS) for k, v in levels.items()}
+    return Comparison(per_mode, diff, rel, paired, verdict, ci_over)
 
 
 @dataclass
@@ -313,7 +390,8 @@ def decision(per_trial: pd.DataFrame, margin: float) -> Decision:
                         f"{m}_seeds": int(sel.loc[np.isfinite(sel[key]), ["study", "seed"]].drop_duplicates().shape[0])})
         d, r = comp.diff[key], comp.rel[key]
         row.update(diff_mean=d.mean, diff_lo=d.lo, diff_hi=d.hi, rel_mean=r.mean, rel_lo=r.lo, rel_hi=r.hi,
-                   n_pairs=d.n if paired else 0, paired=paired, winner=winner(comp, key, higher))
+                   n_pairs=d.n if paired else 0, paired=paired, winner=winner(comp, key, higher),
+                   ci_over=comp.ci_over.get(key, OVER_TRIALS))
         rows.append(row)
     return Decision(cells, comp, pd.DataFrame(rows), modes)
 
@@ -447,7 +525,36 @@ def headline(d: Decision, margin: float) -> list[str]:
     cells = "; ".join(f"{m}: {cell_text(c)}" for m, c in d.cells.items())
     return [f"**Recommendation: {v.winner}** — {v.reason}.", "",
             f"Rule: margin {100 * margin:g}% relative on held-out IoU and PSNR of test frames. Each mode at its best "
-            f"configuration chosen on validation frames ({cells}); 2d - 3d {how}; 95% bootstrap intervals."]
+            f"configuration chosen on validation frames ({cells}); 2d - 3d {how}; 95% bootstrap intervals "
+            f"{interval_text(d)}."]
+
+
+def interval_text(d: Decision) -> str:
+    """What the decision table's intervals are over, in words."""
+    if any(d.comparison.ci_over.get(k) == OVER_FRAMES for k in FRAME_VALUES):
+        return "over seeds and test frames (held-out test quality) or over seeds (the other rows)"
+    return "over seeds"
+
+
+def interval_notes(d: Decision) -> list[str]:
+    """How the held-out test quality rows' intervals were made, and the fallback for studies without per-frame
+    values."""
+    labels = {k: label for k, label, _ in QUALITY}
+    shown = [k for k in FRAME_VALUES if k in set(d.table.get("key", []))]
+    framed = [k for k in shown if d.comparison.ci_over.get(k) == OVER_FRAMES]
+    fallback = [k for k in shown if k not in framed]
+    notes = []
+    if framed:
+        notes.append(f"Intervals of {', '.join(labels[k] for k in framed)} are two-level bootstraps over seeds and "
+                     f"test frames: trials (pairs) are resampled, then test frames within them; trials and modes "
+                     f"that evaluated the same test frames share each resample's frame draw. The other rows' "
+                     f"intervals are over trials (seeds).")
+    if fallback:
+        notes.append(f"No per-test-frame values for (some of) the trials of {', '.join(labels[k] for k in fallback)} "
+                     f"(metrics written before they were recorded): their intervals fall back to trials (seeds) "
+                     f"only, given the test frames each trial evaluated, and are narrower than intervals over seeds "
+                     f"and frames would be.")
+    return notes
 
 
 def write_report(paths: list[str | Path], out: Path, margin: float = 0.02, threshold: Optional[float] = None,
@@ -460,7 +567,7 @@ def write_report(paths: list[str | Path], out: Path, margin: float = 0.02, thres
     if len(study.trials) and "status" in study.trials:
         per_trial = per_trial.merge(study.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
     d = decision(per_trial, margin)
-    notes = status_notes(study, per_trial)
+    notes = status_notes(study, per_trial) + interval_notes(d)
     thr = per_trial.groupby(CELL)["iou_threshold"].first()
     notes.append("Convergence threshold (validation held-out IoU): " + "; ".join(
         f"{cell_text(k)}: {v:.3f}" for k, v in thr.items()) + ".")

@@ -1,8 +1,10 @@
 """Bootstrap intervals and the 2D-vs-3D decision rule (pure numpy/scipy; no study I/O).
 
-Intervals are 95% percentile bootstraps (`scipy.stats.bootstrap`, 9,999 resamples, fixed seed so a report is
-reproducible). With fewer than about 8 values a percentile bootstrap is narrower than a true 95% interval: treat
-it as a lower bound on the uncertainty. Fewer than 2 values give no interval (NaN bounds).
+Intervals are 95% percentile bootstraps (9,999 resamples, fixed seed so a report is reproducible): over trials
+(`mean_ci`, `diff_ci`: `scipy.stats.bootstrap`) or, where per-test-frame values exist, over trials and test frames
+(`mean_ci_frames`, `diff_ci_frames`: a two-level bootstrap). With fewer than about 8 values a percentile bootstrap
+is narrower than a true 95% interval: treat it as a lower bound on the uncertainty. Fewer than 2 trials give no
+interval (NaN bounds).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -102,6 +104,163 @@ def diff_ci(a: Sequence[float], b: Sequence[float], *, paired: bool, relative: b
         return NAN
     lo, hi = _ci((a, b), stat, paired=paired)
     return Estimate(mean, lo, hi, len(a) if paired else min(len(a), len(b)))
+
+
+# ----------------------------------------------------------------------------------------------- two-level bootstrap
+
+
+FrameValues = Sequence[Sequence[float]]  # one sequence of per-frame values per trial
+FrameIds = Optional[Sequence[Optional[Sequence[int]]]]  # the frame index of each of those values, per trial
+CHUNK = 2_000_000  # array elements per vectorised block of resamples (bounds memory for long frame lists)
+
+
+@dataclass
+class _Side:
+    """The trials of one side of a resampled block, padded to [n, F] (NaN beyond a trial's frame count)."""
+
+    x: np.ndarray  # [n, F] per-frame values
+    count: np.ndarray  # [n] frames per trial
+    group: np.ndarray  # [n] index of the trial's frame list in the block set's list of distinct frame lists
+
+
+def _trial_frames(values, ids) -> tuple[np.ndarray, Optional[tuple]]:
+    """A trial's finite per-frame values and their frame indices (None when unknown or not one per value)."""
+    v = np.asarray(values if values is not None else [], dtype=float).ravel()
+    i = None if ids is None else np.asarray(ids).ravel()
+    keep = np.isfinite(v)
+    if i is not None and len(i) != len(v):
+        i = None
+    return v[keep], (tuple(int(k) for k in i[keep]) if i is not None else None)
+
+
+def _frame_sets(values: FrameValues, ids: FrameIds) -> list[tuple[np.ndarray, Optional[tuple]]]:
+    ids = list(ids) if ids is not None else [None] * len(values)
+    return [_trial_frames(v, i) for v, i in zip(values, ids)]
+
+
+def _two_level(blocks: list[list[list[tuple[np.ndarray, Optional[tuple]]]]], share_sides: bool, nested: bool,
+               n_resamples: int) -> list[list[np.ndarray]]:
+    """Resampled means: for each block (a set of units resampled together) and each side of it, [n_resamples]
+    means over resampled units of the mean over that unit's resampled frames.
+
+    blocks[b][s][u] is (per-frame values, frame indices or None) of unit u on side s of block b; the sides of a
+    block share the unit draw (pairs). Frames are drawn as positions within a frame list: every unit that evaluated
+    the same frame list (same indices, in the same order) gets the same positions in a resample, so a frame's
+    effect is shared as it is in the data (crossed design: the trials of a cell see the same test frames, and a
+    pair's two modes too). Units with unknown or different frame lists get independent draws. share_sides=False
+    never shares between the sides of a block (independent frame resampling of a pair's members). nested=True draws
+    frames afresh for every resampled unit (the textbook hierarchical bootstrap, frames nested in trials), still
+    shared by the sides of a pair with the same frame list when share_sides.
+    """
+    keys: dict = {}
+    sides: list[list[_Side]] = []
+    for b, block in enumerate(blocks):
+        sb = []
+        for s, units in enumerate(block):
+            fmax = max(len(v) for v, _ in units)
+            x = np.full((len(units), fmax), np.nan)
+            group = np.empty(len(units), dtype=int)
+            for u, (v, ids) in enumerate(units):
+                x[u, :len(v)] = v
+                key = ("ids", ids, None if share_sides else s) if ids is not None else ("unit", b, s, u)
+                group[u] = keys.setdefault(key, len(keys))
+            sb.append(_Side(x, np.array([len(v) for v, _ in units], dtype=float), group))
+        sides.append(sb)
+    n_groups = len(keys)
+    fmax = max(side.x.shape[1] for sb in sides for side in sb)
+    width = max(sum(side.x.size for side in sb) for sb in sides) + n_groups * fmax
+    step = max(1, CHUNK // max(width, 1))
+    rng = np.random.default_rng(SEED)
+    out: list[list[list[np.ndarray]]] = [[[] for _ in sb] for sb in sides]
+    for start in range(0, n_resamples, step):
+        m = min(step, n_resamples - start)
+        shared = None if nested else rng.random((m, n_groups, fmax))
+        rows = np.arange(m)[:, None]
+        for b, sb in enumerate(sides):
+            n = len(sb[0].count)
+            unit = rng.integers(0, n, size=(m, n))
+            fresh = rng.random((m, n, fmax)) if nested else None
+            for s, side in enumerate(sb):
+                g = side.group[unit]  # [m, n]
+                if nested:
+                    same = g == sb[0].group[unit]  # this side has the frame list of side 0: same positions
+                    u = fresh if s == 0 else np.where(same[..., None], fresh, rng.random((m, n, fmax)))
+                else:
+                    u = shared[rows, g]  # [m, n, fmax]
+                cnt = side.count[unit]  # [m, n]
+                pos = (u[..., :side.x.shape[1]] * cnt[..., None]).astype(int)
+                vals = side.x[unit[..., None], pos]
+                vals = np.where(np.arange(side.x.shape[1]) < cnt[..., None], vals, 0.0)
+                out[b][s].append((vals.sum(-1) / cnt).mean(-1))
+    return [[np.concatenate(x) for x in sb] for sb in out]
+
+
+def _percentile(boot: np.ndarray) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lo, hi = np.percentile(boot[np.isfinite(boot)], [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
+    return float(lo), float(hi)
+
+
+def mean_ci_frames(values: FrameValues, frames: FrameIds = None, *, nested: bool = False,
+                   n_resamples: int = N_RESAMPLES) -> Estimate:
+    """Mean over trials of each trial's mean over its test frames, with a two-level bootstrap interval.
+
+    values[i]: trial i's per-frame values; frames[i]: their frame indices (trials with the same frame list share
+    the frame draw of a resample, see _two_level). Non-finite frame values are dropped; a trial without any finite
+    value is dropped. n is the number of trials.
+    """
+    units = [t for t in _frame_sets(values, frames) if len(t[0])]
+    if not units:
+        return NAN
+    mean = float(np.mean([v.mean() for v, _ in units]))
+    if len(units) < 2:
+        return Estimate(mean, float("nan"), float("nan"), len(units))
+    (boot,), = _two_level([[units]], True, nested, n_resamples)
+    return Estimate(mean, *_percentile(boot), len(units))
+
+
+def diff_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, relative: bool = False,
+                   frames_a: FrameIds = None, frames_b: FrameIds = None, share_pair_frames: bool = True,
+                   nested: bool = False, n_resamples: int = N_RESAMPLES) -> Estimate:
+    """mean(a) - mean(b) (divided by mean(b) when relative: a ratio of means) of per-frame data, two-level interval.
+
+    Each mean is over trials of the trial's mean over its frames. paired: a[i] and b[i] are a pair (same cell and
+    seed), resampled together; when both members evaluated the same frames (frames_a[i] == frames_b[i]) they get
+    the same resampled frame positions (share_pair_frames), otherwise independent ones. Unpaired: each side's trials
+    are resampled on their own (frames still shared where the frame lists match). A pair with a member without
+    finite values is dropped.
+    """
+    d, r = diff_rel_ci_frames(a, b, paired=paired, frames_a=frames_a, frames_b=frames_b,
+                              share_pair_frames=share_pair_frames, nested=nested, n_resamples=n_resamples)
+    return r if relative else d
+
+
+def diff_rel_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, frames_a: FrameIds = None,
+                       frames_b: FrameIds = None, share_pair_frames: bool = True, nested: bool = False,
+                       n_resamples: int = N_RESAMPLES) -> tuple[Estimate, Estimate]:
+    """(difference, relative difference) of diff_ci_frames from one set of resamples."""
+    sa, sb = _frame_sets(a, frames_a), _frame_sets(b, frames_b)
+    if paired:
+        keep = [i for i in range(min(len(sa), len(sb))) if len(sa[i][0]) and len(sb[i][0])]
+        sa, sb = [sa[i] for i in keep], [sb[i] for i in keep]
+    else:
+        sa, sb = [t for t in sa if len(t[0])], [t for t in sb if len(t[0])]
+    if not sa or not sb:
+        return NAN, NAN
+
+    def stats_of(ma, mb):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return ma - mb, (ma - mb) / mb
+
+    ma, mb = np.mean([v.mean() for v, _ in sa]), np.mean([v.mean() for v, _ in sb])
+    means = [float(m) for m in stats_of(ma, mb)]
+    n = len(sa) if paired else min(len(sa), len(sb))
+    if min(len(sa), len(sb)) < 2:
+        return tuple(Estimate(m, float("nan"), float("nan"), n) if math.isfinite(m) else NAN for m in means)
+    res = _two_level([[sa, sb]] if paired else [[sa], [sb]], share_pair_frames, nested, n_resamples)
+    boot = stats_of(*((res[0][0], res[0][1]) if paired else (res[0][0], res[1][0])))
+    return tuple(Estimate(m, *_percentile(bt), n) if math.isfinite(m) else NAN for m, bt in zip(means, boot))
 
 
 # ----------------------------------------------------------------------------------------------- decision rule

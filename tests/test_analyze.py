@@ -23,18 +23,27 @@ CELLS = [(32, 30), (32, 100), (48, 30), (48, 100)]
 def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect: float | None = None,
                seeds=range(6), cells=CELLS, modes=("2d", "3d"), epochs: int = 5, noise: float = 0.003,
                time_ratio: float = 0.8, status: str = "completed", effect_by_grid: dict | None = None,
-               rng_seed: int = 0, checkpoints: dict | None = None, bonus: dict | None = None) -> Path:
+               rng_seed: int = 0, checkpoints: dict | None = None, bonus: dict | None = None,
+               frames: int | None = None, frame_sd: float = 0.05) -> Path:
     """A study directory as study.run writes it: metrics/ parts per (trial, epoch), trials.parquet, study.json.
 
     2d's quality is 3d's times (1 + effect) (per grid size when effect_by_grid is given) and times (1 + bonus) of
     (mode, grid_size, max_frames); 2d's epoch time is 3d's times time_ratio. Every (cell, seed) shares a random level
-    for both modes, so pairing removes it."""
+    for both modes, so pairing removes it. frames: also write per-test-frame values of that many test frames (the
+    same frames for every trial of a cell): each is the trial's value times (1 + the frame's effect), effects of sd
+    frame_sd shared by the cell's trials and centred so that the frames' mean is the trial's value. Without it the
+    study has the format from before per-frame values were recorded (and the same trial values)."""
     rng = np.random.default_rng(rng_seed)
+    frame_rng = np.random.default_rng(rng_seed + 1000)
     d = root / name
     (d / "metrics").mkdir(parents=True)
     trials = []
     psnr_effect = effect if psnr_effect is None else psnr_effect
     for g, f in cells:
+        if frames:
+            frame_effect = frame_rng.normal(0, frame_sd, frames)
+            frame_effect -= frame_effect.mean()
+            frame_ids = list(range(2 * f // 3, 2 * f // 3 + frames))
         for seed in seeds:
             level = rng.normal(0, 0.03)  # this seed's luck, shared by both modes
             for mode in modes:
@@ -60,6 +69,10 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
                         "checkpoint_bytes": 1_000_000, "device": "cpu", "backend": "torch", "hostname": "h",
                         "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=epoch),
                     }
+                    if frames:
+                        row.update({f"{k}_frames": list(row[k] * (1 + frame_effect)) for k in
+                                    ("test_heldout_iou", "test_heldout_psnr", "test_heldout_ssim")},
+                                   test_frames=frame_ids)
                     pq.write_table(pa.Table.from_pylist([row]), d / "metrics" / f"part-{tid}-{epoch:04d}.parquet")
                 ck = (checkpoints or {}).get(mode)
                 trials.append({"study": name, "trial_id": tid, "status": status, "last_epoch": epochs,
@@ -92,13 +105,14 @@ def recommendation(report: Path) -> str:
 # ----------------------------------------------------------------------------------------------- planted truth
 
 
+@pytest.mark.parametrize("frames", [None, 6], ids=["trial-means", "per-frame"])
 @pytest.mark.parametrize("effect, winner, iou_winner", [
     (+0.05, "2d", "2d"),     # 2d better by 5%
     (0.0, "2d", "tie"),      # equal within noise; 2d is 20% faster
     (-0.05, "3d", "3d"),     # 3d better by 5% (2d = 0.95 x 3d)
 ])
-def test_planted_truth_picks_the_winner(tmp_path, capsys, effect, winner, iou_winner):
-    study = make_study(tmp_path, effect=effect)
+def test_planted_truth_picks_the_winner(tmp_path, capsys, effect, winner, iou_winner, frames):
+    study = make_study(tmp_path, effect=effect, frames=frames)
     rc, out, err = run([study], capsys)
     assert rc == 0, err
     report = study / "report"
@@ -106,6 +120,8 @@ def test_planted_truth_picks_the_winner(tmp_path, capsys, effect, winner, iou_wi
     assert f"recommendation: {winner}" in out
     t = table(report)
     assert t.loc["test_heldout_iou", "winner"] == iou_winner
+    assert t.loc["test_heldout_iou", "ci_over"] == ("seeds and test frames" if frames else "seeds")
+    assert t.loc["epoch_time_s", "ci_over"] == "seeds"
     # the planted relative difference lies inside the interval (both modes' best cell is paired by seed)
     for key in ("test_heldout_iou", "test_heldout_psnr"):
         assert t.loc[key, "rel_lo"] <= effect <= t.loc[key, "rel_hi"], key
@@ -115,6 +131,86 @@ def test_planted_truth_picks_the_winner(tmp_path, capsys, effect, winner, iou_wi
     assert "gt_iou3d" not in t.index  # no ground truth in this data: no row
     md = (report / "decision.md").read_text()
     assert md.startswith("# 2D vs 3D") and "## Per grid_size" in md and "## Per max_frames" in md
+
+
+def test_intervals_over_seeds_and_test_frames(tmp_path, capsys):
+    """The same trials with and without per-frame values: frames whose difficulty varies a lot widen each mode's
+    interval (a two-level bootstrap over seeds and test frames), while the paired relative difference, whose frame
+    effect both modes share, stays about as narrow and still covers the planted -5%."""
+    old = make_study(tmp_path, "old", effect=-0.05)
+    new = make_study(tmp_path, "new", effect=-0.05, frames=6, frame_sd=0.08)
+    for s in (old, new):
+        assert run([s], capsys)[0] == 0
+    a, b = table(old / "report"), table(new / "report")
+    for key in ("test_heldout_iou", "test_heldout_psnr"):
+        assert b.loc[key, "3d_mean"] == pytest.approx(a.loc[key, "3d_mean"])
+        assert b.loc[key, "3d_hi"] - b.loc[key, "3d_lo"] > 2 * (a.loc[key, "3d_hi"] - a.loc[key, "3d_lo"])
+        assert b.loc[key, "3d_lo"] <= b.loc[key, "3d_mean"] <= b.loc[key, "3d_hi"]
+        assert b.loc[key, "rel_lo"] <= -0.05 <= b.loc[key, "rel_hi"]
+        assert b.loc[key, "rel_hi"] - b.loc[key, "rel_lo"] < 1.5 * (a.loc[key, "rel_hi"] - a.loc[key, "rel_lo"])
+        assert b.loc[key, "ci_over"] == "seeds and test frames" and a.loc[key, "ci_over"] == "seeds"
+    assert recommendation(new / "report") == recommendation(old / "report") == "3d"
+    md = (new / "report" / "decision.md").read_text()
+    assert "95% bootstrap intervals over seeds and test frames" in md
+    assert "are two-level bootstraps over seeds and test frames" in md and "fall back" not in md
+    old_md = (old / "report" / "decision.md").read_text()
+    assert "intervals fall back to trials (seeds) only" in old_md and "95% bootstrap intervals over seeds." in old_md
+
+
+def test_old_format_metrics_table_still_decides(tmp_path, capsys):
+    """A metrics table written before per-frame values existed (one parquet file, no `*_frames` columns) and such a
+    study pooled with a new one: the decision table is made with trial-level intervals and the notes say so."""
+    old = make_study(tmp_path, "old", effect=-0.05, seeds=range(3), rng_seed=1)
+    rows = pd.concat([pd.read_parquet(p) for p in sorted((old / "metrics").glob("*.parquet"))])
+    assert not {"test_frames", "test_heldout_iou_frames"} & set(rows)
+    (tmp_path / "flat").mkdir()
+    rows.to_parquet(tmp_path / "flat" / "all.parquet")
+    rc, _, err = run([tmp_path / "flat" / "all.parquet", "--out", tmp_path / "r1"], capsys)
+    assert rc == 0, err
+    t = table(tmp_path / "r1")
+    assert recommendation(tmp_path / "r1") == "3d" and t.loc["test_heldout_iou", "ci_over"] == "seeds"
+    assert t.loc["test_heldout_iou", "rel_lo"] <= -0.05 <= t.loc["test_heldout_iou", "rel_hi"]
+    assert "intervals fall back to trials (seeds) only" in (tmp_path / "r1" / "decision.md").read_text()
+    new = make_study(tmp_path, "new", effect=-0.05, seeds=range(3, 6), rng_seed=2, frames=6)
+    rc, _, err = run([old, new, "--out", tmp_path / "r2"], capsys)
+    assert rc == 0, err
+    t = table(tmp_path / "r2")
+    assert t.loc["test_heldout_iou", "n_pairs"] == 6 and t.loc["test_heldout_iou", "ci_over"] == "seeds"
+    assert recommendation(tmp_path / "r2") == "3d"
+    assert "intervals fall back to trials (seeds) only" in (tmp_path / "r2" / "decision.md").read_text()
+
+
+def test_sink_writes_per_frame_lists_that_analysis_reads(tmp_path):
+    """The study's parquet sink stores the per-frame lists of evaluated epochs as list<double> (frame indices as
+    list<int64>) and empty lists for the others, with the same type in every part, so that any reader of the
+    metrics/ dataset (pandas, pyarrow.dataset) gets one schema; trials.parquet keeps scalars only."""
+    from types import SimpleNamespace
+
+    from study.analyze import load_studies, trial_summary
+    from study.sink import ParquetSink
+
+    sink = ParquetSink(tmp_path / "s", "s", {"gaussian_mode": "3d"}, 3)
+    trial = SimpleNamespace(trial_id="t1", config={"seed": 0, "grid_size": 32}, checkpoint=None)
+    sink.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        ev = epoch == 2
+        sink.on_trial_result(0, [], trial, {
+            "epoch": epoch, "valid_heldout_iou": 0.7 if ev else float("nan"), "valid_heldout_psnr": 25.0,
+            "test_heldout_iou": 0.75 if ev else float("nan"), "test_heldout_iou_frames": [0.7, 0.8] if ev else [],
+            "test_heldout_psnr_frames": [24.0, 26.0] if ev else [],
+            "test_heldout_ssim_frames": [0.9, 0.9] if ev else [],
+            "test_frames": [8, 11] if ev else [], "node_id": "n", "config": {"seed": 0}})
+    schemas = {pq.read_schema(p) for p in sorted((tmp_path / "s" / "metrics").glob("*.parquet"))}
+    assert len({str(s.field("test_heldout_iou_frames").type) for s in schemas}) == 1
+    schema = schemas.pop()
+    assert schema.field("test_heldout_iou_frames").type == pa.list_(pa.float64())
+    assert schema.field("test_frames").type == pa.list_(pa.int64())
+    df = pd.read_parquet(tmp_path / "s" / "metrics").sort_values("epoch")
+    assert list(df["test_frames"].iloc[1]) == [8, 11] and len(df["test_heldout_iou_frames"].iloc[0]) == 0
+    assert not {"test_frames", "test_heldout_iou_frames"} & set(pq.read_schema(tmp_path / "s" / "trials.parquet").names)
+    per_trial = trial_summary(load_studies([tmp_path / "s"]).metrics)
+    assert per_trial["selected_epoch"].tolist() == [2]
+    assert list(per_trial["test_heldout_psnr_frames"].iloc[0]) == [24.0, 26.0]
 
 
 def test_interval_straddling_the_margin_is_inconclusive(tmp_path, capsys):
