@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from posesplat.config import ConfigError
+from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
 from study.sink import Store, StorageError, join_uri
 from study.space import Space, SpaceError, load_space, with_options
@@ -78,6 +78,7 @@ class Plan(NamedTuple):
     study: Store
     gpu: bool  # trials get GPUs (and the space is not scaled down)
     gpu_mem_mb: Optional[float]  # memory of one GPU, for the memory model (None without GPUs)
+    pixels: int  # pixels of one training image after image_downsample, for the memory model
 
 
 def study_plan(args: argparse.Namespace) -> Plan:
@@ -116,7 +117,8 @@ def study_plan(args: argparse.Namespace) -> Plan:
         ds.frame_split(frames, base.get("frame_jump", 1))
     for note in notes:
         print(note, flush=True)
-    return Plan(space, base, study, gpu, gpu_mem)
+    d = make_config(base, "base_config").image_downsample
+    return Plan(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d))
 
 
 DEFAULT_GPU_MEM_MB = 16e3
@@ -317,7 +319,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
     from study.sink import ParquetSink
     from study.trainable import run_trial
 
-    space, base, study, gpu, gpu_mem = study_plan(args)
+    space, base, study, gpu, gpu_mem, pixels = study_plan(args)
     with StudyLock(study):
         t0 = time.time()
         info = json.loads(study.read_text("study.json")) if study.exists("study.json") else {
@@ -338,7 +340,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
                 return {"cpu": cpus, "gpu": args.gpus_per_trial}
             if space.resources.gpus_per_trial != "auto":
                 return {"cpu": cpus, "gpu": float(space.resources.gpus_per_trial)}
-            return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem)}
+            return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem, pixels)}
 
         trainable = tune.with_resources(
             tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=study.uri),

@@ -248,6 +248,7 @@ def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
     args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset),
                        "--max-epochs", "3", "--num-samples", "2"])
     plan = study_plan(args)
+    assert plan.pixels == 32 * 32  # 64x64 images at the default image_downsample 2: the memory model's pixels
     base, plan = plan.base, plan.space
     assert (plan.max_epochs, plan.scheduler.grace_period, plan.samples_per_cell, base["epochs"]) == (3, 3, 2, 3)
     assert "grace period capped at 3" in capsys.readouterr().out
