@@ -267,18 +267,19 @@ def test_mask_videos_count_disagrees(broken, capsys):
     assert "4 video_fns but 1 mask_video_fns" in cli_error(broken, capsys)
 
 
-@pytest.mark.slow
-def test_trains_like_the_direct_dataset(prepped, direct):
+def _train_tiny(dataset, **schedule) -> dict:
+    """The last epoch's metrics of a tiny model (grid 16) trained on `dataset` with the given schedule keys."""
     from posesplat.config import make_config
     from posesplat.train import train
 
-    def run(dataset):
-        cfg = make_config(dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
-                               max_n=2000, max_frames=24, eval_frames=4, steps_per_epoch=8, epochs=4, lr=3e-3,
-                               lr_schedule="constant", valid_every=4, seed=0))
-        return train(cfg, progress=False)[-1]
+    cfg = make_config(dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
+                           max_n=2000, max_frames=24, lr=3e-3, lr_schedule="constant", seed=0, **schedule))
+    return train(cfg, progress=False)[-1]
 
-    a, b = run(prepped), run(direct)
+
+@pytest.mark.slow
+def test_trains_like_the_direct_dataset(prepped, direct):
+    a, b = (_train_tiny(d, eval_frames=4, steps_per_epoch=8, epochs=4, valid_every=4) for d in (prepped, direct))
     print({k: (a[k], b[k]) for k in ("train_loss", "valid_heldout_iou", "valid_heldout_psnr")})
     assert a["valid_heldout_iou"] > 0.3 and abs(a["valid_heldout_iou"] - b["valid_heldout_iou"]) < 0.1
     assert abs(a["valid_heldout_psnr"] - b["valid_heldout_psnr"]) < 2.0
@@ -404,16 +405,7 @@ def test_downsample_and_frame_jump_match_the_direct_dataset(tiny_raw, tmp_path):
 def test_trains_like_the_direct_dataset_fast(prepped, direct):
     """A short version of the slow test below: a tiny model trained on the import scores at least as well as the
     same model trained on the directly generated dataset."""
-    from posesplat.config import make_config
-    from posesplat.train import train
-
-    def run(dataset):
-        cfg = make_config(dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
-                               max_n=2000, max_frames=24, eval_frames=2, steps_per_epoch=6, epochs=2, lr=3e-3,
-                               lr_schedule="constant", valid_every=2, seed=0))
-        return train(cfg, progress=False)[-1]
-
-    a, b = run(prepped), run(direct)
+    a, b = (_train_tiny(d, eval_frames=2, steps_per_epoch=6, epochs=2, valid_every=2) for d in (prepped, direct))
     scores = {k: (a[k], b[k]) for k in ("train_loss", "valid_heldout_iou", "valid_heldout_psnr")}
     # measured: IoU 0.78 (import) vs 0.69 (direct), PSNR 27.4 vs 26.6 dB; the import must lose nothing
     assert b["valid_heldout_iou"] > 0.3 and a["valid_heldout_iou"] > b["valid_heldout_iou"] - 0.05, scores
