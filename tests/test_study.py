@@ -75,7 +75,11 @@ def test_smoke_parquet_equals_reported(smoke_study):
 
 
 def test_smoke_tensorboard_read_back(smoke_study):
+    import pandas as pd
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    metrics_table = pd.read_parquet(smoke_study / "metrics")
 
     trials = pq.read_table(smoke_study / "trials.parquet").to_pylist()
     for t in trials:
@@ -85,15 +89,37 @@ def test_smoke_tensorboard_read_back(smoke_study):
         assert "metrics/valid_heldout_iou" in tags["scalars"]
         assert len(acc.Scalars("metrics/train_loss")) == t["last_epoch"]
         assert "renders/heldout" in tags["images"]
-        hp = acc.PluginTagToContent("hparams")
+        hp = {tag: plugin_data_pb2.HParamsPluginData.FromString(v) for tag, v in acc.PluginTagToContent("hparams").items()}
         assert hp, "no HParams session written"
-        assert any(b"gaussian_mode" in v for v in hp.values())
+        start = next(d.session_start_info for d in hp.values() if d.HasField("session_start_info"))
+        assert start.hparams["gaussian_mode"].string_value == t["gaussian_mode"]
+        assert start.hparams["lr"].number_value == pytest.approx(t["lr"])
+        assert start.hparams["trial_id"].string_value == t["trial_id"]
+        metrics = {m.name.tag for d in hp.values() if d.HasField("experiment") for m in d.experiment.metric_infos}
+        assert {"metrics/valid_heldout_iou", "metrics/test_heldout_iou", "metrics/epoch_time_s"} <= metrics
+        rows = metrics_table[metrics_table.trial_id == t["trial_id"]].sort_values("epoch")
+        logged = [e.value for e in acc.Scalars("metrics/train_loss")]
+        assert logged == pytest.approx(rows.train_loss.tolist(), rel=1e-6)  # the same numbers as the parquet
 
 
 def test_smoke_report_written(smoke_study):
+    """The study's own report: a recommendation in words, one decision row per measure with both modes, and an HTML
+    page that carries its figures inside (data URIs of real PNGs), so it opens anywhere."""
+    import base64
+    import re
+
+    import pandas as pd
+
     report = smoke_study / "report"
-    assert (report / "decision.md").read_text().startswith("# 2D vs 3D")
-    assert (report / "report.html").stat().st_size > 10_000
+    md = (report / "decision.md").read_text()
+    assert md.startswith("# 2D vs 3D")
+    assert re.search(r"\*\*Recommendation: (2d|3d|inconclusive)", md)
+    table = pd.read_csv(report / "decision.csv")
+    assert {"test_heldout_iou", "test_heldout_psnr", "epoch_time_s", "peak_mem_mb"} <= set(table["key"])
+    html = (report / "report.html").read_text()
+    pngs = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert {"curves", "costs", "pareto"} <= {name for name, _ in pngs}
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in pngs)
 
 
 def test_smoke_summary_matches_the_report(smoke_run):
