@@ -133,6 +133,28 @@ def test_dataloader_with_two_workers(small_dataset):
 # ------------------------------------------------------------------ validation errors, one line each
 
 
+def test_dataset_from_a_uri_reads_like_the_path(small_dataset, tmp_path):
+    """Workers on a cluster open the dataset from the URI in the config (here fsspec's file://): same arrays, and a
+    training run and a study plan take it as it is."""
+    from posesplat.config import make_config
+    from posesplat.train import train
+    from study.run import parse_args, study_plan
+
+    uri = small_dataset.resolve().as_uri()
+    assert uri.startswith("file://")
+    a, b = open_dataset(uri), open_dataset(small_dataset)
+    assert (a.n_frames, a.n_views, a.height, a.width) == (b.n_frames, b.n_views, b.height, b.width)
+    for key in ("images", "masks", "Ks", "viewmats"):
+        assert torch.equal(a.load(5, [0, 3], 2)[key], b.load(5, [0, 3], 2)[key])
+    cfg = make_config(dict(dataset=uri, grid_size=16, base_filters=4, min_n=50, max_n=2000, max_frames=12,
+                           eval_frames=1, steps_per_epoch=2, epochs=1))
+    assert train(cfg, progress=False)[-1]["valid_heldout_iou"] > 0
+    plan = study_plan(parse_args(["--space", "smoke", "--storage", str(tmp_path / "s"), "--dataset", uri]))
+    assert plan.base["dataset"] == uri  # not resolved against the driver's working directory
+    with pytest.raises(DatasetError, match="memory://nothing.zarr: not a readable zarr dataset"):
+        open_dataset("memory://nothing.zarr")
+
+
 def test_missing_store(tmp_path):
     assert "no such dataset" in error_line(tmp_path / "absent.zarr")
 
