@@ -31,6 +31,7 @@ from posesplat.render import RenderOut, pick_backend, render
 
 CHECKPOINT_FORMAT = 1
 EVAL_KEYS = [f"{split}_{m}" for split in ("valid", "valid_heldout", "test_heldout") for m in ("iou", "psnr", "ssim")]
+FRAME_KEYS = [k for k in EVAL_KEYS if k.startswith("test_heldout_")]  # also reported per test frame, as `<key>_frames`
 
 
 class NonFiniteLossError(RuntimeError):
@@ -206,7 +207,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
     """
     model.eval()
     acc: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}
-    per_frame: dict[str, list[float]] = {k: [] for k in EVAL_KEYS if k.startswith("test_heldout_")}
+    per_frame: dict[str, list[float]] = {k: [] for k in FRAME_KEYS}
     test_frames: list[int] = []
     render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
     for split in ("valid", "test"):
@@ -493,7 +494,7 @@ def train(
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
         else:
             metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "gt_mass_inside", "render_ms", "n_gaussians"]})
-            metrics.update({f"{k}_frames": [] for k in EVAL_KEYS if k.startswith("test_heldout_")}, test_frames=[])
+            metrics.update({f"{k}_frames": [] for k in FRAME_KEYS}, test_frames=[])
             metrics["eval_time_s"] = 0.0
         history.append(metrics)
         if ckpt_path:
