@@ -68,7 +68,7 @@ def trial_configs(trials: pd.DataFrame, metrics: pd.DataFrame) -> list[tuple[Con
     ran = metrics.groupby("trial_id")["epoch"].max()
     out = []
     for row in trials.to_dict("records"):
-        values = {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v
+        values = {k: json.loads(v) if isinstance(v, str) and v.startswith(("[", "{")) else v
                   for k, v in row.items() if k in Config.model_fields and v is not None}
         out.append((make_config(values, f"trial {row['trial_id']}"), int(ran[row["trial_id"]])))
     return out
@@ -92,10 +92,8 @@ def best_per_mode(metrics: pd.DataFrame) -> dict[str, tuple[float, int]]:
     """(lr, seed) of each mode's trial with the highest held-out validation IoU at its last epoch."""
     from study.analyze import trial_summary
 
-    per = trial_summary(metrics)
-    return {m: (round(float(r.sort_values("valid_heldout_iou").iloc[-1]["lr"]), 6),
-                int(r.sort_values("valid_heldout_iou").iloc[-1]["seed"]))
-            for m, r in per.groupby("gaussian_mode")}
+    best = {m: r.sort_values("valid_heldout_iou").iloc[-1] for m, r in trial_summary(metrics).groupby("gaussian_mode")}
+    return {m: (round(float(b["lr"]), 6), int(b["seed"])) for m, b in best.items()}
 
 
 def split_overhead(metrics: pd.DataFrame) -> tuple[float, float]:
@@ -146,12 +144,13 @@ def overhead_table(rows: list[dict]) -> str:
 
 
 def savings_table(s: dict) -> str:
+    def named(best: dict) -> str:
+        return ", ".join(f"{m} lr {lr:g} seed {seed}" for m, (lr, seed) in sorted(best.items()))
+
     same = s["asha_best"] == s["full_best"]
-    best = ", ".join(f"{m} lr {lr:g} seed {seed}" for m, (lr, seed) in sorted(s["full_best"].items()))
     return ("| epochs with ASHA | epochs, full budget | saved | each mode's best the same |\n|---|---|---|---|\n"
             f"| {s['asha_epochs']} | {s['full_epochs']} | {100 * (1 - s['asha_epochs'] / s['full_epochs']):.0f}% | "
-            f"{'yes' if same else 'no'} (full budget: {best}; ASHA: "
-            f"{', '.join(f'{m} lr {lr:g} seed {seed}' for m, (lr, seed) in sorted(s['asha_best'].items()))}) |")
+            f"{'yes' if same else 'no'} (full budget: {named(s['full_best'])}; ASHA: {named(s['asha_best'])}) |")
 
 
 if __name__ == "__main__":
