@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,9 +51,19 @@ def machine() -> str:
 
     gpu = "none"
     if torch.cuda.is_available():
-        gpu = f"{torch.cuda.get_device_name(0)} (driver/CUDA {torch.version.cuda})"
+        gpu = f"{torch.cuda.get_device_name(0)} (driver {nvidia_driver()}, torch's CUDA {torch.version.cuda})"
     return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n- CPU: {cpu}, {os.cpu_count()} cores\n"
             f"- GPU: {gpu}\n- torch {torch.__version__}, gsplat {gsplat.__version__}, Python {platform.python_version()}")
+
+
+def nvidia_driver() -> str:
+    """The NVIDIA driver version from nvidia-smi, or 'unknown'."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out[0] if out else "unknown"
 
 
 def fit_memory_model(rows: list[dict]) -> dict:
@@ -85,9 +96,12 @@ def main(argv=None) -> int:
     sections = [f"# Benchmarks\n\nWritten by `python -m bench{' --quick' if a.quick else ''}`.\n\n{machine()}\n"]
     if 1 in only:
         rows = bench_render.run(a.quick)
+        ratios = bench_render.ratio_table(rows)
         sections.append("## 1. Renderer: forward + backward\n\n" + bench_render.table(rows) + "\n\nCPU peak memory is "
                         "the resident-set high-water mark of the call (VmHWM reset through /proc/self/clear_refs) "
-                        "minus the resident set before it; CUDA is `max_memory_allocated`.\n")
+                        "minus the resident set before it; CUDA is `max_memory_allocated`.\n"
+                        + (f"\nThe torch backend against gsplat on the same GPU:\n\n{ratios}\n" if ratios else
+                           "\nNo GPU here: the torch backend against gsplat (a ratio on one GPU) is not measured.\n"))
     if 2 in only:
         rows = bench_step.run(a.dataset, a.quick)
         model = fit_memory_model(rows)
@@ -96,7 +110,8 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps({"source": "python -m bench, table 2", "device": rows[0]["device"],
                                    "modes": model}, indent=1))
         os.replace(tmp, mm)
-        sections.append("## 2. One training step against grid_size\n\n" + bench_step.table(rows) +
+        sections.append("## 2. One training step against grid_size\n\n" + bench_step.table(rows) + "\n\n"
+                        + bench_step.growth(rows) + "\n\n" + bench_step.target(rows) +
                         "\n\nMemory model fitted (peak MB = base + per_kvoxel x grid^3/1000 + per_kpixel x pixels/1000), written to "
                         f"`study/memory_model.json` for the study's GPU fractions:\n\n```\n{json.dumps(model, indent=1)}\n```\n")
     if {3, 4} & only:

@@ -101,12 +101,33 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
+def fmt_ms(ms: float) -> str:
+    """Whole milliseconds, or two decimals below 10 ms (GPU kernels)."""
+    return f"{ms:.0f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def ratio_table(rows: list[dict]) -> str:
+    """torch backend against gsplat on the same GPU, per (mode, Gaussians, image): time and memory ratios.
+    Empty when no case was measured with both backends on CUDA."""
+    cuda = {(r["mode"], r["gaussians"], r["image"], r["backend"]): r for r in rows if r["device"] == "cuda"}
+    pairs = [(cuda[k[:3] + ("torch",)], r) for k, r in cuda.items() if k[3] == "gsplat" and k[:3] + ("torch",) in cuda]
+    if not pairs:
+        return ""
+    lines = ["| mode | Gaussians | image | torch ms | gsplat ms | time torch/gsplat | torch MB | gsplat MB | "
+             "memory torch/gsplat |", "|---|---|---|---|---|---|---|---|---|"]
+    for t, g in pairs:
+        lines.append(f"| {g['mode']} | {g['gaussians']} | {g['image']} | {fmt_ms(t['ms'])} | {fmt_ms(g['ms'])} | "
+                     f"{t['ms'] / g['ms']:.1f}x | {t['peak_mb']:.0f} | {g['peak_mb']:.0f} | "
+                     f"{t['peak_mb'] / max(g['peak_mb'], 1e-9):.1f}x |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], header: bool = True) -> str:
     """Markdown table of run()'s rows."""
     lines = ["| mode | backend | device | Gaussians | image | pairs/px | fwd+bwd ms (median) | peak MB | memory measure |",
              "|---|---|---|---|---|---|---|---|---|"] if header else []
     lines += [f"| {r['mode']} | {r['backend']} | {r['device']} | {r['gaussians']} | {r['image']} | "
-              f"{r['pairs_per_px']:.1f} | {r['ms']:.0f} | {r['peak_mb']:.0f} | {r['mem_kind']} |" for r in rows]
+              f"{r['pairs_per_px']:.1f} | {fmt_ms(r['ms'])} | {r['peak_mb']:.0f} | {r['mem_kind']} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -114,4 +135,4 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64x64 and 128x128, 1k and 4k Gaussians, 3 repeats")
     rows = run(p.parse_args().quick)
-    print("\n" + table(rows))
+    print("\n" + table(rows) + "\n\n" + ratio_table(rows))

@@ -1,0 +1,52 @@
+"""Benchmark tables: the torch/gsplat ratio pairs rows of one GPU, the grid-112 target is judged on GPU rows only,
+and memory growth is read off the smallest and largest grid. Rows come from a real (tiny) CPU measurement where the
+code path allows it."""
+
+import torch
+
+from bench import render as bench_render
+from bench import train_step as bench_step
+
+
+def render_row(mode="3d", backend="torch", device="cuda", n=1000, image="64x64", ms=10.0, mb=100.0):
+    return {"mode": mode, "backend": backend, "device": device, "gaussians": n, "image": image, "pairs_per_px": 10.0,
+            "ms": ms, "peak_mb": mb, "mem_kind": "cuda_max_allocated"}
+
+
+def step_row(mode="3d", grid=112, device="cuda:0", image="288x256", mb=1000.0, voxels=1000, backend="gsplat"):
+    return {"mode": mode, "grid_size": grid, "voxels": voxels, "gaussians": 10, "step_ms": 5.0, "peak_mb": mb,
+            "mem_kind": "cuda_max_allocated" if device.startswith("cuda") else "cpu_rss_delta", "device": device,
+            "backend": backend, "image": image, "pixels": 288 * 256}
+
+
+def test_ratio_pairs_backends_on_the_same_gpu_case():
+    rows = [render_row(backend="torch", ms=30.0, mb=300.0), render_row(backend="gsplat", ms=1.5, mb=20.0),
+            render_row(backend="torch", n=4000, ms=50.0),  # no gsplat partner: left out
+            render_row(backend="torch", device="cpu", ms=500.0)]  # CPU rows never enter a GPU ratio
+    text = bench_render.ratio_table(rows)
+    body = text.splitlines()[2:]
+    assert body == ["| 3d | 1000 | 64x64 | 30 | 1.50 | 20.0x | 300 | 20 | 15.0x |"]
+
+
+def test_no_ratio_without_gpu_rows():
+    row = bench_render.measure("3d", 200, (32, 32), "torch", torch.device("cpu"), repeats=1)
+    assert row["device"] == "cpu" and row["ms"] > 0
+    assert bench_render.ratio_table([row]) == ""
+    assert "| 3d | torch | cpu | 200 | 32x32 |" in bench_render.table([row])
+
+
+def test_target_judged_on_gpu_rows_only():
+    cpu = [step_row(device="cpu", backend="torch", mb=9000.0, image="64x64")]
+    assert "not measured, no GPU here" in bench_step.target(cpu) and "9000 MB at 64x64" in bench_step.target(cpu)
+    met = bench_step.target(cpu + [step_row(mb=3000.0)])
+    assert ": met: 3000 MB at 288x256 (gsplat)" in met
+    worst = bench_step.target(cpu + [step_row(mb=3000.0, image="144x128"), step_row(mb=5000.0)])
+    assert "NOT met" in worst and "5000 MB at 288x256" in worst
+    assert "NOT met" not in bench_step.target([step_row(mode="2d", mb=9000.0), step_row(mb=100.0)])
+
+
+def test_growth_from_smallest_to_largest_grid():
+    rows = [step_row(grid=112, voxels=120000, mb=400.0), step_row(grid=32, voxels=6000, mb=80.0),
+            step_row(grid=48, voxels=14000, mb=200.0), step_row(mode="2d", grid=32)]  # one grid only: no line
+    assert bench_step.growth(rows) == ("- 3d at 288x256: grid 32 -> 112 is 20.0x the voxels and 5.0x the peak memory "
+                                       "(80 -> 400 MB, cuda_max_allocated)")
