@@ -19,6 +19,9 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then  # build gsplat for this GPU only (m
   arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null) \
     && export TORCH_CUDA_ARCH_LIST=$arch
 fi
+# torch finds CUDA's headers through `nvcc`'s folder; where nvcc is a wrapper script elsewhere (/usr/local/bin) the
+# host compiler misses cuda_runtime.h, so point it at the toolkit
+if [ -z "${CUDA_HOME:-}" ] && [ -f /usr/local/cuda/include/cuda_runtime.h ]; then export CUDA_HOME=/usr/local/cuda; fi
 big=data/synthetic_mouse_288x256.zarr  # Pose Splatter's image size (1152x1024 downsampled by 4)
 
 step_env() {
