@@ -109,8 +109,12 @@ def fmt_ms(ms: float) -> str:
 def ratio_table(rows: list[dict]) -> str:
     """torch backend against gsplat on the same GPU, per (mode, Gaussians, image): time and memory ratios.
     Empty when no case was measured with both backends on CUDA."""
-    cuda = {(r["mode"], r["gaussians"], r["image"], r["backend"]): r for r in rows if r["device"] == "cuda"}
-    pairs = [(cuda[k[:3] + ("torch",)], r) for k, r in cuda.items() if k[3] == "gsplat" and k[:3] + ("torch",) in cuda]
+    def case(r: dict) -> tuple:
+        return r["mode"], r["gaussians"], r["image"]
+
+    cuda = [r for r in rows if r["device"] == "cuda"]
+    torch_rows = {case(r): r for r in cuda if r["backend"] == "torch"}
+    pairs = [(torch_rows[case(g)], g) for g in cuda if g["backend"] == "gsplat" and case(g) in torch_rows]
     if not pairs:
         return ""
     lines = ["| mode | Gaussians | image | torch ms | gsplat ms | time torch/gsplat | torch MB | gsplat MB | "

@@ -36,8 +36,7 @@ step_build() {  # gsplat compiles its CUDA kernels on first use (cached in ~/.ca
 step_tests() {
   "$py" -m pytest -q -m cuda -p no:cacheprovider tests/test_render_cuda.py tests/test_train.py
 }
-step_bench() {
-  [ -d data/synthetic_mouse.zarr ] || "$py" -m posesplat.synth --out data/synthetic_mouse.zarr || return
+step_bench() {  # table 1 makes its own scenes; table 2 trains on the paper-sized dataset only
   [ -d $big ] || "$py" -m posesplat.synth --out $big --height 256 --width 288 --frames 60 || return
   "$py" -m bench --only 1,2 --dataset $big --out "$out/benchmarks-gpu.md" && cp study/memory_model.json "$out/"
 }
@@ -49,8 +48,8 @@ step_train() {
     for backend in gsplat torch; do
       "$py" -m posesplat.train "configs/2d_3d_comparison_${mode}_debug.json" --out "$runs/${mode}_$backend" \
         --set device='"cuda"' backend="\"$backend\"" || { rc=1; continue; }
-      "$py" -c "import json, sys; r = [json.loads(l) for l in open(sys.argv[1])][-1]; \
-print(json.dumps({'mode': sys.argv[2], 'backend': sys.argv[3], **r}))" \
+      "$py" -c "import json, sys; from posesplat.train import read_jsonl; \
+print(json.dumps({'mode': sys.argv[2], 'backend': sys.argv[3], **read_jsonl(sys.argv[1])[-1]}))" \
         "$runs/${mode}_$backend/metrics.jsonl" "$mode" "$backend" >>"$out/train.jsonl"
     done
   done
