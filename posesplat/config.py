@@ -64,6 +64,8 @@ class Config(BaseModel):
     views_per_step: int = Field(1, ge=1, description="observed views rendered per training step")
     valid_every: int = Field(1, ge=1, description="evaluate every k-th epoch (and at the last)")
     eval_frames: Optional[int] = Field(6, ge=1, description="cap on valid/test frames evaluated; null: all")
+    eval_valid_frames: Optional[int] = Field(
+        None, ge=1, description="cap on valid frames evaluated, when it differs from eval_frames (null: eval_frames)")
     seed: int = Field(0, description="seeds the weights, frame order and view choice")
 
     @model_validator(mode="after")

@@ -30,7 +30,8 @@ from posesplat.model import PoseSplatter, pixels_per_unit, to_world
 from posesplat.render import RenderOut, pick_backend, render
 
 CHECKPOINT_FORMAT = 1
-EVAL_KEYS = [f"{split}_{m}" for split in ("valid", "valid_heldout", "test_heldout") for m in ("iou", "psnr", "ssim")]
+EVAL_KEYS = [f"{split}_{m}" for split in ("valid", "valid_heldout", "test_heldout")
+             for m in ("iou", "psnr", "psnr_fg", "ssim")]
 FRAME_KEYS = [k for k in EVAL_KEYS if k.startswith("test_heldout_")]  # also reported per test frame, as `<key>_frames`
 
 
@@ -150,18 +151,25 @@ def loss_terms(out: RenderOut, images: torch.Tensor, masks: torch.Tensor, ssim_l
 
 @torch.no_grad()
 def image_metrics(out: RenderOut, images: torch.Tensor, masks: torch.Tensor) -> dict[str, list[float]]:
-    """Per-view IoU (alpha > 0.5 vs mask), PSNR (full image) and SSIM (torchmetrics)."""
+    """Per-view IoU (alpha > 0.5 vs mask), PSNR over the full image, foreground PSNR and SSIM (torchmetrics).
+
+    Foreground PSNR (`psnr_fg`) is the PSNR over the pixels where the true mask or the rendered mask (alpha > 0.5)
+    is set: the background colour, which any renderer gets right, does not count, and missing or extra body does.
+    A view where neither mask has a pixel gives NaN."""
     pred = out.alpha > 0.5
     gt = masks > 0.5
     inter = (pred & gt).flatten(1).sum(1).float()
-    union = (pred | gt).flatten(1).sum(1).float()
+    fg = (pred | gt).flatten(1)  # [V, H*W]
+    union = fg.sum(1).float()
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    mse = ((out.rgb.clamp(0, 1) - images) ** 2).flatten(1).mean(1)
-    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+    sq = ((out.rgb.clamp(0, 1) - images) ** 2).mean(-1).flatten(1)  # [V, H*W]
+    psnr = -10 * torch.log10(sq.mean(1).clamp_min(1e-10))
+    mse_fg = (sq * fg).sum(1) / union.clamp_min(1)
+    psnr_fg = torch.where(union > 0, -10 * torch.log10(mse_fg.clamp_min(1e-10)), torch.full_like(union, float("nan")))
     ssim = ssim_fn(
         out.rgb.clamp(0, 1).permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0, reduction="none"
     )
-    return {"iou": iou.tolist(), "psnr": psnr.tolist(), "ssim": ssim.flatten().tolist()}
+    return {"iou": iou.tolist(), "psnr": psnr.tolist(), "psnr_fg": psnr_fg.tolist(), "ssim": ssim.flatten().tolist()}
 
 
 def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, kinds, centre, heading) -> float:
@@ -191,18 +199,26 @@ def panel(gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     return (row * 255).round().byte().cpu().numpy()
 
 
-def eval_frames(cfg: Config, frames: np.ndarray) -> np.ndarray:
-    """Evenly spaced subset of at most cfg.eval_frames frames."""
-    if cfg.eval_frames is None or len(frames) <= cfg.eval_frames:
+def eval_frames(cfg: Config, frames: np.ndarray, split: str = "test") -> np.ndarray:
+    """Evenly spaced subset of at most cfg.eval_frames frames (cfg.eval_valid_frames for the valid split, if set)."""
+    cap = cfg.eval_valid_frames if split == "valid" and cfg.eval_valid_frames is not None else cfg.eval_frames
+    if cap is None or len(frames) <= cap:
         return frames
-    return frames[np.linspace(0, len(frames) - 1, cfg.eval_frames).round().astype(int)]
+    return frames[np.linspace(0, len(frames) - 1, cap).round().astype(int)]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (a view without any foreground has no foreground PSNR); NaN when there are none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 @torch.no_grad()
 def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Valid frames (observed and held-out views) and test frames (held-out views); 3D metric on test frames.
 
-    Besides the means, `test_heldout_{iou,psnr,ssim}_frames` hold one value per evaluated test frame (the mean over
+    Besides the means, `test_heldout_{iou,psnr,psnr_fg,ssim}_frames` hold one value per evaluated test frame (the mean over
     its held-out views) and `test_frames` the frame indices, in the same order (lists; empty without held-out views).
     """
     model.eval()
@@ -211,7 +227,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
     test_frames: list[int] = []
     render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
     for split in ("valid", "test"):
-        for f in eval_frames(cfg, setup.frames[split]):
+        for f in eval_frames(cfg, setup.frames[split], split):
             b = load_frame(setup, f, setup.observed, cfg.image_downsample)
             local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
             g = to_world(local, b["centre"], b["heading"])
@@ -232,7 +248,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
                 for k, vals in image_metrics(out, t["images"], t["masks"]).items():
                     acc[f"{name}_{k}"] += vals
                     if name == "test_heldout":
-                        per_frame[f"{name}_{k}"].append(float(np.mean(vals)))
+                        per_frame[f"{name}_{k}"].append(_nanmean(vals))
                 if name == "test_heldout":
                     test_frames.append(int(f))
                 if name == "valid_heldout" and "heldout" not in images:
@@ -242,7 +258,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
                 ious3d.append(gt_iou3d(model, local.index, gt, kinds, b["centre"], b["heading"]))
                 mass.append(gt_mass_inside(g, gt, kinds))
     model.train()
-    metrics = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
+    metrics = {k: _nanmean(v) for k, v in acc.items()}
     metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
     metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
     metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
