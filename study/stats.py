@@ -1,10 +1,14 @@
-"""Bootstrap intervals and the 2D-vs-3D decision rule (pure numpy/scipy; no study I/O).
+"""Intervals (pure numpy/scipy; no study I/O).
 
-Intervals are 95% percentile bootstraps (9,999 resamples, fixed seed so a report is reproducible): over trials
-(`mean_ci`, `diff_ci`: `scipy.stats.bootstrap`) or, where per-test-frame values exist, over trials and test frames
-(`mean_ci_frames`, `diff_ci_frames`: a two-level bootstrap). With fewer than about 8 values a percentile bootstrap
-is narrower than a true 95% interval: treat it as a lower bound on the uncertainty. Fewer than 2 trials give no
-interval (NaN bounds).
+The confirm stage's decision uses `crossed_diff`: a t interval for a paired seeds x test-frames design, with the
+seed, frame and residual variance components of a two-way random-effects model and Satterthwaite's degrees of
+freedom; `seeds_for`, `halfwidth` and `detectable` plan such a design. Its coverage is simulated in
+tests/test_decide.py and docs/analysis.md.
+
+The explore stage's descriptive tables use 95% percentile bootstraps (9,999 resamples, fixed seed so a report is
+reproducible): over trials (`mean_ci`, `diff_ci`: `scipy.stats.bootstrap`) or, where per-test-frame values exist,
+over trials and test frames (`mean_ci_frames`, `diff_ci_frames`: a two-level bootstrap). With fewer than about 8
+values a percentile bootstrap is narrower than a true 95% interval. Fewer than 2 trials give no interval (NaN bounds).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from scipy import stats
 
 N_RESAMPLES = 9999
 SEED = 0
-MIN_N = 3  # fewer seeds (pairs) than this never decide: a bootstrap of 2 values is just their range
 
 
 @dataclass(frozen=True)
@@ -263,60 +266,7 @@ def diff_rel_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, frames_a
     return tuple(Estimate(m, *_percentile(bt), n) if math.isfinite(m) else NAN for m, bt in zip(means, boot))
 
 
-# ----------------------------------------------------------------------------------------------- decision rule
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The recommendation ('2d', '3d' or 'inconclusive') and the reason in words."""
-
-    winner: str
-    reason: str
-
-
-def cheaper(costs: dict[str, Estimate]) -> list[str]:
-    """Names of the costs on which 2D is lower than 3D: the whole interval of (2d - 3d) / 3d below 0, or the
-    point estimate below -5% where there is no interval."""
-    return [name for name, e in costs.items()
-            if (e.has_ci and e.hi < 0) or (not e.has_ci and math.isfinite(e.mean) and e.mean < -0.05)]
-
-
-def decide(quality: dict[str, Estimate], costs: dict[str, Estimate], margin: float) -> Verdict:
-    """The original plan's rule on relative differences (2d - 3d) / 3d, per quality measure (IoU, PSNR).
-
-    3D when some quality interval lies wholly below -margin; 2D when every quality interval lies above -margin and
-    2D is faster or lighter on some cost, or better by more than the margin; inconclusive when an interval straddles
-    -margin or fewer than MIN_N seeds stand behind a difference. Higher quality is better.
-    """
-    m = 100 * margin
-    if not quality or any(not math.isfinite(e.mean) for e in quality.values()):
-        return Verdict("inconclusive", "no paired measurements of both 2D and 3D to compare yet")
-    few = min(e.n for e in quality.values())
-    if few < MIN_N or not all(e.has_ci for e in quality.values()):
-        lean = ", ".join(f"{k} {100 * e.mean:+.1f}%" for k, e in quality.items())
-        return Verdict("inconclusive", f"only {few} seed(s) behind the 2D vs 3D difference (at least {MIN_N} are "
-                                       f"needed for an interval to mean anything; point estimates {lean}) — "
-                                       f"run more seeds")
-    worse = {k: e for k, e in quality.items() if e.hi < -margin}
-    if worse:
-        what = ", ".join(f"{k} {e.pct()}" for k, e in worse.items())
-        return Verdict("3d", f"3D is better by more than the {m:g}% margin (2D vs 3D: {what})")
-    straddle = {k: e for k, e in quality.items() if e.lo < -margin}
-    if straddle:
-        what = ", ".join(f"{k} {e.pct()}" for k, e in straddle.items())
-        return Verdict("inconclusive", f"the interval of 2D vs 3D straddles the -{m:g}% margin ({what}) — "
-                                       f"run more seeds")
-    q = ", ".join(f"{k} {e.pct()}" for k, e in quality.items())
-    lower = cheaper(costs)
-    if lower:
-        return Verdict("2d", f"2D's quality is within the {m:g}% margin of 3D or better ({q}) and it is lower on "
-                             f"{', '.join(f'{k} {costs[k].pct()}' for k in lower)}")
-    better = [k for k, e in quality.items() if e.lo > margin]
-    if better:
-        return Verdict("2d", f"2D is better by more than the {m:g}% margin on {', '.join(better)} ({q}), though it "
-                             f"is neither faster nor lighter")
-    return Verdict("3d", f"2D's quality is within the {m:g}% margin ({q}) but it is neither faster nor lighter, "
-                         f"so nothing speaks for switching from 3D")
+# ----------------------------------------------------------------------------------------------- plots
 
 
 def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
@@ -328,3 +278,129 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
             front.append(i)
             best = quality[i]
     return np.array(front, dtype=int)
+
+
+# ----------------------------------------------------------------------------------------------- confirm stage: seeds x frames
+
+
+@dataclass(frozen=True)
+class Crossed(Estimate):
+    """A difference estimated from a balanced seeds x test-frames design, with its t interval.
+
+    var_seed, var_frame, var_resid are the variance components of the (linearised) per-(seed, frame) difference
+    (seed-to-seed, frame-to-frame, and the rest); se and df are the standard error of the estimate and its
+    Satterthwaite degrees of freedom; n is the number of seeds (pairs), n_frames the number of test frames."""
+
+    se: float = float("nan")
+    df: float = float("nan")
+    var_seed: float = float("nan")
+    var_frame: float = float("nan")
+    var_resid: float = float("nan")
+    n_frames: int = 0
+    level: float = 0.95
+
+    def with_level(self, level: float) -> "Crossed":
+        """The same estimate with a `level` interval (e.g. 0.975 for a test at half the error rate)."""
+        if not (math.isfinite(self.se) and math.isfinite(self.df)):
+            return self
+        h = float(stats.t.ppf(0.5 + level / 2, self.df)) * self.se
+        return Crossed(self.mean, self.mean - h, self.mean + h, self.n, self.se, self.df, self.var_seed,
+                       self.var_frame, self.var_resid, self.n_frames, level)
+
+
+def variance_components(z: np.ndarray) -> tuple[float, float, float]:
+    """(seed, frame, residual) variance components of a complete [S, F] matrix by two-way ANOVA without replication
+    (method of moments, each component clamped at 0). With one frame: (variance over seeds, 0, 0)."""
+    z = np.asarray(z, dtype=float)
+    s, f = z.shape
+    if f == 1:
+        return (float(z[:, 0].var(ddof=1)) if s > 1 else float("nan")), 0.0, 0.0
+    grand = z.mean()
+    ms_s = f * ((z.mean(1) - grand) ** 2).sum() / (s - 1) if s > 1 else float("nan")
+    ms_f = s * ((z.mean(0) - grand) ** 2).sum() / (f - 1)
+    resid = z - z.mean(1, keepdims=True) - z.mean(0, keepdims=True) + grand
+    ms_e = (resid ** 2).sum() / ((s - 1) * (f - 1)) if s > 1 else float("nan")
+    return max(0.0, (ms_s - ms_e) / f), max(0.0, (ms_f - ms_e) / s), float(ms_e)
+
+
+def crossed_se(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int) -> tuple[float, float]:
+    """(standard error, Satterthwaite df) of the mean of a seeds x frames design with these variance components.
+
+    Var(mean) = var_seed / S + var_frame / F + var_resid / (S F), written as (MS_S + MS_F - MS_E) / (S F) with the
+    expected mean squares MS_S = F var_seed + var_resid (S - 1 df), MS_F = S var_frame + var_resid (F - 1 df),
+    MS_E = var_resid ((S - 1)(F - 1) df); the df of that combination by Satterthwaite's formula."""
+    s, f = seeds, frames
+    if s < 2:
+        return float("nan"), float("nan")
+    if f == 1:
+        return math.sqrt(var_seed / s), float(s - 1)
+    ms = [(f * var_seed + var_resid, s - 1), (s * var_frame + var_resid, f - 1)]
+    if var_resid > 0:
+        ms.append((-var_resid, (s - 1) * (f - 1)))
+    total = sum(m for m, _ in ms)
+    var = total / (s * f)
+    denom = sum(m * m / d for m, d in ms if d > 0)
+    df = total * total / denom if denom > 0 else float(s - 1)
+    return math.sqrt(max(var, 0.0)), max(1.0, min(df, float(s * f - 1)))
+
+
+def crossed_diff(a: np.ndarray, b: np.ndarray, *, relative: bool = True, level: float = 0.95) -> Crossed:
+    """mean(a) - mean(b), divided by mean(b) when relative, for paired [S, F] matrices (row s: the pair of seed s;
+    column f: test frame f, the same frames for every trial), with a t interval.
+
+    The relative difference r = mean(a) / mean(b) - 1 is linearised (delta method): z = (a - (1 + r) b) / mean(b),
+    whose mean is 0 and whose variance is that of the estimate of r; the absolute difference uses z = a - b. The
+    variance of mean(z) comes from the two-way random-effects decomposition of z (variance_components), so seeds,
+    frames and their interaction each count. One column (no frames, e.g. a cost per trial) is the paired t
+    interval over seeds. Rows with a non-finite value are dropped first."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape != b.shape:
+        raise ValueError(f"paired matrices differ in shape: {a.shape} vs {b.shape}")
+    keep = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    a, b = a[keep], b[keep]
+    s, f = a.shape
+    if s == 0 or f == 0:
+        return Crossed(float("nan"), float("nan"), float("nan"), 0)
+    mb = b.mean()
+    if relative:
+        if not mb:
+            return Crossed(float("nan"), float("nan"), float("nan"), s)
+        r = a.mean() / mb - 1
+        z = (a - (1 + r) * b) / mb
+    else:
+        r = a.mean() - mb
+        z = a - b
+    if s < 2:
+        return Crossed(float(r), float("nan"), float("nan"), s, n_frames=f, level=level)
+    comps = variance_components(z)
+    se, df = crossed_se(*comps, s, f)
+    h = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return Crossed(float(r), float(r - h), float(r + h), s, se, df, *comps, n_frames=f, level=level)
+
+
+def halfwidth(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int,
+              level: float = 0.95) -> float:
+    """Expected half-width of the `level` interval of a seeds x frames design with these variance components."""
+    se, df = crossed_se(var_seed, var_frame, var_resid, seeds, frames)
+    return float(stats.t.ppf(0.5 + level / 2, df)) * se if math.isfinite(se) else float("inf")
+
+
+def detectable(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int,
+               power: float = 0.8, level: float = 0.95) -> float:
+    """How far beyond a boundary (the margin) a true difference must lie to be shown beyond it with `power`:
+    (t_{level} + t_{power}) x standard error."""
+    se, df = crossed_se(var_seed, var_frame, var_resid, seeds, frames)
+    if not math.isfinite(se):
+        return float("inf")
+    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def seeds_for(var_seed: float, var_frame: float, var_resid: float, frames: int, target: float,
+              level: float = 0.95, most: int = 1000) -> Optional[int]:
+    """Fewest seeds (at least 2) whose expected interval half-width is at most `target`; None when even `most`
+    seeds do not get there (the frame-to-frame variance alone, var_frame / F, sets a floor: more test frames are
+    needed then)."""
+    for s in range(2, most + 1):
+        if halfwidth(var_seed, var_frame, var_resid, s, frames, level) <= target:
+            return s
+    return None
