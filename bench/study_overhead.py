@@ -35,6 +35,7 @@ def smoke_space(epochs: int, samples: int, scheduler: str) -> dict:
     """The smoke space with a larger budget, so that ASHA has rungs to stop at."""
     space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
     space.update(name=f"smoke_{scheduler}", max_epochs=epochs, samples_per_cell=samples)
+    space.pop("confirm", None)  # the explore stage's machinery is what is measured
     space["scheduler"] = {"type": scheduler, "grace_period": 1, "reduction_factor": 2}
     return space
 
@@ -45,13 +46,15 @@ def comparison_cell_space(epochs: int, samples: int) -> dict:
     cell = {"grid_size": [32], "max_frames": [30]}
     space.update(name="comparison_cell", grid=cell, max_epochs=epochs, samples_per_cell=samples)
     space["cpu"].update(grid=cell, max_epochs=epochs, samples_per_cell=samples)
+    space.pop("confirm", None)
+    space["cpu"].pop("confirm", None)
     space["scheduler"] = {"type": "none", "grace_period": 1, "reduction_factor": 2}
     return space
 
 
 def run_study(space: dict, storage: Path, dataset: str) -> dict:
     """Run `python -m study.run` on `space`; its wall times, metrics and trials."""
-    from study.analyze import load_study
+    from study.load import load_study
 
     path = storage / f"{space['name']}.json"
     path.write_text(json.dumps(space))
@@ -90,7 +93,7 @@ def sequential_baseline(configs: list[tuple[Config, int]]) -> float:
 
 def best_per_mode(metrics: pd.DataFrame) -> dict[str, tuple[float, int]]:
     """(lr, seed) of each mode's trial with the highest held-out validation IoU at its last epoch."""
-    from study.analyze import trial_summary
+    from study.load import trial_summary
 
     best = {m: r.sort_values("valid_heldout_iou").iloc[-1] for m, r in trial_summary(metrics).groupby("gaussian_mode")}
     return {m: (round(float(b["lr"]), 6), int(b["seed"])) for m, b in best.items()}

@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves(metrics: pd.DataFrame, out: Path) -> tuple[Path, str]:
+def curves(metrics: pd.DataFrame, out: Path, name: str = "curves.png", what: str = "") -> tuple[Path, str]:
     """Loss and held-out IoU/PSNR per epoch, one column per cell, modes overlaid: mean line, min-max band."""
     cells = _cells(metrics)
     fig, axes = plt.subplots(len(CURVES), len(cells), figsize=(3.6 * len(cells) + 0.5, 2.6 * len(CURVES)),
@@ -62,9 +62,10 @@ def curves(metrics: pd.DataFrame, out: Path) -> tuple[Path, str]:
             if i == len(CURVES) - 1:
                 ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-        axes[0, j].legend(fontsize=8)
-    path = _save(fig, out / "curves.png")
-    return path, ("Training loss and held-out IoU/PSNR on validation frames per epoch, per (grid_size, max_frames) "
+        if axes[0, j].get_legend_handles_labels()[0]:
+            axes[0, j].legend(fontsize=8)
+    path = _save(fig, out / name)
+    return path, (f"{what}Training loss and held-out IoU/PSNR on validation frames per epoch, per (grid_size, max_frames) "
                   "cell: mean over the trials still running at that epoch (line) and their range (band).")
 
 
@@ -113,6 +114,27 @@ def quality_vs_cost(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
     path = _save(fig, out / "pareto.png")
     return path, ("Test-frame held-out quality against cost, one point per trial (at its best validation epoch); "
                   "lines: each mode's Pareto front (no other trial of the mode is both cheaper and better).")
+
+
+def intervals(rows: list[tuple[str, float, float, float]], margin: float, title: str, out: Path) -> tuple[Path, str]:
+    """The decision at a glance: each measure's relative difference with its 95% interval against the +-margin band.
+    rows: (label, estimate, lo, hi) as fractions."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.4))
+    y = np.arange(len(rows))[::-1]
+    ax.axvspan(-100 * margin, 100 * margin, color="0.85", label=f"±{100 * margin:g}% margin")
+    ax.axvline(0, color="0.4", linewidth=0.8)
+    for yi, (label, est, lo, hi) in zip(y, rows):
+        if np.isfinite(est):
+            ax.errorbar(100 * est, yi, xerr=[[100 * max(est - lo, 0)], [100 * max(hi - est, 0)]] if np.isfinite(lo)
+                        else None, fmt="o", color="C3", capsize=4)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=9)
+    ax.set_xlabel("relative difference, % (95% interval)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    path = _save(fig, out / "decision.png")
+    return path, (f"{title}: the relative difference of each decision measure with its 95% interval over seeds and "
+                  f"test frames; the grey band is the equivalence margin.")
 
 
 def all_plots(metrics: pd.DataFrame, per_trial: pd.DataFrame, out: Path) -> list[tuple[Path, str]]:

@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
@@ -310,15 +310,13 @@ def write_json(obj: dict, study: Store, name: str) -> None:
 
 
 def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> Store:
-    """Set up and run (or resume) the Tuner; returns the study directory. `trial_fn(config, base_config, study_uri)`
-    is what each trial runs (default: study.trainable.run_trial; tests give a cheap one)."""
-    from ray import tune
+    """Set up and run (or resume) both stages; returns the study directory. `trial_fn(config, base_config,
+    study_uri)` is what each trial runs (default: study.trainable.run_trial; tests give a cheap one).
 
-    from study import resources
-    from study.search import MODE_KEY, PerModeSearcher, StratifiedASHA
-    from study.sink import ParquetSink
-    from study.trainable import run_trial
-
+    Explore: per-mode Optuna and stratified ASHA over every cell (`<study>/ray`, `<study>/metrics`). Confirm, when the
+    space has a `confirm` block: the plan written to `<study>/confirm/plan.json`, then its trials with no early
+    stopping (`<study>/confirm/ray`, `<study>/confirm/metrics`). A stage that Ray has not finished raises
+    KeyboardInterrupt (the study is left resumable)."""
     space, base, study, gpu, gpu_mem, pixels = study_plan(args)
     with StudyLock(study):
         t0 = time.time()
@@ -329,56 +327,182 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
         info["runs"] = info.get("runs", 0) + 1
         write_json(info, study, "study.json")
         connect_ray(args.address)
-        cpus = args.cpus_per_trial or space.resources.cpus_per_trial
-        if not args.address:
-            cpus = min(cpus, os.cpu_count() or 1)
-
-        def trial_resources(config: dict) -> dict:
-            if not gpu:
-                return {"cpu": cpus, "gpu": 0}
-            if args.gpus_per_trial is not None:
-                return {"cpu": cpus, "gpu": args.gpus_per_trial}
-            if space.resources.gpus_per_trial != "auto":
-                return {"cpu": cpus, "gpu": float(space.resources.gpus_per_trial)}
-            return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem, pixels)}
-
-        trainable = tune.with_resources(
-            tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=study.uri),
-            trial_resources,
-        )
-        sink = ParquetSink(study, study.name, base, space.max_epochs)
-        run_dir = join_uri(study.uri, "ray")
-        if tune.Tuner.can_restore(run_dir):
-            print(f"resuming the study in {study.uri}", flush=True)
-            tuner = restore_tuner(run_dir, trainable, sink, args.max_failures, args.max_concurrent)
-        else:
-            searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed,
-                                       max_concurrent=args.max_concurrent)
-            scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
-                                        space.scheduler.reduction_factor, space.metric, space.metric_mode)
-                         if space.scheduler.type == "asha" else None)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher, scheduler=scheduler, num_samples=searcher.total, reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name="ray", storage_path=study.uri,
-                    callbacks=study_callbacks(sink, scheduler, args.max_failures),
-                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    verbose=1,
-                ),
-            )
-        results = tuner.fit()  # on Ctrl-C Tune saves its state and returns early
-        info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
-        total = len(space.cells()) * space.samples_per_cell * len(space.modes)
-        if results.num_terminated + results.num_errors < total:
+        trainable = trainable_factory(args, space, gpu, gpu_mem, pixels, trial_fn)
+        try:
+            if not info.get("explore_finished"):
+                run_explore(args, space, base, study, trainable)
+                info["explore_finished"] = datetime.now(timezone.utc).isoformat()
+                write_json(info, study, "study.json")
+            if space.confirm is not None:
+                run_confirm(args, space, base, study, trainable)
+        finally:
+            info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
             write_json(info, study, "study.json")
-            raise KeyboardInterrupt
         info["finished"] = datetime.now(timezone.utc).isoformat()
         write_json(info, study, "study.json")
     return study
+
+
+def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem: Optional[float], pixels: int,
+                      trial_fn: Optional[Callable]) -> Callable[[dict, Store], Any]:
+    """(base config, stage store) -> the Tune trainable of a stage, with its per-trial resources."""
+    from ray import tune
+
+    from study import resources
+    from study.search import MODE_KEY
+    from study.trainable import run_trial
+
+    cpus = args.cpus_per_trial or space.resources.cpus_per_trial
+    if not args.address:
+        cpus = min(cpus, os.cpu_count() or 1)
+
+    def trial_resources(config: dict) -> dict:
+        if not gpu:
+            return {"cpu": cpus, "gpu": 0}
+        if args.gpus_per_trial is not None:
+            return {"cpu": cpus, "gpu": args.gpus_per_trial}
+        if space.resources.gpus_per_trial != "auto":
+            return {"cpu": cpus, "gpu": float(space.resources.gpus_per_trial)}
+        return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem, pixels)}
+
+    def make(base: dict, store: Store):
+        return tune.with_resources(
+            tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=store.uri), trial_resources)
+
+    return make
+
+
+def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher, scheduler, label: str) -> None:
+    """Run (or resume) one stage's Tuner in `<store>/ray`; KeyboardInterrupt unless every trial of the stage ended
+    in a state the study recorded (completed, stopped by the scheduler, or failed)."""
+    from ray import tune
+
+    run_dir = join_uri(store.uri, "ray")
+    if tune.Tuner.can_restore(run_dir):
+        print(f"resuming the {label} stage in {store.uri}", flush=True)
+        tuner = restore_tuner(run_dir, trainable, sink, args.max_failures, args.max_concurrent)
+    else:
+        print(f"{label} stage: {searcher.total} trials", flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=searcher.total,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name="ray", storage_path=store.uri,
+                callbacks=study_callbacks(sink, scheduler, args.max_failures),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()  # on Ctrl-C Tune saves its state and returns early
+    ended = sum(r.get("status") in ("completed", "stopped", "failed") for r in sink.trials.values())
+    if results.num_terminated + results.num_errors < searcher.total or ended < searcher.total:
+        raise KeyboardInterrupt
+
+
+def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> None:
+    from study.search import PerModeSearcher, StratifiedASHA
+    from study.sink import ParquetSink
+
+    searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed,
+                               max_concurrent=args.max_concurrent)
+    scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
+                                space.scheduler.reduction_factor, space.metric, space.metric_mode)
+                 if space.scheduler.type == "asha" else None)
+    sink = ParquetSink(study, study.name, base, space.max_epochs)
+    fit_stage(args, study, trainable(base, study), sink, searcher, scheduler, "explore")
+
+
+def confirm_base(space: Space, base: dict) -> dict:
+    """The training config every confirm trial starts from: the study's, the confirm block's keys, full budget."""
+    return {**base, **space.confirm.base_config, "epochs": space.max_epochs}
+
+
+def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> None:
+    """Plan the confirm stage once (written before its first trial), then run or resume it."""
+    from study.search import PlannedSearcher
+    from study.sink import ParquetSink
+
+    store = study.child("confirm")
+    cbase = confirm_base(space, base)
+    if store.exists("plan.json"):
+        plan = json.loads(store.read_text("plan.json"))
+    else:
+        plan = make_confirm_plan(args, space, cbase, study)
+        write_json(plan, store, "plan.json")
+        print(confirm_plan_text(plan), flush=True)
+    sink = ParquetSink(store, study.name, cbase, plan["epochs"])
+    searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
+    fit_stage(args, store, trainable(cbase, store), sink, searcher, None, "confirm")
+
+
+def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study: Store) -> dict:
+    """The confirm plan from the finished explore stage's records (study.confirm.plan_confirm)."""
+    from posesplat.train import eval_frames
+    from study.confirm import PlanError, plan_confirm
+    from study.load import AnalysisError, load_studies, trial_summary
+
+    try:
+        explore = load_studies([Path(study.root)]) if study.local else None
+    except AnalysisError as e:
+        raise StudyError(f"confirm stage: cannot read the explore stage ({e})") from None
+    if explore is None:
+        explore = _remote_explore(study)
+    per = trial_summary(explore.metrics)
+    if len(per) and len(explore.trials) and "status" in explore.trials:
+        per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+    cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
+    ds = open_dataset(cfg.dataset)
+    n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))
+    try:
+        return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, args.seed)
+    except PlanError as e:
+        raise StudyError(str(e)) from None
+
+
+RECORDS = ("study.json", "trials.parquet", "metrics", "confirm/plan.json", "confirm/trials.parquet", "confirm/metrics")
+
+
+def copy_records(study: Store, local: Path, names=RECORDS) -> None:
+    """Copy a study's records (not its checkpoints or Ray state) from its storage into the local folder `local`."""
+    import pyarrow.fs as pafs
+
+    for name in names:
+        parts = name.split("/")
+        if study.exists(*parts):
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            if study.fs.get_file_info(study.path(*parts)).type == pafs.FileType.Directory:
+                (local / name).mkdir()
+            pafs.copy_files(study.path(*parts), str(local / name), source_filesystem=study.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+
+
+def _remote_explore(study: Store):
+    """The explore stage's records of a study behind a URI, read through a local copy."""
+    from study.load import load_studies
+
+    with tempfile.TemporaryDirectory(prefix="study-") as tmp:
+        local = Path(tmp) / study.name
+        local.mkdir()
+        copy_records(study, local, RECORDS[:3])
+        return load_studies([local])
+
+
+def confirm_plan_text(plan: dict) -> str:
+    """The confirm plan in a few lines, for the terminal."""
+    from study.explore import cell_text
+
+    hp = "; ".join(f"{m} lr {h['lr']:.3g}" + (f", ssim_lambda {h['ssim_lambda']:.3g}" if "ssim_lambda" in h else "")
+                   for m, h in plan["hparams"].items())
+    widths = ", ".join(f"{k} ±{100 * p['expected_halfwidth']:.2g}%" for k, p in plan["planning"].items()
+                       if p.get("expected_halfwidth") is not None)
+    lines = [f"confirm stage planned: {' vs '.join(plan['modes'])} at {cell_text(plan['cell'])}, "
+             f"{len(plan['seeds'])} seeds x {plan['epochs']} epochs, {plan['test_frames']} test frames ({hp})"]
+    if widths:
+        lines.append(f"  expected 95% half-widths: {widths} (target ±{100 * plan['target_halfwidth']:g}%)")
+    lines += [f"  note: {n}" for n in plan["notes"]]
+    return "\n".join(lines)
 
 
 def study_callbacks(sink, scheduler, max_failures: int) -> list:
@@ -410,59 +534,50 @@ def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurre
 
 
 def summary(study_dir: Path, name: str) -> str:
-    """Trial counts and each mode's best configuration as the analysis chooses it (study.analyze: the cell with the
-    best mean validation score, every trial read at its best validation epoch), with the mean held-out test scores
-    of its trials there: the numbers of the report's decision table."""
-    from study.analyze import AnalysisError, cell_text, decision, load_studies, trial_summary
+    """Trial counts per stage and the confirm stage's decision with its intervals: the numbers of the report."""
+    from study.load import AnalysisError
+    from study.report import decision_of, read_stages
 
     try:
-        study = load_studies([study_dir])
+        stages = read_stages([study_dir])
+        d, _ = decision_of(stages, None)
     except AnalysisError as e:  # e.g. every trial failed before its first epoch
         return f"study {name}: {e}"
-    info = next(iter(study.infos.values()), {})
+    info = next(iter(stages.explore.infos.values()), {}) if stages.explore else {}
     lines = [f"study {name} ({info.get('wall_time_s', float('nan')):.0f} s wall time)"]
-    counts = study.trials["status"].value_counts().to_dict() if len(study.trials) else {}
-    lines.append("trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "stopped", "failed", "running")))
-    per_trial = trial_summary(study.metrics)
-    if per_trial.empty:
-        return "\n".join(lines + ["no trial has reached a validation epoch yet"])
-    d = decision(per_trial, margin=0.02)
-    table = d.table.set_index("key")
-    for mode, cell in d.cells.items():
-        def mean(key: str) -> float:
-            return float(table.loc[key, f"{mode}_mean"]) if key in table.index else float("nan")
-
-        n = int(table.loc["test_heldout_iou", f"{mode}_n"]) if "test_heldout_iou" in table.index else 0
-        lines.append(f"  {mode:9s} best: {cell_text(cell)} (mean of {n} trial(s) at their best validation epoch) -> "
-                     f"held-out test IoU {mean('test_heldout_iou'):.3f}, PSNR {mean('test_heldout_psnr'):.2f} dB, "
-                     f"SSIM {mean('test_heldout_ssim'):.3f}")
+    for label, st in (("explore", stages.explore), ("confirm", stages.confirm)):
+        if st is not None and len(st.trials) and "status" in st.trials:
+            counts = st.trials["status"].value_counts().to_dict()
+            lines.append(f"{label} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
+                                                          ("completed", "stopped", "failed", "running")))
+    lines.append(f"decision: {d.recommendation} — {d.reason}")
+    for key, e in d.quality.items():
+        lines.append(f"  {key}: {' vs '.join(d.modes)} {e.pct()} over {e.n} pairs x {e.n_frames} test frames")
+    if d.cost is not None:
+        lines.append(f"  {d.design.get('cost')}: {' vs '.join(d.modes)} {d.cost.pct()} (primary cost)")
     return "\n".join(lines)
 
 
-def finish(study: Store, report: bool) -> None:
-    """Print the summary and write the decision report into the study (via a local copy when it is remote)."""
-    import pyarrow.fs as pafs
-
+def finish(study: Store, report: bool) -> int:
+    """Print the summary and write the decision report into the study (via a local copy when it is remote).
+    Returns the exit status: 0 with a report (or none asked for), 1 when the report could not be written."""
     from study import analyze
 
     if study.local:
         print(summary(Path(study.root), study.uri))
-        if report:
-            analyze.main([study.root])
-        return
+        return analyze.main([study.root]) if report else 0
     with tempfile.TemporaryDirectory(prefix="study-") as tmp:
         local = Path(tmp) / study.name
         local.mkdir()
-        for name in ("study.json", "trials.parquet", "metrics"):
-            if study.exists(name):
-                if study.fs.get_file_info(study.path(name)).type == pafs.FileType.Directory:
-                    (local / name).mkdir()
-                pafs.copy_files(study.path(name), str(local / name), source_filesystem=study.fs,
-                                destination_filesystem=pafs.LocalFileSystem())
+        copy_records(study, local)
         print(summary(local, study.uri))
-        if report and analyze.main([str(local), "--no-renders", "--out", str(local / "report")]) == 0:
+        if not report:
+            return 0
+        rc = analyze.main([str(local), "--no-renders", "--out", str(local / "report")])
+        if rc == 0:
             study.upload(local / "report", "report")  # checkpoints stay remote: no qualitative renders here
             print(f"report uploaded to {join_uri(study.uri, 'report')}")
+        return rc
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -475,8 +590,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
         return 130
-    finish(study, not args.no_report)
-    return 0
+    return 1 if finish(study, not args.no_report) else 0
 
 
 if __name__ == "__main__":

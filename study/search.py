@@ -115,6 +115,41 @@ class PerModeSearcher(Searcher):
             self.set_state(pickle.load(f))
 
 
+class PlannedSearcher(Searcher):
+    """Emits a fixed list of trial configurations in order (the confirm stage's plan): no tuning, no early stopping.
+    The state saved with Ray's experiment is how many were emitted."""
+
+    def __init__(self, trials: list[dict], metric: str, mode: str, max_concurrent: Optional[int] = None):
+        super().__init__(metric=metric, mode=mode)
+        self.trials, self.next_index = [dict(t) for t in trials], 0
+        self.max_concurrent = max_concurrent
+        self.live: set[str] = set()
+
+    @property
+    def total(self) -> int:
+        return len(self.trials)
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        if self.next_index >= len(self.trials):
+            return Searcher.FINISHED
+        if self.max_concurrent and len(self.live) >= self.max_concurrent:
+            return None
+        self.live.add(trial_id)
+        self.next_index += 1
+        return dict(self.trials[self.next_index - 1])
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        self.live.discard(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"trials": self.trials, "next_index": self.next_index}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update({"live": set(), **pickle.load(f)})
+
+
 class StratifiedASHA(FIFOScheduler):
     """One ASHAScheduler per Gaussian mode; each trial is judged only against its own mode's trials."""
 

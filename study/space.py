@@ -48,11 +48,47 @@ class Resources(BaseModel):
     gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # "auto": from the memory model (study/resources.py)
 
 
+QUALITY_KEYS = ("test_heldout_iou", "test_heldout_psnr", "test_heldout_psnr_fg", "test_heldout_ssim")
+COST_KEYS = ("epoch_time_s", "render_ms", "peak_mem_mb")
+
+
+class Confirm(BaseModel):
+    """The comparison the decision rests on, named before any trial runs (docs/search_spaces.md, docs/analysis.md).
+
+    Both modes train at `cell` with hyperparameters fixed from the explore stage, fresh seeds, the full epoch budget
+    and no early stopping; the relative difference (modes[0] - modes[1]) / modes[1] of each quality metric is tested
+    against `margin`; `cost` decides whether modes[0] is cheaper (by more than `cost_margin`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cell: dict[str, Optional[int]] = Field(description="the primary cell: one value of every grid key")
+    modes: list[Literal["3d", "2d", "2d_screen"]] = Field(["2d", "3d"], min_length=2, max_length=2,
+                                                          description="[challenger, reference]")
+    margin: float = Field(0.02, gt=0, lt=1, description="equivalence margin, relative")
+    quality: list[Literal[QUALITY_KEYS]] = Field(["test_heldout_iou", "test_heldout_psnr_fg"], min_length=1)  # type: ignore[valid-type]
+    cost: Literal[COST_KEYS] = "epoch_time_s"  # type: ignore[valid-type]
+    cost_margin: float = Field(0.05, ge=0, lt=1, description="smallest relative saving that counts as cheaper")
+    min_seeds: int = Field(4, ge=3)
+    max_seeds: int = Field(16, ge=3)
+    select: str = Field("valid_heldout_iou", description="validation metric that fixes each mode's hyperparameters")
+    base_config: dict[str, Any] = Field({}, description="training-config keys for the confirm trials only")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Confirm":
+        if self.min_seeds > self.max_seeds:
+            raise ValueError(f"min_seeds ({self.min_seeds}) exceeds max_seeds ({self.max_seeds})")
+        if self.modes[0] == self.modes[1]:
+            raise ValueError("modes must name two different modes")
+        if not self.select.startswith("valid"):
+            raise ValueError(f"select '{self.select}': hyperparameters are chosen on validation metrics (valid_*) only")
+        return self
+
+
 class Scale(BaseModel):
     """What changes when no GPU is present (the CPU scale-down)."""
 
     model_config = ConfigDict(extra="forbid")
     base_config: dict[str, Any] = {}
+    confirm: dict[str, Any] = {}  # overrides of the confirm block
     grid: dict[str, list[Optional[int]]] = {}
     search: dict[str, Dist] = {}
     max_epochs: Optional[int] = Field(None, ge=1)
@@ -77,6 +113,7 @@ class Space(BaseModel):
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
     cpu: Scale = Scale()
+    confirm: Optional[Confirm] = None  # None: explore only, and the analysis makes no decision
 
     @model_validator(mode="after")
     def _check(self) -> "Space":
@@ -85,6 +122,16 @@ class Space(BaseModel):
                 raise ValueError(f"grid must list '{key}'")
         if not self.modes:
             raise ValueError("modes is empty")
+        if self.confirm is not None:
+            c = self.confirm
+            if sorted(c.cell) != sorted(self.grid):
+                raise ValueError(f"confirm.cell must give one value of each grid key ({', '.join(sorted(self.grid))})")
+            for k, v in c.cell.items():
+                if v not in self.grid[k]:
+                    raise ValueError(f"confirm.cell: {k} {v} is not in the grid ({self.grid[k]})")
+            missing = [m for m in c.modes if m not in self.modes]
+            if missing:
+                raise ValueError(f"confirm.modes: {', '.join(missing)} not among the space's modes")
         if self.scheduler.type == "asha":  # Ray's ASHAScheduler asserts grace_period <= max_t
             for where, epochs in (("max_epochs", self.max_epochs), ("cpu.max_epochs", self.cpu.max_epochs)):
                 if epochs is not None and self.scheduler.grace_period > epochs:
@@ -104,6 +151,8 @@ class Space(BaseModel):
             upd["samples_per_cell"] = self.cpu.samples_per_cell
         if self.cpu.cpus_per_trial:
             upd["resources"] = {**self.resources.model_dump(), "cpus_per_trial": self.cpu.cpus_per_trial}
+        if self.confirm is not None:
+            upd["confirm"] = {**self.confirm.model_dump(), **self.cpu.confirm}
         return Space.model_validate({**self.model_dump(), **upd})  # validated again, unlike model_copy
 
     def cells(self) -> list[dict[str, int]]:
@@ -146,7 +195,8 @@ def _one_line(err: ValidationError, source: str) -> str:
     if e["type"] == "extra_forbidden":
         key = str(e["loc"][-1])
         close = difflib.get_close_matches(key, list(Space.model_fields) + list(Dist.model_fields)
-                                          + list(Scheduler.model_fields) + list(Resources.model_fields), n=1)
+                                          + list(Scheduler.model_fields) + list(Resources.model_fields)
+                                          + list(Confirm.model_fields), n=1)
         return f"{source}: unknown key '{loc}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     msg = e["msg"].removeprefix("Value error, ")
     return f"{source}: key '{loc}': {msg}" if loc else f"{source}: {msg}"
@@ -192,10 +242,19 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
             close = difflib.get_close_matches(key, list(make_config({}).model_fields), n=1)
             raise SpaceError(f"{path}: '{key}' is not a training config key" + (f" (did you mean '{close[0]}'?)" if close else ""))
     for gpu in (True, False):  # every cell of the grid, as it runs with and without a GPU, is a valid config
-        scaled = space.scaled(gpu)
+        try:
+            scaled = space.scaled(gpu)
+        except ValidationError as e:
+            raise SpaceError(_one_line(e, f"{path} ({'GPU' if gpu else 'cpu'} scale)")) from None
         for cell in scaled.cells():
             try:
                 make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
+            except ConfigError as e:
+                raise SpaceError(str(e)) from None
+        if scaled.confirm is not None:
+            try:
+                make_config({**scaled.base_config, **scaled.confirm.base_config, **scaled.confirm.cell},
+                            f"{path}: confirm.base_config")
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
     return space

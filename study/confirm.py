@@ -1,0 +1,128 @@
+"""Planning the confirm stage: the comparison the decision rests on, fixed before its first trial.
+
+For each mode the hyperparameters come from the explore stage, chosen on validation data only (the mode's explore
+trial with the best `select` metric in the primary cell). The number of seeds comes from the explore stage's
+variance: the smallest number whose expected 95% interval half-width on every quality metric is at most half the
+margin, within [min_seeds, max_seeds]. The plan (cell, hyperparameters, seeds, epochs, what it can detect) is
+written to `<study>/confirm/plan.json` before any confirm trial starts and read back, never re-planned, on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from study.space import Confirm
+from study.stats import crossed_diff, detectable, halfwidth, seeds_for
+
+PLAN_FORMAT = 1
+SEED_OFFSET = 10_000  # confirm seeds are seed + SEED_OFFSET + i: never an explore seed (seed + i, i < samples)
+MODE_KEY = "gaussian_mode"
+
+
+class PlanError(ValueError):
+    """The explore stage gives nothing to plan the confirm stage from; one line."""
+
+
+def in_cell(per_trial: pd.DataFrame, cell: dict[str, Optional[int]]) -> pd.DataFrame:
+    """The rows of `per_trial` at `cell` (max_frames None is stored as 0: all frames)."""
+    keep = np.ones(len(per_trial), dtype=bool)
+    for k, v in cell.items():
+        keep &= per_trial[k].to_numpy() == (0 if v is None else v)
+    return per_trial[keep]
+
+
+def chosen_hparams(per_trial: pd.DataFrame, mode: str, cell: dict, select: str, keys: list[str]) -> dict[str, Any]:
+    """The tuned keys of `mode`'s explore trial with the best validation `select` (at its best validation epoch) in
+    `cell`; failed trials never count. Ties go to the trial that ran more epochs."""
+    rows = in_cell(per_trial[per_trial[MODE_KEY] == mode], cell)
+    if "status" in rows:
+        rows = rows[rows["status"] != "failed"]
+    rows = rows[np.isfinite(rows[select].to_numpy(float))]
+    if rows.empty:
+        raise PlanError(f"explore stage: no {mode} trial with a finite {select} in the confirm cell {cell}: "
+                        f"nothing to choose its hyperparameters from")
+    best = rows.sort_values([select, "epochs_run"], ascending=False).iloc[0]
+    return {**{k: float(best[k]) for k in keys}, "from_trial": str(best["trial_id"]), select: float(best[select])}
+
+
+def frame_matrix(vals: list, ids: list) -> tuple[np.ndarray, list[int]]:
+    """[trials, frames] from each trial's per-test-frame values and frame indices, over the frames every trial
+    evaluated (in frame order); a trial without per-frame values leaves no common frame."""
+    if not vals:
+        return np.empty((0, 0)), []
+    first = ids[0]
+    ok = lambda v, i: v is not None and i is not None and not isinstance(v, float) and len(v) == len(i) > 0  # noqa: E731
+    if all(ok(v, i) and len(i) == len(first) and np.array_equal(i, first) for v, i in zip(vals, ids)):
+        order = np.argsort(np.asarray(first, dtype=int), kind="stable")  # the confirm design: the same frames
+        return np.asarray([np.asarray(v, dtype=float) for v in vals])[:, order], \
+            [int(f) for f in np.asarray(first, dtype=int)[order]]
+    per = [{int(f): float(x) for f, x in zip(i, v)} if ok(v, i) else {} for v, i in zip(vals, ids)]
+    common = sorted(set.intersection(*(set(p) for p in per)))
+    return np.array([[p[f] for f in common] for p in per], dtype=float).reshape(len(per), len(common)), common
+
+
+def pair_rows(per_trial: pd.DataFrame, modes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials of the two modes, indexed by seed and aligned row by row: a seed without a trial of both modes is
+    left out (a re-reported seed keeps its last row)."""
+    a, b = (per_trial[per_trial[MODE_KEY] == m].drop_duplicates("seed", keep="last").set_index("seed") for m in modes)
+    seeds = sorted(set(a.index) & set(b.index))
+    return a.loc[seeds], b.loc[seeds]
+
+
+def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """([pairs, frames], [pairs, frames]) of `key` per test frame for aligned pair rows (pair_rows), on the frames
+    that every trial of both evaluated."""
+    col = f"{key}_frames"
+    if col not in a or "test_frames" not in a or not len(a):
+        return np.empty((len(a), 0)), np.empty((len(b), 0))
+    m, _ = frame_matrix(a[col].tolist() + b[col].tolist(), a["test_frames"].tolist() + b["test_frames"].tolist())
+    return m[: len(a)], m[len(a):]
+
+
+def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[str], epochs: int, test_frames: int,
+                 seed: int) -> dict[str, Any]:
+    """The confirm plan (JSON-ready) from the explore stage's per-trial table (read at each trial's best validation
+    epoch, as study.load.trial_summary gives it)."""
+    hparams = {m: chosen_hparams(per_trial, m, confirm.cell, confirm.select, search_keys) for m in confirm.modes}
+    target = confirm.margin / 2
+    cell_rows = in_cell(per_trial, confirm.cell)
+    if "status" in cell_rows:
+        cell_rows = cell_rows[cell_rows["status"] != "failed"]
+    planning, needed, notes = {}, [], []
+    for key in confirm.quality:
+        a, b = paired_matrices(*pair_rows(cell_rows, confirm.modes), key)
+        seeds = a.shape[0]
+        est = crossed_diff(a, b) if seeds and a.shape[1] else None
+        if est is None or not math.isfinite(est.se):
+            planning[key] = {"pairs": seeds, "seeds_needed": None}
+            notes.append(f"{key}: fewer than 2 explore pairs with per-frame values in the cell, so no variance to "
+                         f"plan from: max_seeds ({confirm.max_seeds}) planned")
+            needed.append(confirm.max_seeds)
+            continue
+        comps = (est.var_seed, est.var_frame, est.var_resid)
+        n = seeds_for(*comps, test_frames, target)
+        if n is None:
+            notes.append(f"{key}: even 1000 seeds would not bring the interval to ±{100 * target:g}%: the "
+                         f"frame-to-frame variance needs more test frames (eval_frames)")
+        needed.append(confirm.max_seeds if n is None else n)
+        planning[key] = {"pairs": seeds, "explore_frames": int(a.shape[1]), "var_seed": comps[0],
+                         "var_frame": comps[1], "var_resid": comps[2], "seeds_needed": n}
+    n_seeds = int(min(max(max(needed), confirm.min_seeds), confirm.max_seeds))
+    if max(needed) > confirm.max_seeds:
+        notes.append(f"the explore variance asks for {max(needed)} seeds; capped at max_seeds {confirm.max_seeds}")
+    for key, p in planning.items():
+        if p.get("var_seed") is not None:
+            comps = (p["var_seed"], p["var_frame"], p["var_resid"])
+            p["expected_halfwidth"] = halfwidth(*comps, n_seeds, test_frames)
+            p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
+    seeds = [seed + SEED_OFFSET + i for i in range(n_seeds)]
+    trials = [{**confirm.cell, MODE_KEY: m, "seed": s, **{k: hparams[m][k] for k in search_keys}}
+              for s in seeds for m in confirm.modes]
+    return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),
+            "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "seeds": seeds,
+            "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials}

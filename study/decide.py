@@ -1,0 +1,179 @@
+"""The decision, from the confirm stage alone: equivalence and non-inferiority against a pre-specified margin.
+
+Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and
+counted), estimate each quality metric's relative difference (challenger - reference) / reference over seeds and
+test frames and the primary cost's over seeds (study.stats.crossed_diff), then apply the rule:
+
+1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
+2. some quality interval wholly below -margin (at 1 - 5%/k for k
+   quality metrics: worse on any one of them is a union)              -> reference (challenger worse beyond it)
+3. some quality interval reaches below -margin                        -> inconclusive, with the seeds that would
+                                                                          resolve it
+4. every quality interval above -margin (non-inferior) and the primary
+   cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
+5. non-inferior, not cheaper: challenger significantly better on every
+   quality metric                                                     -> challenger
+6.                            reference significantly better on every
+   quality metric                                                     -> reference
+7. otherwise                                                          -> either (equivalent within the margin)
+
+Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together
+claim a difference that is not there at most 2.5% of the time. Simulated error rates: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from study.confirm import MODE_KEY, pair_rows, paired_matrices
+from study.load import COST, FRAME_VALUES, QUALITY, SHORT
+from study.stats import Crossed, crossed_diff, seeds_for
+
+MIN_PAIRS = 3
+LEVEL = 0.95
+SUPERIORITY_LEVEL = 0.975
+EITHER, INCONCLUSIVE = "either", "inconclusive"
+
+
+@dataclass
+class Decision:
+    """The recommendation and everything it rests on (decision.json is this, as JSON)."""
+
+    recommendation: str  # a mode, EITHER or INCONCLUSIVE
+    reason: str
+    modes: list[str]  # [challenger, reference]
+    quality: dict[str, Crossed]  # the decision's quality metrics: relative difference, 95%
+    cost: Optional[Crossed]  # the primary cost: relative difference, 95%
+    measures: dict[str, Crossed]  # every reported measure (quality, costs, sizes): relative difference
+    means: dict[str, dict[str, float]]  # measure -> mode -> mean over the pairs
+    n_pairs: int
+    dropped_pairs: int  # planned seeds without a usable pair (a failed or missing member)
+    failures: dict[str, dict[str, int]]  # mode -> {"failed": k, "trials": n}
+    seeds_to_resolve: Optional[int] = None  # total seeds an inconclusive answer would need (None: unknown)
+    design: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def est(e: Optional[Crossed]) -> Optional[dict]:
+            if e is None:
+                return None
+            d = asdict(e)
+            return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in d.items()}
+
+        return {"recommendation": self.recommendation, "reason": self.reason, "modes": self.modes,
+                "design": self.design, "n_pairs": self.n_pairs, "dropped_pairs": self.dropped_pairs,
+                "failures": self.failures, "seeds_to_resolve": self.seeds_to_resolve,
+                "quality": {k: est(e) for k, e in self.quality.items()}, "cost": est(self.cost),
+                "measures": {k: est(e) for k, e in self.measures.items()},
+                "means": {k: {m: (v if math.isfinite(v) else None) for m, v in d.items()} for k, d in self.means.items()}}
+
+
+def usable(per_trial: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Confirm trials that finished: failed (or unfinished) trials are excluded from every estimate."""
+    if not len(per_trial):
+        return per_trial
+    if len(trials) and "status" in trials:
+        status = dict(zip(trials["trial_id"].astype(str), trials["status"]))
+        keep = [status.get(t) in ("completed", "stopped") for t in per_trial["trial_id"]]
+        return per_trial[keep]
+    return per_trial
+
+
+def failures(trials: pd.DataFrame, plan: dict) -> dict[str, dict[str, int]]:
+    """Per mode: failed trials and trials planned."""
+    planned = pd.Series([t[MODE_KEY] for t in plan["trials"]]).value_counts()
+    failed = (trials[trials["status"] == "failed"][MODE_KEY].value_counts()
+              if len(trials) and "status" in trials and MODE_KEY in trials else pd.Series(dtype=int))
+    return {m: {"failed": int(failed.get(m, 0)), "trials": int(planned.get(m, 0))} for m in plan["modes"]}
+
+
+def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str]) -> tuple[Crossed, dict[str, float]]:
+    """Relative difference of `key` for aligned pair rows (over seeds and test frames where per-frame values exist,
+    over seeds otherwise) and each mode's mean over the same pairs."""
+    x, y = paired_matrices(a, b, key) if key in FRAME_VALUES else (np.empty((0, 0)),) * 2
+    if not x.size:
+        x, y = a[key].to_numpy(float)[:, None], b[key].to_numpy(float)[:, None]
+    keep = np.isfinite(x).all(1) & np.isfinite(y).all(1) if x.size else np.zeros(0, dtype=bool)
+    means = {m: float(v[keep].mean()) if keep.any() else float("nan") for m, v in zip(modes, (x, y))}
+    return crossed_diff(x, y, level=LEVEL), means
+
+
+def seeds_needed(quality: dict[str, Crossed], margin: float) -> Optional[int]:
+    """Seeds that would bring every quality interval clear of -margin at the present estimates and variances."""
+    need = []
+    for e in quality.values():
+        gap = abs(e.mean + margin)
+        if not (math.isfinite(e.se) and e.lo <= -margin <= e.hi):
+            continue
+        n = seeds_for(e.var_seed, e.var_frame, e.var_resid, e.n_frames, gap) if gap > 0 else None
+        if n is None:
+            return None
+        need.append(n)
+    return max(need) if need else None
+
+
+def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, cost_margin: float,
+         modes: list[str]) -> tuple[str, str]:
+    """(recommendation, reason) by the rule in this module's docstring."""
+    c, r = modes
+    m = f"{100 * margin:g}%"
+    shown = ", ".join(f"{SHORT.get(k, k)} {e.pct()}" for k, e in quality.items())
+    n = min((e.n for e in quality.values()), default=0)
+    if not quality or n < MIN_PAIRS or not all(e.has_ci for e in quality.values()):
+        return INCONCLUSIVE, f"only {n} complete pair(s) of {c} and {r} (at least {MIN_PAIRS} are needed)"
+    per_metric = 1 - (1 - LEVEL) / len(quality)  # Bonferroni: "worse on some metric" is a union over the metrics
+    worse = [k for k, e in quality.items() if e.with_level(per_metric).hi < -margin]
+    if worse:
+        return r, f"{c} is worse than {r} by more than the {m} margin ({shown})"
+    if any(e.lo <= -margin for e in quality.values()):
+        return INCONCLUSIVE, f"the interval of {c} vs {r} reaches below the -{m} margin ({shown})"
+    if cost is not None and cost.has_ci and cost.hi < -cost_margin:
+        return c, (f"{c} is within the {m} margin of {r} or better ({shown}) and cheaper on the primary cost "
+                   f"({cost.pct()}, more than the {100 * cost_margin:g}% that counts)")
+    strict = {k: e.with_level(SUPERIORITY_LEVEL) for k, e in quality.items()}
+    if all(e.lo > 0 for e in strict.values()):
+        return c, f"{c} is significantly better than {r} on every quality metric ({shown}), though not cheaper"
+    if all(e.hi < 0 for e in strict.values()):
+        return r, (f"{c} is within the {m} margin ({shown}) but not cheaper, and {r} is significantly better on "
+                   f"every quality metric")
+    costs = f"{c} is not cheaper on the primary cost by more than {100 * cost_margin:g}% ({cost.pct() if cost else 'n/a'})"
+    if all(e.hi < margin for e in quality.values()):
+        return EITHER, (f"equivalent: {c} is within ±{m} of {r} on every quality metric ({shown}), {costs}, and "
+                        f"neither is significantly better")
+    return EITHER, (f"{c} is no worse than {r} beyond the {m} margin ({shown}) and may be better on some metric, but "
+                    f"it is not significantly better on every one, and {costs}")
+
+
+def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_all: bool = True) -> Decision:
+    """The decision from the confirm stage's per-trial table (each trial at its last evaluated epoch), its trials
+    table and the plan written before it ran; `report_all=False` estimates only the measures that decide."""
+    modes = list(plan["modes"])
+    rows = usable(per_trial, trials)
+    rows = rows[rows[MODE_KEY].isin(modes)] if len(rows) else rows
+    keys = [k for k, _, _ in QUALITY + COST if k in rows and np.isfinite(rows[k].to_numpy(float)).any()]
+    keys = list(dict.fromkeys([*plan["quality"], plan["cost"], *(keys if report_all else [])]))
+    measures, means = {}, {}
+    a, b = pair_rows(rows, modes) if len(rows) else (rows, rows)
+    for key in keys:
+        if key in rows:
+            measures[key], means[key] = measure(a, b, key, modes)
+    quality = {k: measures[k] for k in plan["quality"] if k in measures}
+    cost = measures.get(plan["cost"])
+    n_pairs = min((e.n for e in quality.values()), default=0)
+    rec, reason = rule(quality, cost, plan["margin"], plan["cost_margin"], modes)
+    need = seeds_needed(quality, plan["margin"]) if rec == INCONCLUSIVE and n_pairs >= MIN_PAIRS else None
+    if rec == INCONCLUSIVE:
+        if n_pairs < MIN_PAIRS:
+            reason += f" — run the study again with at least {max(MIN_PAIRS, plan['min_seeds'])} seeds"
+        elif need is not None:
+            reason += f" — about {need} seeds (pairs) would resolve it, {max(need - n_pairs, 1)} more than now"
+        else:
+            reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
+    design = {k: plan.get(k) for k in ("cell", "modes", "margin", "quality", "cost", "cost_margin", "epochs",
+                                        "test_frames", "seeds", "hparams", "min_seeds", "max_seeds")}
+    return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
+                    len(plan["seeds"]) - n_pairs, failures(trials, plan), need, design)

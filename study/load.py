@@ -1,0 +1,210 @@
+"""A study (local or behind a URI) into tables: metrics rows, the trials table, study.json, and one row per trial.
+
+Every trial is summarised at its epoch of best validation (`valid_heldout_iou`, ties broken by `valid_heldout_psnr`,
+then the earlier epoch) by `trial_summary`, or at its last evaluated epoch by `final_summary` (the confirm stage
+scores the epoch its design fixed in advance, never one chosen on test data). The explore stage lives in the study
+directory, the confirm stage in its `confirm/` folder (same layout); see docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+MODE_ORDER = ("2d", "3d", "2d_screen")
+CELL = ["grid_size", "max_frames"]
+SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]
+# (key in the per-trial table, label, True when higher is better)
+QUALITY = [("test_heldout_iou", "held-out IoU (test frames)", True),
+           ("test_heldout_psnr", "held-out PSNR, dB, full image (test frames)", True),
+           ("test_heldout_psnr_fg", "held-out foreground PSNR, dB (test frames; pixels where either mask is set)", True),
+           ("test_heldout_ssim", "held-out SSIM (test frames)", True),
+           ("gt_iou3d", "3D IoU vs ground-truth body (test frames)", True)]
+COST = [("epoch_time_s", "training time per epoch, s (median over epochs)", False),
+        ("render_ms", "render time per frame and view, ms", False),
+        ("peak_mem_mb", "peak memory, MB (max over epochs)", False),
+        ("params_per_gaussian", "parameters per Gaussian", False),
+        ("n_gaussians", "Gaussians per frame", False),
+        ("checkpoint_mb", "checkpoint size, MB", False),
+        ("epochs_to_threshold", "epochs to reach the IoU threshold (trials that reached it)", False)]
+LABELS = {k: label for k, label, _ in QUALITY + COST}
+SHORT = {"test_heldout_iou": "IoU", "test_heldout_psnr": "PSNR (full image)", "test_heldout_psnr_fg": "foreground PSNR",
+         "test_heldout_ssim": "SSIM", "gt_iou3d": "3D IoU", "epoch_time_s": "time per epoch", "render_ms": "render time",
+         "peak_mem_mb": "peak memory", "params_per_gaussian": "parameters per Gaussian", "n_gaussians": "Gaussians",
+         "checkpoint_mb": "checkpoint size", "epochs_to_threshold": "epochs to threshold"}
+HIGHER = {k: higher for k, _, higher in QUALITY + COST}
+# measures with per-test-frame values (lists in the metrics, one per evaluated test frame) and the frame indices
+FRAME_VALUES = {k: f"{k}_frames" for k in
+                ("test_heldout_iou", "test_heldout_psnr", "test_heldout_psnr_fg", "test_heldout_ssim")}
+FRAME_IDS = "test_frames"
+THRESHOLD_FRACTION = 0.9
+TRIAL_COLUMNS = ["study", "trial_id", "gaussian_mode", *CELL, "seed", "lr", "ssim_lambda", "selected_epoch", "epochs_run",
+                 *SELECT, *(k for k, _, _ in QUALITY + COST), "iou_threshold", "device", "mem_kind", "status"]
+REQUIRED = ("trial_id", "epoch", "gaussian_mode", "valid_heldout_iou")
+
+
+class AnalysisError(ValueError):
+    """Input that cannot be analysed; the message is one line naming the file and the problem."""
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except Exception as e:  # truncated, foreign or unreadable file
+        raise AnalysisError(f"{path}: not a readable parquet file ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def _study_dir(path: Path) -> Path:
+    """The study directory of an input (a study dir, its metrics/ folder, or a parquet file)."""
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "metrics" else path.parent
+    return path.parent if path.name == "metrics" else path
+
+
+def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(metrics rows, trials table, study.json) of one study directory, its metrics/ folder or a parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise AnalysisError(f"{path}: no such study directory or parquet file")
+    if path.is_file():
+        parts = [path]
+    else:
+        mdir = path / "metrics" if (path / "metrics").is_dir() else path
+        parts = sorted(p for p in mdir.glob("*.parquet") if not p.name.startswith((".", "_")))
+        if not parts:
+            raise AnalysisError(f"{path}: holds no metrics yet (no parquet files in {mdir})")
+    tables = [_read_table(p) for p in tqdm(parts, desc=f"reading {path.name}", leave=False, disable=len(parts) < 500)]
+    try:
+        metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise AnalysisError(f"{path}: metrics parts have incompatible columns ({str(e).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED if c not in metrics]
+    if missing:
+        raise AnalysisError(f"{parts[0] if len(parts) == 1 else path}: not a metrics table "
+                            f"(no column {', '.join(repr(c) for c in missing)})")
+    sdir = _study_dir(path)
+    if "study" not in metrics:
+        metrics["study"] = sdir.name if path.is_dir() else path.stem
+    trials, info = pd.DataFrame(), {}
+    if path.is_dir() and (sdir / "trials.parquet").exists():
+        trials = _read_table(sdir / "trials.parquet").to_pandas()
+    if path.is_dir() and (sdir / "study.json").exists():
+        try:
+            info = json.loads((sdir / "study.json").read_text())
+        except json.JSONDecodeError as e:
+            raise AnalysisError(f"{sdir / 'study.json'}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    return metrics, trials, info
+
+
+@dataclass
+class Study:
+    """Everything read from one or more inputs."""
+
+    metrics: pd.DataFrame  # one row per (study, trial, epoch)
+    trials: pd.DataFrame  # one row per (study, trial); may be empty
+    infos: dict[str, dict] = field(default_factory=dict)  # study name -> study.json
+
+
+def load_studies(paths: list[str | Path]) -> Study:
+    """Read and combine several inputs; a re-reported (study, trial, epoch) keeps its latest row."""
+    ms, ts, infos = [], [], {}
+    for p in paths:
+        m, t, info = load_study(p)
+        ms.append(m)
+        if len(t):
+            if "study" not in t:
+                t["study"] = m["study"].iloc[0]
+            ts.append(t)
+        for name in set(m["study"]):
+            infos[str(name)] = info
+    metrics = pd.concat(ms, ignore_index=True)
+    if "timestamp" in metrics:
+        metrics = metrics.sort_values("timestamp", kind="stable")
+    metrics = metrics.drop_duplicates(["study", "trial_id", "epoch"], keep="last")
+    metrics = normalise(metrics)
+    trials = pd.concat(ts, ignore_index=True).drop_duplicates(["study", "trial_id"], keep="last") if ts else pd.DataFrame()
+    return Study(metrics.reset_index(drop=True), trials, infos)
+
+
+def normalise(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Types and defaults the analysis relies on: float metrics, integer cells (max_frames 0 = all frames)."""
+    m = metrics.copy()
+    m["epoch"] = pd.to_numeric(m["epoch"], errors="coerce")
+    m = m[m["epoch"].notna()]
+    m["epoch"] = m["epoch"].astype(int)
+    for c in ("grid_size", "max_frames", "seed"):
+        m[c] = pd.to_numeric(m[c], errors="coerce").fillna(0).astype(int) if c in m else 0
+    for c in ["valid_heldout_iou", "valid_heldout_psnr", "train_loss", "checkpoint_bytes", "params_per_gaussian",
+              *(k for k, _, _ in QUALITY + COST)]:
+        m[c] = pd.to_numeric(m[c], errors="coerce").astype(float) if c in m else np.nan
+    m["gaussian_mode"] = m["gaussian_mode"].astype(str)
+    m["study"] = m["study"].astype(str)
+    m["trial_id"] = m["trial_id"].astype(str)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- per trial
+
+
+def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, last: bool = False) -> pd.DataFrame:
+    """One row per trial with a validation epoch: quality at its best validation epoch (at its last evaluated epoch
+    when `last`), costs over its epochs, and epochs to reach the IoU threshold of its cell (see cell_thresholds)."""
+    rows = []
+    for (study, tid), t in metrics.sort_values("epoch").groupby(["study", "trial_id"], sort=False):
+        ev = t[np.isfinite(t["valid_heldout_iou"])]
+        if ev.empty:
+            continue
+        best = ev.iloc[-1] if last else ev.sort_values([*SELECT, "epoch"], ascending=[False, False, True],
+                                                       na_position="last").iloc[0]
+        row = best.to_dict()
+        row.update(
+            selected_epoch=int(best["epoch"]), epochs_run=int(t["epoch"].max()),
+            epoch_time_s=float(t["epoch_time_s"].median()), render_ms=float(ev["render_ms"].median()),
+            peak_mem_mb=float(t["peak_mem_mb"].max()),
+            checkpoint_mb=float(t["checkpoint_bytes"].where(t["checkpoint_bytes"] > 0).max()) / 1e6,
+            mem_kind=str(t["mem_kind"].iloc[-1]) if "mem_kind" in t else "unknown",
+            device=str(t["device"].iloc[-1]) if "device" in t else "unknown",
+        )
+        rows.append(row)
+    per_trial = pd.DataFrame(rows)
+    if per_trial.empty:
+        return per_trial
+    thresholds = cell_thresholds(per_trial, threshold)
+    first = {}
+    for (study, tid), t in metrics.groupby(["study", "trial_id"]):
+        key = (int(t["grid_size"].iloc[0]), int(t["max_frames"].iloc[0]))
+        reached = t[t["valid_heldout_iou"] >= thresholds.get(key, np.inf)]
+        first[(study, tid)] = float(reached["epoch"].min()) if len(reached) else np.nan
+    per_trial["iou_threshold"] = [thresholds[(g, f)] for g, f in zip(per_trial.grid_size, per_trial.max_frames)]
+    per_trial["epochs_to_threshold"] = [first[(s, t)] for s, t in zip(per_trial.study, per_trial.trial_id)]
+    return per_trial
+
+
+def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float]) -> dict[tuple[int, int], float]:
+    """The validation IoU a trial must reach to count as converged, per cell: `threshold` when given, else 90% of
+    the lower of the 2d and 3d medians (over trials) of the best validation held-out IoU, so both modes can reach it."""
+    out = {}
+    for key, c in per_trial.groupby(CELL):
+        if threshold is not None:
+            out[key] = float(threshold)
+            continue
+        med = c.groupby("gaussian_mode")["valid_heldout_iou"].median()
+        core = med[med.index.isin(["2d", "3d"])]
+        out[key] = float(THRESHOLD_FRACTION * (core if len(core) else med).min())
+    return out
+
+
+def modes_of(per_trial: pd.DataFrame) -> list[str]:
+    """The modes present, in the order 2d, 3d, 2d_screen, then any other."""
+    present = set(per_trial["gaussian_mode"]) if len(per_trial) else set()
+    return [m for m in MODE_ORDER if m in present] + sorted(present - set(MODE_ORDER))
+

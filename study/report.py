@@ -1,0 +1,356 @@
+"""The report: decision.md, decision.json, CSV tables, figures and a self-contained report.html.
+
+The decision comes from the confirm stage (study.decide); the explore stage's tables follow, marked exploratory.
+Everything is built in a staging folder beside the report and swapped in whole, so a report is never half written.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
+from study.explore import breakdown, cell_dependence, cell_text
+from study.load import CELL, LABELS, SHORT, TRIAL_COLUMNS, AnalysisError, Study, load_studies, trial_summary
+
+DEFAULT_MODES = ["2d", "3d"]
+
+
+@dataclass
+class Stages:
+    """What was read: the explore stage, and the confirm stage with its plan when the study has one."""
+
+    explore: Optional[Study]
+    explore_trials: pd.DataFrame  # per trial, at its best validation epoch
+    confirm: Optional[Study]
+    confirm_trials: pd.DataFrame  # per trial, at its last evaluated epoch (the scored one)
+    plan: Optional[dict]
+
+
+def read_plan(study_dir: Path) -> Optional[dict]:
+    """`<study>/confirm/plan.json`, or None when the study has no confirm stage (yet)."""
+    path = study_dir / "confirm" / "plan.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AnalysisError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> Stages:
+    """Read the inputs: every input's explore stage (combined), and the confirm stage of the one input that has it."""
+    dirs = [Path(p) for p in paths]
+    with_confirm = [d for d in dirs if d.is_dir() and (d / "confirm" / "plan.json").exists()]
+    if len(with_confirm) > 1:
+        raise AnalysisError(f"{', '.join(map(str, with_confirm))}: several studies with a confirm stage; a decision "
+                            f"rests on one confirm stage: analyse them one at a time")
+    explore, per = None, pd.DataFrame()
+    has_explore = [d for d in dirs if not (d.is_dir() and d in with_confirm and not (d / "metrics").is_dir())]
+    if has_explore:  # a study whose explore records are gone (or were never copied) still has its decision
+        explore = load_studies(has_explore)
+        per = trial_summary(explore.metrics, threshold)
+        if len(per) and len(explore.trials) and "status" in explore.trials:
+            per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+    confirm, cper, plan = None, pd.DataFrame(), None
+    if with_confirm:
+        plan = read_plan(with_confirm[0])
+        cdir = with_confirm[0] / "confirm"
+        if (cdir / "metrics").is_dir() and any((cdir / "metrics").glob("*.parquet")):
+            confirm = load_studies([cdir])
+            cper = trial_summary(confirm.metrics, threshold, last=True)
+            if len(cper) and len(confirm.trials) and "status" in confirm.trials:
+                cper = cper.merge(confirm.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+    return Stages(explore, per, confirm, cper, plan)
+
+
+def no_decision(reason: str, modes: list[str]) -> Decision:
+    return Decision(INCONCLUSIVE, reason, modes, {}, None, {}, {}, 0, 0, {})
+
+
+def decision_of(stages: Stages, margin: Optional[float]) -> tuple[Decision, list[str]]:
+    """The confirm stage's decision (or why there is none) and notes on it."""
+    notes: list[str] = []
+    plan = stages.plan
+    if plan is None:
+        return no_decision("the study has no confirm stage, so nothing is decided: the explore stage's tables are "
+                           "exploratory (add a `confirm` block to the space, docs/search_spaces.md)",
+                           DEFAULT_MODES), notes
+    if margin is not None and not math.isclose(margin, plan["margin"]):
+        notes.append(f"--margin {margin:g} replaces the pre-specified margin {plan['margin']:g} after the fact: "
+                     f"this is no longer the planned test.")
+        plan = {**plan, "margin": margin}
+    if stages.confirm is None or stages.confirm_trials.empty:
+        return no_decision("the confirm stage has not reported an evaluated trial yet (still running or "
+                           "interrupted: run the study command again)", plan["modes"]), notes
+    d = decide(stages.confirm_trials, stages.confirm.trials, plan)
+    done = stages.confirm.trials["status"].isin(["completed", "stopped", "failed"]).sum() \
+        if len(stages.confirm.trials) and "status" in stages.confirm.trials else 0
+    if done < len(plan["trials"]):
+        notes.append(f"The confirm stage has finished {done} of its {len(plan['trials'])} planned trials: the "
+                     f"decision uses the pairs finished so far (run the study command again to complete it).")
+    return d, notes
+
+
+def fmt_mean(v: float, key: str) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.4g}"
+
+
+def confirm_table(d: Decision, plan: dict) -> pd.DataFrame:
+    """One row per measure: each mode's mean over the pairs, the relative difference [95%], what it decides."""
+    c, r = d.modes
+    rows = []
+    for key, e in d.measures.items():
+        role = ("decides (quality)" if key in plan["quality"] else "decides (primary cost)" if key == plan["cost"]
+                else "reported")
+        vals = d.means.get(key, {})
+        if role == "reported" and len({round(v, 12) for v in vals.values() if math.isfinite(v)}) <= 1 \
+                and not (e.has_ci and e.lo != e.hi):
+            continue  # the same value in both modes carries no information
+        rows.append({"measure": LABELS.get(key, key), "key": key, c: fmt_mean(vals.get(c, math.nan), key),
+                     r: fmt_mean(vals.get(r, math.nan), key), f"{c} vs {r} (95%)": e.pct(), "pairs": e.n,
+                     "test frames": e.n_frames if e.n_frames > 1 else "-", "role": role})
+    for m, f in d.failures.items():
+        rows.append({"measure": f"failed trials of {m}", "key": f"failed_{m}", c: "", r: "",
+                     f"{c} vs {r} (95%)": f"{f['failed']} of {f['trials']}" + (
+                         f" ({100 * f['failed'] / f['trials']:.0f}%)" if f["trials"] else ""),
+                     "pairs": "", "test frames": "", "role": "excluded from the estimates"})
+    return pd.DataFrame(rows)
+
+
+def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
+    """The design the decision rests on, in words (Markdown lines)."""
+    if plan is None:
+        return []
+    c, r = plan["modes"]
+    hp = "; ".join(f"{m}: " + ", ".join(f"{k} {v:.3g}" for k, v in h.items() if isinstance(v, float)
+                                        and k in plan["trials"][0]) + f" (explore trial {h['from_trial']})"
+                   for m, h in plan["hparams"].items())
+    q = " and ".join(SHORT.get(k, k) for k in plan["quality"])
+    lines = [
+        f"Design (pre-specified in `confirm/plan.json`, written {plan['written'][:19]} UTC before the confirm trials "
+        f"started): {c} vs {r} at {cell_text(plan['cell'])}; {d.n_pairs} pairs of {len(plan['seeds'])} planned "
+        f"seeds ({d.dropped_pairs} dropped: a failed or missing member), paired by seed (same initialisation seed "
+        f"and frame order, identical train/valid/test frames and held-out views); {plan['epochs']} epochs, no early "
+        f"stopping, scored at the last epoch on {plan['test_frames']} test frames; hyperparameters fixed from the "
+        f"explore stage on validation data ({hp}).",
+        "",
+        f"Rule: relative difference ({c} - {r}) / {r} of {q} against a {100 * plan['margin']:g}% margin "
+        f"(non-inferiority, equivalence); primary cost {SHORT.get(plan['cost'], plan['cost'])}, where "
+        f"{c} counts as cheaper when its interval lies below -{100 * plan['cost_margin']:g}%. {int(100 * LEVEL)}% "
+        f"t intervals over seeds and test frames (two-way random effects, Satterthwaite df); claims of superiority "
+        f"within the margin use {100 * SUPERIORITY_LEVEL:g}% intervals. Full-image PSNR and the costs are reported, "
+        f"not decided on. See docs/analysis.md.",
+    ]
+    plans = [f"{SHORT.get(k, k)}: expected ±{100 * p['expected_halfwidth']:.2g}% at "
+             f"{len(plan['seeds'])} seeds, a true deficit beyond the margin by {100 * p['detectable_beyond_margin']:.2g}"
+             f" points is called with 80% power (explore variance from {p['pairs']} pairs)"
+             for k, p in plan["planning"].items() if p.get("expected_halfwidth") is not None]
+    if plans or plan.get("notes"):
+        lines += ["", "Plan from the explore stage's variance (an upper bound: explore trials differ in their "
+                      "hyperparameters): " + "; ".join(plans + plan.get("notes", [])) + "."]
+    return lines
+
+
+def decision_plot_rows(d: Decision) -> list[tuple[str, float, float, float]]:
+    keys = list(d.quality) + ([k for k in d.measures if k == d.design.get("cost")])
+    return [(SHORT.get(k, k), d.measures[k].mean, d.measures[k].lo, d.measures[k].hi)
+            for k in keys if k in d.measures]
+
+
+def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = None, threshold: Optional[float] = None,
+                 renders: bool = True) -> Decision:
+    """Analyse the inputs and write the report directory (built aside, then swapped in)."""
+    from study import plots
+
+    stages = read_stages(paths, threshold)
+    per = stages.explore_trials
+    if per.empty and stages.confirm_trials.empty:
+        raise AnalysisError(f"{', '.join(map(str, paths))}: no trial has reached a validation epoch yet")
+    d, dnotes = decision_of(stages, margin)
+    plan = stages.plan if margin is None or stages.plan is None else {**stages.plan, "margin": margin}
+    modes = d.modes
+    explore_notes = (status_notes(stages.explore, per, "explore", modes) if len(per) else
+                     ["No explore-stage records were read: the report has no exploratory tables."])
+    confirm_notes = (status_notes(stages.confirm, stages.confirm_trials, "confirm", modes)
+                     if stages.confirm is not None and len(stages.confirm_trials) else [])
+    depends = cell_dependence(per, tuple(modes)) if len(per) else None
+    tables = {}
+    if len(per):
+        tables = {"Per cell": breakdown(per, CELL, tuple(modes)),
+                  "Per grid_size": breakdown(per, ["grid_size"], tuple(modes)),
+                  "Per max_frames": breakdown(per, ["max_frames"], tuple(modes))}
+    n_groups = sum(len(t) for t in tables.values())
+    multiplicity = (f"Exploratory: these {n_groups} comparisons use the explore trials, whose hyperparameters were "
+                    f"tuned separately per mode and some of which ASHA stopped early; with {n_groups} 95% intervals, "
+                    f"about {n_groups / 20:.1f} would miss by chance alone. They suggest where to look; they decide "
+                    f"nothing.")
+    ctable = confirm_table(d, plan) if plan is not None and d.measures else pd.DataFrame()
+    out = Path(out)
+    staging = prepare_out(out)
+    try:
+        figures = []
+        if d.quality:
+            figures.append(plots.intervals(decision_plot_rows(d), plan["margin"],
+                                           f"{modes[0]} vs {modes[1]}, confirm stage", staging))
+        if stages.confirm is not None and len(stages.confirm_trials):
+            figures.append(plots.curves(stages.confirm.metrics, staging, "curves_confirm.png", "Confirm stage. "))
+        if len(per):
+            figures += plots.all_plots(stages.explore.metrics, per, staging)
+        render_notes: list[str] = []
+        if renders and plan is not None and len(stages.confirm_trials):
+            from study import renders as rd
+
+            cell = tuple(0 if plan["cell"].get(k) is None else plan["cell"][k] for k in CELL)
+            made, why = rd.render_figures(stages.confirm_trials, stages.confirm.trials, {m: cell for m in modes},
+                                          staging)
+            figures += made
+            render_notes += why + (["Renders show each mode's confirm trial with the best validation score, from "
+                                    "its last checkpoint: the epoch that was scored."] if made else [])
+        elif not renders:
+            render_notes.append("Renders skipped (--no-renders).")
+        notes = dnotes + confirm_notes + explore_notes + render_notes
+        head = [f"**Recommendation: {d.recommendation}** — {d.reason}.", "", *design_lines(d, plan)]
+        if depends:
+            head += ["", depends]
+        md = ["# 2D vs 3D Gaussian splatting: decision", "", *head]
+        if len(ctable):
+            md += ["", "## Confirm stage (the decision)", "", ctable.drop(columns="key").to_markdown(index=False)]
+        if tables:
+            md += ["", "## Explore stage (exploratory)", "", multiplicity]
+        for title, tbl in tables.items():
+            md += ["", f"### {title}", "", tbl.to_markdown(index=False)]
+        md += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+        md += ["", "## Figures", "", *[f"- `{p.name}`: {cap}" for p, cap in figures]]
+        (staging / "decision.md").write_text("\n".join(md) + "\n")
+        (staging / "decision.json").write_text(json.dumps(d.to_json(), indent=1, allow_nan=False) + "\n")
+        if len(ctable):
+            ctable.to_csv(staging / "decision.csv", index=False)
+        if tables:
+            pd.concat([t.assign(table=name) for name, t in tables.items()]).to_csv(staging / "explore.csv", index=False)
+        trial_tables = [t.assign(stage=s) for s, t in (("explore", per), ("confirm", stages.confirm_trials)) if len(t)]
+        if trial_tables:
+            tt = pd.concat(trial_tables, ignore_index=True)
+            tt[["stage", *(c for c in TRIAL_COLUMNS if c in tt)]].to_csv(staging / "trials.csv", index=False)
+        (staging / "report.html").write_text(html_page(d, head, ctable, notes, tables, multiplicity, figures))
+        swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return d
+
+
+def _md_inline(text: str) -> str:
+    """Escape text for HTML and turn Markdown's **bold** and `code` into tags."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def html_page(d: Decision, head: list[str], ctable: pd.DataFrame, notes: list[str], tables: dict[str, pd.DataFrame],
+              multiplicity: str, figures: list[tuple[Path, str]]) -> str:
+    """One self-contained page: banner, design, tables, notes and every figure embedded as a data URI."""
+    mime = {".png": "image/png", ".gif": "image/gif"}
+    figs = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:{mime[p.suffix]};base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+        for p, cap in figures if p.suffix in mime
+    )
+    paras = [h for h in head if h]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>2D vs 3D Gaussian splatting: decision"
+        "</title><style>body{font-family:system-ui,sans-serif;max-width:1280px;margin:1em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;padding:3px 6px}"
+        "th{background:#eee;text-align:left}img{max-width:100%}figure{margin:1.5em 0}.rec{font-size:120%;padding:.6em;"
+        "background:#f4f4d0}.explore{color:#555}</style></head><body>",
+        "<h1>2D vs 3D Gaussian splatting: decision</h1>",
+        f"<p class='rec'>{_md_inline(paras[0])}</p>", *[f"<p>{_md_inline(p)}</p>" for p in paras[1:]],
+    ]
+    if len(ctable):
+        parts += ["<h2>Confirm stage (the decision)</h2>", ctable.drop(columns="key").to_html(index=False, border=0)]
+    if tables:
+        parts += ["<h2 class='explore'>Explore stage (exploratory)</h2>",
+                  f"<p class='explore'>{html.escape(multiplicity)}</p>"]
+    for t, tbl in tables.items():
+        parts += [f"<h3 class='explore'>{html.escape(t)}</h3>", tbl.to_html(index=False, border=0)]
+    parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
+              f"<h2>Figures</h2>{figs}</body></html>"]
+    return "".join(parts)
+
+
+def status_notes(study: Study, per_trial: pd.DataFrame, stage: str, modes: list[str]) -> list[str]:
+    """What the numbers of a stage stand on: trial states, running or interrupted studies, modes without trials,
+    devices."""
+    notes = []
+    m, t = study.metrics, study.trials
+    names = sorted(set(m["study"]))
+    notes.append(f"{stage}: {len(per_trial)} evaluated trials from {len(names)} study(ies) ({', '.join(names)}); "
+                 f"{m.groupby(['study', 'trial_id']).ngroups - len(per_trial)} trial(s) reported no validation "
+                 f"epoch yet.")
+    if len(t) and "status" in t:
+        for name, rows in t.groupby("study"):
+            counts = rows["status"].value_counts()
+            notes.append(f"{stage}, {name}: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in
+                                                  ("completed", "stopped", "failed", "running", "pending")
+                                                  if counts.get(s, 0)) + " trial(s).")
+            unfinished = int(rows["status"].isin(["running", "pending"]).sum())
+            if unfinished:
+                notes.append(f"{name}: {unfinished} trial(s) still running or interrupted: the numbers use the "
+                             f"epochs they reported so far.")
+            failed = rows[rows["status"] == "failed"]
+            for mode, f in failed.groupby(failed.get("gaussian_mode", pd.Series("?", index=failed.index))):
+                errs = sorted(set(str(e).splitlines()[0][:200] for e in f.get("error", pd.Series(dtype=str)).dropna()))
+                notes.append(f"{name}: {len(f)} {mode} trial(s) failed" + (f" ({'; '.join(errs[:3])})" if errs else "")
+                             + ".")
+    else:
+        notes.append("No trials.parquet: trial states unknown (the study may still be running or was interrupted).")
+    for name in names:
+        space = study.infos.get(name, {}).get("space")
+        if space and stage == "explore":
+            planned = len(space.get("modes", [])) * space.get("samples_per_cell", 1) * int(
+                np.prod([len(v) for v in space.get("grid", {}).values()] or [1]))
+            seen = len(t[t["study"] == name]) if len(t) and "study" in t else m[m["study"] == name]["trial_id"].nunique()
+            if seen < planned:
+                notes.append(f"{name}: {seen} of {planned} planned trials started: the study is still running or "
+                             f"was interrupted.")
+    for mode in modes:
+        if mode not in set(per_trial.gaussian_mode):
+            notes.append(f"{stage}: mode {mode} has no trial with a validation epoch.")
+    for col in ("device", "mem_kind"):
+        kinds = sorted(set(per_trial[col]))
+        if len(kinds) > 1:
+            notes.append(f"Trials ran with different {col} ({', '.join(kinds)}): costs compare across them only "
+                         f"roughly.")
+    return notes
+
+
+
+def prepare_out(out: Path) -> Path:
+    """A fresh staging directory beside `out`; refuses an `out` that is not a report directory."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "decision.md").exists())):
+        raise AnalysisError(f"{out}: exists and is not a report directory (no decision.md); choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by the finished staging directory."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,214 @@
+"""Planted-truth simulation of the confirm stage: how often the decision is right, wrong, or inconclusive.
+
+`python -m study.simulate [--studies N]` generates confirm-stage outputs in the schema the analysis reads (the
+per-trial table of study.load.trial_summary, the trials table, the plan; `write_study` writes them as a real study
+folder), with known differences between the modes and noise at least that measured in a real confirm stage, runs
+study.decide on each, and prints (and with --write, puts into docs/analysis.md) the rates of every call and the
+coverage of the 95% intervals. tests/test_decide.py asserts the rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from study.decide import EITHER, INCONCLUSIVE, decide
+
+QUALITY = ("test_heldout_iou", "test_heldout_psnr_fg")
+LEVELS = {"test_heldout_iou": 0.82, "test_heldout_psnr_fg": 16.5, "test_heldout_psnr": 29.0}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Relative standard deviations of the per-(seed, frame) difference between the modes (seed, frame, rest), of
+    the levels both modes share (a seed's luck, a frame's difficulty), and of the per-pair cost ratio.
+
+    Defaults are at least those measured in the CPU comparison space's confirm stage (docs/analysis.md): relative
+    difference of IoU sd 0.52% (seed), 0.77% (frame), 1.18% (rest); of foreground PSNR 0.78%, 0.21%, 0.62%."""
+
+    seed: float = 0.008
+    frame: float = 0.010
+    resid: float = 0.015
+    shared_seed: float = 0.01
+    shared_frame: float = 0.05
+    cost: float = 0.20
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A planted truth: the challenger's quality and cost relative to the reference's, and the calls that are right
+    and that are in the wrong direction for it."""
+
+    name: str
+    quality: float  # relative difference of every quality metric, e.g. -0.05: 5% worse
+    cost: float  # relative difference of the primary cost, e.g. -0.3: 30% cheaper
+    right: tuple[str, ...]
+    wrong: tuple[str, ...]
+
+
+MODES = ("2d", "3d")
+TRUTHS = [
+    Truth("2D 5% worse", -0.05, 0.0, ("3d",), ("2d", EITHER)),
+    Truth("2D 0.5% worse, 30% faster", -0.005, -0.3, ("2d",), ("3d",)),
+    Truth("identical quality, 2D 30% faster", 0.0, -0.3, ("2d",), ("3d",)),
+    Truth("2D 3% worse, 30% faster", -0.03, -0.3, ("3d",), ("2d", EITHER)),
+    Truth("2D 2.1% worse, 30% faster (border)", -0.021, -0.3, ("3d", INCONCLUSIVE), ("2d", EITHER)),
+    Truth("2D 1.9% worse, 30% faster (border)", -0.019, -0.3, ("2d", INCONCLUSIVE), ("3d",)),
+    Truth("2D 1.9% worse, equal cost (border)", -0.019, 0.0, ("3d", INCONCLUSIVE, EITHER), ("2d",)),
+    Truth("identical, equal cost (null)", 0.0, 0.0, (EITHER, INCONCLUSIVE), ("2d", "3d")),
+    Truth("2D 1% better, equal cost", 0.01, 0.0, ("2d", EITHER, INCONCLUSIVE), ("3d",)),
+]
+
+
+def make_plan(seeds: int, frames: int, margin: float = 0.02, cost_margin: float = 0.05) -> dict:
+    """A confirm plan as study.confirm.plan_confirm writes it (the fields study.decide reads)."""
+    seed_list = [10_000 + i for i in range(seeds)]
+    return {"format": 1, "written": "2026-01-01T00:00:00+00:00", "cell": {"grid_size": 32, "max_frames": None},
+            "modes": list(MODES), "margin": margin, "quality": list(QUALITY), "cost": "epoch_time_s",
+            "cost_margin": cost_margin, "min_seeds": seeds, "max_seeds": seeds, "select": "valid_heldout_iou",
+            "epochs": 8, "test_frames": frames, "seeds": seed_list, "planning": {}, "notes": [],
+            "hparams": {m: {"lr": 1e-3, "from_trial": "x"} for m in MODES},
+            "trials": [{"grid_size": 32, "max_frames": None, "gaussian_mode": m, "seed": s, "lr": 1e-3}
+                       for s in seed_list for m in MODES]}
+
+
+def generate(truth: Truth, seeds: int, frames: int, noise: Noise, rng: np.random.Generator,
+             fail: Optional[dict[str, int]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-trial table, trials table) of one simulated confirm stage; `fail`: mode -> how many of its trials
+    failed (the first seeds)."""
+    seed_ids = [10_000 + i for i in range(seeds)]
+    frame_ids = list(range(200, 200 + frames))
+    rows, trials = [], []
+    shape = (seeds, frames)
+    per_key = {}
+    for key in (*QUALITY, "test_heldout_psnr"):
+        shared = (1 + rng.normal(0, noise.shared_seed, (seeds, 1)) + rng.normal(0, noise.shared_frame, (1, frames))
+                  + rng.normal(0, noise.resid, shape))
+        ref = LEVELS[key] * shared
+        diff = (rng.normal(0, noise.seed, (seeds, 1)) + rng.normal(0, noise.frame, (1, frames))
+                + rng.normal(0, noise.resid, shape))
+        q = truth.quality if key in QUALITY else 0.0
+        per_key[key] = {"3d": ref, "2d": LEVELS[key] * (1 + q) * (shared + diff)}
+    t_ref = 2.0 * np.exp(rng.normal(0, 0.1, seeds))  # machine load, shared by a pair that runs side by side
+    t = {"3d": t_ref, "2d": t_ref * (1 + truth.cost) * np.exp(rng.normal(0, noise.cost, seeds))}
+    for i, s in enumerate(seed_ids):
+        for m in MODES:
+            tid = f"{m}-{s}"
+            failed = i < (fail or {}).get(m, 0)
+            trials.append({"study": "sim", "trial_id": tid, "gaussian_mode": m, "seed": s,
+                           "status": "failed" if failed else "completed",
+                           "error": "NonFiniteLossError: simulated" if failed else None})
+            if failed:
+                continue
+            row = {"study": "sim", "trial_id": tid, "gaussian_mode": m, "grid_size": 32, "max_frames": 0, "seed": s,
+                   "lr": 1e-3, "epoch": 8, "selected_epoch": 8, "epochs_run": 8, "valid_heldout_iou": 0.8,
+                   "valid_heldout_psnr": 28.0,
+                   "epoch_time_s": float(t[m][i]), "peak_mem_mb": 100.0, "render_ms": 3.0,
+                   "params_per_gaussian": {"2d": 13.0, "3d": 14.0}[m], "test_frames": frame_ids,
+                   "status": "completed"}
+            for key, v in per_key.items():
+                row[key] = float(v[m][i].mean())
+                row[f"{key}_frames"] = v[m][i].tolist()
+            rows.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(trials)
+
+
+def rates(truth: Truth, seeds: int, frames: int, noise: Noise = Noise(), n: int = 400, seed: int = 0) -> dict:
+    """Share of each call over n simulated studies, and the coverage of the quality metrics' 95% intervals."""
+    rng = np.random.default_rng(seed)
+    plan = make_plan(seeds, frames)
+    calls, covered = [], []
+    for _ in range(n):
+        per, trials = generate(truth, seeds, frames, noise, rng)
+        d = decide(per, trials, plan, report_all=False)
+        calls.append(d.recommendation)
+        covered += [e.lo <= truth.quality <= e.hi for e in d.quality.values()]
+    c = pd.Series(calls).value_counts(normalize=True)
+    return {"truth": truth.name, "seeds": seeds, "frames": frames, "n": n,
+            **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
+            "right": float(sum(c.get(k, 0.0) for k in truth.right)),
+            "wrong": float(sum(c.get(k, 0.0) for k in truth.wrong)),
+            "coverage": float(np.mean(covered))}
+
+
+def write_study(root: Path, per: pd.DataFrame, trials: pd.DataFrame, plan: dict, name: str = "sim",
+                checkpoints: Optional[dict[str, Path]] = None) -> Path:
+    """A study folder with a confirm stage, as study.run writes it: confirm/metrics parts (one per trial at its
+    scored epoch), confirm/trials.parquet (with `checkpoints[mode]` as every trial's checkpoint), confirm/plan.json,
+    and study.json unless the folder has one (an explore stage written before)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = root / name
+    (d / "confirm" / "metrics").mkdir(parents=True)
+    trials = trials.assign(checkpoint_path=[str((checkpoints or {}).get(m)) if (checkpoints or {}).get(m) else None
+                                            for m in trials["gaussian_mode"]])
+    for _, r in per.iterrows():
+        row = {k: v for k, v in r.items() if k not in ("selected_epoch", "epochs_run", "status")}
+        row.update(study=name, checkpoint_bytes=1_000_000, mem_kind="cpu_rss_delta", device="cpu",
+                   timestamp=pd.Timestamp("2026-01-01", tz="UTC"))
+        types = {k: pa.list_(pa.int64() if k == "test_frames" else pa.float64()) for k in row if
+                 k.endswith("_frames") and isinstance(row[k], list)}
+        table = pa.Table.from_pylist([row])
+        for k, typ in types.items():
+            table = table.set_column(table.column_names.index(k), k, table[k].cast(typ))
+        pq.write_table(table, d / "confirm" / "metrics" / f"part-{r['trial_id']}-{int(r['epoch']):04d}.parquet")
+    pq.write_table(pa.Table.from_pandas(trials.assign(study=name), preserve_index=False),
+                   d / "confirm" / "trials.parquet")
+    (d / "confirm" / "plan.json").write_text(json.dumps(plan))
+    if not (d / "study.json").exists():
+        (d / "study.json").write_text(json.dumps({"space": {"name": name, "modes": list(MODES)}}))
+    return d
+
+
+DESIGNS = [("CPU comparison (shipped: 10 seeds x 100 test frames)", 10, 100),
+           ("the fewest seeds a comparison plan allows (6 x 100)", 6, 100),
+           ("GPU comparison at its cap (24 seeds x 100 test frames)", 24, 100),
+           ("few test frames (10 seeds x 8 frames)", 10, 8)]
+
+
+def table(n: int, designs=DESIGNS, truths=TRUTHS) -> pd.DataFrame:
+    out = []
+    for label, s, f in designs:
+        for i, t in enumerate(truths):
+            r = rates(t, s, f, n=n, seed=i)
+            out.append({"design": label, **r})
+    return pd.DataFrame(out)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    shown = df.assign(**{k: df[k].map(pct) for k in ("2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage")})
+    return shown[["design", "truth", "2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage"]].to_markdown(
+        index=False)
+
+
+MARK_BEGIN, MARK_END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.simulate", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--studies", type=int, default=1000, help="simulated studies per (design, truth)")
+    p.add_argument("--write", action="store_true", help="replace the table in docs/analysis.md")
+    a = p.parse_args(argv)
+    md = markdown(table(a.studies))
+    print(md)
+    if a.write:
+        doc = Path(__file__).resolve().parents[1] / "docs" / "analysis.md"
+        text = doc.read_text()
+        i, j = text.index(MARK_BEGIN), text.index(MARK_END)
+        text = text[: i + len(MARK_BEGIN)] + f"\n{md}\n" + text[j:]
+        doc.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
