@@ -102,82 +102,64 @@ def recommendation(report: Path) -> str:
     return re.search(r"\*\*Recommendation: (\S+)\*\*", (report / "decision.md").read_text()).group(1)
 
 
-# ----------------------------------------------------------------------------------------------- planted truth
+def explore_table(report: Path, name: str = "Per cell") -> pd.DataFrame:
+    t = pd.read_csv(report / "explore.csv")
+    return t[t.table == name].set_index("group")
+
+
+def interval(text: str) -> tuple[float, float, float]:
+    """'-5.0% [-5.4%, -4.6%]' -> (-0.05, -0.054, -0.046)."""
+    m = re.match(r"([-+\d.]+)% \[([-+\d.]+)%, ([-+\d.]+)%\]", text)
+    return tuple(float(v) / 100 for v in m.groups())
+
+
+def add_confirm(study: Path, effect: float, cost: float = 0.0, seeds: int = 6, frames: int = 20,
+                checkpoints: dict | None = None, rng_seed: int = 0) -> Path:
+    """Give an explore study a confirm stage with a planted truth (study.simulate's generator)."""
+    from study.simulate import Noise, Truth, generate, make_plan, write_study
+
+    plan = make_plan(seeds, frames)
+    per, trials = generate(Truth("t", effect, cost, (), ()), seeds, frames, Noise(), np.random.default_rng(rng_seed))
+    return write_study(study.parent, per.assign(study=study.name), trials, plan, study.name, checkpoints)
+
+
+# ----------------------------------------------------------------------------------------------- explore and confirm
 
 
 @pytest.mark.parametrize("frames", [None, 6], ids=["trial-means", "per-frame"])
-@pytest.mark.parametrize("effect, winner, iou_winner", [
-    (+0.05, "2d", "2d"),     # 2d better by 5%
-    (0.0, "2d", "tie"),      # equal within noise; 2d is 20% faster
-    (-0.05, "3d", "3d"),     # 3d better by 5% (2d = 0.95 x 3d)
-])
-def test_planted_truth_picks_the_winner(tmp_path, capsys, effect, winner, iou_winner, frames):
-    study = make_study(tmp_path, effect=effect, frames=frames)
+def test_explore_only_study_decides_nothing(tmp_path, capsys, frames):
+    """Without a confirm stage there is no decision: 'inconclusive' with the reason, decision.json written, exit 0;
+    the explore tables are there, marked exploratory, and their intervals cover the planted -5%."""
+    study = make_study(tmp_path, effect=-0.05, frames=frames)
     rc, out, err = run([study], capsys)
     assert rc == 0, err
     report = study / "report"
-    assert recommendation(report) == winner
-    assert f"recommendation: {winner}" in out
-    t = table(report)
-    assert t.loc["test_heldout_iou", "winner"] == iou_winner
-    assert t.loc["test_heldout_iou", "ci_over"] == ("seeds and test frames" if frames else "seeds")
-    assert t.loc["epoch_time_s", "ci_over"] == "seeds"
-    # the planted relative difference lies inside the interval (both modes' best cell is paired by seed)
-    for key in ("test_heldout_iou", "test_heldout_psnr"):
-        assert t.loc[key, "rel_lo"] <= effect <= t.loc[key, "rel_hi"], key
-        assert bool(t.loc[key, "paired"]) and t.loc[key, "n_pairs"] == 6
-    assert t.loc["test_heldout_iou", "2d_n"] == 6 and t.loc["test_heldout_iou", "2d_seeds"] == 6
-    assert t.loc["epoch_time_s", "rel_hi"] < 0  # 2d is faster, and the interval says so
-    assert "gt_iou3d" not in t.index  # no ground truth in this data: no row
+    assert recommendation(report) == "inconclusive" and "no confirm stage" in out
+    assert json.loads((report / "decision.json").read_text())["recommendation"] == "inconclusive"
     md = (report / "decision.md").read_text()
-    assert md.startswith("# 2D vs 3D") and "## Per grid_size" in md and "## Per max_frames" in md
+    assert "## Explore stage (exploratory)" in md and "would miss by chance alone" in md
+    for group, row in explore_table(report).iterrows():
+        mean, lo, hi = interval(row["IoU 2d vs 3d"])
+        assert lo <= -0.05 <= hi, group
+    assert explore_table(report).loc["all cells", "pairs"] == 24
+    assert not (report / "decision.csv").exists()  # no confirm table without a confirm stage
 
 
-def test_intervals_over_seeds_and_test_frames(tmp_path, capsys):
-    """The same trials with and without per-frame values: frames whose difficulty varies a lot widen each mode's
-    interval (a two-level bootstrap over seeds and test frames), while the paired relative difference, whose frame
-    effect both modes share, stays about as narrow and still covers the planted -5%."""
-    old = make_study(tmp_path, "old", effect=-0.05)
-    new = make_study(tmp_path, "new", effect=-0.05, frames=6, frame_sd=0.08)
-    for s in (old, new):
-        assert run([s], capsys)[0] == 0
-    a, b = table(old / "report"), table(new / "report")
-    for key in ("test_heldout_iou", "test_heldout_psnr"):
-        assert b.loc[key, "3d_mean"] == pytest.approx(a.loc[key, "3d_mean"])
-        assert b.loc[key, "3d_hi"] - b.loc[key, "3d_lo"] > 2 * (a.loc[key, "3d_hi"] - a.loc[key, "3d_lo"])
-        assert b.loc[key, "3d_lo"] <= b.loc[key, "3d_mean"] <= b.loc[key, "3d_hi"]
-        assert b.loc[key, "rel_lo"] <= -0.05 <= b.loc[key, "rel_hi"]
-        assert b.loc[key, "rel_hi"] - b.loc[key, "rel_lo"] < 1.5 * (a.loc[key, "rel_hi"] - a.loc[key, "rel_lo"])
-        assert b.loc[key, "ci_over"] == "seeds and test frames" and a.loc[key, "ci_over"] == "seeds"
-    assert recommendation(new / "report") == recommendation(old / "report") == "3d"
-    md = (new / "report" / "decision.md").read_text()
-    assert "95% bootstrap intervals over seeds and test frames" in md
-    assert "are two-level bootstraps over seeds and test frames" in md and "fall back" not in md
-    old_md = (old / "report" / "decision.md").read_text()
-    assert "intervals fall back to trials (seeds) only" in old_md and "95% bootstrap intervals over seeds." in old_md
-
-
-def test_old_format_metrics_table_still_decides(tmp_path, capsys):
-    """A metrics table written before per-frame values existed (one parquet file, no `*_frames` columns) and such a
-    study pooled with a new one: the decision table is made with trial-level intervals and the notes say so."""
-    old = make_study(tmp_path, "old", effect=-0.05, seeds=range(3), rng_seed=1)
-    rows = pd.concat([pd.read_parquet(p) for p in sorted((old / "metrics").glob("*.parquet"))])
-    assert not {"test_frames", "test_heldout_iou_frames"} & set(rows)
-    (tmp_path / "flat").mkdir()
-    rows.to_parquet(tmp_path / "flat" / "all.parquet")
-    rc, _, err = run([tmp_path / "flat" / "all.parquet", "--out", tmp_path / "r1"], capsys)
+@pytest.mark.parametrize("effect, cost, winner", [(-0.05, 0.0, "3d"), (0.0, -0.3, "2d"), (0.0, 0.0, "either")])
+def test_confirm_stage_decides(tmp_path, capsys, effect, cost, winner):
+    """The explore stage says one thing (2d 5% better in every cell), the confirm stage another: the decision is the
+    confirm stage's."""
+    study = make_study(tmp_path, effect=+0.05)
+    add_confirm(study, effect, cost, seeds=8, frames=40)
+    rc, out, err = run([study], capsys)
     assert rc == 0, err
-    t = table(tmp_path / "r1")
-    assert recommendation(tmp_path / "r1") == "3d" and t.loc["test_heldout_iou", "ci_over"] == "seeds"
-    assert t.loc["test_heldout_iou", "rel_lo"] <= -0.05 <= t.loc["test_heldout_iou", "rel_hi"]
-    assert "intervals fall back to trials (seeds) only" in (tmp_path / "r1" / "decision.md").read_text()
-    new = make_study(tmp_path, "new", effect=-0.05, seeds=range(3, 6), rng_seed=2, frames=6)
-    rc, _, err = run([old, new, "--out", tmp_path / "r2"], capsys)
-    assert rc == 0, err
-    t = table(tmp_path / "r2")
-    assert t.loc["test_heldout_iou", "n_pairs"] == 6 and t.loc["test_heldout_iou", "ci_over"] == "seeds"
-    assert recommendation(tmp_path / "r2") == "3d"
-    assert "intervals fall back to trials (seeds) only" in (tmp_path / "r2" / "decision.md").read_text()
+    assert recommendation(study / "report") == winner and f"recommendation: {winner}" in out
+    t = table(study / "report")
+    lo, hi = t.loc["test_heldout_iou", "2d vs 3d (95%)"], None
+    mean, lo, hi = interval(lo)
+    assert lo <= effect <= hi
+    md = (study / "report" / "decision.md").read_text()
+    assert "8 pairs of 8 planned seeds" in md and "## Explore stage (exploratory)" in md
 
 
 def test_sink_writes_per_frame_lists_that_analysis_reads(tmp_path):
@@ -186,7 +168,7 @@ def test_sink_writes_per_frame_lists_that_analysis_reads(tmp_path):
     metrics/ dataset (pandas, pyarrow.dataset) gets one schema; trials.parquet keeps scalars only."""
     from types import SimpleNamespace
 
-    from study.analyze import load_studies, trial_summary
+    from study.load import load_studies, trial_summary
     from study.sink import ParquetSink
 
     sink = ParquetSink(tmp_path / "s", "s", {"gaussian_mode": "3d"}, 3)
@@ -213,34 +195,42 @@ def test_sink_writes_per_frame_lists_that_analysis_reads(tmp_path):
     assert list(per_trial["test_heldout_psnr_frames"].iloc[0]) == [24.0, 26.0]
 
 
-def test_interval_straddling_the_margin_is_inconclusive(tmp_path, capsys):
-    study = make_study(tmp_path, effect=-0.02, noise=0.03, seeds=range(4))
+def test_interval_reaching_below_the_margin_is_inconclusive(tmp_path, capsys):
+    study = make_study(tmp_path, effect=0.0, seeds=range(3))
+    add_confirm(study, -0.012, -0.3, seeds=4, frames=10)
     rc, out, _ = run([study], capsys)
     assert rc == 0
     assert recommendation(study / "report") == "inconclusive"
-    assert "run more seeds" in (study / "report" / "decision.md").read_text()
-    t = table(study / "report")
-    assert t.loc["test_heldout_iou", "rel_lo"] < -0.02 < t.loc["test_heldout_iou", "rel_hi"]
+    md = (study / "report" / "decision.md").read_text()
+    assert "reaches below the -2% margin" in md and "seeds (pairs) would resolve it" in md
+    on_margin = make_study(tmp_path, "on", effect=0.0, seeds=range(3))
+    add_confirm(on_margin, -0.02, -0.3, seeds=4, frames=10)
+    run([on_margin], capsys)
+    md = (on_margin / "report" / "decision.md").read_text()
+    assert "inconclusive" in md and "sits on the margin: no feasible number of seeds resolves it" in md
 
 
-def test_two_seeds_never_decide(tmp_path, capsys):
-    study = make_study(tmp_path, effect=-0.10, seeds=range(2))
+def test_two_pairs_never_decide(tmp_path, capsys):
+    study = make_study(tmp_path, seeds=range(3))
+    add_confirm(study, -0.10, seeds=2)
     run([study], capsys)
     assert recommendation(study / "report") == "inconclusive"
-    assert "only 2 seed(s)" in (study / "report" / "decision.md").read_text()
+    assert "only 2 complete pair(s)" in (study / "report" / "decision.md").read_text()
 
 
-def test_breakdown_shows_where_the_answer_changes(tmp_path, capsys):
+def test_explore_says_where_the_answer_may_change(tmp_path, capsys):
     study = make_study(tmp_path, effect_by_grid={32: +0.06, 48: -0.06})
     rc, _, _ = run([study], capsys)
     assert rc == 0
-    tables = pd.read_csv(study / "report" / "breakdown.csv")
-    by_grid = tables[tables.table.str.startswith("Per grid_size")].set_index("group")
-    assert by_grid.loc["all cells", "verdict"] == "inconclusive"  # +6% and -6% pooled straddle the margin
-    per_cell = tables[tables.table.str.startswith("Per cell")].set_index("group")
-    assert per_cell.loc["grid_size 48, max_frames 100", "verdict"] == "3d"
-    assert by_grid.loc["grid_size 32", "verdict"] == "2d" and by_grid.loc["grid_size 48", "verdict"] == "3d"
+    by_grid = explore_table(study / "report", "Per grid_size")
+    assert interval(by_grid.loc["grid_size 32", "IoU 2d vs 3d"])[0] == pytest.approx(0.06, abs=0.01)
+    assert interval(by_grid.loc["grid_size 48", "IoU 2d vs 3d"])[0] == pytest.approx(-0.06, abs=0.01)
     assert by_grid.loc["grid_size 32", "pairs"] == 12  # 2 max_frames x 6 seeds
+    md = (study / "report" / "decision.md").read_text()
+    assert "suggests the answer may depend on the cell" in md
+    flat = make_study(tmp_path, "flat", effect=-0.05)
+    run([flat], capsys)
+    assert "depend on the cell" not in (flat / "report" / "decision.md").read_text()
 
 
 # ----------------------------------------------------------------------------------------------- study states
@@ -278,7 +268,7 @@ def test_mode_without_evaluated_trial_is_said_not_crashed(tmp_path, capsys):
     assert rc == 0
     md = (study / "report" / "decision.md").read_text()
     assert recommendation(study / "report") == "inconclusive"
-    assert "Mode 2d has no trial with a validation epoch" in md
+    assert "explore: mode 2d has no trial with a validation epoch" in md
     assert "24 2d trial(s) failed (NonFiniteLossError: non-finite loss at epoch 1, step 3)" in md
 
 
@@ -289,20 +279,12 @@ def test_several_studies_at_once(tmp_path, capsys):
     assert rc == 2 and err.strip() == "error: several inputs: give --out DIR for the combined report"
     rc, _, err = run([a, b, "--out", tmp_path / "both"], capsys)
     assert rc == 0, err
-    t = table(tmp_path / "both")
-    assert t.loc["test_heldout_iou", "n_pairs"] == 6 and recommendation(tmp_path / "both") == "3d"
+    assert explore_table(tmp_path / "both").loc["all cells", "pairs"] == 24
     assert "from 2 study(ies) (a, b)" in (tmp_path / "both" / "decision.md").read_text()
-
-
-def test_different_best_cells_are_compared_unpaired(tmp_path, capsys):
-    study = make_study(tmp_path, bonus={("2d", 32, 30): 0.1, ("3d", 48, 100): 0.1})
-    rc, _, _ = run([study], capsys)
-    assert rc == 0
-    t = table(study / "report")
-    assert not t.loc["test_heldout_iou", "paired"] and t.loc["test_heldout_iou", "n_pairs"] == 0
-    md = (study / "report" / "decision.md").read_text()
-    assert "2d: grid 32, frames 30; 3d: grid 48, frames 100" in md and "unpaired (the modes' best cells differ)" in md
-    assert re.search(r"\|\s*unpaired\s*\|", md)  # the pairs column of the table
+    add_confirm(a, -0.05)
+    add_confirm(b, -0.05)
+    rc, _, err = run([a, b, "--out", tmp_path / "both"], capsys)
+    assert rc == 2 and "several studies with a confirm stage" in err
 
 
 def test_modes_from_separate_studies_pair_across_them(tmp_path, capsys):
@@ -310,17 +292,7 @@ def test_modes_from_separate_studies_pair_across_them(tmp_path, capsys):
     b = make_study(tmp_path, "only3d", modes=("3d",), rng_seed=2)
     rc, _, err = run([a, b, "--out", tmp_path / "r"], capsys)
     assert rc == 0, err
-    assert table(tmp_path / "r").loc["test_heldout_iou", "n_pairs"] == 6  # paired by (cell, seed) across studies
-
-
-def test_2d_screen_column_when_present(tmp_path, capsys):
-    study = make_study(tmp_path, effect=0.0, modes=("2d", "3d", "2d_screen"), seeds=range(3))
-    rc, _, _ = run([study], capsys)
-    assert rc == 0
-    t = table(study / "report")
-    assert t.loc["params_per_gaussian", "2d_screen_mean"] == 9
-    assert t.loc["params_per_gaussian", "winner"] == "2d_screen"
-    assert "| 2d_screen" in (study / "report" / "decision.md").read_text()
+    assert explore_table(tmp_path / "r").loc["all cells", "pairs"] == 24  # paired by (cell, seed) across studies
 
 
 def test_a_single_parquet_file_and_a_rerun_replace_the_report(tmp_path, capsys):
@@ -330,7 +302,7 @@ def test_a_single_parquet_file_and_a_rerun_replace_the_report(tmp_path, capsys):
     m.to_parquet(one)
     rc, _, err = run([one], capsys)
     assert rc == 0, err
-    assert recommendation(tmp_path / "report") == "2d"
+    assert recommendation(tmp_path / "report") == "inconclusive"
     (tmp_path / "report" / "stale.png").write_bytes(b"x")
     rc, _, _ = run([one], capsys)
     assert rc == 0 and not (tmp_path / "report" / "stale.png").exists()
@@ -366,10 +338,13 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path, capsys):
 
 def test_cli_entry_point(tmp_path):
     study = make_study(tmp_path, effect=0.05, seeds=range(3))
+    add_confirm(study, 0.0, -0.3)
+    r = subprocess.run([sys.executable, "-m", "study.analyze", str(study)], capture_output=True, text=True)
+    assert r.returncode == 0 and "recommendation: 2d" in r.stdout, r.stderr
     r = subprocess.run([sys.executable, "-m", "study.analyze", str(study), "--margin", "0.5"],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "recommendation: 2d" in r.stdout
-    assert "margin 50%" in (study / "report" / "decision.md").read_text()
+    assert r.returncode == 0
+    assert "replaces the pre-specified margin 0.02 after the fact" in (study / "report" / "decision.md").read_text()
     r = subprocess.run([sys.executable, "-m", "study.analyze", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
@@ -419,7 +394,8 @@ def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints):
 def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, checkpoints):
     import imageio.v3 as iio
 
-    study = make_study(tmp_path, effect=0.0, seeds=range(3), cells=CELLS[:1], checkpoints=checkpoints)
+    study = make_study(tmp_path, effect=0.0, seeds=range(3), cells=CELLS[:1])
+    add_confirm(study, 0.0, checkpoints=checkpoints)
     rc = main([str(study)])
     assert rc == 0, capsys.readouterr().err
     report = study / "report"
@@ -432,12 +408,13 @@ def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, che
         assert gif[0].max() > 50  # the animal is in view
     page = (report / "report.html").read_text()
     assert page.count("data:image/gif;base64,") == 2 and "qualitative" in page
-    if CHROMIUM:  # the renders decode in a browser too: 3 plots, the panel, 2 turntables
-        assert open_in_chromium(report / "report.html", tmp_path)[:2] == (6, 6)
+    if CHROMIUM:  # the renders decode in a browser too: 5 plots, the panel, 2 turntables
+        assert open_in_chromium(report / "report.html", tmp_path)[:2] == (8, 8)
 
 
 def test_renders_skipped_with_a_note_when_checkpoints_are_gone(tmp_path, capsys):
-    study = make_study(tmp_path, seeds=range(3), cells=CELLS[:1], checkpoints={"2d": tmp_path / "gone.pt"})
+    study = make_study(tmp_path, seeds=range(3), cells=CELLS[:1])
+    add_confirm(study, 0.0, checkpoints={"2d": tmp_path / "gone.pt"})
     assert main([str(study)]) == 0
     md = (study / "report" / "decision.md").read_text()
     assert "Qualitative renders of 2d skipped: no checkpoint file" in md
@@ -470,7 +447,8 @@ def open_in_chromium(page: Path, tmp_path: Path) -> tuple[int, int, str]:
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path, capsys):
     study = make_study(tmp_path, effect=0.05, seeds=range(3))
+    add_confirm(study, 0.0, -0.3)
     assert run([study], capsys)[0] == 0
     decoded, total, dom = open_in_chromium(study / "report" / "report.html", tmp_path)
-    assert (decoded, total) == (3, 3)
-    assert "Recommendation: 2d" in dom
+    assert (decoded, total) == (5, 5)  # decision, confirm curves, explore curves, costs, pareto
+    assert "Recommendation: 2d" in dom and "Explore stage (exploratory)" in dom

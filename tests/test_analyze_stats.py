@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from study.stats import Estimate, cheaper, decide, diff_ci, diff_ci_frames, mean_ci, mean_ci_frames, pareto_front
+from study.stats import Estimate, diff_ci, diff_ci_frames, mean_ci, mean_ci_frames, pareto_front
 
 
 def E(mean, lo, hi, n=6):
@@ -53,30 +53,6 @@ def test_small_and_degenerate_samples():
     assert E(0.051, 0.03, 0.07).pct() == "+5.1% [+3.0%, +7.0%]"
     assert E(-0.0004, -0.0005, -0.0003).pct() == "-0.040% [-0.050%, -0.030%]"
     assert E(1.0, float("nan"), float("nan")).fmt() == "1 (no CI)"
-
-
-FAST = {"time per epoch": E(-0.2, -0.25, -0.15)}
-SAME_COST = {"time per epoch": E(0.01, -0.05, 0.06)}
-
-
-@pytest.mark.parametrize("iou, psnr, costs, winner, words", [
-    (E(-0.05, -0.06, -0.04), E(-0.01, -0.015, -0.005), FAST, "3d", "3D is better by more than the 2% margin"),
-    (E(0.0, -0.01, 0.01), E(0.0, -0.01, 0.01), FAST, "2d", "within the 2% margin of 3D or better"),
-    (E(0.0, -0.01, 0.01), E(0.0, -0.01, 0.01), SAME_COST, "3d", "neither faster nor lighter"),
-    (E(0.05, 0.03, 0.07), E(0.04, 0.03, 0.05), SAME_COST, "2d", "better by more than the 2% margin"),
-    (E(-0.02, -0.04, 0.0), E(0.0, -0.01, 0.01), FAST, "inconclusive", "straddles the -2% margin"),
-    (E(-0.10, -0.11, -0.09, n=2), E(0.0, -0.01, 0.01, n=2), FAST, "inconclusive", "only 2 seed(s)"),
-    (E(float("nan"), float("nan"), float("nan"), 0), E(0.0, 0, 0), FAST, "inconclusive", "no paired"),
-])
-def test_decision_rule(iou, psnr, costs, winner, words):
-    v = decide({"IoU": iou, "PSNR": psnr}, costs, 0.02)
-    assert v.winner == winner and words in v.reason, v.reason
-
-
-def test_cheaper_needs_the_whole_interval_below_zero():
-    assert cheaper({"t": E(-0.1, -0.2, -0.01), "m": E(-0.1, -0.2, 0.05)}) == ["t"]
-    assert cheaper({"t": E(-0.1, float("nan"), float("nan"), 1)}) == ["t"]  # no interval: a clear point estimate
-    assert cheaper({"t": E(-0.01, float("nan"), float("nan"), 1)}) == []
 
 
 def test_pareto_front():

@@ -103,8 +103,8 @@ def test_smoke_tensorboard_read_back(smoke_study):
 
 
 def test_smoke_report_written(smoke_study):
-    """The study's own report: a recommendation in words, one decision row per measure with both modes, and an HTML
-    page that carries its figures inside (data URIs of real PNGs), so it opens anywhere."""
+    """The study's own report: a recommendation in words, the confirm stage's table with both modes, decision.json,
+    and an HTML page that carries its figures inside (data URIs of real PNGs), so it opens anywhere."""
     import base64
     import re
 
@@ -113,35 +113,56 @@ def test_smoke_report_written(smoke_study):
     report = smoke_study / "report"
     md = (report / "decision.md").read_text()
     assert md.startswith("# 2D vs 3D")
-    assert re.search(r"\*\*Recommendation: (2d|3d|inconclusive)", md)
+    assert re.search(r"\*\*Recommendation: (2d|3d|either|inconclusive)\*\*", md)
+    assert "## Confirm stage (the decision)" in md and "## Explore stage (exploratory)" in md
     table = pd.read_csv(report / "decision.csv")
-    assert {"test_heldout_iou", "test_heldout_psnr", "epoch_time_s", "peak_mem_mb"} <= set(table["key"])
+    assert {"test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_time_s"} <= set(table["key"])
+    d = json.loads((report / "decision.json").read_text())
+    assert d["n_pairs"] == 3 and d["design"]["cell"] == {"grid_size": 16, "max_frames": 12}
     html = (report / "report.html").read_text()
     pngs = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert {"curves", "costs", "pareto"} <= {name for name, _ in pngs}
+    assert {"decision", "curves_confirm", "curves", "costs", "pareto"} <= {name for name, _ in pngs}
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in pngs)
 
 
-def test_smoke_summary_matches_the_report(smoke_run):
-    """The driver's summary names each mode's best configuration and scores as the report's decision table does
-    (cell chosen on mean validation score, mean held-out test scores of its trials), not the single best epoch."""
-    import re
-
+def test_smoke_confirm_stage_follows_its_plan(smoke_study):
+    """The confirm stage ran what its plan says, and the plan was written before its first trial reported: fresh
+    seeds paired across the modes, each mode's hyperparameters from its best explore trial (on validation), the full
+    budget with no early stopping, one row per (trial, epoch)."""
     import pandas as pd
 
+    plan = json.loads((smoke_study / "confirm" / "plan.json").read_text())
+    explore = pq.read_table(smoke_study / "trials.parquet").to_pandas()
+    assert plan["seeds"] == [10001, 10002, 10003]  # --seed 1: never an explore seed
+    assert not set(plan["seeds"]) & set(explore["seed"])
+    metrics = pd.read_parquet(smoke_study / "metrics")
+    for mode, hp in plan["hparams"].items():
+        best = metrics[(metrics.gaussian_mode == mode)].sort_values("valid_heldout_iou").iloc[-1]
+        assert hp["from_trial"] == best["trial_id"] and hp["lr"] == pytest.approx(best["lr"])
+    trials = pq.read_table(smoke_study / "confirm" / "trials.parquet").to_pandas()
+    assert len(trials) == 6 and set(trials["status"]) == {"completed"} and set(trials["last_epoch"]) == {3}
+    for mode, rows in trials.groupby("gaussian_mode"):
+        assert sorted(rows["seed"]) == plan["seeds"]
+        assert rows["lr"].tolist() == pytest.approx([plan["hparams"][mode]["lr"]] * 3)
+    rows = pd.read_parquet(smoke_study / "confirm" / "metrics")
+    assert len(rows) == 18 and not rows.duplicated(["trial_id", "epoch"]).any()
+    assert rows["timestamp"].min() > pd.Timestamp(plan["written"])
+    assert rows.groupby("trial_id")["test_frames"].last().map(list).map(tuple).nunique() == 1  # identical frames
+
+
+def test_smoke_summary_matches_the_report(smoke_run):
+    """The driver's summary gives each stage's trial counts and the decision with the same intervals as
+    decision.json."""
     study, out = smoke_run
-    table = pd.read_csv(study / "report" / "decision.csv").set_index("key")
+    d = json.loads((study / "report" / "decision.json").read_text())
     trials = pq.read_table(study / "trials.parquet").to_pylist()
     counts = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped", "failed", "running")}
-    assert "trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) in out
-    for mode in ("2d", "3d"):
-        line = re.search(rf"^  {mode} +best: grid 16, frames 12 \(mean of (\d) trial\(s\) at their best validation "
-                         rf"epoch\) -> held-out test IoU ([\d.]+), PSNR ([\d.]+) dB, SSIM ([\d.]+)$", out, re.M)
-        assert line, out
-        assert int(line[1]) == table.loc["test_heldout_iou", f"{mode}_n"] == 2
-        assert float(line[2]) == pytest.approx(table.loc["test_heldout_iou", f"{mode}_mean"], abs=5e-4)
-        assert float(line[3]) == pytest.approx(table.loc["test_heldout_psnr", f"{mode}_mean"], abs=5e-3)
-        assert float(line[4]) == pytest.approx(table.loc["test_heldout_ssim", f"{mode}_mean"], abs=5e-4)
+    assert "explore trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) in out
+    assert "confirm trials: 6 completed, 0 stopped, 0 failed, 0 running" in out
+    assert f"decision: {d['recommendation']} — {d['reason']}" in out
+    for key, e in d["quality"].items():
+        pct = f"{100 * e['mean']:+.1f}%" if abs(e["mean"]) >= 0.001 or abs(e["hi"]) >= 0.001 else None
+        assert f"  {key}: 2d vs 3d " in out and (pct is None or pct in out)
 
 
 PLANTED = [0.5, 0.6, 0.1, 0.7]  # validation score by seed: some later trials better than earlier ones, one worse
@@ -192,7 +213,7 @@ def test_every_cell_crossed_with_every_mode():
     for c in configs:
         cells.setdefault((c["grid_size"], c["max_frames"], c["seed"]), []).append(c["gaussian_mode"])
         assert 3e-5 <= c["lr"] <= 1e-3 and 0 <= c["ssim_lambda"] <= 0.2
-    assert len(cells) == 6 * 2 and all(sorted(m) == ["2d", "3d"] for m in cells.values())
+    assert len(cells) == 9 * 2 and all(sorted(m) == ["2d", "3d"] for m in cells.values())
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +241,13 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
                           "unknown key 'max_epoch' (did you mean 'max_epochs'?)"),
     "space_bad_value": (lambda t, d: ["--space", str(_space_file(t, scheduler={"reduction_factor": 0.5}))],
                         "key 'scheduler.reduction_factor'"),
+    "confirm_cell_not_in_grid": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12]}, confirm={"cell": {"grid_size": 32, "max_frames": 12}}))],
+        "confirm.cell: grid_size 32 is not in the grid ([16])"),
+    "confirm_select_on_test": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12]},
+        confirm={"cell": {"grid_size": 16, "max_frames": 12}, "select": "test_heldout_iou"}))],
+        "hyperparameters are chosen on validation metrics (valid_*) only"),
     "space_not_json": (lambda t, d: ["--space", str(_space_file(t)).replace("space.json", "nope.json")],
                        "no such search-space file"),
     "config_key_does_not_exist": (lambda t, d: ["--space", str(_space_file(t, base_config={"gridsize": 32}))],
