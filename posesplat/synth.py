@@ -336,8 +336,7 @@ def make_dataset(
     import zarr
 
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out}: already exists (pass --force to replace it)")
+    check_replaceable(out, force, "store")
     holdout = check_holdout(holdout, views)
     scene, rendered = render_frames(frames, views, height, width, seed, progress)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -408,8 +407,7 @@ def make_raw(
     import imageio_ffmpeg
 
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out}: already exists (pass --force to replace it)")
+    check_replaceable(out, force, "raw")
     if height % 2 or width % 2:
         raise SynthError(f"--height {height} and --width {width} must be even for H.264 video")
     holdout = check_holdout(holdout, views)
@@ -455,6 +453,37 @@ def make_raw(
     return out / "prep.json"
 
 
+RAW_FILES = ("prep.json", "truth.npz", "camera_params.h5")
+
+
+def written_here(path: Path) -> bool:
+    """Whether `path` is something this module wrote: a zarr store whose `generator` attribute is posesplat's, or a
+    raw recording folder holding exactly the files make_raw writes (and nothing else)."""
+    if (path / "zarr.json").is_file():
+        try:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            return False
+        return str(attrs.get("generator", "")).startswith("posesplat.")
+    if path.is_dir() and all((path / f).is_file() for f in RAW_FILES):
+        return {p.name for p in path.iterdir()} <= {*RAW_FILES, "videos", "mask_videos"}
+    return False
+
+
+def check_replaceable(out: Path, force: bool, kind: str) -> None:
+    """Refuse to replace `out` unless --force is given and `out` is a store or recording posesplat wrote: --force
+    never deletes a user's folder (`--out data --force` would otherwise wipe data/)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise FileExistsError(f"{out}: already exists (pass --force to replace it)")
+    if not written_here(out):
+        what = "a zarr store with a posesplat generator attribute" if kind == "store" else \
+            f"a synthetic raw recording ({', '.join(RAW_FILES)}, videos/, mask_videos/ and nothing else)"
+        raise SynthError(f"{out}: exists and is not {what}: --force replaces only what posesplat wrote; "
+                         f"choose another path or remove it yourself")
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
     """Rename a finished temporary store onto `out`, removing an old one only after the new one is in place."""
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
@@ -482,12 +511,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --{name} {getattr(a, name)} is too small", file=sys.stderr)
             return 2
     target = a.raw or a.out
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
     make = make_raw if a.raw else make_dataset
+    try:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: {target}: cannot create its folder {Path(target).parent} ({e.strerror})", file=sys.stderr)
+        return 2
     try:
         path = make(target, a.frames, a.views, a.height, a.width, a.seed, force=a.force, holdout=a.holdout)
     except (FileExistsError, SynthError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:  # e.g. a read-only folder: one line, not a traceback
+        print(f"error: {e.filename or target}: permission denied (cannot write the {'recording' if a.raw else 'store'}"
+              f" there)", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

@@ -38,7 +38,8 @@ def in_cell(per_trial: pd.DataFrame, cell: dict[str, Optional[int]]) -> pd.DataF
 
 def chosen_hparams(per_trial: pd.DataFrame, mode: str, cell: dict, select: str, keys: list[str]) -> dict[str, Any]:
     """The tuned keys of `mode`'s explore trial with the best validation `select` (at its best validation epoch) in
-    `cell`; failed trials never count. Ties go to the trial that ran more epochs."""
+    `cell`; failed trials never count. Ties go to the trial that ran more epochs. `candidates` says how many trials
+    the choice was made from: a thin explore stage tunes a mode poorly, and the report says so."""
     rows = in_cell(per_trial[per_trial[MODE_KEY] == mode], cell)
     if "status" in rows:
         rows = rows[rows["status"] != "failed"]
@@ -47,7 +48,8 @@ def chosen_hparams(per_trial: pd.DataFrame, mode: str, cell: dict, select: str, 
         raise PlanError(f"explore stage: no {mode} trial with a finite {select} in the confirm cell {cell}: "
                         f"nothing to choose its hyperparameters from")
     best = rows.sort_values([select, "epochs_run"], ascending=False).iloc[0]
-    return {**{k: float(best[k]) for k in keys}, "from_trial": str(best["trial_id"]), select: float(best[select])}
+    return {**{k: float(best[k]) for k in keys}, "from_trial": str(best["trial_id"]), select: float(best[select]),
+            "candidates": int(len(rows))}
 
 
 def frame_matrix(vals: list, ids: list) -> tuple[np.ndarray, list[int]]:

@@ -134,7 +134,7 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
         return []
     c, r = plan["modes"]
     hp = "; ".join(f"{m}: " + ", ".join(f"{k} {v:.3g}" for k, v in h.items() if isinstance(v, float)
-                                        and k in plan["trials"][0]) + f" (explore trial {h['from_trial']})"
+                                        and k in plan["trials"][0]) + f" (explore trial {h['from_trial']}, best of {h.get('candidates', '?')} in the cell)"
                    for m, h in plan["hparams"].items())
     q = " and ".join(SHORT.get(k, k) for k in plan["quality"])
     lines = [

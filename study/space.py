@@ -67,8 +67,8 @@ class Confirm(BaseModel):
     quality: list[Literal[QUALITY_KEYS]] = Field(["test_heldout_iou", "test_heldout_psnr_fg"], min_length=1)  # type: ignore[valid-type]
     cost: Literal[COST_KEYS] = "epoch_time_s"  # type: ignore[valid-type]
     cost_margin: float = Field(0.05, ge=0, lt=1, description="smallest relative saving that counts as cheaper")
-    min_seeds: int = Field(4, ge=3)
-    max_seeds: int = Field(16, ge=3)
+    min_seeds: int = Field(12, ge=3, description="fewest pairs (12: the power docs/analysis.md simulates)")
+    max_seeds: int = Field(24, ge=3)
     select: str = Field("valid_heldout_iou", description="validation metric that fixes each mode's hyperparameters")
     base_config: dict[str, Any] = Field({}, description="training-config keys for the confirm trials only")
 
@@ -251,6 +251,14 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
                 make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
+        cell = scaled.cells()[0]
+        for key, d in scaled.search.items():  # both ends of every range must be valid config values
+            for end in ("low", "high"):
+                try:
+                    make_config({**scaled.base_config, **cell, key: getattr(d, end)},
+                                f"{path}: search.{key}.{end} {getattr(d, end):g}{'' if gpu else ' (cpu scale)'}")
+                except ConfigError as e:
+                    raise SpaceError(str(e)) from None
         if scaled.confirm is not None:
             try:
                 make_config({**scaled.base_config, **scaled.confirm.base_config, **scaled.confirm.cell},

@@ -399,8 +399,21 @@ def seeds_for(var_seed: float, var_frame: float, var_resid: float, frames: int, 
               level: float = 0.95, most: int = 1000) -> Optional[int]:
     """Fewest seeds (at least 2) whose expected interval half-width is at most `target`; None when even `most`
     seeds do not get there (the frame-to-frame variance alone, var_frame / F, sets a floor: more test frames are
-    needed then)."""
-    for s in range(2, most + 1):
-        if halfwidth(var_seed, var_frame, var_resid, s, frames, level) <= target:
-            return s
-    return None
+    needed then). Vectorised over the candidate numbers of seeds (halfwidth, one at a time, is the reference)."""
+    s = np.arange(2, most + 1, dtype=float)
+    f = float(frames)
+    if frames == 1:
+        var, df = var_seed / s, s - 1
+    else:
+        terms = [(f * var_seed + var_resid, s - 1), (s * var_frame + var_resid, np.full_like(s, f - 1))]
+        if var_resid > 0:
+            terms.append((np.full_like(s, -var_resid), (s - 1) * (f - 1)))
+        total = sum(m for m, _ in terms)
+        var = total / (s * f)
+        denom = sum(m * m / d for m, d in terms)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df = np.where(denom > 0, total * total / denom, s - 1)
+        df = np.clip(df, 1.0, s * f - 1)
+    half = stats.t.ppf(0.5 + level / 2, df) * np.sqrt(np.maximum(var, 0.0))
+    ok = np.nonzero(half <= target)[0]
+    return int(s[ok[0]]) if len(ok) else None

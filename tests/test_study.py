@@ -241,6 +241,9 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
                           "unknown key 'max_epoch' (did you mean 'max_epochs'?)"),
     "space_bad_value": (lambda t, d: ["--space", str(_space_file(t, scheduler={"reduction_factor": 0.5}))],
                         "key 'scheduler.reduction_factor'"),
+    "search_range_outside_config_limits": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12]}, search={"lr": {"type": "loguniform", "low": 500, "high": 1000}}))],
+        "search.lr.low 500: key 'lr': Input should be less than or equal to 1"),
     "confirm_cell_not_in_grid": (lambda t, d: ["--space", str(_space_file(
         t, grid={"grid_size": [16], "max_frames": [12]}, confirm={"cell": {"grid_size": 32, "max_frames": 12}}))],
         "confirm.cell: grid_size 32 is not in the grid ([16])"),

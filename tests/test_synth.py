@@ -171,3 +171,39 @@ def test_raw_recording_refuses_odd_sizes(tmp_path):
     with pytest.raises(SynthError, match="must be even"):
         make_raw(tmp_path / "raw", frames=3, views=3, height=33, width=32, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_force_replaces_only_what_posesplat_wrote(tmp_path, capsys):
+    """--force on a folder of the user's (or on data/, which holds a store) is refused with one line and deletes
+    nothing; on a store posesplat wrote it replaces it."""
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("keep me")
+    data = tmp_path / "data"
+    tiny(data / "a.zarr")
+    for target in (mine, data):
+        assert main(["--out", str(target), "--frames", "4", "--height", "32", "--width", "32", "--force"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--force replaces only what posesplat wrote" in err, err
+    assert (mine / "chapter1.tex").read_text() == "keep me"
+    assert open_dataset(data / "a.zarr").n_frames == 12
+    assert main(["--out", str(data / "a.zarr"), "--frames", "4", "--height", "32", "--width", "32", "--force"]) == 0
+    assert open_dataset(data / "a.zarr").n_frames == 4  # a store posesplat wrote is replaced
+    assert main(["--raw", str(mine), "--frames", "4", "--height", "32", "--width", "32", "--force"]) == 2
+    assert "synthetic raw recording" in capsys.readouterr().err
+    assert (mine / "chapter1.tex").read_text() == "keep me"
+
+
+def test_read_only_folder_is_one_line(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: make the parent a file instead, which nobody can write into
+        parent = tmp_path / "file"
+        parent.write_text("x")
+    else:
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o500)
+    rc = main(["--out", str(parent / "a.zarr"), "--frames", "4", "--height", "32", "--width", "32"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(parent) in err, err
