@@ -356,6 +356,31 @@ def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model,
     return path.stat().st_size
 
 
+def _bad(terms: dict, g) -> tuple[list[str], list[str]]:
+    """(non-finite loss terms, non-finite Gaussian fields)."""
+    return ([k for k, t in terms.items() if not bool(torch.isfinite(t).all())],
+            [k for k in ("means", "opacities", "colors", "scales") if not bool(torch.isfinite(getattr(g, k)).all())])
+
+
+def nonfinite_cause(cfg: Config, terms: dict, loss: torch.Tensor, g) -> str:
+    """What was not finite: the Gaussians, a loss term, or only the weighted sum of finite terms."""
+    bad_terms, bad_fields = _bad(terms, g)
+    if bad_fields:
+        return f"non-finite Gaussian {', '.join(bad_fields)}"
+    if bad_terms:
+        return f"non-finite loss term {', '.join(bad_terms)} (loss {loss.item()})"
+    return f"non-finite loss {loss.item()} from finite terms (img_lambda {cfg.img_lambda:g}, ssim_lambda {cfg.ssim_lambda:g})"
+
+
+def nonfinite_hint(cfg: Config, terms: dict, g) -> str:
+    """The advice that fits the cause: weights that overflow, else the step size (and clipping as it is set)."""
+    bad_terms, bad_fields = _bad(terms, g)
+    if not bad_terms and not bad_fields:
+        return "lower img_lambda or ssim_lambda (the weighted sum overflows)"
+    clip = f"lower grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "enable grad_clip"
+    return f"lower lr or {clip}"
+
+
 def read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -468,13 +493,19 @@ def train(
                     )  # the renderer drops NaN-opacity pairs, so a diverged model can still give a finite loss
                     if not finite:
                         raise NonFiniteLossError(
-                            f"non-finite loss or Gaussian parameters (loss {loss.item()}) at epoch {epoch}, step {step + 1} (frame {int(frame)}, "
-                            f"mode {cfg.gaussian_mode}, lr {cfg.lr:g}): lower lr or enable grad_clip"
+                            f"{nonfinite_cause(cfg, terms, loss, g)} at epoch {epoch}, step {step + 1} (frame "
+                            f"{int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g}): {nonfinite_hint(cfg, terms, g)}"
                         )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                    if not bool(torch.isfinite(norm)):
+                        raise NonFiniteLossError(
+                            f"non-finite gradient (norm {norm.item()}) of the finite loss {loss.item():.4g} at epoch "
+                            f"{epoch}, step {step + 1} (frame {int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g}): "
+                            f"lower img_lambda ({cfg.img_lambda:g}) or ssim_lambda ({cfg.ssim_lambda:g}) if large, "
+                            f"else lower lr"
+                        )
                     opt.step()
                     sched.step()
                 except torch.OutOfMemoryError as e:

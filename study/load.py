@@ -97,6 +97,9 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     trials, info = pd.DataFrame(), {}
     if path.is_dir() and (sdir / "trials.parquet").exists():
         trials = _read_table(sdir / "trials.parquet").to_pandas()
+        if "checkpoint_path" in trials:  # relative to the stage folder since the study may have been moved
+            trials["checkpoint_path"] = [str(sdir / p) if isinstance(p, str) and "://" not in p
+                                         and not p.startswith("/") else p for p in trials["checkpoint_path"]]
     if path.is_dir() and (sdir / "study.json").exists():
         try:
             info = json.loads((sdir / "study.json").read_text())

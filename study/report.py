@@ -341,10 +341,27 @@ def prepare_out(out: Path) -> Path:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "decision.md").exists())):
         raise AnalysisError(f"{out}: exists and is not a report directory (no decision.md); choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
+
+
+def clean_stale(out: Path) -> None:
+    """Staging folders of report writers that were killed: an unfinished `.tmp-PID` is removed; an `.old-PID` (the
+    previous report, killed between swap_in's two renames) is put back when `out` is missing, else removed."""
+    from study.sink import pid_alive
+
+    for kind in ("old", "tmp"):
+        for d in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = d.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or pid_alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(d, out)
+            else:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def swap_in(staging: Path, out: Path) -> None:

@@ -9,9 +9,11 @@ Re-running the same command on the same study directory resumes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
-from study.sink import Store, StorageError, join_uri
+from study.sink import Store, StorageError, join_uri, pid_alive
 from study.space import Space, SpaceError, load_space, with_options
 
 
@@ -67,6 +69,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none); "
                                                          "re-running the same command also resumes")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    p.add_argument("--repair", action="store_true", help="recover a study whose study.json or Ray state is damaged, "
+                                                         "as the error message says (damaged files are kept aside)")
     return p.parse_args(argv)
 
 
@@ -79,6 +83,7 @@ class Plan(NamedTuple):
     gpu: bool  # trials get GPUs (and the space is not scaled down)
     gpu_mem_mb: Optional[float]  # memory of one GPU, for the memory model (None without GPUs)
     pixels: int  # pixels of one training image after image_downsample, for the memory model
+    info: Optional[dict]  # study.json of the study being resumed (None: a new study)
 
 
 def study_plan(args: argparse.Namespace) -> Plan:
@@ -100,8 +105,8 @@ def study_plan(args: argparse.Namespace) -> Plan:
     if args.resume and not study.exists("study.json"):
         raise StudyError(f"{study.uri}: no study to resume (run without --resume to start one)")
     base.update(dataset=dataset, epochs=space.max_epochs, device="cuda" if gpu else "cpu")
-    if study.exists("study.json"):
-        held = json.loads(study.read_text("study.json"))
+    held = read_study_json(study, args.repair)
+    if held is not None:
         diffs = dict_diff(held["space"], space.model_dump(mode="json"))
         if diffs:
             shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -113,12 +118,49 @@ def study_plan(args: argparse.Namespace) -> Plan:
             raise StudyError(f"{study.uri}: this study was started with other {', '.join(changed)}; "
                              f"resume it with the same settings, or use --name for a new study")
     ds = open_dataset(dataset)  # DatasetError names the store and the array
-    for frames in space.grid.get("max_frames", []):
-        ds.frame_split(frames, base.get("frame_jump", 1))
+    check_cells(space, base, ds)
     for note in notes:
         print(note, flush=True)
     d = make_config(base, "base_config").image_downsample
-    return Plan(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d))
+    return Plan(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held)
+
+
+def check_cells(space: Space, base: dict, ds) -> None:
+    """Every trial's frame and view split exists on the dataset (else every trial would fail, each retried): frames
+    per cell, at least one observed and one held-out view (the decision is made on held-out views)."""
+    cells = [make_config({**base, **cell}, f"grid cell {json.dumps(cell)}") for cell in space.cells()]
+    if space.confirm is not None:
+        cells.append(make_config({**base, **space.confirm.base_config, **space.confirm.cell}, "confirm config"))
+    for cfg in cells:
+        ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))
+        observed, held = ds.view_split(cfg.holdout_views)
+        if not held:
+            where = "base_config.holdout_views" if cfg.holdout_views is not None else "the dataset's holdout_views"
+            raise StudyError(f"{ds.path}: no held-out view ({where} is empty); the study compares modes on "
+                             f"held-out views: set holdout_views in the space's base_config")
+
+
+def read_study_json(study: Store, repair: bool) -> Optional[dict]:
+    """The study's study.json (None when there is none). A damaged one is refused with the recovery command; with
+    --repair it is set aside and the study goes on with this command's settings."""
+    from study.sink import set_aside
+
+    if not study.exists("study.json"):
+        return None
+    try:
+        held = json.loads(study.read_text("study.json"))
+        if not isinstance(held, dict) or not all(isinstance(held.get(k), dict) for k in ("space", "options",
+                                                                                           "base_config")):
+            raise ValueError("not a study.json: no space, options and base_config")
+        return held
+    except (ValueError, UnicodeDecodeError) as e:
+        what = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        if not repair:
+            raise StudyError(f"{study.path('study.json')}: damaged ({what}); if this command has the study's "
+                             f"settings, run it again with --repair (the damaged file is kept aside)") from None
+        print(f"note: {study.path('study.json')} was damaged ({what}); kept as {set_aside(study, 'study.json')} and "
+              f"rebuilt from this command's settings", flush=True)
+        return None
 
 
 DEFAULT_GPU_MEM_MB = 16e3
@@ -267,7 +309,7 @@ class StudyLock:
         if self.store.exists(".lock"):
             held = json.loads(self.store.read_text(".lock"))
             age = time.time() - held["beat"]
-            alive = age < self.STALE_S and (held["host"] != socket.gethostname() or _pid_alive(held["pid"]))
+            alive = age < self.STALE_S and (held["host"] != socket.gethostname() or pid_alive(held["pid"]))
             if alive:
                 raise StudyError(f"{self.store.uri}: another driver is running this study ({held['host']} pid "
                                  f"{held['pid']}, alive {age:.0f} s ago; stale after {self.STALE_S:.0f} s)")
@@ -295,52 +337,92 @@ class StudyLock:
         self.store.delete(".lock")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def write_json(obj: dict, study: Store, name: str) -> None:
     study.write_bytes(json.dumps(obj, indent=1, default=str).encode(), name)
 
 
-def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> Store:
-    """Set up and run (or resume) both stages; returns the study directory. `trial_fn(config, base_config,
-    study_uri)` is what each trial runs (default: study.trainable.run_trial; tests give a cheap one).
+class Outcome(NamedTuple):
+    """How a study run ended: its directory and the exit status (0: finished with a report; 1: finished, but every
+    trial failed or the report could not be written)."""
+
+    study: Store
+    rc: int
+
+
+def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> Outcome:
+    """Set up and run (or resume) both stages, then write the report, all under the study's lock.
+    `trial_fn(config, base_config, study_uri)` is what each trial runs (default: study.trainable.run_trial; tests
+    give a cheap one).
 
     Explore: per-mode Optuna and stratified ASHA over every cell (`<study>/ray`, `<study>/metrics`). Confirm, when the
     space has a `confirm` block: the plan written to `<study>/confirm/plan.json`, then its trials with no early
-    stopping (`<study>/confirm/ray`, `<study>/confirm/metrics`). A stage that Ray has not finished raises
-    KeyboardInterrupt (the study is left resumable)."""
-    space, base, study, gpu, gpu_mem, pixels = study_plan(args)
+    stopping (`<study>/confirm/ray`, `<study>/confirm/metrics`). A stage whose trials have not all ended in a state
+    the study recorded raises KeyboardInterrupt (the study is left resumable); so do SIGTERM and Ctrl-C."""
+    from study.trainable import clean_scratch
+
+    space, base, study, gpu, gpu_mem, pixels, held = study_plan(args)
     with StudyLock(study):
         t0 = time.time()
-        info = json.loads(study.read_text("study.json")) if study.exists("study.json") else {
+        info = held or {
             "space": space.model_dump(mode="json"), "options": vars(args), "base_config": base,
             "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu,
         }
         info["runs"] = info.get("runs", 0) + 1
         write_json(info, study, "study.json")
         connect_ray(args.address)
+        clean_scratch()
         trainable = trainable_factory(args, space, gpu, gpu_mem, pixels, trial_fn)
-        try:
-            if not info.get("explore_finished"):
-                run_explore(args, space, base, study, trainable)
-                info["explore_finished"] = datetime.now(timezone.utc).isoformat()
+        failed = None
+        with sigterm_as_interrupt():
+            try:
+                ended = run_explore(args, space, base, study, trainable)
+                info.setdefault("explore_finished", datetime.now(timezone.utc).isoformat())
                 write_json(info, study, "study.json")
-            if space.confirm is not None:
-                run_confirm(args, space, base, study, trainable)
-        finally:
-            info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
+                failed = all_failed("explore", ended)
+                if space.confirm is not None and failed is None:
+                    failed = all_failed("confirm", run_confirm(args, space, base, study, trainable))
+            finally:
+                info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
+                write_json(info, study, "study.json")
+            info["finished"] = datetime.now(timezone.utc).isoformat()
             write_json(info, study, "study.json")
-        info["finished"] = datetime.now(timezone.utc).isoformat()
-        write_json(info, study, "study.json")
-    return study
+            if failed is not None:
+                print(f"error: {failed}", file=sys.stderr)
+                return Outcome(study, 1)
+            return Outcome(study, finish(study, not args.no_report))
+
+
+def all_failed(stage: str, statuses: dict[str, dict]) -> Optional[str]:
+    """The one-line reason when every trial of a stage failed (nothing to decide on), else None."""
+    if statuses and all(r.get("status") == "failed" for r in statuses.values()):
+        errors = sorted({r.get("error") or "unknown error" for r in statuses.values()})
+        return (f"every {stage} trial failed ({len(statuses)} trials; {errors[0]}"
+                + (f"; and {len(errors) - 1} other errors" if len(errors) > 1 else "") + "); no report written")
+    return None
+
+
+TERMINATED = threading.Event()  # set by SIGTERM: the interrupted run exits 143 instead of 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what a cluster scheduler sends) handled like Ctrl-C: while a Tuner runs, Tune's own interrupt
+    handler (it saves the experiment's state and returns); otherwise KeyboardInterrupt. Installed after ray.init,
+    which sets a SIGTERM handler of its own."""
+
+    def handler(signum, frame):
+        TERMINATED.set()
+        tune_handler = signal.getsignal(signal.SIGUSR1)  # Tune's, installed for the duration of a fit
+        if callable(tune_handler):
+            tune_handler(signal.SIGUSR1, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem: Optional[float], pixels: int,
@@ -372,16 +454,26 @@ def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem
     return make
 
 
-def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher, scheduler, label: str) -> None:
-    """Run (or resume) one stage's Tuner in `<store>/ray`; KeyboardInterrupt unless every trial of the stage ended
-    in a state the study recorded (completed, stopped by the scheduler, or failed)."""
+def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher, scheduler,
+              label: str) -> dict[str, dict]:
+    """Run (or resume) one stage's Tuner in `<store>/ray`; returns the stage's trial rows. The study's own records
+    decide: a stage whose trials all ended (completed, stopped by the scheduler, or failed) is not run again; one
+    that is not finished afterwards raises KeyboardInterrupt. Ray's state must agree with the records: missing,
+    damaged or foreign state is refused (`--repair` sets the stage aside and runs it again) before Ray could start
+    over and the sink drop the records."""
     from ray import tune
 
+    if len(sink.ended()) >= searcher.total:
+        return sink.trials
     run_dir = join_uri(store.uri, "ray")
+    tuner = None
     if tune.Tuner.can_restore(run_dir):
         print(f"resuming the {label} stage in {store.uri}", flush=True)
-        tuner = restore_tuner(run_dir, trainable, sink, args.max_failures, args.max_concurrent)
-    else:
+        tuner = check_ray_state(args, store, label, sink, lambda: restore_tuner(
+            run_dir, trainable, sink, args.max_failures, args.max_concurrent))
+    elif sink.evidence():
+        check_ray_state(args, store, label, sink, None)
+    if tuner is None:
         print(f"{label} stage: {searcher.total} trials", flush=True)
         tuner = tune.Tuner(
             trainable,
@@ -395,10 +487,50 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
                 verbose=1,
             ),
         )
-    results = tuner.fit()  # on Ctrl-C Tune saves its state and returns early
-    ended = sum(r.get("status") in ("completed", "stopped", "failed") for r in sink.trials.values())
-    if results.num_terminated + results.num_errors < searcher.total or ended < searcher.total:
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        results = tuner.fit()  # on Ctrl-C, SIGUSR1 or SIGTERM Tune saves its state and returns early
+    finally:  # Tune leaves its interrupt handlers installed: a later Ctrl-C would be swallowed
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+    sink.fill_from(results)
+    if TERMINATED.is_set() or len(sink.ended()) < searcher.total:
         raise KeyboardInterrupt
+    return sink.trials
+
+
+def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, restore: Optional[Callable]):
+    """The restored Tuner, when Ray's experiment state agrees with the study's records; otherwise a refusal naming
+    the damage, or with --repair the stage's Ray state and records set aside (never deleted) and None (the stage
+    runs again). Ray restarts an experiment whose state file is truncated; that must not happen over records."""
+    from study.sink import set_aside
+
+    evidence, problem, tuner = sink.evidence(), None, None
+    if restore is None:
+        problem = "is missing"
+    else:
+        try:
+            tuner = restore()
+            if evidence:
+                known = {r.metrics.get("trial_id") for r in tuner.get_results()}
+                if not evidence & known:
+                    problem = f"knows none of the {len(evidence)} trials the study recorded"
+        except Exception as e:  # a truncated experiment_state-*.json, tuner.pkl or searcher state
+            problem = f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if problem is None:
+        return tuner
+    where = join_uri(store.uri, "ray")
+    if not args.repair:
+        raise StudyError(f"{where}: Ray's experiment state {problem}, while {store.uri} records "
+                         f"{len(evidence)} ended trials; to run the {label} stage again from scratch, run the same "
+                         f"command with --repair (its records are kept aside, nothing is deleted)")
+    moved = [set_aside(store, name) for name in ("ray", "metrics", "tensorboard", "trials.parquet", "confirm")
+             if store.exists(name) and not (label == "confirm" and name == "confirm")]
+    print(f"note: {label} stage: Ray's experiment state {problem}; set aside {', '.join(moved)}; running the stage "
+          f"again", flush=True)
+    sink.trials.clear()
+    sink.damaged = None
+    return None
 
 
 def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> None:
@@ -411,7 +543,7 @@ def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store
                                 space.scheduler.reduction_factor, space.metric, space.metric_mode)
                  if space.scheduler.type == "asha" else None)
     sink = ParquetSink(study, study.name, base, space.max_epochs)
-    fit_stage(args, study, trainable(base, study), sink, searcher, scheduler, "explore")
+    return fit_stage(args, study, trainable(base, study), sink, searcher, scheduler, "explore")
 
 
 def confirm_base(space: Space, base: dict) -> dict:
@@ -419,7 +551,7 @@ def confirm_base(space: Space, base: dict) -> dict:
     return {**base, **space.confirm.base_config, "epochs": space.max_epochs}
 
 
-def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> None:
+def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> dict[str, dict]:
     """Plan the confirm stage once (written before its first trial), then run or resume it."""
     from study.search import PlannedSearcher
     from study.sink import ParquetSink
@@ -434,7 +566,7 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
         print(confirm_plan_text(plan), flush=True)
     sink = ParquetSink(store, study.name, cbase, plan["epochs"])
     searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
-    fit_stage(args, store, trainable(cbase, store), sink, searcher, None, "confirm")
+    return fit_stage(args, store, trainable(cbase, store), sink, searcher, None, "confirm")
 
 
 def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study: Store) -> dict:
@@ -565,7 +697,7 @@ def finish(study: Store, report: bool) -> int:
 
     if study.local:
         print(summary(Path(study.root), study.uri))
-        return analyze.main([study.root]) if report else 0
+        return 1 if report and analyze.main([study.root]) else 0
     with tempfile.TemporaryDirectory(prefix="study-") as tmp:
         local = Path(tmp) / study.name
         local.mkdir()
@@ -573,24 +705,27 @@ def finish(study: Store, report: bool) -> int:
         print(summary(local, study.uri))
         if not report:
             return 0
-        rc = analyze.main([str(local), "--no-renders", "--out", str(local / "report")])
-        if rc == 0:
-            study.upload(local / "report", "report")  # checkpoints stay remote: no qualitative renders here
-            print(f"report uploaded to {join_uri(study.uri, 'report')}")
-        return rc
+        if analyze.main([str(local), "--no-renders", "--out", str(local / "report")]):
+            return 1
+        study.upload(local / "report", "report")  # checkpoints stay remote: no qualitative renders here
+        print(f"report uploaded to {join_uri(study.uri, 'report')}")
+        return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, trial_fn: Optional[Callable] = None) -> int:
+    """Exit status: 0 finished with a report; 1 finished, but every trial failed or the report could not be written;
+    2 refused before starting; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): run the same command to resume."""
     args = parse_args(argv)
+    TERMINATED.clear()
     try:
-        study = run_study(args)
+        return run_study(args, trial_fn).rc
     except (SpaceError, ConfigError, DatasetError, StudyError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume the study", file=sys.stderr)
-        return 130
-    return 1 if finish(study, not args.no_report) else 0
+        print(("terminated" if TERMINATED.is_set() else "interrupted")
+              + ": run the same command again to resume the study", file=sys.stderr)
+        return 143 if TERMINATED.is_set() else 130
 
 
 if __name__ == "__main__":

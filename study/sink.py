@@ -140,8 +140,25 @@ class ParquetSink(Callback):
         self.study, self.base, self.max_epochs = name, base_config, max_epochs
         self.trials: dict[str, dict] = {}
         self.reconciled = False
+        self.damaged: Optional[str] = None  # where a damaged trials.parquet was set aside (rebuilt from Ray's state)
         if self.store.exists("trials.parquet"):  # a resumed study keeps the rows of trials it will not see again
-            self.trials = {r["trial_id"]: r for r in self.store.read_table("trials.parquet").to_pylist()}
+            try:
+                self.trials = {r["trial_id"]: r for r in self.store.read_table("trials.parquet").to_pylist()}
+            except (pa.ArrowException, OSError, KeyError) as e:
+                self.damaged = set_aside(self.store, "trials.parquet")
+                print(f"note: {self.store.path('trials.parquet')} was damaged ({type(e).__name__}); kept as "
+                      f"{self.damaged} and rebuilt from Ray's experiment state", flush=True)
+
+    def ended(self) -> set[str]:
+        """Trials the study recorded in a final state: completed, stopped by the scheduler, or failed."""
+        return {t for t, r in self.trials.items() if r.get("status") in ENDED}
+
+    def evidence(self) -> set[str]:
+        """Trials whose records a restart of Ray's experiment would lose: the ended ones, or, when the trials table
+        was damaged, every trial with a metrics part."""
+        if self.damaged is None:
+            return self.ended()
+        return {p.removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)[0] for p in self.store.list("metrics", "part-*.parquet")}
 
     def _row(self, trial, **status) -> dict:
         row = self.trials.get(trial.trial_id, {})
@@ -163,7 +180,35 @@ class ParquetSink(Callback):
     def on_step_begin(self, iteration, trials, **info):
         if not self.reconciled:
             self.reconcile({t.trial_id: int(t.last_result.get("epoch") or 0) for t in trials})
+            lost = [t for t in trials if t.trial_id not in self.trials]
+            for t in lost:  # rows lost with a damaged trials.parquet, from what Ray restored
+                self.add_row(t.trial_id, t.config, t.last_result, RAY_STATUS.get(t.status, "pending"),
+                             error_text(t) if t.status == "ERROR" else None, getattr(t, "checkpoint", None))
+            if lost:
+                self._flush()
             self.reconciled = True
+
+    def fill_from(self, results) -> None:
+        """Rows of trials Ray's results hold and the study has none of (a finished stage whose trials.parquet was
+        damaged: no step runs, so on_step_begin never sees its trials)."""
+        missing = [r for r in results if r.metrics.get("trial_id") and r.metrics["trial_id"] not in self.trials]
+        for r in missing:
+            self.add_row(r.metrics["trial_id"], r.config, r.metrics, "failed" if r.error else "ended",
+                         str(r.error).strip().splitlines()[-1][:2000] if r.error else None, r.checkpoint)
+        if missing:
+            self._flush()
+
+    def add_row(self, tid: str, config: dict, last: dict, status: str, error: Optional[str], ckpt) -> None:
+        """A trials-table row rebuilt from Ray's record of a trial; "ended" becomes completed or stopped."""
+        last_epoch = int(last.get("epoch") or 0)
+        if status == "ended":
+            status = "completed" if last_epoch >= int(config.get("epochs") or self.max_epochs) else "stopped"
+        metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
+                   and not isinstance(v, (dict, list))}
+        self.trials[tid] = {**metrics, "study": self.study, "trial_id": tid, **full_config(self.base, config),
+                            "status": status, "last_epoch": last_epoch, "error": error,
+                            "stopped_at_epoch": last_epoch if status == "stopped" else None,
+                            "checkpoint_path": self.checkpoint_file(ckpt)}
 
     def reconcile(self, known: dict[str, int]) -> None:
         """Keep exactly what Ray's (restored) state knows: trial id -> last epoch it has a result for."""
@@ -183,6 +228,19 @@ class ParquetSink(Callback):
         else:
             self.store.delete("trials.parquet")
 
+    def checkpoint_file(self, ckpt) -> Optional[str]:
+        """The trial's latest checkpoint file, relative to the stage folder when it lies inside it (so a copied or
+        moved study keeps its checkpoints); else a local path, or a URI when the storage is remote."""
+        if ckpt is None:
+            return None
+        path = f"{ckpt.path}/checkpoint.pt"
+        if isinstance(ckpt.filesystem, type(self.store.fs)) and path.startswith(self.store.root + "/"):
+            return path[len(self.store.root) + 1:]
+        if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+            return path
+        scheme = {"gcs": "gs"}.get(ckpt.filesystem.type_name, ckpt.filesystem.type_name)
+        return f"{scheme}://{path.lstrip('/')}"
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial, status="running")
         self._flush()
@@ -201,7 +259,7 @@ class ParquetSink(Callback):
                                types={k: list_type(k) for k in lists})
         ckpt = getattr(trial, "checkpoint", None)
         self._row(trial, status="running", last_epoch=epoch, **{k: v for k, v in metrics.items() if k != "epoch"},
-                  checkpoint_path=checkpoint_file(ckpt))
+                  checkpoint_path=self.checkpoint_file(ckpt))
         self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -210,12 +268,36 @@ class ParquetSink(Callback):
         stopped = last < epochs
         ckpt = getattr(trial, "checkpoint", None)
         self._row(trial, status="stopped" if stopped else "completed", stopped_at_epoch=last if stopped else None,
-                  checkpoint_path=checkpoint_file(ckpt))
+                  checkpoint_path=self.checkpoint_file(ckpt))
         self._flush()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial, status="failed", error=error_text(trial))
         self._flush()
+
+
+ENDED = ("completed", "stopped", "failed")
+RAY_STATUS = {"TERMINATED": "ended", "ERROR": "failed", "RUNNING": "running", "PAUSED": "running",
+              "PENDING": "pending"}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (a lock's or a staging folder's owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def set_aside(store: Store, name: str) -> str:
+    """Move a damaged file or folder of a study to `<name>.damaged-<UTC time>` beside it (never delete what a run
+    wrote); returns the new path."""
+    aside = f"{name}.damaged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    store.fs.move(store.path(name), store.path(aside))
+    return store.path(aside)
 
 
 def list_type(key: str) -> pa.DataType:
@@ -234,12 +316,3 @@ def error_text(trial) -> Optional[str]:
     return (errs[-1] if errs else lines[-1] if lines else "unknown error")[:2000]
 
 
-def checkpoint_file(ckpt) -> Optional[str]:
-    """The trial's latest checkpoint file: a local path, or a URI when the storage is remote."""
-    if ckpt is None:
-        return None
-    path = f"{ckpt.path}/checkpoint.pt"
-    if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
-        return path
-    scheme = {"gcs": "gs"}.get(ckpt.filesystem.type_name, ckpt.filesystem.type_name)
-    return f"{scheme}://{path.lstrip('/')}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,7 +15,28 @@ from ray import tune
 
 from posesplat.config import make_config
 from posesplat.train import EpochReport, train
-from study.sink import Store
+from study.sink import Store, pid_alive
+
+
+def scratch() -> Path:
+    """The node's scratch folder of trials: `<tmp>/posesplat-scratch/`, one `<kind>-<pid>-*` folder per trial."""
+    path = Path(tempfile.gettempdir()) / "posesplat-scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def clean_scratch() -> None:
+    """Remove this node's scratch folders whose trial process is gone (a killed trial leaves them behind); the
+    driver calls it on start and resume, every trial when it starts (other nodes)."""
+    for d in scratch().iterdir():
+        pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def scratch_dir(kind: str) -> Path:
+    """A fresh scratch folder of this trial process."""
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=scratch()))
 
 
 class TrialBoard:
@@ -55,18 +77,20 @@ def run_trial(config: dict, base_config: dict, study_uri: str) -> None:
     cfg = make_config({**base_config, **tuned}, "trial config")
     ctx = tune.get_context()
     torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
-    work = Path(tempfile.mkdtemp(prefix="posesplat-trial-"))
+    clean_scratch()
+    work = scratch_dir("trial")
     ckpt_file = work / "checkpoint.pt"
-    resume, done = None, 0
+    resume, done, source = None, 0, None
     restored = tune.get_checkpoint()
     if restored is not None:
+        source = f"{restored.path}/checkpoint.pt"  # the study's file: what an error about it must name
         with restored.as_directory() as d:
             shutil.copy(Path(d) / "checkpoint.pt", ckpt_file)
             done = json.loads((Path(d) / "state.json").read_text())["epoch"]
         resume = ckpt_file
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each epoch (a retried trial may move)
     study, tid = Store(study_uri), ctx.get_trial_id()
-    tb_dir = Path(tempfile.mkdtemp(prefix="posesplat-tb-"))
+    tb_dir = scratch_dir("tb")
     board = TrialBoard(tb_dir, {**tuned, "trial_id": tid}, first_epoch=done + 1)
 
     def report(r: EpochReport) -> None:
@@ -77,6 +101,10 @@ def run_trial(config: dict, base_config: dict, study_uri: str) -> None:
 
     try:
         train(cfg, ckpt_path=ckpt_file, resume_from=resume, on_epoch=report, progress=False)
+    except ValueError as e:  # an unreadable checkpoint is named by the study's file, not the worker's copy
+        if source and str(e).startswith(str(ckpt_file)):
+            raise ValueError(source + str(e)[len(str(ckpt_file)):]) from None
+        raise
     finally:
         board.writer.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -3,6 +3,7 @@ stratified ASHA fairness, equal trials per mode, bad input refused with one line
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -125,6 +126,21 @@ def test_smoke_report_written(smoke_study):
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in pngs)
 
 
+def test_report_that_cannot_be_written_exits_1(smoke_study, small_dataset, tmp_path, capsys):
+    """A finished study whose report cannot be written is not a success: exit 1 with the reason, nothing rerun."""
+    copy = tmp_path / "studies" / "smoke"
+    shutil.copytree(smoke_study, copy)
+    shutil.rmtree(copy / "report")
+    (copy / "report").write_text("a file of the user's where the report goes")
+    before = sorted(p.name for p in (copy / "metrics").iterdir())
+    assert main(["--space", "smoke", "--storage", str(tmp_path / "studies"), "--dataset", str(small_dataset),
+                 "--seed", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {copy / 'report'}: exists and is not a report directory"), err
+    assert (copy / "report").read_text() == "a file of the user's where the report goes"
+    assert sorted(p.name for p in (copy / "metrics").iterdir()) == before
+
+
 def test_smoke_confirm_stage_follows_its_plan(smoke_study):
     """The confirm stage ran what its plan says, and the plan was written before its first trial reported: fresh
     seeds paired across the modes, each mode's hyperparameters from its best explore trial (on validation), the full
@@ -219,7 +235,6 @@ def test_every_cell_crossed_with_every_mode():
 @pytest.fixture(scope="module")
 def invalid_dataset(small_dataset, tmp_path_factory):
     """A copy of the small dataset whose centre track has a NaN: it fails validation."""
-    import shutil
 
     import zarr
 
@@ -259,6 +274,12 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
                          "key 'grid_size'"),
     "grid_key_does_not_exist": (lambda t, d: ["--space", str(_space_file(
         t, grid={"grid_size": [16], "max_frames": [12], "frame_skip": [1]}))], "'frame_skip' is not a training config key"),
+    "holdout_covers_every_view": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12]}, base_config={"holdout_views": [0, 1, 2, 3, 4, 5]}))],
+        "array 'holdout_views': every view is held out; at least one must be observed"),
+    "no_heldout_view": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12]}, base_config={"holdout_views": []}))],
+        "no held-out view (base_config.holdout_views is empty)"),
     "missing_dataset": (lambda t, d: ["--space", "smoke", "--dataset", str(t / "none.zarr")], "none.zarr: no such dataset"),
     "invalid_dataset": (lambda t, d: ["--space", "smoke", "--dataset", str(d)], "array 'centre': non-finite value at frame 5"),
     "resume_without_study": (lambda t, d: ["--space", "smoke", "--resume"], "no study to resume"),

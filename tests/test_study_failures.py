@@ -149,7 +149,7 @@ def test_rerun_does_not_reexecute_a_failed_trial(ray_local, tmp_path, small_data
 
     log = tmp_path / "log"
     log.mkdir()
-    study = run_study(study_args(tmp_path, small_dataset), fake_trial(log, behave))
+    study = run_study(study_args(tmp_path, small_dataset), fake_trial(log, behave)).study
     first = {t["trial_id"]: t for t in pq.read_table(Path(study.root) / "trials.parquet").to_pylist()}
     failed = [t for t in first.values() if t["status"] == "failed"]
     assert len(failed) == 1 and "NonFiniteLossError" in failed[0]["error"] and failed[0]["last_epoch"] == 1
@@ -189,7 +189,7 @@ def test_resume_applies_max_failures_and_max_concurrent_given_again(ray_local, t
                   fake_trial(log, behave))
     assert sorted(p.stem for p in log.iterdir()) == ["2d-0", "3d-0"]
     resumed_at = time.time()
-    study = run_study(study_args(tmp_path, small_dataset, "--max-concurrent", "2", "--max-failures", "2"),
+    study, _ = run_study(study_args(tmp_path, small_dataset, "--max-concurrent", "2", "--max-failures", "2"),
                       fake_trial(log, behave))
     trials = {(t["gaussian_mode"], t["seed"]): t for t in pq.read_table(Path(study.root) / "trials.parquet").to_pylist()}
     assert {k: t["status"] for k, t in trials.items()} == {k: "completed" for k in trials} and len(trials) == 4

@@ -170,7 +170,14 @@ def test_cli_run_failures_are_one_line(small_dataset, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "Traceback" not in err, err
-    assert errors[0].startswith("error: non-finite loss or Gaussian parameters") and "epoch 2, step 1" in errors[0]
+    assert errors[0].startswith("error: non-finite Gaussian") and "epoch 2, step 1" in errors[0], errors[0]
+    assert errors[0].endswith("lower lr or lower grad_clip (now 1)"), errors[0]  # clipping is on: never "enable" it
+    # a weight so large that the weighted sum of finite terms overflows: the advice names the weights, not lr
+    config.write_text(tiny(small_dataset, epochs=1, steps_per_epoch=2, valid_every=5, img_lambda=1e39).model_dump_json())
+    assert main([str(config), "--out", str(tmp_path / "weights")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "from finite terms (img_lambda 1e+39" in errors[0], errors
+    assert errors[0].endswith("lower img_lambda or ssim_lambda (the weighted sum overflows)"), errors[0]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[

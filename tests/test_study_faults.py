@@ -1,0 +1,302 @@
+"""Fault injection on the study driver (issue 16): real Ray, real processes and signals, real parquet read back.
+Each test sets up the fault, then checks the exit status, the one-line message, and the study's rows before and
+after (no duplicate, no deletion). The trials are cheap stand-ins (test_study_failures.fake_trial: 3 epochs of
+0.5 s); what is tested is the driver around them. The table of faults is in docs/study.md."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from study.run import StudyLock, main
+from test_study_failures import FAKE_SPACE, fake_trial
+
+STATUS = ["completed"] * 4
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def argv(root: Path, dataset: Path, *extra: str) -> list[str]:
+    space = root / "fake.json"
+    space.write_text(json.dumps(FAKE_SPACE))
+    return ["--space", str(space), "--storage", str(root / "studies"), "--dataset", str(dataset), "--search",
+            "random", "--no-report", "--max-concurrent", "1", *extra]
+
+
+def trials(study: Path) -> dict[tuple, dict]:
+    return {(t["gaussian_mode"], t["seed"]): t for t in pq.read_table(study / "trials.parquet").to_pylist()}
+
+
+def files(folder: Path) -> dict[str, str]:
+    """Relative path -> sha1 of every file under folder (what a run must neither change nor delete)."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def interrupt_last_trial(log: Path):
+    """A fake trial that sends Ctrl-C (SIGINT) to the driver during the last trial's epoch 2 (the first time)."""
+    driver = os.getpid()
+
+    def behave(config, attempt, epoch):
+        if (config["gaussian_mode"], config["seed"], epoch, attempt) == ("3d", 1, 2, 1):
+            os.kill(driver, signal.SIGINT)
+            time.sleep(60)
+
+    return fake_trial(log, behave)
+
+
+def interrupted_study(root: Path, dataset: Path, capsys) -> Path:
+    """A study interrupted while its last trial runs: 3 trials completed, one running."""
+    log = root / "log"
+    log.mkdir(parents=True)
+    assert main(argv(root, dataset), interrupt_last_trial(log)) == 130
+    assert "interrupted: run the same command again" in capsys.readouterr().err
+    return root / "studies" / "fake"
+
+
+def test_ctrl_c_after_the_last_trial_started_is_an_interruption(ray_local, tmp_path, small_dataset, capsys):
+    """Item 1: Ray marks every trial terminated after the interrupt; the study's records say one still runs."""
+    study = interrupted_study(tmp_path, small_dataset, capsys)
+    info = json.loads((study / "study.json").read_text())
+    assert "finished" not in info and "explore_finished" not in info
+    assert sorted(t["status"] for t in trials(study).values()) == ["completed"] * 3 + ["running"]
+    assert main(argv(tmp_path, small_dataset), fake_trial(tmp_path / "log", lambda *a: None)) == 0
+    assert [t["status"] for t in trials(study).values()] == STATUS
+    assert "finished" in json.loads((study / "study.json").read_text())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_damaged_ray_state_is_refused_then_repaired(ray_local, tmp_path, small_dataset, capsys, damage):
+    """Item 3: Ray restarts an experiment whose state file is truncated, and the resume used to delete the metrics
+    of the finished trials. Now: refused with one line naming the state and --repair, nothing changed; --repair
+    sets the stage aside (kept, byte for byte) and runs it again."""
+    study = interrupted_study(tmp_path, small_dataset, capsys)
+    if damage == "truncated":
+        state = sorted((study / "ray").glob("experiment_state-*.json"))[-1]
+        state.write_bytes(state.read_bytes()[:200])
+    else:
+        (study / "ray").rename(tmp_path / "ray-elsewhere")  # e.g. a copy that left out Ray's folder
+    before = files(study)
+    assert main(argv(tmp_path, small_dataset), fake_trial(tmp_path / "log", lambda *a: None)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{study / 'ray'}: Ray's experiment state" in err, err
+    assert "records 3 ended trials" in err and "--repair" in err, err
+    after = files(study)
+    assert {k: v for k, v in after.items() if k not in ("study.json", ".lock")} == \
+        {k: v for k, v in before.items() if k not in ("study.json", ".lock")}  # nothing deleted or rewritten
+
+    assert main(argv(tmp_path, small_dataset, "--repair"), fake_trial(tmp_path / "log", lambda *a: None)) == 0
+    assert [t["status"] for t in trials(study).values()] == STATUS
+    aside = {p.name.split(".damaged-")[0]: p for p in study.glob("*.damaged-*")}
+    assert {"metrics", "trials.parquet"} <= set(aside), sorted(aside)
+    kept = {f"metrics/{p.name}" for p in aside["metrics"].iterdir()}
+    assert kept == {k for k in before if k.startswith("metrics/")}  # the old rows, all of them, set aside
+    assert len(list((study / "metrics").glob("part-*.parquet"))) == 12  # the stage run again: 4 trials x 3 epochs
+
+
+def test_damaged_trials_table_is_rebuilt_from_ray_state(ray_local, tmp_path, small_dataset, capsys):
+    """Item 7: trials.parquet is derived; a damaged one is kept aside and rebuilt, on a finished study too."""
+    log = tmp_path / "log"
+    log.mkdir()
+    assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
+    study = tmp_path / "studies" / "fake"
+    good = trials(study)
+    (study / "trials.parquet").write_bytes((study / "trials.parquet").read_bytes()[:100])
+    capsys.readouterr()
+    assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
+    assert "was damaged (ArrowInvalid); kept as" in capsys.readouterr().out
+    rebuilt = trials(study)
+    keys = ("trial_id", "status", "last_epoch", "lr", "seed", "gaussian_mode", "valid_heldout_iou", "dataset")
+    assert {k: {c: t[c] for c in keys} for k, t in rebuilt.items()} == {k: {c: t[c] for c in keys}
+                                                                         for k, t in good.items()}
+    assert len(list(study.glob("trials.parquet.damaged-*"))) == 1
+    assert all(t["checkpoint_path"].startswith("ray/") and (study / t["checkpoint_path"]).parent.is_dir()
+               for t in rebuilt.values())  # the fake trial's checkpoint folder holds state.json only
+
+
+def test_damaged_study_json_is_refused_then_repaired(ray_local, tmp_path, small_dataset, capsys):
+    """Item 7: a damaged study.json is one line naming it and --repair (no traceback); --repair keeps it aside."""
+    log = tmp_path / "log"
+    log.mkdir()
+    assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
+    study = tmp_path / "studies" / "fake"
+    (study / "study.json").write_text('{"space": {"name": "fa')
+    capsys.readouterr()
+    assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{study / 'study.json'}: damaged (JSONDecodeError" in err, err
+    assert "--repair" in err
+    assert main(argv(tmp_path, small_dataset, "--repair"), fake_trial(log, lambda *a: None)) == 0
+    assert "finished" in json.loads((study / "study.json").read_text())
+    assert len(list(study.glob("study.json.damaged-*"))) == 1
+    assert [t["status"] for t in trials(study).values()] == STATUS  # nothing ran again: the records said done
+    assert sum(1 for _ in log.iterdir()) == 4 and all(len(p.read_text().split("start")) == 2 for p in log.iterdir())
+
+
+def test_every_trial_failed_exits_1(ray_local, tmp_path, small_dataset, capsys):
+    """Item 4: a study whose every trial failed finished, but without a result: exit 1 and the error, not 0."""
+    def behave(config, attempt, epoch):
+        raise ValueError("masks are empty in every view")
+
+    log = tmp_path / "log"
+    log.mkdir()
+    assert main(argv(tmp_path, small_dataset, "--max-failures", "0"), fake_trial(log, behave)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: every explore trial failed (4 trials; ValueError: masks are empty"), err[-1]
+    assert [t["status"] for t in trials(tmp_path / "studies" / "fake").values()] == ["failed"] * 4
+
+
+def test_lock_is_held_until_the_report_is_written(ray_local, tmp_path, small_dataset, monkeypatch):
+    """Item 9: a second driver is refused while the report is written; stale staging of a killed writer is
+    removed, and a previous report caught mid-swap is put back."""
+    import study.run
+    from study.report import clean_stale
+
+    seen = []
+    real = study.run.finish
+
+    def finish(store, report):
+        try:
+            with StudyLock(store):
+                seen.append("lock was free")
+        except study.run.StudyError as e:
+            seen.append(str(e))
+        return real(store, report)
+
+    monkeypatch.setattr(study.run, "finish", finish)
+    log = tmp_path / "log"
+    log.mkdir()
+    assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
+    assert len(seen) == 1 and "another driver is running this study" in seen[0], seen
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a pid that has exited
+    out = tmp_path / "studies" / "fake" / "report"
+    (out.with_name(f".report.tmp-{pid}") / "half").mkdir(parents=True)
+    (out.with_name(f".report.old-{pid}")).mkdir()
+    (out.with_name(f".report.old-{pid}") / "decision.md").write_text("the previous report")
+    (out.with_name(f".report.tmp-{os.getpid()}")).mkdir()  # a live writer's staging: ours, left alone here
+    clean_stale(out)
+    assert (out / "decision.md").read_text() == "the previous report"  # put back: `report` was missing
+    assert not out.with_name(f".report.tmp-{pid}").exists() and not out.with_name(f".report.old-{pid}").exists()
+    assert out.with_name(f".report.tmp-{os.getpid()}").exists()
+
+
+def test_copied_study_resumes_and_reports_in_place(ray_local, tmp_path, small_dataset, capsys):
+    """Item 10: an interrupted study moved elsewhere resumes there; the original's files are neither changed nor
+    needed; checkpoint paths in trials.parquet are relative to the study."""
+    from study.load import load_study
+
+    study = interrupted_study(tmp_path / "a", small_dataset, capsys)
+    before = files(study)
+    copy = tmp_path / "b" / "studies" / "fake"
+    copy.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(study), str(copy)], check=True)
+    hidden = tmp_path / "a" / "hidden"
+    study.rename(hidden)  # the original is gone while the copy resumes
+    assert main(argv(tmp_path / "b", small_dataset), fake_trial(tmp_path / "a" / "log", lambda *a: None)) == 0
+    assert files(hidden) == before
+    rows = trials(copy)
+    assert [t["status"] for t in rows.values()] == STATUS
+    assert all(not t["checkpoint_path"].startswith("/") for t in rows.values()), rows
+    _, table, _ = load_study(copy)
+    assert all(Path(p).parent.is_dir() and p.startswith(str(copy)) for p in table["checkpoint_path"])
+
+
+def test_scratch_of_killed_trials_is_cleaned(ray_local, tmp_path, small_dataset):
+    """Item 11: trial folders live under <tmp>/posesplat-scratch/<kind>-<pid>-*; the driver removes those whose
+    process is gone when it starts or resumes (and leaves live ones)."""
+    from study.trainable import scratch, scratch_dir
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = [scratch() / f"trial-{dead}-x1", scratch() / f"tb-{dead}-x2"]
+    for d in stale:
+        (d / "checkpoint.pt").parent.mkdir(parents=True, exist_ok=True)
+        (d / "checkpoint.pt").write_bytes(b"0" * 1000)
+    live = scratch_dir("trial")
+    assert live.parent == scratch() and live.name.startswith(f"trial-{os.getpid()}-")
+    log = tmp_path / "log"
+    log.mkdir()
+    assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
+    assert not any(d.exists() for d in stale) and live.is_dir()
+    live.rmdir()
+
+
+FAKE_STUDY = Path(__file__).with_name("fake_study.py")
+
+
+def test_sigterm_is_an_interruption_with_exit_143(tmp_path, small_dataset):
+    """Item 8: SIGTERM to the driver (what a scheduler sends): Tune's snapshot, exit 143, the resume message, no
+    native crash dump; the same command resumes and finishes."""
+    cmd = [sys.executable, str(FAKE_STUDY), *argv(tmp_path, small_dataset)]
+    env = {**os.environ, "FAKE_EPOCH_S": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).parent.parent)
+    metrics = tmp_path / "studies" / "fake" / "metrics"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(list(metrics.glob("part-*.parquet"))) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "terminated: run the same command again to resume the study"
+    assert "Fatal Python error" not in err and "*** SIGTERM" not in err
+    study = tmp_path / "studies" / "fake"
+    assert "finished" not in json.loads((study / "study.json").read_text())
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [t["status"] for t in trials(study).values()] == STATUS
+
+
+@pytest.mark.slow
+def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, small_dataset):
+    """Item 12: the real trainable restores from a checkpoint that was damaged in the study; the trial's error
+    names that file in the study, not the worker's temporary copy of it."""
+    from ray import tune
+
+    from study.sink import ParquetSink, Store
+    from study.trainable import run_trial
+
+    study = Store(tmp_path / "study")
+    base = {"dataset": str(small_dataset), "epochs": 6, "grid_size": 16, "base_filters": 4, "num_unets": 1,
+            "min_n": 50, "max_n": 2000, "max_frames": 12, "eval_frames": 1, "steps_per_epoch": 2, "valid_every": 1,
+            "image_downsample": 2}
+
+    class InterruptAfterEpoch1(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result["epoch"] == 2:  # epoch 1's checkpoint is registered by now
+                os.kill(os.getpid(), signal.SIGUSR1)  # Tune's interrupt: it saves its state and returns
+
+    trainable = tune.with_parameters(run_trial, base_config=base, study_uri=study.uri)
+    tune.Tuner(trainable, param_space={"gaussian_mode": "3d"},
+               run_config=tune.RunConfig(name="ray", storage_path=study.uri, verbose=0,
+                                         callbacks=[InterruptAfterEpoch1()])).fit()
+    ckpts = sorted((tmp_path / "study" / "ray").glob("*/checkpoint_*/checkpoint.pt"))
+    assert ckpts, "no checkpoint after epoch 1"
+    for c in ckpts:
+        c.write_bytes(c.read_bytes()[:1000])  # truncated, as by a full disk
+    sink = ParquetSink(study, "s", base, 6)
+    tuner = tune.Tuner.restore(str(tmp_path / "study" / "ray"), trainable, resume_errored=False,
+                               param_space={"gaussian_mode": "3d"})
+    tuner._local_tuner._run_config.callbacks = [sink]  # as study.run.restore_tuner does
+    tuner._local_tuner._run_config.failure_config = tune.FailureConfig(max_failures=0)
+    tuner.fit()
+    (row,) = pq.read_table(tmp_path / "study" / "trials.parquet").to_pylist()
+    assert row["status"] == "failed"
+    assert any(f"{c}: not a readable posesplat checkpoint" in row["error"] for c in ckpts), row["error"]
+    assert "posesplat-scratch" not in row["error"]
