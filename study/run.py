@@ -558,15 +558,54 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
 
     store = study.child("confirm")
     cbase = confirm_base(space, base)
-    if store.exists("plan.json"):
-        plan = json.loads(store.read_text("plan.json"))
-    else:
+    plan = read_plan(args, store)
+    if plan is None:
         plan = make_confirm_plan(args, space, cbase, study)
+        check_replan(store, plan)
         write_json(plan, store, "plan.json")
         print(confirm_plan_text(plan), flush=True)
     sink = ParquetSink(store, study.name, cbase, plan["epochs"])
     searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
     return fit_stage(args, store, trainable(cbase, store), sink, searcher, None, "confirm")
+
+
+def read_plan(args: argparse.Namespace, store: Store) -> Optional[dict]:
+    """The confirm plan written before the stage's first trial (None: not planned yet). A damaged one is refused;
+    with --repair it is set aside and planned again (the plan is a function of the explore records and --seed)."""
+    from study.sink import set_aside
+
+    if not store.exists("plan.json"):
+        return None
+    try:
+        plan = json.loads(store.read_text("plan.json"))
+        if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list) or "epochs" not in plan:
+            raise ValueError("not a confirm plan: no trials and epochs")
+        return plan
+    except (ValueError, UnicodeDecodeError) as e:
+        what = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        if not args.repair:
+            raise StudyError(f"{store.path('plan.json')}: damaged ({what}); run the same command with --repair to "
+                             f"plan the confirm stage again from the explore records (kept aside, not deleted)") from None
+        print(f"note: {store.path('plan.json')} was damaged ({what}); kept as {set_aside(store, 'plan.json')}; "
+              f"planning again", flush=True)
+        return None
+
+
+def check_replan(store: Store, plan: dict) -> None:
+    """A plan made again (--repair) must contain every confirm trial already recorded, else the stage's records
+    would mix two designs."""
+    from study.search import MODE_KEY
+
+    if not store.exists("trials.parquet"):
+        return
+    planned = {(t[MODE_KEY], t["seed"], round(t["lr"], 12)) for t in plan["trials"]}
+    try:
+        ran = {(r[MODE_KEY], r["seed"], round(r["lr"], 12)) for r in store.read_table("trials.parquet").to_pylist()}
+    except Exception:  # a damaged table is rebuilt by the sink; the plan is checked against Ray's trials then
+        return
+    if ran - planned:
+        raise StudyError(f"{store.path('plan.json')}: planned again, it does not contain {len(ran - planned)} of the "
+                         f"confirm trials already run (explore records or --seed changed); the old plan is kept aside")
 
 
 def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study: Store) -> dict:

@@ -300,3 +300,29 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     assert row["status"] == "failed"
     assert any(f"{c}: not a readable posesplat checkpoint" in row["error"] for c in ckpts), row["error"]
     assert "posesplat-scratch" not in row["error"]
+
+
+def test_damaged_confirm_plan_is_refused_then_planned_again(ray_local, tmp_path, small_dataset, capsys):
+    """The confirm stage's plan.json (written before its trials) damaged after the study ran: one line naming it;
+    --repair plans again from the explore records, gets the same plan, and reruns nothing."""
+    space = {**FAKE_SPACE, "name": "fakec", "confirm": {"cell": {"grid_size": 16, "max_frames": 12},
+                                                         "min_seeds": 3, "max_seeds": 3}}
+    args = argv(tmp_path, small_dataset)
+    Path(args[1]).write_text(json.dumps(space))
+    log = tmp_path / "log"
+    log.mkdir()
+    assert main(args, fake_trial(log, lambda *a: None)) == 0
+    plan_file = tmp_path / "studies" / "fakec" / "confirm" / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    assert len(plan["trials"]) == 6
+    runs = {p.name: p.read_text().count("start") for p in log.iterdir()}
+    plan_file.write_text(plan_file.read_text()[:50])
+    capsys.readouterr()
+    assert main(args, fake_trial(log, lambda *a: None)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{plan_file}: damaged (JSONDecodeError" in err and "--repair" in err, err
+    assert main(args + ["--repair"], fake_trial(log, lambda *a: None)) == 0
+    again = json.loads(plan_file.read_text())
+    assert again["trials"] == plan["trials"] and again["seeds"] == plan["seeds"]
+    assert len(list(plan_file.parent.glob("plan.json.damaged-*"))) == 1
+    assert {p.name: p.read_text().count("start") for p in log.iterdir()} == runs  # no trial ran again
