@@ -25,6 +25,7 @@ import torch
 from bench import render as bench_render
 from bench import study_overhead as bench_study
 from bench import train_step as bench_step
+from study.resources import write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_NOTE = ("Each study runs as a user runs it (`python -m study.run`, one trial at a time, one CPU per trial). The "
@@ -105,11 +106,7 @@ def main(argv=None) -> int:
     if 2 in only:
         rows = bench_step.run(a.dataset, a.quick)
         model = fit_memory_model(rows)
-        mm = ROOT / "study" / "memory_model.json"
-        tmp = mm.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"source": "python -m bench, table 2", "device": rows[0]["device"],
-                                   "modes": model}, indent=1))
-        os.replace(tmp, mm)
+        write_model(model, rows[0]["device"], "python -m bench, table 2")
         sections.append("## 2. One training step against grid_size\n\n" + bench_step.table(rows) + "\n\n"
                         + bench_step.growth(rows) + "\n\n" + bench_step.target(rows) +
                         "\n\nMemory model fitted (peak MB = base + per_kvoxel x grid^3/1000 + per_kpixel x pixels/1000), written to "

@@ -6,18 +6,26 @@ The coefficients come from `python -m bench` table 2 (docs/benchmarks.md), writt
 the device they were measured on. Measured on CPU (resident-set high-water mark with the torch renderer) they
 overestimate a GPU trial that renders with gsplat, which needs far less memory per pixel; the fraction also keeps a
 1.5x safety factor. A trial's pixels are those of the dataset's images after `image_downsample`; where they are not
-known the paper's 288x256 is assumed.
+known the paper's 288x256 is assumed. Fractions are multiples of STEP (1/20 of a GPU), at least 1/max_trials_per_gpu
+(space `resources.max_trials_per_gpu`, default 8) and at most one GPU; a trial that runs out of GPU memory is retried
+with twice its fraction (study.search.TrialRetries). After a study, `python -m study.resources STUDY [--write]`
+refits the model from the peaks its trials measured.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 PAPER_PIXELS = 288 * 256  # 1152x1024 downsampled by 4
 SAFETY = 1.5
+STEP = 0.05  # GPU fractions are multiples of 1/20 of a GPU
+MAX_TRIALS_PER_GPU = 8  # default cap: no trial gets less than 1/8 of a GPU, so compute is not oversubscribed
 MODEL_FILE = Path(__file__).with_name("memory_model.json")
 
 
@@ -46,10 +54,45 @@ def peak_mb(mode: str, grid_size: int, pixels: int = PAPER_PIXELS,
 
 
 def gpu_fraction(mode: str, grid_size: int, gpu_mem_mb: float, pixels: int = PAPER_PIXELS,
-                 model: Optional[dict[str, MemoryModel]] = None) -> float:
-    """Smallest quarter of a GPU that holds the trial with the safety factor (at most one GPU)."""
+                 model: Optional[dict[str, MemoryModel]] = None, max_per_gpu: int = MAX_TRIALS_PER_GPU) -> float:
+    """Smallest multiple of STEP of a GPU that holds the trial with the safety factor, at least 1/max_per_gpu (so at
+    most max_per_gpu trials share a GPU) and at most one GPU."""
     need = SAFETY * peak_mb(mode, grid_size, pixels, model) / gpu_mem_mb
-    return min(1.0, max(0.25, math.ceil(need * 4) / 4))
+    stepped = math.ceil(round(need / STEP, 6)) * STEP
+    return round(min(1.0, max(stepped, 1.0 / max_per_gpu)), 4)
+
+
+def oom_resized(fraction: float) -> Optional[float]:
+    """The fraction a trial that ran out of GPU memory is retried with: doubled, at most one GPU (None at one)."""
+    return None if fraction >= 1.0 else round(min(1.0, 2 * fraction), 4)
+
+
+def refit(rows, pixels: Optional[int] = None, prior: Optional[dict[str, MemoryModel]] = None,
+          ) -> dict[str, MemoryModel]:
+    """The memory model refitted from peaks a study measured: per mode, least squares of `peak_mem_mb` on
+    [1, grid_size**3/1000] (+ pixels/1000 when the rows' pixels vary). `rows` has columns gaussian_mode, grid_size,
+    peak_mem_mb and optionally pixels; a study's images all have one size, so the pixel coefficient is then kept from
+    `prior` (the shipped model) and its share subtracted first. Modes with fewer than two grid sizes keep `prior`."""
+    import numpy as np
+
+    prior = prior or load_model()
+    out = dict(prior)
+    for mode, g in rows.groupby("gaussian_mode"):
+        g = g[np.isfinite(g["peak_mem_mb"].astype(float))]
+        if g["grid_size"].nunique() < 2:
+            continue
+        kvox = g["grid_size"].astype(float).to_numpy() ** 3 / 1000
+        y = g["peak_mem_mb"].astype(float).to_numpy()
+        kpix = (g["pixels"].astype(float).to_numpy() if "pixels" in g else np.full(len(g), pixels or PAPER_PIXELS)) / 1000
+        p = prior.get(mode, DEFAULT)
+        if np.ptp(kpix) > 0:
+            coef, *_ = np.linalg.lstsq(np.column_stack([np.ones_like(kvox), kvox, kpix]), y, rcond=None)
+            out[mode] = MemoryModel(*(float(c) for c in coef))
+        else:
+            coef, *_ = np.linalg.lstsq(np.column_stack([np.ones_like(kvox), kvox]), y - p.per_kpixel_mb * kpix,
+                                       rcond=None)
+            out[mode] = MemoryModel(float(coef[0]), float(coef[1]), p.per_kpixel_mb)
+    return out
 
 
 def detect_gpu_mem_mb() -> Optional[float]:
@@ -59,3 +102,69 @@ def detect_gpu_mem_mb() -> Optional[float]:
     if not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(0).total_memory / 2**20
+
+
+def write_model(model: dict[str, dict], device: str, source: str, path: Path = MODEL_FILE) -> None:
+    """Write a memory model file (through a temporary name)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"source": source, "device": device, "modes": model}, indent=1))
+    os.replace(tmp, path)
+
+
+def study_peaks(study: Path) -> tuple["object", str]:
+    """(rows: gaussian_mode, grid_size, peak_mem_mb = each trial's largest peak, the memory kind they measured) of a
+    study's explore and confirm stages; GPU peaks (cuda_max_allocated) when there are any."""
+    from study.load import load_studies
+
+    paths = [study] + ([study / "confirm"] if (study / "confirm" / "metrics").is_dir() else [])
+    m = load_studies(paths).metrics
+    if "mem_kind" not in m or m["peak_mem_mb"].isna().all():
+        raise ValueError(f"{study}: its metrics hold no peak_mem_mb")
+    kind = "cuda_max_allocated" if (m["mem_kind"] == "cuda_max_allocated").any() else str(m["mem_kind"].dropna().iloc[0])
+    m = m[m["mem_kind"] == kind]
+    rows = m.groupby(["study", "trial_id"]).agg(gaussian_mode=("gaussian_mode", "first"),
+                                                grid_size=("grid_size", "first"), peak_mem_mb=("peak_mem_mb", "max"))
+    return rows.reset_index(drop=True), kind
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.resources",
+                                description="Refit the GPU memory model from the peaks a study's trials measured.")
+    p.add_argument("study", help="study directory (its explore and confirm metrics are read)")
+    p.add_argument("--pixels", type=int, help="pixels of one training image (default: from the study's dataset and "
+                                              "image_downsample)")
+    p.add_argument("--write", action="store_true", help=f"write the refitted model to {MODEL_FILE} (default: print)")
+    a = p.parse_args(argv)
+    study = Path(a.study)
+    try:
+        rows, kind = study_peaks(study)
+        pixels = a.pixels or study_pixels(study)
+    except (ValueError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    old = load_model()
+    new = refit(rows, pixels, old)
+    print(f"memory model refitted from {len(rows)} trials of {study} ({kind} peaks, {pixels} pixels per image):")
+    for mode in sorted(new):
+        print(f"  {mode}: base {old[mode].base_mb:.1f} -> {new[mode].base_mb:.1f} MB, per kvoxel "
+              f"{old[mode].per_kvoxel_mb:.4f} -> {new[mode].per_kvoxel_mb:.4f} MB, per kpixel "
+              f"{new[mode].per_kpixel_mb:.4f} MB" + ("" if new[mode] != old[mode] else " (unchanged: too few grids)"))
+    if a.write:
+        write_model({m: c._asdict() for m, c in new.items()}, "cuda" if kind.startswith("cuda") else "cpu",
+                    f"python -m study.resources {study} ({kind} peaks)")
+        print(f"written to {MODEL_FILE}")
+    return 0
+
+
+def study_pixels(study: Path) -> int:
+    """Pixels of one training image of a study: its dataset's images after its image_downsample."""
+    from posesplat.config import make_config
+    from posesplat.data import open_dataset
+
+    base = json.loads((study / "study.json").read_text())["base_config"]
+    ds, d = open_dataset(base["dataset"]), make_config(base).image_downsample
+    return (ds.height // d) * (ds.width // d)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -445,7 +445,8 @@ def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem
             return {"cpu": cpus, "gpu": args.gpus_per_trial}
         if space.resources.gpus_per_trial != "auto":
             return {"cpu": cpus, "gpu": float(space.resources.gpus_per_trial)}
-        return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem, pixels)}
+        return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem, pixels,
+                                                           max_per_gpu=space.resources.max_trials_per_gpu)}
 
     def make(base: dict, store: Store):
         return tune.with_resources(
@@ -680,7 +681,7 @@ def study_callbacks(sink, scheduler, max_failures: int) -> list:
     """The study's Tune callbacks, in a fixed order (Ray restores callback states by position)."""
     from study.search import SchedulerState, TrialRetries
 
-    return [sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures)]
+    return [sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures, sink)]
 
 
 def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurrent: Optional[int]):

@@ -204,15 +204,41 @@ class StratifiedASHA(FIFOScheduler):
 
 
 class TrialRetries(Callback):
-    """Applies `--max-failures` to every trial at every step: Ray keeps each trial's limit from when it was created
-    (in the experiment snapshot), so without this a resumed study would ignore a changed value."""
+    """Applies `--max-failures` to every trial at every step (Ray keeps each trial's limit from when it was created,
+    in the experiment snapshot, so without this a resumed study would ignore a changed value), and answers a trial
+    that ran out of GPU memory (posesplat.train.OutOfMemoryError) by retrying it with twice its GPU fraction, at most
+    one GPU: such a retry is not counted against `--max-failures` (it needs one to happen at all: with
+    `--max-failures 0` an OOM fails the trial). The fractions given are recorded in `trials.parquet`."""
 
-    def __init__(self, max_failures: int):
-        self.max_failures = max_failures
+    def __init__(self, max_failures: int, sink=None):
+        self.max_failures, self.sink = max_failures, sink
+        self.resized: dict[str, int] = {}  # trial id -> OOM retries with a larger fraction (saved with Ray's state)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         for t in trials:
-            t.max_failures = self.max_failures
+            t.max_failures = -1 if self.max_failures < 0 else self.max_failures + self.resized.get(t.trial_id, 0)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        from study.resources import oom_resized
+        from study.sink import error_text
+
+        error = error_text(trial) or ""
+        need = dict(trial.placement_group_factory.required_resources)
+        new = oom_resized(need.get("GPU", 0.0)) if "OutOfMemoryError" in error and need.get("GPU") else None
+        if new is None:
+            return
+        trial.update_resources({**need, "GPU": new})  # the trial is pending again: applied at its restart
+        self.resized[trial.trial_id] = self.resized.get(trial.trial_id, 0) + 1
+        print(f"trial {trial.trial_id} ran out of GPU memory with {need['GPU']:g} of a GPU: retried with {new:g}",
+              flush=True)
+        if self.sink is not None:
+            self.sink.note(trial, gpu_fraction=new, oom_retries=self.resized[trial.trial_id], oom_error=error)
+
+    def get_state(self) -> dict:
+        return {"resized": dict(self.resized)}
+
+    def set_state(self, state: dict) -> None:
+        self.resized = dict(state.get("resized", {}))
 
 
 class SchedulerState(Callback):

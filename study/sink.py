@@ -242,7 +242,13 @@ class ParquetSink(Callback):
         return f"{scheme}://{path.lstrip('/')}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._row(trial, status="running")
+        gpu = dict(trial.placement_group_factory.required_resources).get("GPU", 0.0)
+        self._row(trial, status="running", gpu_fraction=float(gpu))
+        self._flush()
+
+    def note(self, trial, **fields) -> None:
+        """Record fields of a trial's row (e.g. an OOM retry with a larger GPU fraction)."""
+        self._row(trial, **fields)
         self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

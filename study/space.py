@@ -46,6 +46,7 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # "auto": from the memory model (study/resources.py)
+    max_trials_per_gpu: int = Field(8, ge=1)  # "auto" fractions are at least 1/this: compute is not oversubscribed
 
 
 QUALITY_KEYS = ("test_heldout_iou", "test_heldout_psnr", "test_heldout_psnr_fg", "test_heldout_ssim")
