@@ -86,11 +86,15 @@ def fit_memory_model(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
-    p.add_argument("--dataset", default=str(ROOT / "data" / "synthetic_mouse.zarr"))
-    p.add_argument("--only", default="1,2,3,4", help="comma-separated table numbers")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"),
+                   help="markdown file the tables are written to (tables not rerun are kept)")
+    p.add_argument("--dataset", default=str(ROOT / "data" / "synthetic_mouse.zarr"), help="dataset the timings use")
+    p.add_argument("--only", default="1,2,3,4", help="comma-separated table numbers: 1 render forward/backward per "
+                                                     "mode and backend, 2 one training step against grid_size (fits "
+                                                     "the memory model), 3 study overhead, 4 ASHA savings")
     a = p.parse_args(argv)
     only = {int(x) for x in a.only.split(",")}
     torch.set_num_threads(os.cpu_count() or 1)

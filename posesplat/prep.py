@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tqdm.auto import tqdm
+from posesplat.progress import Progress
 
 PREP_VERSION = "1"
 TRACK_SCALE = 1.25  # the tracking cube is this much larger than ell so that a rough centre still holds the animal
@@ -488,7 +488,7 @@ def run_blocks(fn: Callable, job: dict, n: int, folder: Path, workers: int, desc
     """Run fn(job, j0, j1) over the blocks not yet finished in `folder` (one result file per block), in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
     todo = [b for b in blocks(n) if not (folder / f"{b[0]:08d}.json").exists()]
-    bar = tqdm(total=n, initial=n - sum(j1 - j0 for j0, j1 in todo), desc=desc, unit="frame", disable=not progress)
+    bar = Progress(total=n, initial=n - sum(j1 - j0 for j0, j1 in todo), desc=desc, unit="frame", disable=not progress)
 
     def save(b, res):
         tmp = folder / f"{b[0]:08d}.json.tmp-{os.getpid()}"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from posesplat.progress import Progress
 
 GENERATOR_VERSION = "1.0"
 FORMAT_VERSION = 1
@@ -312,7 +312,7 @@ def render_frames(frames: int, views: int, height: int, width: int, seed: int, p
     rays = [camera_rays(Ks[c], Es[c], height, width) for c in range(views)]
 
     def frames_iter():
-        for f in tqdm(range(frames), desc="synthetic mouse", disable=not progress):
+        for f in Progress(range(frames), desc="synthetic mouse", unit="frame", disable=not progress):
             prims = animal_primitives(centre[f], heading[f], bend[f], tail_phase[f])
             img = np.zeros((views, height, width, 3), dtype=np.uint8)
             msk = np.zeros((views, height, width), dtype=np.uint8)
@@ -494,17 +494,19 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m posesplat.synth", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m posesplat.synth", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="data/synthetic_mouse.zarr", help="zarr v3 store to write")
     p.add_argument("--raw", metavar="DIR", help="instead, write a raw Pose Splatter-layout recording (videos, "
                                                 "camera HDF5, prep.json) into DIR")
-    p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--views", type=int, default=6)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--holdout", type=int, nargs="*", default=None, help="held-out view indices (default: 1 4)")
-    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.add_argument("--frames", type=int, default=300, help="frames of the recording (at least 3)")
+    p.add_argument("--views", type=int, default=6, help="cameras, on a ring around the arena")
+    p.add_argument("--height", type=int, default=128, help="image height in pixels (at least 16)")
+    p.add_argument("--width", type=int, default=128, help="image width in pixels (at least 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mouse's motion, shape and colours")
+    p.add_argument("--holdout", type=int, nargs="*", default=None,
+                   help="held-out view indices (default: 1 4, those that exist, leaving two observed)")
+    p.add_argument("--force", action="store_true", help="replace a store or recording that posesplat wrote")
     a = p.parse_args(argv)
     for name in ("frames", "views", "height", "width"):
         if getattr(a, name) < (3 if name == "frames" else 1 if name == "views" else 16):

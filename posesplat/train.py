@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
 from posesplat.head import PARAMS_PER_GAUSSIAN
 from posesplat.model import PoseSplatter, pixels_per_unit, to_world
+from posesplat.progress import Progress
 from posesplat.render import RenderOut, pick_backend, render
 
 CHECKPOINT_FORMAT = 1
@@ -215,7 +217,8 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = False,
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Valid frames (observed and held-out views) and test frames (held-out views); 3D metric on test frames.
 
     Besides the means, `test_heldout_{iou,psnr,psnr_fg,ssim}_frames` hold one value per evaluated test frame (the mean over
@@ -227,7 +230,8 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter) -> tuple[dict[str, 
     test_frames: list[int] = []
     render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
     for split in ("valid", "test"):
-        for f in eval_frames(cfg, setup.frames[split], split):
+        for f in Progress(eval_frames(cfg, setup.frames[split], split), desc=f"evaluating {split} frames",
+                          unit="frame", leave=False, disable=not progress):
             b = load_frame(setup, f, setup.observed, cfg.image_downsample)
             local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
             g = to_world(local, b["centre"], b["heading"])
@@ -471,7 +475,7 @@ def train(
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n_train, generator=gen)
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        bar = Progress(range(steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress, leave=False)
         with PeakMemory(setup.device) as mem:
             t0 = time.perf_counter()
             for step in bar:
@@ -535,7 +539,7 @@ def train(
         if epoch % cfg.valid_every == 0 or epoch == cfg.epochs:
             t1 = time.perf_counter()
             try:
-                evals, images = evaluate(cfg, setup, model)
+                evals, images = evaluate(cfg, setup, model, progress)
             except torch.OutOfMemoryError as e:
                 raise _oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
@@ -577,12 +581,14 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m posesplat.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m posesplat.train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("config", help="JSON training config (see configs/ and docs/training.md)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys (JSON values)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key with a JSON value; repeat for several (--set lr=1e-3 --set epochs=2)")
     args = p.parse_args(argv)
     try:
         overrides = _parse_set(args.set)
@@ -601,7 +607,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows = read_jsonl(log) if log.exists() else []
             rows = [r for r in rows if r["epoch"] < report.metrics["epoch"]] + [report.metrics]
             tmp = log.with_name(f".{log.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp.write_text("".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in rows))
             os.replace(tmp, log)
 
         history = train(cfg, ckpt_path=ckpt, resume_from=ckpt if args.resume else None, on_epoch=write_log)
@@ -618,6 +624,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(json.dumps({k: last[k] for k in ("epoch", "train_loss", *EVAL_KEYS, "gt_iou3d") if k in last}, indent=1))
     print(f"checkpoint: {ckpt}  metrics: {log}")
     return 0
+
+
+def strict_json(v):
+    """v with every non-finite float as None, so the JSON is strict (`null`, never `NaN`: polars and others refuse it)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [strict_json(x) for x in v]
+    return v
 
 
 def read_jsonl(path: Path) -> list[dict]:

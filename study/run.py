@@ -516,6 +516,8 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
                 known = {r.metrics.get("trial_id") for r in tuner.get_results()}
                 if not evidence & known:
                     problem = f"knows none of the {len(evidence)} trials the study recorded"
+        except StudyError:
+            raise
         except Exception as e:  # a truncated experiment_state-*.json, tuner.pkl or searcher state
             problem = f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if problem is None:
@@ -684,6 +686,9 @@ def study_callbacks(sink, scheduler, max_failures: int) -> list:
     return [sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures, sink)]
 
 
+TESTED_RAY = "2.60."
+
+
 def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurrent: Optional[int]):
     """The study's Tuner as Ray saved it, with this run's sink and options.
 
@@ -692,8 +697,12 @@ def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurre
     interrupted ones continue from their last checkpoint. The Tuner's pickle holds the options of the first run:
     `--max-failures` is applied to every trial (restored trials keep their own limit otherwise) by TrialRetries, and
     `--max-concurrent` is the searcher's (PerModeSearcher.set_state keeps the value set here)."""
+    import ray
     from ray import tune
 
+    if not ray.__version__.startswith(TESTED_RAY):  # the private fields below are Ray 2.60's
+        raise StudyError(f"ray {ray.__version__}: this study layer restores studies with Ray {TESTED_RAY}.x (the "
+                         f"version pinned in pyproject.toml); install it to resume")
     tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False, param_space={})
     local = tuner._local_tuner
     scheduler = local._tune_config.scheduler  # as constructed; its state comes from SchedulerState's snapshot

@@ -242,7 +242,8 @@ class ParquetSink(Callback):
         return f"{scheme}://{path.lstrip('/')}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        gpu = dict(trial.placement_group_factory.required_resources).get("GPU", 0.0)
+        pgf = getattr(trial, "placement_group_factory", None)  # what Ray reserved for this start of the trial
+        gpu = dict(pgf.required_resources).get("GPU", 0.0) if pgf is not None else 0.0
         self._row(trial, status="running", gpu_fraction=float(gpu))
         self._flush()
 

@@ -450,6 +450,6 @@ def test_help_documents_every_option(capsys):
     out = capsys.readouterr().out
     for opt in ("--space", "--name", "--storage", "--dataset", "--num-samples", "--max-epochs", "--gpus-per-trial",
                 "--cpus-per-trial", "--max-concurrent", "--search", "--seed", "--modes", "--cpu", "--max-failures",
-                "--address", "--gpu-mem-mb", "--resume", "--no-report"):
+                "--address", "--gpu-mem-mb", "--resume", "--no-report", "--repair"):
         assert f"\n  {opt} " in out or f"\n  {opt}\n" in out, opt
     assert "default: None" not in out

@@ -14,7 +14,7 @@ TILE = 16  # gsplat's default tile size
 
 def _render_screen(g, viewmats: Tensor, Ks: Tensor, width: int, height: int, bg: Optional[Tensor]):
     """2d_screen: projected anchors + pixel offsets, camera-independent conics, gsplat's CUDA rasteriser."""
-    from gsplat.cuda._wrapper import isect_offset_encode, isect_tiles, rasterize_to_pixels
+    from gsplat import isect_offset_encode, isect_tiles, rasterize_to_pixels
 
     from posesplat.render.project import project_screen
 
