@@ -95,6 +95,7 @@ def test_fractions_pack_gpus_and_oom_retries_larger(ray_gpus, tmp_path, small_da
             assert sum(r["fraction"] for r in on) <= 1.0 + 1e-9, on
             peak_per_gpu = max(peak_per_gpu, len(on))
     assert peak_per_gpu >= 2  # trials did share a GPU (with whole GPUs at most 1 per GPU would run)
+    print(f"peak trials on one GPU: {peak_per_gpu}; peak in all: {max(sum(r['start'] <= t < r['end'] for r in runs) for t in {r['start'] + 1e-3 for r in runs})}")
     # the OOM: retried with twice the fraction (not counted against --max-failures 1), then completed
     oom = [r for r in runs if (r["mode"], r["grid"], r["seed"]) == ("3d", 64, 0)]
     assert len(oom) == 2 and oom[1]["fraction"] == pytest.approx(min(1.0, 2 * oom[0]["fraction"])), oom
