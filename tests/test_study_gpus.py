@@ -18,7 +18,7 @@ from study.resources import gpu_fraction
 from study.run import main
 
 GPU_MEM_MB = 1000.0
-SPACE = {  # 8 trials: (2d, 3d) x grid (16, 64) x 2 seeds, 3 epochs of 1 s; GPUs only limit how many run at once
+SPACE = {  # 8 trials: (2d, 3d) x grid (16, 64) x 2 seeds, 3 epochs of 3 s; GPUs only limit how many run at once
     "name": "gpus", "modes": ["2d", "3d"], "grid": {"grid_size": [16, 64], "max_frames": [12]},
     "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3}}, "samples_per_cell": 2, "max_epochs": 3,
     "scheduler": {"type": "none"}, "resources": {"cpus_per_trial": 0.5, "gpus_per_trial": "auto"},
@@ -51,7 +51,7 @@ def logged_trial(log: Path):
                 start = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
         try:
             for epoch in range(start, 4):
-                time.sleep(1.0)
+                time.sleep(3.0)
                 if first and epoch == 2 and (rec["mode"], rec["grid"], rec["seed"]) == ("3d", 64, 0):
                     raise OutOfMemoryError("out of memory on cuda in training (epoch 2, step 1): mode=3d "
                                            "grid_size=64 asked for 0.50 GiB")
