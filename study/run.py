@@ -479,7 +479,7 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=searcher.total,
-                                        reuse_actors=True),
+                                        metric=searcher.metric, mode=searcher.mode, reuse_actors=True),
             run_config=tune.RunConfig(
                 name="ray", storage_path=store.uri,
                 callbacks=study_callbacks(sink, scheduler, args.max_failures),

@@ -126,6 +126,23 @@ def test_smoke_report_written(smoke_study):
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in pngs)
 
 
+def test_ray_results_api_reads_the_study(smoke_study):
+    """docs/study.md: Ray's own ResultGrid on a finished stage, best result without naming the metric again."""
+    from ray import tune
+
+    from study.trainable import run_trial
+
+    grid = tune.Tuner.restore(str(smoke_study / "ray"), trainable=run_trial).get_results()
+    assert len(grid) == 4 and grid.errors == []
+    best = grid.get_best_result()  # metric and mode come from the study's TuneConfig
+    rows = pq.read_table(smoke_study / "trials.parquet").to_pylist()
+    assert best.metrics["valid_heldout_iou"] == pytest.approx(max(r["valid_heldout_iou"] for r in rows))
+    df = grid.get_dataframe()
+    assert set(df["trial_id"]) == {r["trial_id"] for r in rows}
+    confirm = tune.Tuner.restore(str(smoke_study / "confirm" / "ray"), trainable=run_trial).get_results()
+    assert len(confirm) == 6 and confirm.get_best_result().metrics["epoch"] >= 1
+
+
 def test_report_that_cannot_be_written_exits_1(smoke_study, small_dataset, tmp_path, capsys):
     """A finished study whose report cannot be written is not a success: exit 1 with the reason, nothing rerun."""
     copy = tmp_path / "studies" / "smoke"
