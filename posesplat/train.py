@@ -360,29 +360,18 @@ def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model,
     return path.stat().st_size
 
 
-def _bad(terms: dict, g) -> tuple[list[str], list[str]]:
-    """(non-finite loss terms, non-finite Gaussian fields)."""
-    return ([k for k, t in terms.items() if not bool(torch.isfinite(t).all())],
-            [k for k in ("means", "opacities", "colors", "scales") if not bool(torch.isfinite(getattr(g, k)).all())])
-
-
-def nonfinite_cause(cfg: Config, terms: dict, loss: torch.Tensor, g) -> str:
-    """What was not finite: the Gaussians, a loss term, or only the weighted sum of finite terms."""
-    bad_terms, bad_fields = _bad(terms, g)
-    if bad_fields:
-        return f"non-finite Gaussian {', '.join(bad_fields)}"
-    if bad_terms:
-        return f"non-finite loss term {', '.join(bad_terms)} (loss {loss.item()})"
-    return f"non-finite loss {loss.item()} from finite terms (img_lambda {cfg.img_lambda:g}, ssim_lambda {cfg.ssim_lambda:g})"
-
-
-def nonfinite_hint(cfg: Config, terms: dict, g) -> str:
-    """The advice that fits the cause: weights that overflow, else the step size (and clipping as it is set)."""
-    bad_terms, bad_fields = _bad(terms, g)
+def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tuple[str, str]:
+    """(what was not finite: the Gaussians, a loss term, or only the weighted sum of finite terms; the advice that
+    fits it: weights that overflow, else the step size and clipping as it is set)."""
+    bad_terms = [k for k, t in terms.items() if not bool(torch.isfinite(t).all())]
+    bad_fields = [k for k in ("means", "opacities", "colors", "scales") if not bool(torch.isfinite(getattr(g, k)).all())]
     if not bad_terms and not bad_fields:
-        return "lower img_lambda or ssim_lambda (the weighted sum overflows)"
+        return (f"non-finite loss {loss.item()} from finite terms (img_lambda {cfg.img_lambda:g}, ssim_lambda "
+                f"{cfg.ssim_lambda:g})", "lower img_lambda or ssim_lambda (the weighted sum overflows)")
+    cause = (f"non-finite Gaussian {', '.join(bad_fields)}" if bad_fields
+             else f"non-finite loss term {', '.join(bad_terms)} (loss {loss.item()})")
     clip = f"lower grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "enable grad_clip"
-    return f"lower lr or {clip}"
+    return cause, f"lower lr or {clip}"
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -496,9 +485,10 @@ def train(
                         bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
                     )  # the renderer drops NaN-opacity pairs, so a diverged model can still give a finite loss
                     if not finite:
+                        cause, hint = nonfinite_diagnosis(cfg, terms, loss, g)
                         raise NonFiniteLossError(
-                            f"{nonfinite_cause(cfg, terms, loss, g)} at epoch {epoch}, step {step + 1} (frame "
-                            f"{int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g}): {nonfinite_hint(cfg, terms, g)}"
+                            f"{cause} at epoch {epoch}, step {step + 1} (frame {int(frame)}, mode "
+                            f"{cfg.gaussian_mode}, lr {cfg.lr:g}): {hint}"
                         )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -141,25 +141,34 @@ def check_cells(space: Space, base: dict, ds) -> None:
 
 
 def read_study_json(study: Store, repair: bool) -> Optional[dict]:
-    """The study's study.json (None when there is none). A damaged one is refused with the recovery command; with
-    --repair it is set aside and the study goes on with this command's settings."""
+    """The study's study.json (None when there is none, or when --repair set a damaged one aside: the study goes on
+    with this command's settings)."""
+    return read_record(study, "study.json", lambda d: all(isinstance(d.get(k), dict) for k in ("space", "options",
+                                                                                                "base_config")),
+                       "no space, options and base_config", repair,
+                       "if this command has the study's settings, run it again with --repair (the damaged file is "
+                       "kept aside)", "rebuilt from this command's settings")
+
+
+def read_record(store: Store, name: str, valid: Callable[[dict], bool], invalid: str, repair: bool, recovery: str,
+                repaired: str) -> Optional[dict]:
+    """A JSON record of the study (None when absent). A damaged one (not JSON, or not `valid`) is refused with one
+    line naming it and `recovery`; with --repair it is set aside (never deleted) and None returned."""
     from study.sink import set_aside
 
-    if not study.exists("study.json"):
+    if not store.exists(name):
         return None
     try:
-        held = json.loads(study.read_text("study.json"))
-        if not isinstance(held, dict) or not all(isinstance(held.get(k), dict) for k in ("space", "options",
-                                                                                           "base_config")):
-            raise ValueError("not a study.json: no space, options and base_config")
-        return held
+        record = json.loads(store.read_text(name))
+        if not isinstance(record, dict) or not valid(record):
+            raise ValueError(f"not a {name}: {invalid}")
+        return record
     except (ValueError, UnicodeDecodeError) as e:
         what = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         if not repair:
-            raise StudyError(f"{study.path('study.json')}: damaged ({what}); if this command has the study's "
-                             f"settings, run it again with --repair (the damaged file is kept aside)") from None
-        print(f"note: {study.path('study.json')} was damaged ({what}); kept as {set_aside(study, 'study.json')} and "
-              f"rebuilt from this command's settings", flush=True)
+            raise StudyError(f"{store.path(name)}: damaged ({what}); {recovery}") from None
+        print(f"note: {store.path(name)} was damaged ({what}); kept as {set_aside(store, name)}; {repaired}",
+              flush=True)
         return None
 
 
@@ -536,7 +545,7 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
     return None
 
 
-def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> None:
+def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> dict[str, dict]:
     from study.search import PerModeSearcher, StratifiedASHA
     from study.sink import ParquetSink
 
@@ -573,25 +582,12 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
 
 
 def read_plan(args: argparse.Namespace, store: Store) -> Optional[dict]:
-    """The confirm plan written before the stage's first trial (None: not planned yet). A damaged one is refused;
-    with --repair it is set aside and planned again (the plan is a function of the explore records and --seed)."""
-    from study.sink import set_aside
-
-    if not store.exists("plan.json"):
-        return None
-    try:
-        plan = json.loads(store.read_text("plan.json"))
-        if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list) or "epochs" not in plan:
-            raise ValueError("not a confirm plan: no trials and epochs")
-        return plan
-    except (ValueError, UnicodeDecodeError) as e:
-        what = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
-        if not args.repair:
-            raise StudyError(f"{store.path('plan.json')}: damaged ({what}); run the same command with --repair to "
-                             f"plan the confirm stage again from the explore records (kept aside, not deleted)") from None
-        print(f"note: {store.path('plan.json')} was damaged ({what}); kept as {set_aside(store, 'plan.json')}; "
-              f"planning again", flush=True)
-        return None
+    """The confirm plan written before the stage's first trial (None: not planned yet, or set aside by --repair:
+    planned again, since the plan is a function of the explore records and --seed)."""
+    return read_record(store, "plan.json", lambda d: isinstance(d.get("trials"), list) and "epochs" in d,
+                       "no trials and epochs", args.repair,
+                       "run the same command with --repair to plan the confirm stage again from the explore records "
+                       "(kept aside, not deleted)", "planning again")
 
 
 def check_replan(store: Store, plan: dict) -> None:
@@ -599,13 +595,13 @@ def check_replan(store: Store, plan: dict) -> None:
     would mix two designs."""
     from study.search import MODE_KEY
 
-    if not store.exists("trials.parquet"):
-        return
-    planned = {(t[MODE_KEY], t["seed"], round(t["lr"], 12)) for t in plan["trials"]}
     try:
-        ran = {(r[MODE_KEY], r["seed"], round(r["lr"], 12)) for r in store.read_table("trials.parquet").to_pylist()}
-    except Exception:  # a damaged table is rebuilt by the sink; the plan is checked against Ray's trials then
-        return
+        rows = store.read_table("trials.parquet").to_pylist() if store.exists("trials.parquet") else []
+    except Exception:  # a damaged trials table (the sink sets it aside next): every metrics part names its config
+        rows = [r for part in store.list("metrics", "part-*.parquet")
+                for r in store.read_table("metrics", part).to_pylist()]
+    planned = {(t[MODE_KEY], t["seed"], round(t["lr"], 12)) for t in plan["trials"]}
+    ran = {(r[MODE_KEY], r["seed"], round(r["lr"], 12)) for r in rows}
     if ran - planned:
         raise StudyError(f"{store.path('plan.json')}: planned again, it does not contain {len(ran - planned)} of the "
                          f"confirm trials already run (explore records or --seed changed); the old plan is kept aside")

@@ -220,10 +220,10 @@ class TrialRetries(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         from study.resources import oom_resized
-        from study.sink import error_text
+        from study.sink import error_text, trial_resources
 
         error = error_text(trial) or ""
-        need = dict(trial.placement_group_factory.required_resources)
+        need = trial_resources(trial)
         new = oom_resized(need.get("GPU", 0.0)) if "OutOfMemoryError" in error and need.get("GPU") else None
         if new is None:
             return

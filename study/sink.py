@@ -158,7 +158,7 @@ class ParquetSink(Callback):
         was damaged, every trial with a metrics part."""
         if self.damaged is None:
             return self.ended()
-        return {p.removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)[0] for p in self.store.list("metrics", "part-*.parquet")}
+        return {part_of(p)[0] for p in self.store.list("metrics", "part-*.parquet")}
 
     def _row(self, trial, **status) -> dict:
         row = self.trials.get(trial.trial_id, {})
@@ -202,7 +202,7 @@ class ParquetSink(Callback):
         """A trials-table row rebuilt from Ray's record of a trial; "ended" becomes completed or stopped."""
         last_epoch = int(last.get("epoch") or 0)
         if status == "ended":
-            status = "completed" if last_epoch >= int(config.get("epochs") or self.max_epochs) else "stopped"
+            status = "completed" if last_epoch >= self.budget(config) else "stopped"
         metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
                    and not isinstance(v, (dict, list))}
         self.trials[tid] = {**metrics, "study": self.study, "trial_id": tid, **full_config(self.base, config),
@@ -213,8 +213,8 @@ class ParquetSink(Callback):
     def reconcile(self, known: dict[str, int]) -> None:
         """Keep exactly what Ray's (restored) state knows: trial id -> last epoch it has a result for."""
         for part in self.store.list("metrics", "part-*.parquet"):
-            tid, epoch = part.removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)
-            if int(epoch) > known.get(tid, 0):
+            tid, epoch = part_of(part)
+            if epoch > known.get(tid, 0):
                 self.store.delete("metrics", part)
         for tid in set(self.trials) - set(known):
             del self.trials[tid]
@@ -227,6 +227,10 @@ class ParquetSink(Callback):
             self._flush()
         else:
             self.store.delete("trials.parquet")
+
+    def budget(self, config: dict) -> int:
+        """A trial's epoch budget: fewer epochs reported at its end means the scheduler stopped it."""
+        return int(config.get("epochs") or self.max_epochs)
 
     def checkpoint_file(self, ckpt) -> Optional[str]:
         """The trial's latest checkpoint file, relative to the stage folder when it lies inside it (so a copied or
@@ -242,9 +246,7 @@ class ParquetSink(Callback):
         return f"{scheme}://{path.lstrip('/')}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        pgf = getattr(trial, "placement_group_factory", None)  # what Ray reserved for this start of the trial
-        gpu = dict(pgf.required_resources).get("GPU", 0.0) if pgf is not None else 0.0
-        self._row(trial, status="running", gpu_fraction=float(gpu))
+        self._row(trial, status="running", gpu_fraction=trial_resources(trial).get("GPU", 0.0))
         self._flush()
 
     def note(self, trial, **fields) -> None:
@@ -271,8 +273,7 @@ class ParquetSink(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = int(self.trials.get(trial.trial_id, {}).get("last_epoch") or 0)
-        epochs = int(trial.config.get("epochs") or self.max_epochs)
-        stopped = last < epochs
+        stopped = last < self.budget(trial.config)
         ckpt = getattr(trial, "checkpoint", None)
         self._row(trial, status="stopped" if stopped else "completed", stopped_at_epoch=last if stopped else None,
                   checkpoint_path=self.checkpoint_file(ckpt))
@@ -286,6 +287,18 @@ class ParquetSink(Callback):
 ENDED = ("completed", "stopped", "failed")
 RAY_STATUS = {"TERMINATED": "ended", "ERROR": "failed", "RUNNING": "running", "PAUSED": "running",
               "PENDING": "pending"}
+
+
+def part_of(name: str) -> tuple[str, int]:
+    """(trial id, epoch) of a metrics part file name `part-<trial id>-<epoch>.parquet`."""
+    tid, epoch = name.removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)
+    return tid, int(epoch)
+
+
+def trial_resources(trial) -> dict[str, float]:
+    """What Ray reserves for a trial's next (or current) start, e.g. {"CPU": 1.0, "GPU": 0.25}."""
+    pgf = getattr(trial, "placement_group_factory", None)
+    return {k: float(v) for k, v in pgf.required_resources.items()} if pgf is not None else {}
 
 
 def pid_alive(pid: int) -> bool:
