@@ -36,6 +36,12 @@ def project(points: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tenso
     return uv, z
 
 
+def touches_border(masks: Tensor) -> Tensor:
+    """[V] 1.0 where a view's mask [V, H, W] has foreground on its image border (the animal may leave the image)."""
+    border = torch.cat([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], dim=1)  # [V, 2W + 2H]
+    return (border > 0.5).any(dim=1).float()
+
+
 def carve(
     images: Tensor,  # [V, H, W, 3] in [0, 1]
     masks: Tensor,  # [V, H, W] in {0, 1}
@@ -47,20 +53,30 @@ def carve(
     ell: float,
     volume_idx: Sequence[Sequence[int]] | None = None,
 ) -> Tensor:
-    """Carve the observed views into a [5, X, Y, Z] volume: visual hull, mean mask, mask-weighted mean colour."""
+    """Carve the observed views into a [5, X, Y, Z] volume: visual hull, mean mask, mask-weighted mean colour.
+
+    A view whose mask stays clear of its image border sees the whole animal, so it has a say about every cell (one
+    outside its image, or behind it, is background). A view whose mask touches the border may have lost part of the
+    animal beyond it: it has a say only about the cells it images, so an animal leaving one camera's image is not cut
+    there. A cell is in the hull when at least min(2, V) views have a say and all of them show foreground; the mean
+    mask is over those views.
+    """
     V, H, W = masks.shape
     local = voxel_centres(grid_size, ell, volume_idx).to(images.device)  # [X, Y, Z, 3]
     shape = local.shape[:3]
     world = local.reshape(-1, 3) @ yaw_rotmat(heading).T + centre  # [P, 3]
     uv, z = project(world, viewmats, Ks)  # [V, P, 2], [V, P]
+    in_image = ((z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)).float()
+    sees = torch.maximum(in_image, 1 - touches_border(masks)[:, None])  # [V, P]
     # grid_sample's normalised coordinates with align_corners=False: -1 is the left edge of pixel 0.
     grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], dim=-1)[:, None]  # [V, 1, P, 2]
     stacked = torch.cat([masks[..., None], images], dim=-1).permute(0, 3, 1, 2)  # [V, 4, H, W]
-    samples = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    samples = samples[:, :, 0] * (z > 0)[:, None]  # [V, 4, P]
+    samples = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    samples = samples[:, :, 0] * in_image[:, None]  # [V, 4, P]
     m, rgb = samples[:, 0], samples[:, 1:]  # [V, P], [V, 3, P]
-    hull = m.clamp(0, 1).prod(dim=0)  # [P]
-    frac = m.mean(dim=0)
+    n_seen = sees.sum(0)  # [P]
+    hull = (m.clamp(0, 1) + (1 - sees)).prod(dim=0) * (n_seen >= min(2, V))  # [P]
+    frac = m.sum(0) / n_seen.clamp_min(1)
     colour = (rgb * m[:, None]).sum(0) / m.sum(0).clamp_min(1e-6)  # [3, P]
     vol = torch.cat([hull[None], frac[None], colour], dim=0)  # [5, P]
     return vol.reshape(CARVE_CHANNELS, *shape)

@@ -13,7 +13,17 @@ import torch
 import torch.nn.functional as F
 
 REQUIRED = ("images", "masks", "intrinsics", "extrinsics", "centre", "heading")
-MASK_CHECK_FRAMES = 4  # frames whose masks are checked at open; every frame is checked again when loaded
+MASK_CHECK_FRAMES = 4  # frames whose masks (and background pixels) are checked at open; masks again when loaded
+BACKGROUND_TOL = 8  # grey levels: an out-of-mask pixel further than this from `background` counts as foreign
+BACKGROUND_SHARE = 0.02  # refuse a view whose out-of-mask pixels are foreign in more than this share
+GT_KINDS = {0: "ellipsoid", 1: "capsule"}
+
+
+def default_holdout(n_views: int) -> list[int]:
+    """Held-out views when a dataset names none: every third camera from camera 1 (6 cameras: [1, 4]; 3-5: [1];
+    9: [1, 4, 7]), so at least two thirds stay observed for carving; none below 3 cameras."""
+    k = n_views // 3
+    return [1 + i * n_views // k for i in range(k)] if k else []
 
 
 class DatasetError(ValueError):
@@ -78,17 +88,93 @@ class MultiViewDataset:
         for name, arr in (("centre", self.centre), ("heading", self.heading)):
             if not np.isfinite(arr).all():
                 raise self._err(name, f"non-finite value at frame {int(np.argwhere(~np.isfinite(arr))[0][0])}")
-        hold = np.asarray(self.root["holdout_views"][:]) if "holdout_views" in names else np.zeros(0, int)
-        self.holdout_views = self._check_views(hold.tolist(), "holdout_views")
-        for f in np.linspace(0, F_ - 1, min(MASK_CHECK_FRAMES, F_)).round().astype(int):
-            self._check_mask(msk[int(f)], int(f))
+        if "holdout_views" in names:
+            hold = np.asarray(self.root["holdout_views"][:])
+            if hold.ndim != 1 or not np.issubdtype(hold.dtype, np.integer):
+                raise self._err("holdout_views", f"must be integer [K], got {hold.dtype} {list(hold.shape)}")
+            self.holdout_views = self._check_views(hold.tolist(), "holdout_views")
+        else:
+            self.holdout_views = default_holdout(C)
         self.attrs = dict(self.root.attrs)
+        self.background = self._check_attrs()
+        for f in np.linspace(0, F_ - 1, min(MASK_CHECK_FRAMES, F_)).round().astype(int):
+            m = msk[int(f)]
+            self._check_mask(m, int(f))
+            self._check_background(img[int(f)], m, int(f))
         self.ell = float(self.attrs["ell"]) if "ell" in self.attrs else None
         self.has_gt = "gt" in set(self.root.group_keys())
         if self.has_gt:
-            p = self.root["gt"]["params"]
-            if p.shape[0] != F_:
-                raise self._err("gt/params", f"has {p.shape[0]} frames, images have {F_}")
+            self._check_gt(F_)
+
+    def _attr_err(self, key: str, problem: str) -> DatasetError:
+        return DatasetError(f"{self.path}: attribute '{key}': {problem}")
+
+    def _check_attrs(self) -> np.ndarray:
+        """`up` must be +z, `units` metres, `background` an RGB in [0, 1], `ell` positive; returns the background."""
+        a = self.attrs
+        up = a.get("up")
+        if up is None:
+            raise self._attr_err("up", "missing: the world must be z-up (rotate it so, then set up = [0, 0, 1])")
+        try:
+            up = np.asarray(up, dtype=np.float64).reshape(3)
+        except (TypeError, ValueError):
+            raise self._attr_err("up", f"must be 3 numbers, got {up!r}") from None
+        if not np.isfinite(up).all() or np.linalg.norm(up) == 0 or up @ [0, 0, 1] < 0.9999 * np.linalg.norm(up):
+            raise self._attr_err("up", f"is {up.tolist()}: the world must be z-up; rotate the cameras, centres and "
+                                       f"headings so up is +z and set up = [0, 0, 1] (posesplat.prep does this)")
+        if a.get("units", "m") != "m":
+            raise self._attr_err("units", f"is {a['units']!r}: world coordinates must be metres ('m')")
+        if "background" not in a:
+            raise self._attr_err("background", "missing: the RGB colour (in [0, 1]) of images outside the masks")
+        try:
+            bg = np.asarray(a["background"], dtype=np.float64).reshape(3)
+        except (TypeError, ValueError):
+            raise self._attr_err("background", f"must be 3 numbers in [0, 1], got {a['background']!r}") from None
+        if not (np.isfinite(bg).all() and (bg >= 0).all() and (bg <= 1).all()):
+            raise self._attr_err("background", f"must be 3 numbers in [0, 1], got {bg.tolist()}")
+        if "ell" in a and not (isinstance(a["ell"], (int, float)) and np.isfinite(a["ell"]) and a["ell"] > 0):
+            raise self._attr_err("ell", f"must be a positive number (metres), got {a['ell']!r}")
+        return bg
+
+    def _check_background(self, img: np.ndarray, masks: np.ndarray, frame: int) -> None:
+        """Out-of-mask pixels [C, H, W, 3] must be the `background` colour: renders are scored against it."""
+        ref = np.round(self.background * 255)
+        for c in range(len(img)):
+            out = img[c][masks[c] == 0].astype(np.float64)  # [N, 3]
+            if not len(out):
+                continue
+            foreign = (np.abs(out - ref).max(1) > BACKGROUND_TOL).mean()
+            if foreign > BACKGROUND_SHARE:
+                seen = np.median(out, axis=0).round().astype(int).tolist()
+                raise self._err("images", f"frame {frame}, view {c}: {foreign:.0%} of the pixels outside the mask "
+                                          f"differ from the background attribute {ref.astype(int).tolist()}/255 "
+                                          f"(median there {seen}): set 'background' or composite the images on it")
+
+    def _check_gt(self, n_frames: int) -> None:
+        """The optional ground truth: `gt/params` float [F, P, 10] finite, `gt/kind` integer [P] of known kinds."""
+        g = self.root["gt"]
+        arrays = set(g.array_keys())
+        for name in ("params", "kind"):
+            if name not in arrays:
+                raise self._err(f"gt/{name}", "missing (a gt group needs both gt/params and gt/kind)")
+        p, kind = g["params"], np.asarray(g["kind"][:])
+        if p.ndim != 3 or p.shape[2] != 10 or not np.issubdtype(p.dtype, np.floating):
+            raise self._err("gt/params", f"must be float [F, P, 10], got {p.dtype} {list(p.shape)}")
+        if p.shape[0] != n_frames:
+            raise self._err("gt/params", f"has {p.shape[0]} frames, images have {n_frames}")
+        if kind.shape != (p.shape[1],) or not np.issubdtype(kind.dtype, np.integer):
+            raise self._err("gt/kind", f"must be integer [P] with P = {p.shape[1]} (primitives in gt/params), got "
+                                       f"{kind.dtype} {list(kind.shape)}")
+        unknown = sorted(set(kind.tolist()) - set(GT_KINDS))
+        if unknown:
+            raise self._err("gt/kind", f"unknown kind {unknown[0]} (known: {GT_KINDS})")
+        for f in sorted({0, n_frames - 1}):
+            prims = np.asarray(p[f])
+            if not np.isfinite(prims).all():
+                raise self._err("gt/params", f"non-finite values in frame {f}")
+            ell, cap = prims[kind == 0, 7:10], prims[kind == 1, 7:9]
+            if (ell <= 0).any() or (cap[:, 0] < 0).any() or (cap[:, 1] <= 0).any():
+                raise self._err("gt/params", f"frame {f}: sizes (columns 7-9) must be positive (capsule length >= 0)")
 
     def _check_mask(self, m: np.ndarray, frame: int) -> None:
         bad = (m != 0) & (m != 1)

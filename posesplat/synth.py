@@ -36,7 +36,6 @@ ALBEDO = np.array(
 ELL = 0.24  # carving-cube side (m) that holds the animal around its body centre in every frame
 ARENA_RADIUS = 0.05
 LIGHT = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])
-DEFAULT_HOLDOUT = (1, 4)
 FPS = 30
 RAW_ELL = 0.26  # the raw recording's prep config: prep centres on the hull's centroid, ahead of the body centre,
 # so the tail needs a little more room behind it than ELL gives
@@ -295,8 +294,10 @@ def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray) -> tuple[np.nda
 
 def check_holdout(holdout: Optional[Sequence[int]], views: int) -> list[int]:
     """The held-out views: the default ones that exist when None; distinct, in range, leaving one observed."""
-    if holdout is None:  # the default held-out views that exist, always leaving two observed
-        holdout = [h for h in DEFAULT_HOLDOUT if h < views][: max(views - 2, 0)]
+    if holdout is None:  # the rule a dataset without holdout_views gets (6 cameras: [1, 4])
+        from posesplat.data import default_holdout
+
+        holdout = default_holdout(views)
     holdout = [int(h) for h in holdout]
     if any(not 0 <= h < views for h in holdout) or len(set(holdout)) != len(holdout) or len(holdout) >= views:
         raise SynthError(f"holdout views {holdout}: must be distinct indices in [0, {views}) leaving one observed")
@@ -440,10 +441,10 @@ def make_raw(
     for w in writers:
         w.close()
     config = {
-        "data_directory": ".", "camera_fn": "camera_params.h5",
+        "data_directory": str(out.resolve()), "project_directory": str(out.resolve()), "camera_fn": "camera_params.h5",
         "video_fns": [f"videos/{c}.mp4" for c in range(views)],
         "mask_video_fns": [f"mask_videos/{c}.mp4" for c in range(views)],
-        "image_downsample": 1, "frame_jump": 1, "holdout_views": holdout, "ell": RAW_ELL, "grid_size": 48,
+        "image_downsample": 1, "frame_jump": 1, "holdout_views": holdout, "ell_m": RAW_ELL, "grid_size": 48,
         "fps": FPS, "unit_m": 1.0 / RAW_UNIT_PER_M,
     }
     (tmp / "prep.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -90,15 +90,51 @@ def load_frame(setup: Setup, frame: int, views: Sequence[int], downsample: int) 
     return {k: v.to(setup.device) for k, v in batch.items()}
 
 
-def auto_volume_idx(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float):
-    """Crop of the grid covering the carved animal in up to 16 training frames."""
+ELL_TOUCH_WARN, ELL_TOUCH_REFUSE = 0.0, 0.05  # share of sampled frames whose hull reaches the cube's faces
+
+
+def sample_hulls(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float,
+                 grid_size: Optional[int] = None) -> torch.Tensor:
+    """Carved hulls [N, G, G, G] (whole cube) of up to 16 training frames, evenly spread."""
     picks = frames[np.linspace(0, len(frames) - 1, min(16, len(frames))).round().astype(int)]
-    total = None
+    out = []
     for f in picks:
         b = ds.load(int(f), observed, cfg.image_downsample)
-        hull = carve(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"], cfg.grid_size, ell)[0]
-        total = hull if total is None else total + hull
-    return find_volume_idx(total)
+        out.append(carve(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"],
+                         grid_size or cfg.grid_size, ell)[0])
+    return torch.stack(out)
+
+
+def touches_faces(hulls: torch.Tensor) -> torch.Tensor:
+    """bool [N]: the hull [N, G, G, G] occupies a cell on the cube's outer layer (the animal may be clipped)."""
+    occ = hulls > 0.5
+    faces = [occ[:, [0, -1]], occ[:, :, [0, -1]], occ[:, :, :, [0, -1]]]
+    return torch.stack([f.flatten(1).any(1) for f in faces]).any(0)
+
+
+def suggest_ell(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float) -> str:
+    """A cube side that holds the hull of the sampled frames: carve a cube twice as large and measure the hull."""
+    big = sample_hulls(cfg, ds, frames, observed, 2 * ell, 32) > 0.5  # [N, 32, 32, 32]
+    if touches_faces(big.float()).any():
+        return f"at least {2 * ell:.3g}"
+    centres = (torch.arange(32) + 0.5) / 32 * 2 * ell - ell  # cell centres along an axis
+    reach = max(float(centres[big.any(dim=tuple(d for d in (0, 1, 2, 3) if d != a)).nonzero()].abs().max()) +
+                ell / 32 for a in (1, 2, 3) if big.any())
+    return f"{1.1 * 2 * reach:.3g}"
+
+
+def check_ell(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float,
+              hulls: torch.Tensor) -> None:
+    """Refuse an `ell` whose cube clips the carved animal in more than 5% of the sampled frames; warn below."""
+    share = float(touches_faces(hulls).float().mean())
+    if share <= ELL_TOUCH_WARN:
+        return
+    where = "the config's 'ell'" if cfg.ell else f"the dataset's 'ell' attribute ({ds.path})"
+    msg = (f"the carved animal reaches the faces of the {ell:.3g} m cube in {share:.0%} of {len(hulls)} sampled "
+           f"training frames: {where} is too small for the animal; set ell to {suggest_ell(cfg, ds, frames, observed, ell)}")
+    if share > ELL_TOUCH_REFUSE:
+        raise ConfigError(msg)
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
@@ -109,14 +145,16 @@ def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
     ell = cfg.ell or ds.ell
     if ell is None:
         raise ConfigError(f"config: key 'ell' is not set and the dataset {cfg.dataset} has no 'ell' attribute")
+    hulls = sample_hulls(cfg, ds, frames["train"], observed, ell)
+    check_ell(cfg, ds, frames["train"], observed, ell, hulls)
     if volume_idx is None:
-        volume_idx = cfg.volume_idx or auto_volume_idx(cfg, ds, frames["train"], observed, ell)
+        volume_idx = cfg.volume_idx or find_volume_idx(hulls.sum(0))
     device = resolve_device(cfg)
     d = cfg.image_downsample
     b = ds.load(int(frames["train"][0]), observed, d)
     height, width = b["masks"].shape[1:]
     ppu = pixels_per_unit(b["Ks"], b["viewmats"], b["centre"])
-    background = torch.tensor(ds.attrs.get("background", [0.0, 0.0, 0.0]), dtype=torch.float32, device=device)
+    background = torch.tensor(ds.background, dtype=torch.float32, device=device)
     return Setup(
         ds, frames, observed, heldout, float(ell), volume_idx, ppu * ell / cfg.grid_size, int(width), int(height),
         background, device, pick_backend(cfg.backend, device),
@@ -409,7 +447,7 @@ def render_frame(
     device = next(model.parameters()).device
     b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
     g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-    background = torch.tensor(ds.attrs.get("background", [0.0, 0.0, 0.0]), dtype=torch.float32, device=device)
+    background = torch.tensor(ds.background, dtype=torch.float32, device=device)
     return render(
         g, model.mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
         pick_backend(cfg.backend, device), background,

@@ -245,3 +245,65 @@ def test_max_frames_too_large(small_dataset):
         ds.frame_split(max_frames=100)
     assert str(e.value) == (f"{small_dataset}: array 'images': max_frames 100 is larger than the 24 frames "
                             "available (with frame_jump 1)")
+
+
+def set_attrs(store: Path, **attrs) -> None:
+    root = zarr.open_group(str(store), mode="r+")
+    for k, v in attrs.items():
+        if v is None:
+            del root.attrs[k]
+        else:
+            root.attrs[k] = v
+
+
+def test_gt_without_kind_is_refused_at_open(store):
+    del zarr.open_group(str(store), mode="r+")["gt/kind"]
+    assert "array 'gt/kind': missing (a gt group needs both gt/params and gt/kind)" in error_line(store)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("gt/kind", np.zeros(3, np.int8), "array 'gt/kind': must be integer [P] with P = 9"),
+    ("gt/kind", np.full(9, 7, np.int8), "array 'gt/kind': unknown kind 7"),
+    ("gt/params", np.zeros((24, 9, 7), np.float32), "array 'gt/params': must be float [F, P, 10]"),
+    ("gt/params", np.full((24, 9, 10), np.nan, np.float32), "array 'gt/params': non-finite values in frame 0"),
+    ("gt/params", np.zeros((24, 9, 10), np.float32), "array 'gt/params': frame 0: sizes (columns 7-9) must be"),
+])
+def test_gt_is_validated_completely(store, name, data, message):
+    root = zarr.open_group(str(store), mode="r+")
+    del root[name]
+    root["gt"].create_array(name.split("/")[1], data=data)
+    assert message in error_line(store)
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"up": None}, "attribute 'up': missing: the world must be z-up"),
+    ({"up": [0.0, 1.0, 0.0]}, "attribute 'up': is [0.0, 1.0, 0.0]: the world must be z-up"),
+    ({"units": "mm"}, "attribute 'units': is 'mm': world coordinates must be metres"),
+    ({"background": None}, "attribute 'background': missing"),
+    ({"background": [0, 0, 300]}, "attribute 'background': must be 3 numbers in [0, 1]"),
+    ({"ell": -1}, "attribute 'ell': must be a positive number"),
+])
+def test_attributes_are_checked(store, attrs, message):
+    set_attrs(store, **attrs)
+    msg = str(pytest.raises(DatasetError, open_dataset, store).value)
+    assert msg.startswith(str(store)) and "\n" not in msg and message in msg
+
+
+def test_background_pixels_must_match_the_background_attribute(store):
+    set_attrs(store, background=[1.0, 1.0, 1.0])  # the images are on black
+    msg = error_line(store)
+    assert "array 'images': frame 0, view 0: 100% of the pixels outside the mask differ from the background " \
+           "attribute [255, 255, 255]/255 (median there [0, 0, 0])" in msg
+
+
+def test_default_holdout_adapts_to_the_rig(store):
+    from posesplat.data import default_holdout
+
+    assert [default_holdout(c) for c in (2, 3, 4, 5, 6, 9)] == [[], [1], [1], [1], [1, 4], [1, 4, 7]]
+    del zarr.open_group(str(store), mode="r+")["holdout_views"]
+    assert open_dataset(store).holdout_views == [1, 4]
+    root = zarr.open_group(str(store), mode="r+")  # a 4-camera rig without holdout_views
+    for name in ("images", "masks", "intrinsics", "extrinsics"):
+        rewrite(store, name, root[name][:, :4] if name in ("images", "masks") else root[name][:4])
+    ds = open_dataset(store)
+    assert ds.n_views == 4 and ds.holdout_views == [1] and ds.view_split() == ([0, 2, 3], [1])
