@@ -150,8 +150,9 @@ def test_read_video_seeks_to_exact_frames(raw):
     path = raw.parent / "mask_videos" / "2.mp4"
     every = np.stack(list(read_video(path, 0, 48, 1, 30.0)))
     for start, count, step in ((1, 3, 1), (17, 4, 3), (40, 8, 1)):
-        np.testing.assert_array_equal(np.stack(list(read_video(path, start, count, step, 30.0))),
-                                      every[start: start + count * step: step])
+        for fps in (30.0, None):  # None: no constant rate to seek with, decoded from the first frame
+            np.testing.assert_array_equal(np.stack(list(read_video(path, start, count, step, fps))),
+                                          every[start: start + count * step: step])
     with pytest.raises(PrepError, match="ended after frame 47"):
         list(read_video(path, 44, 3, 2, 30.0))
 
