@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
+from study.board import Names
 from study.sink import Store, StorageError, join_uri, pid_alive
 from study.space import Space, SpaceError, load_space, with_options
 
@@ -435,8 +436,9 @@ def sigterm_as_interrupt():
 
 
 def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem: Optional[float], pixels: int,
-                      trial_fn: Optional[Callable]) -> Callable[[dict, Store], Any]:
-    """(base config, stage store) -> the Tune trainable of a stage, with its per-trial resources."""
+                      trial_fn: Optional[Callable]) -> Callable[[dict, Store, Names, Store], Any]:
+    """(base config, stage store, run names, the study's store: its tensorboard/ holds both stages' runs) -> the
+    Tune trainable of a stage, with its per-trial resources."""
     from ray import tune
 
     from study import resources
@@ -457,9 +459,12 @@ def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem
         return {"cpu": cpus, "gpu": resources.gpu_fraction(config[MODE_KEY], config["grid_size"], gpu_mem, pixels,
                                                            max_per_gpu=space.resources.max_trials_per_gpu)}
 
-    def make(base: dict, store: Store):
+    def make(base: dict, store: Store, names: Names, board: Store):
+        # a test's trial function takes the first three only
+        extra = {} if trial_fn else {"names": names, "board_uri": board.uri}
         return tune.with_resources(
-            tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=store.uri), trial_resources)
+            tune.with_parameters(trial_fn or run_trial, base_config=base, study_uri=store.uri, **extra),
+            trial_resources)
 
     return make
 
@@ -493,7 +498,9 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
                 name="ray", storage_path=store.uri,
                 callbacks=study_callbacks(sink, scheduler, args.max_failures),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # the best-validation checkpoint and the latest (which Ray always keeps: resume starts from it)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=searcher.metric,
+                                                        checkpoint_score_order=searcher.mode),
                 verbose=1,
             ),
         )
@@ -538,6 +545,8 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
                          f"command with --repair (its records are kept aside, nothing is deleted)")
     moved = [set_aside(store, name) for name in ("ray", "metrics", "tensorboard", "trials.parquet", "confirm")
              if store.exists(name) and not (label == "confirm" and name == "confirm")]
+    if label == "confirm" and sink.board.exists("tensorboard", "confirm"):  # its runs, in the study's tensorboard/
+        moved.append(set_aside(sink.board, "tensorboard/confirm"))
     print(f"note: {label} stage: Ray's experiment state {problem}; set aside {', '.join(moved)}; running the stage "
           f"again", flush=True)
     sink.trials.clear()
@@ -554,8 +563,15 @@ def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store
     scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
                                 space.scheduler.reduction_factor, space.metric, space.metric_mode)
                  if space.scheduler.type == "asha" else None)
-    sink = ParquetSink(study, study.name, base, space.max_epochs)
-    return fit_stage(args, study, trainable(base, study), sink, searcher, scheduler, "explore")
+    names = Names("explore", tuple(space.grid), tuple(space.search), study_metrics(space))
+    sink = ParquetSink(study, study.name, base, space.max_epochs, names, study)
+    return fit_stage(args, study, trainable(base, study, names, study), sink, searcher, scheduler, "explore")
+
+
+def study_metrics(space: Space) -> tuple[str, ...]:
+    """The metrics the study decides on, first in TensorBoard's HParams table."""
+    confirm = (*space.confirm.quality, space.confirm.cost) if space.confirm else ()
+    return tuple(dict.fromkeys((space.metric, *confirm)))
 
 
 def confirm_base(space: Space, base: dict) -> dict:
@@ -576,9 +592,10 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
         check_replan(store, plan)
         write_json(plan, store, "plan.json")
         print(confirm_plan_text(plan), flush=True)
-    sink = ParquetSink(store, study.name, cbase, plan["epochs"])
+    names = Names("confirm", tuple(space.confirm.cell), ("seed",), study_metrics(space))
+    sink = ParquetSink(store, study.name, cbase, plan["epochs"], names, study)
     searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
-    return fit_stage(args, store, trainable(cbase, store), sink, searcher, None, "confirm")
+    return fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, "confirm")
 
 
 def read_plan(args: argparse.Namespace, store: Store) -> Optional[dict]:
@@ -677,9 +694,16 @@ def confirm_plan_text(plan: dict) -> str:
 
 def study_callbacks(sink, scheduler, max_failures: int) -> list:
     """The study's Tune callbacks, in a fixed order (Ray restores callback states by position)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from study.search import SchedulerState, TrialRetries
 
-    return [sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures, sink)]
+    # Ray's own result files (progress.csv, result.json: ExperimentAnalysis reads them), but not its TensorBoard
+    # logger: the study writes its own runs (study.board); TUNE_DISABLE_AUTO_CALLBACK_LOGGERS keeps Ray from adding
+    # the TBX logger, so these two are listed here, after the study's (stateless: positions do not matter)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return ([sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures, sink)]
+            + [CSVLoggerCallback(), JsonLoggerCallback()])
 
 
 TESTED_RAY = "2.60."

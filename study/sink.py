@@ -135,9 +135,12 @@ def full_config(base: dict, tuned: dict) -> dict[str, Any]:
 class ParquetSink(Callback):
     """Writes metrics parts and keeps `<study>/trials.parquet` current."""
 
-    def __init__(self, study: Store | str | Path, name: str, base_config: dict, max_epochs: int):
+    def __init__(self, study: Store | str | Path, name: str, base_config: dict, max_epochs: int, names=None,
+                 board: Optional[Store] = None):
         self.store = study if isinstance(study, Store) else Store(study)
         self.study, self.base, self.max_epochs = name, base_config, max_epochs
+        self.names = names  # study.board.Names: the stage's TensorBoard run names (None: no TensorBoard ending)
+        self.board = board or self.store  # whose tensorboard/ holds the runs (the study's, for both stages)
         self.trials: dict[str, dict] = {}
         self.reconciled = False
         self.damaged: Optional[str] = None  # where a damaged trials.parquet was set aside (rebuilt from Ray's state)
@@ -218,8 +221,11 @@ class ParquetSink(Callback):
                 self.store.delete("metrics", part)
         for tid in set(self.trials) - set(known):
             del self.trials[tid]
-        for tid in set(self.store.list("tensorboard")) - set(known):
-            self.store.delete("tensorboard", tid)
+        from study.board import runs
+
+        for tid, parts in runs(self.board).items():
+            if tid not in known and (self.names is None or parts[1] == self.names.stage):
+                self.board.delete(*parts)
         for tid, row in self.trials.items():
             if (row.get("last_epoch") or 0) > known[tid]:
                 row.update(last_epoch=known[tid], status="running", stopped_at_epoch=None)
@@ -278,10 +284,20 @@ class ParquetSink(Callback):
         self._row(trial, status="stopped" if stopped else "completed", stopped_at_epoch=last if stopped else None,
                   checkpoint_path=self.checkpoint_file(ckpt))
         self._flush()
+        self._end_run(trial, "stopped" if stopped else "completed", last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial, status="failed", error=error_text(trial))
         self._flush()
+        self._end_run(trial, "failed", int(self.trials[trial.trial_id].get("last_epoch") or 0))
+
+    def _end_run(self, trial, status: str, epoch: int) -> None:
+        """The trial's end in its TensorBoard run (HParams columns trial/stopped_early, trial/failed)."""
+        if self.names is not None:
+            from study.board import write_end
+
+            tuned = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+            write_end(self.board, ("tensorboard", *self.names.run(tuned, trial.trial_id).split("/")), status, epoch)
 
 
 ENDED = ("completed", "stopped", "failed")

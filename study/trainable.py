@@ -7,14 +7,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
 import ray
 import torch
 from ray import tune
 
 from posesplat.config import make_config
 from posesplat.train import EpochReport, train
+from study.board import Names, TrialBoard
 from study.sink import Store, pid_alive
 
 
@@ -39,40 +40,13 @@ def scratch_dir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=scratch()))
 
 
-class TrialBoard:
-    """TensorBoard writer of one trial: scalars, image panels and the HParams session."""
-
-    def __init__(self, logdir: Path, hparams: dict, first_epoch: int = 1):
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: a resumed trial hides the events of epochs it is about to redo (written before a crash), also
-        # when it restarts from epoch 1 (interrupted after writing epoch 1 but before Ray registered its checkpoint)
-        self.writer = SummaryWriter(str(logdir), purge_step=first_epoch)
-        self.hparams = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
-        self.started = False
-
-    def write(self, report: EpochReport) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
-        step = int(report.metrics["epoch"])
-        scalars = {k: float(v) for k, v in report.metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-        if not self.started:  # HParams dashboard: the session's hyperparameters; metrics are the scalar tags
-            for s in hparams(self.hparams, {f"metrics/{k}": 0.0 for k in scalars}):
-                self.writer.file_writer.add_summary(s)
-            self.started = True
-        for k, v in scalars.items():
-            self.writer.add_scalar(f"metrics/{k}", v, step)
-        for name, img in report.images.items():
-            self.writer.add_image(f"renders/{name}", img, step, dataformats="HWC")
-        self.writer.flush()
-
-
-def run_trial(config: dict, base_config: dict, study_uri: str) -> None:
+def run_trial(config: dict, base_config: dict, study_uri: str, names: Optional[Names] = None,
+              board_uri: Optional[str] = None) -> None:
     """Train the trial's configuration; resume from Tune's checkpoint when the trial is restored.
 
-    TensorBoard events are written on the worker and copied into `<study>/tensorboard/<trial_id>/` after every
-    epoch, so they reach the study's storage (a shared path or a URI) from any node."""
+    TensorBoard events are written on the worker and copied into the study's `tensorboard/<run>/` (study.board;
+    board_uri, default the stage's folder) after every epoch, so they reach the study's storage (a shared path or a
+    URI) from any node."""
     tuned = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = make_config({**base_config, **tuned}, "trial config")
     ctx = tune.get_context()
@@ -91,11 +65,14 @@ def run_trial(config: dict, base_config: dict, study_uri: str) -> None:
     node_id = ray.get_runtime_context().get_node_id()  # which Ray node ran each epoch (a retried trial may move)
     study, tid = Store(study_uri), ctx.get_trial_id()
     tb_dir = scratch_dir("tb")
-    board = TrialBoard(tb_dir, {**tuned, "trial_id": tid}, first_epoch=done + 1)
+    names = names or Names("trial", ("grid_size", "max_frames"), ())
+    board = TrialBoard(tb_dir, names, tuned, tid, first_epoch=done + 1)
+    run = ("tensorboard", *names.run(tuned, tid).split("/"))
+    board_store = Store(board_uri) if board_uri else study
 
     def report(r: EpochReport) -> None:
-        board.write(r)
-        study.upload(tb_dir, "tensorboard", tid)
+        board.write(r.metrics, r.images)
+        board_store.upload(tb_dir, *run)
         (work / "state.json").write_text(json.dumps({"epoch": int(r.metrics["epoch"])}))
         tune.report({**r.metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
@@ -106,6 +83,6 @@ def run_trial(config: dict, base_config: dict, study_uri: str) -> None:
             raise ValueError(source + str(e)[len(str(ckpt_file)):]) from None
         raise
     finally:
-        board.writer.close()
+        board.close()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(tb_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ stratified ASHA fairness, equal trials per mode, bad input refused with one line
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -76,32 +77,48 @@ def test_smoke_parquet_equals_reported(smoke_study):
 
 
 def test_smoke_tensorboard_read_back(smoke_study):
-    import pandas as pd
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
+    """Run names, grouped and described tags, constants only in HParams, typed HParams with the study's metrics
+    first and each trial's end, read back with TensorBoard's own event reader; no Ray TBX events beside them."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-    metrics_table = pd.read_parquet(smoke_study / "metrics")
+    from study.board import runs, scalars
+    from study.sink import Store
 
     trials = pq.read_table(smoke_study / "trials.parquet").to_pylist()
+    found = {tid: parts for tid, parts in runs(Store(smoke_study)).items() if parts[1] == "explore"}
+    assert set(found) == {t["trial_id"] for t in trials}
     for t in trials:
-        acc = EventAccumulator(str(smoke_study / "tensorboard" / t["trial_id"]), size_guidance={"images": 0})
+        parts = found[t["trial_id"]]
+        cell = f"grid{t['grid_size']}_frames{t['max_frames'] if t['max_frames'] is not None else 'all'}"
+        assert parts[1:4] == ("explore", t["gaussian_mode"], cell), parts
+        assert parts[4].startswith(f"lr{t['lr']:.3g}") and parts[4].endswith("-" + t["trial_id"]), parts
+        run = smoke_study.joinpath(*parts)
+        acc = EventAccumulator(str(run))
         acc.Reload()
-        tags = acc.Tags()
-        assert "metrics/valid_heldout_iou" in tags["scalars"]
-        assert len(acc.Scalars("metrics/train_loss")) == t["last_epoch"]
-        assert "renders/heldout" in tags["images"]
+        plugins = {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in acc.Tags()["tensors"]}
+        scalar_tags = {tag for tag, plugin in plugins.items() if plugin == "scalars"}
+        assert {"quality/valid_heldout_iou", "loss/train_loss", "cost/epoch_time_s"} <= scalar_tags
+        assert not {"quality/epoch", "other/epoch", "other/model_params", "other/checkpoint_bytes"} & scalar_tags
+        assert all(tag.split("/")[0] in ("quality", "loss", "cost", "trial") for tag in scalar_tags), scalar_tags
+        assert len(scalars(run, "loss/train_loss")) == t["last_epoch"]
+        assert "held-out views" in acc.SummaryMetadata("quality/valid_heldout_iou").summary_description
+        assert plugins["renders/heldout"] == "images"
+        ended = scalars(run, "trial/stopped_early")[-1][1], scalars(run, "trial/failed")[-1][1]
+        assert ended == (float(t["status"] == "stopped"), float(t["status"] == "failed"))
         hp = {tag: plugin_data_pb2.HParamsPluginData.FromString(v) for tag, v in acc.PluginTagToContent("hparams").items()}
-        assert hp, "no HParams session written"
         start = next(d.session_start_info for d in hp.values() if d.HasField("session_start_info"))
         assert start.hparams["gaussian_mode"].string_value == t["gaussian_mode"]
         assert start.hparams["lr"].number_value == pytest.approx(t["lr"])
         assert start.hparams["trial_id"].string_value == t["trial_id"]
-        metrics = {m.name.tag for d in hp.values() if d.HasField("experiment") for m in d.experiment.metric_infos}
-        assert {"metrics/valid_heldout_iou", "metrics/test_heldout_iou", "metrics/epoch_time_s"} <= metrics
-        rows = metrics_table[metrics_table.trial_id == t["trial_id"]].sort_values("epoch")
-        logged = [e.value for e in acc.Scalars("metrics/train_loss")]
-        assert logged == pytest.approx(rows.train_loss.tolist(), rel=1e-6)  # the same numbers as the parquet
-
+        assert start.hparams["model_params"].number_value > 0 and start.hparams["backend"].string_value == "torch"
+        experiment = next(d.experiment for d in hp.values() if d.HasField("experiment"))
+        metrics = [m.name.tag for m in experiment.metric_infos]
+        assert metrics[0] == "quality/valid_heldout_iou" and {"trial/stopped_early", "trial/failed"} <= set(metrics)
+        types = {h.name: api_pb2.DataType.Name(h.type) for h in experiment.hparam_infos}
+        assert types["gaussian_mode"] == "DATA_TYPE_STRING" and types["lr"] == "DATA_TYPE_FLOAT64"
+    assert not list((smoke_study / "ray").rglob("events.out.tfevents*"))  # Ray's TBX logger is off
+    assert list((smoke_study / "ray").rglob("result.json"))  # its JSON and CSV results are kept
 
 def test_smoke_report_written(smoke_study):
     """The study's own report: a recommendation in words, the confirm stage's table with both modes, decision.json,
@@ -139,6 +156,13 @@ def test_ray_results_api_reads_the_study(smoke_study):
     assert best.metrics["valid_heldout_iou"] == pytest.approx(max(r["valid_heldout_iou"] for r in rows))
     df = grid.get_dataframe()
     assert set(df["trial_id"]) == {r["trial_id"] for r in rows}
+    parts = pads.dataset(smoke_study / "metrics", format="parquet").to_table().to_pandas()
+    for result in grid:  # CheckpointConfig keeps the best-validation epoch's checkpoint, and the latest
+        tid = result.metrics["trial_id"]
+        curve = parts[parts["trial_id"] == tid].set_index("epoch")["valid_heldout_iou"]
+        kept = {m["epoch"] for _, m in result.best_checkpoints}
+        assert max(kept) == curve.index.max() and curve[sorted(kept)].max() == curve.max(), (tid, kept, curve)
+        assert result.get_best_checkpoint("valid_heldout_iou", "max") is not None
     confirm = tune.Tuner.restore(str(smoke_study / "confirm" / "ray"), trainable=run_trial).get_results()
     assert len(confirm) == 6 and confirm.get_best_result().metrics["epoch"] >= 1
 
@@ -446,7 +470,7 @@ def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     for tid, epochs in (("a", 3), ("b", 2)):
         for e in range(1, epochs + 1):
             write_table_atomic([{"trial_id": tid, "epoch": e}], tmp_path / "metrics" / f"part-{tid}-{e:04d}.parquet")
-        (tmp_path / "tensorboard" / tid).mkdir(parents=True)
+        (tmp_path / "tensorboard" / "explore" / "3d" / "grid48_frames30" / f"lr0.001-{tid}").mkdir(parents=True)
     write_table_atomic([{"trial_id": "a", "status": "completed", "last_epoch": 3, "stopped_at_epoch": None},
                         {"trial_id": "b", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}],
                        tmp_path / "trials.parquet")
@@ -455,7 +479,7 @@ def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "metrics").iterdir()) == ["part-a-0001", "part-a-0002"]
     assert pq.read_table(tmp_path / "trials.parquet").to_pylist() == [
         {"trial_id": "a", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}]
-    assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == ["a"]
+    assert [p.name for p in (tmp_path / "tensorboard" / "explore" / "3d" / "grid48_frames30").iterdir()] == ["lr0.001-a"]
     sink.reconcile({})  # a fresh start into a directory Ray could not restore: nothing of the old run is kept
     assert not any((tmp_path / "metrics").iterdir()) and not (tmp_path / "trials.parquet").exists()
 
@@ -470,3 +494,59 @@ def test_help_documents_every_option(capsys):
                 "--address", "--gpu-mem-mb", "--resume", "--no-report", "--repair"):
         assert f"\n  {opt} " in out or f"\n  {opt}\n" in out, opt
     assert "default: None" not in out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_serves_the_runs_and_a_browser_shows_them(smoke_study, tmp_path):
+    """TensorBoard's own server (its HTTP API on 127.0.0.1) lists the runs by name, with the tags' descriptions; a
+    headless Chromium, where installed, renders the Time Series page with the run names on it (screenshot kept)."""
+    import json as json_
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    from study.board import runs
+    from study.sink import Store
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(smoke_study / "tensorboard"),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        want = {"/".join(parts[1:]) for parts in runs(Store(smoke_study)).values()}
+        assert len(want) == len(pq.read_table(smoke_study / "trials.parquet")) + len(pq.read_table(
+            smoke_study / "confirm" / "trials.parquet")) and all(r.startswith(("explore/", "confirm/")) for r in want)
+        got, deadline = set(), time.time() + 90
+        while got != want and time.time() < deadline:
+            time.sleep(1)
+            try:
+                got = set(json_.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5)))
+            except OSError:
+                continue
+        assert got == want
+        tags = json_.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5))
+        info = next(iter(tags.values()))["quality/valid_heldout_iou"]
+        assert info["displayName"] == "valid_heldout_iou" and "held-out views" in info["description"]
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if chromium is None:
+            pytest.skip("no headless Chromium on this machine (the server checks above ran)")
+        url = f"http://127.0.0.1:{port}/#timeseries"
+        flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
+                 "--virtual-time-budget=30000"]
+        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        shown = {r for r in want if r in dom}
+        assert shown == want, sorted(want - shown)
+        shot = tmp_path / "tensorboard.png"
+        subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        assert shot.stat().st_size > 20_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

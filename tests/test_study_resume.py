@@ -100,7 +100,8 @@ def wait_and_kill(proc: subprocess.Popen, study: Path, point: str) -> None:
 
 @pytest.mark.parametrize("point", ["trial_start", "mid_epoch", "checkpoint", "ctrl_c", "confirm", "confirm_ctrl_c"])
 def test_sigkill_then_resume_matches_uninterrupted(setup, point, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from study.board import runs, scalars
+    from study.sink import Store
 
     space, dataset, ((ref_rows, ref_trials), (ref_confirm_rows, ref_confirm_trials)) = setup
     study = tmp_path / "resume"
@@ -127,9 +128,9 @@ def test_sigkill_then_resume_matches_uninterrupted(setup, point, tmp_path):
             assert rows[k][metric] == pytest.approx(ref[metric], rel=1e-5), (k, metric)
     for k, ref in ref_trials.items():
         assert (trials[k]["status"], trials[k]["last_epoch"]) == (ref["status"], ref["last_epoch"]), k
-    assert {p.name for p in (study / "tensorboard").iterdir()} == {t["trial_id"] for t in trials.values()}
+    found = runs(Store(study))
+    assert set(found) == {t["trial_id"] for t in trials.values()}
     for t in trials.values():  # TensorBoard shows each epoch once (events of redone epochs purged)
-        acc = EventAccumulator(str(study / "tensorboard" / t["trial_id"]))
-        acc.Reload()
-        assert [e.step for e in acc.Scalars("metrics/train_loss")] == list(range(1, t["last_epoch"] + 1))
+        steps = [step for step, _ in scalars(study.joinpath(*found[t["trial_id"]]), "loss/train_loss")]
+        assert steps == list(range(1, t["last_epoch"] + 1))
     assert json.loads((study / "study.json").read_text())["runs"] == 2

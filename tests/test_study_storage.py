@@ -51,7 +51,7 @@ def ray_with_creds(s3):
 
 @pytest.mark.slow
 def test_smoke_study_writes_only_to_the_uri_and_resumes(s3, ray_with_creds, small_dataset, tmp_path, monkeypatch):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from study.board import scalars
 
     uri, fs, _ = s3
     monkeypatch.chdir(tmp_path)
@@ -68,13 +68,14 @@ def test_smoke_study_writes_only_to_the_uri_and_resumes(s3, ray_with_creds, smal
     assert len(trials) == 4 and len(rows) == sum(t["last_epoch"] for t in trials)
     assert all(t["checkpoint_path"].startswith("ray/") for t in trials)  # relative to the study, in the bucket
     assert all(fs.get_file_info(f"{root}/{t['checkpoint_path']}").type == pafs.FileType.File for t in trials)
+    tb = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{root}/tensorboard", recursive=True))
+          if i.type == pafs.FileType.Directory and i.path.count("/") == root.count("/") + 5]  # stage/mode/cell/run
     for t in trials:  # the workers' TensorBoard events reached the bucket
         local = tmp_path.parent / f"tb-{t['trial_id']}"
         local.mkdir()
-        pafs.copy_files(f"{root}/tensorboard/{t['trial_id']}", str(local), source_filesystem=fs)
-        acc = EventAccumulator(str(local))
-        acc.Reload()
-        assert len(acc.Scalars("metrics/train_loss")) == t["last_epoch"]
+        run = next(p for p in tb if p.endswith("-" + t["trial_id"]))
+        pafs.copy_files(run, str(local), source_filesystem=fs)
+        assert len(scalars(local, "loss/train_loss")) == t["last_epoch"]
 
     assert main(argv) == 0  # the same command again: resumes (nothing left to run) from the bucket
     info = json.loads(fs.open_input_stream(f"{root}/study.json").read())
