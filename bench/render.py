@@ -19,12 +19,13 @@ import time
 
 import torch
 
+from posesplat.modes import NAMES
 from posesplat.render import Gaussians, project_any, render, torch_backend
 from posesplat.train import PeakMemory
 
 SIZES = ((64, 64), (128, 128), (256, 288))  # (width, height)
 COUNTS = (1000, 4000, 16000)
-MODES = ("3d", "2d", "2d_screen")
+MODES = NAMES
 CUBE, VIEW, DISTANCE = 0.2, 0.4, 0.5  # metres
 
 

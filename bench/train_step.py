@@ -14,13 +14,14 @@ import time
 import torch
 
 from posesplat.config import make_config
+from posesplat.modes import NAMES
 from posesplat.train import PeakMemory, build_model, load_frame, loss_terms, prepare
 from posesplat.render import render
 
 from bench.render import fmt_ms
 
 GRIDS = (32, 48, 64, 112)
-MODES = ("3d", "2d", "2d_screen")
+MODES = NAMES
 TARGET_MB = 4096  # 3d at grid 112 must fit in 4 GiB of GPU memory (the hand-run attempt ran out of 11.75 GiB at 64)
 
 

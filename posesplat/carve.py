@@ -58,8 +58,8 @@ def carve(
     A view whose mask stays clear of its image border sees the whole animal, so it has a say about every cell (one
     outside its image, or behind it, is background). A view whose mask touches the border may have lost part of the
     animal beyond it: it has a say only about the cells it images, so an animal leaving one camera's image is not cut
-    there. A cell is in the hull when at least min(2, V) views have a say and all of them show foreground; the mean
-    mask is over those views.
+    there. A view whose mask is empty (the animal lost) has no say. A cell is in the hull when at least min(2, V)
+    views have a say and all of them show foreground; the mean mask is over those views.
     """
     V, H, W = masks.shape
     local = voxel_centres(grid_size, ell, volume_idx).to(images.device)  # [X, Y, Z, 3]
@@ -68,6 +68,7 @@ def carve(
     uv, z = project(world, viewmats, Ks)  # [V, P, 2], [V, P]
     in_image = ((z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)).float()
     sees = torch.maximum(in_image, 1 - touches_border(masks)[:, None])  # [V, P]
+    sees = sees * (masks.flatten(1).amax(1) > 0.5)[:, None]  # a view that lost the animal has no say (as in prep)
     # grid_sample's normalised coordinates with align_corners=False: -1 is the left edge of pixel 0.
     grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], dim=-1)[:, None]  # [V, 1, P, 2]
     stacked = torch.cat([masks[..., None], images], dim=-1).permute(0, 3, 1, 2)  # [V, 4, H, W]

@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MODES = ("3d", "2d", "2d_screen")
+from posesplat.modes import NAMES as MODES, ModeName
+
 
 
 class ConfigError(ValueError):
@@ -43,7 +44,7 @@ class Config(BaseModel):
         json_schema_extra={"allowed": "0 <= start < stop <= grid_size per axis"},
     )
     # --- model ---
-    gaussian_mode: Literal["3d", "2d", "2d_screen"] = Field(
+    gaussian_mode: ModeName = Field(
         "3d", description="3D Gaussians, 2D surfels, or the screen-space 2D ablation (rendering.md)")
     num_unets: int = Field(1, ge=0, le=4, description="3D U-Nets stacked between carving and head")
     base_filters: int = Field(8, ge=2, le=64, description="channels of the U-Nets' first level (doubled per level)")
@@ -81,10 +82,6 @@ class Config(BaseModel):
             if not ok:
                 raise ValueError(f"volume_idx {self.volume_idx} must be three [start, stop) ranges within grid_size")
         return self
-
-    @property
-    def n_params_per_gaussian(self) -> int:
-        return {"3d": 14, "2d": 13, "2d_screen": 9}[self.gaussian_mode]
 
 
 def _one_line(err: ValidationError, source: str) -> str:

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from posesplat.gt import KIND_NAMES, inside_body  # noqa: F401 (inside_body: part of the reader's API)
+
 REQUIRED = ("images", "masks", "intrinsics", "extrinsics", "centre", "heading")
 MASK_CHECK_FRAMES = 4  # frames whose masks (and background pixels) are checked at open; masks again when loaded
 BACKGROUND_TOL = 8  # grey levels: an out-of-mask pixel further than this from `background` counts as foreign
 BACKGROUND_SHARE = 0.02  # refuse a view whose out-of-mask pixels are foreign in more than this share
-GT_KINDS = {0: "ellipsoid", 1: "capsule"}
 
 
 def default_holdout(n_views: int) -> list[int]:
@@ -165,9 +166,9 @@ class MultiViewDataset:
         if kind.shape != (p.shape[1],) or not np.issubdtype(kind.dtype, np.integer):
             raise self._err("gt/kind", f"must be integer [P] with P = {p.shape[1]} (primitives in gt/params), got "
                                        f"{kind.dtype} {list(kind.shape)}")
-        unknown = sorted(set(kind.tolist()) - set(GT_KINDS))
+        unknown = sorted(set(kind.tolist()) - set(KIND_NAMES))
         if unknown:
-            raise self._err("gt/kind", f"unknown kind {unknown[0]} (known: {GT_KINDS})")
+            raise self._err("gt/kind", f"unknown kind {unknown[0]} (known: {KIND_NAMES})")
         for f in sorted({0, n_frames - 1}):
             prims = np.asarray(p[f])
             if not np.isfinite(prims).all():
@@ -258,23 +259,6 @@ class MultiViewDataset:
 def open_dataset(path: str | Path) -> MultiViewDataset:
     """Open and validate a dataset."""
     return MultiViewDataset(path)
-
-
-def inside_body(gt: np.ndarray, points: np.ndarray, kinds: Optional[np.ndarray] = None) -> np.ndarray:
-    """True for world points [N, 3] inside any ground-truth primitive of one frame (gt [P, 10])."""
-    from posesplat.synth import CAPSULE, KINDS, quat_to_rotmat
-
-    kinds = KINDS if kinds is None else kinds
-    inside = np.zeros(len(points), dtype=bool)
-    for prim, kind in zip(np.asarray(gt, dtype=np.float64), kinds):
-        local = (points - prim[:3]) @ quat_to_rotmat(prim[3:7])
-        if kind == CAPSULE:
-            h, r = prim[7], prim[8]
-            along = np.clip(local[:, 0], -h, h)
-            inside |= (local[:, 0] - along) ** 2 + local[:, 1] ** 2 + local[:, 2] ** 2 <= r * r
-        else:
-            inside |= ((local / prim[7:10]) ** 2).sum(1) <= 1.0
-    return inside
 
 
 class FrameDataset(torch.utils.data.Dataset):

@@ -13,15 +13,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from posesplat.modes import MODES
 from posesplat.pose import quat_multiply
 
-PARAMS_PER_GAUSSIAN = {"3d": 14, "2d": 13, "2d_screen": 9}
-# head output channels per mode, in order: score, offset, log-scale, rotation, colour, opacity
-_LAYOUT = {
-    "3d": {"offset": 3, "scale": 3, "rot": 4, "colour": 3, "opacity": 1},
-    "2d": {"offset": 3, "scale": 2, "rot": 4, "colour": 3, "opacity": 1},
-    "2d_screen": {"offset": 2, "scale": 2, "rot": 1, "colour": 3, "opacity": 1},
-}
+# head output channels per mode, in order: score, then the mode's layout (posesplat.modes)
+_LAYOUT = {m.name: m.head for m in MODES.values()}
 
 
 @dataclass

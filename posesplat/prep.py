@@ -17,6 +17,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from posesplat.progress import Progress
 
-PREP_VERSION = "1"
+PREP_VERSION = "2"  # 2: Pose Splatter units, reach, frames by index
 TRACK_SCALE = 1.25  # the tracking cube is this much larger than ell so that a rough centre still holds the animal
 TRUNK = 0.135  # default trunk radius / ell: the heading is the principal axis of the hull within that distance of
 # its centroid, because the tail and a turned head, which swing, would tilt the axis of the whole hull
@@ -262,21 +263,42 @@ def metres_per_unit(cfg: PrepConfig, Es: np.ndarray, where: str) -> tuple[float,
 PASSTHROUGH = ["-fps_mode", "passthrough"]  # every decoded frame once, none duplicated or dropped for a rate
 
 
-def video_info(path: Path) -> tuple[int, int, int, float, bool]:
-    """(frames decoded, width, height, container fps, constant rate) of a video. Constant rate: the container's
-    duration is its frame count over its rate (to a frame), so a time seek lands on a frame index."""
+def frame_times(path: Path) -> np.ndarray:
+    """Presentation time [N] (seconds) of every frame of a video's first video stream, in decoded order: one full
+    decode by the bundled ffmpeg (its showinfo filter), which also counts the frames."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:v:0",
+           "-vf", "showinfo", *PASSTHROUGH, "-f", "null", "-"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    times = [float(t) for t in re.findall(r"pts_time:\s*([-+0-9.eE]+)", r.stderr)]
+    if r.returncode != 0 or not times:
+        last = (r.stderr.strip().splitlines() or ["no frames"])[-1]
+        raise PrepError(f"{path}: unreadable video (ffmpeg: {last})")
+    return np.asarray(times)
+
+
+def video_info(path: Path) -> tuple[int, int, int, float, Optional[float]]:
+    """(frames decoded, width, height, container fps, the rate to seek with or None). A rate to seek with exists
+    when every frame's timestamp is the first one plus its index over a constant rate (to a tenth of a frame): a
+    time seek then lands on a frame index; otherwise frames must be decoded from the start."""
     import imageio_ffmpeg
 
     try:
         gen = imageio_ffmpeg.read_frames(str(path), output_params=PASSTHROUGH)
         meta = next(gen)
         gen.close()
-        n, secs = imageio_ffmpeg.count_frames_and_secs(str(path))
     except (RuntimeError, OSError, StopIteration, IndexError) as e:
         raise PrepError(f"{path}: unreadable video ({type(e).__name__}: {e})".splitlines()[0]) from None
-    fps = float(meta.get("fps") or 0)
-    constant = fps > 0 and secs is not None and abs(secs * fps - n) <= 2
-    return int(n), int(meta["size"][0]), int(meta["size"][1]), fps, constant
+    times = frame_times(path)
+    seek = None
+    if len(times) > 1 and times[-1] > times[0]:
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        if np.abs(times - times[0] - np.arange(len(times)) / rate).max() <= 0.1 / rate:
+            seek = float(rate)
+    return len(times), int(meta["size"][0]), int(meta["size"][1]), float(meta.get("fps") or 0), seek
 
 
 def read_video(path: Path, start: int, count: int, step: int, fps: Optional[float]) -> Iterator[np.ndarray]:
@@ -697,11 +719,11 @@ def check_videos(cfg: PrepConfig, files: dict[str, Path], config: Path, trim: bo
     if cfg.fps is not None and abs(cfg.fps - fps) > 1e-3 * fps:
         log(f"warning: key 'fps' is {cfg.fps:g} but {files['video 0']} is {fps:g} fps: frames are read by index, so "
             f"this changes nothing; the dataset records the container's {fps:g}")
-    varying = [name for name, info in infos.items() if not info[4]]
+    varying = [name for name, info in infos.items() if info[4] is None and info[0] > 1]
     if varying:
         log(f"warning: {files[varying[0]]} ({len(varying)} video(s)) has no constant frame rate: frames are decoded "
             f"from the start instead of seeking (slower)")
-    seek = {name: (info[3] if info[4] else None) for name, info in infos.items()}
+    seek = {name: info[4] for name, info in infos.items()}
     return n_src, W, H, fps, seek
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from posesplat.gt import CAPSULE, ELLIPSOID, quat_to_rotmat
 from posesplat.progress import Progress
 
 GENERATOR_VERSION = "1.0"
 FORMAT_VERSION = 1
-ELLIPSOID, CAPSULE = 0, 1
 # GT columns per primitive: centre 3, quaternion wxyz 4, size 3 (ellipsoid semi-axes; capsule half-length, radius,
 # radius)
 GT_COLUMNS = ["cx", "cy", "cz", "qw", "qx", "qy", "qz", "s0", "s1", "s2"]
@@ -48,17 +49,6 @@ class SynthError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- rotations
-
-
-def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """[..., 4] wxyz -> [..., 3, 3]."""
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack(
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1
-    ).reshape(q.shape[:-1] + (3, 3))
 
 
 def yaw_pitch_quat(yaw: float, pitch: float = 0.0) -> np.ndarray:

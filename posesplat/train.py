@@ -8,6 +8,7 @@ and the metrics history: nothing derived.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from posesplat.carve import carve, find_volume_idx
 from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
-from posesplat.head import PARAMS_PER_GAUSSIAN
+from posesplat.modes import PARAMS_PER_GAUSSIAN
 from posesplat.model import PoseSplatter, pixels_per_unit, to_world
 from posesplat.progress import Progress
 from posesplat.render import RenderOut, pick_backend, render
@@ -118,8 +119,10 @@ def suggest_ell(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed:
     if touches_faces(big.float()).any():
         return f"at least {2 * ell:.3g}"
     centres = (torch.arange(32) + 0.5) / 32 * 2 * ell - ell  # cell centres along an axis
+    if not big.any():
+        return f"about {ell:.3g} (no hull in a cube twice as large: check masks and cameras)"
     reach = max(float(centres[big.any(dim=tuple(d for d in (0, 1, 2, 3) if d != a)).nonzero()].abs().max()) +
-                ell / 32 for a in (1, 2, 3) if big.any())
+                ell / 32 for a in (1, 2, 3))
     return f"{1.1 * 2 * reach:.3g}"
 
 
@@ -145,9 +148,9 @@ def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
     ell = cfg.ell or ds.ell
     if ell is None:
         raise ConfigError(f"config: key 'ell' is not set and the dataset {cfg.dataset} has no 'ell' attribute")
-    hulls = sample_hulls(cfg, ds, frames["train"], observed, ell)
-    check_ell(cfg, ds, frames["train"], observed, ell, hulls)
-    if volume_idx is None:
+    if volume_idx is None:  # a new model (not a checkpoint's): check the cube, then crop it
+        hulls = sample_hulls(cfg, ds, frames["train"], observed, ell)
+        check_ell(cfg, ds, frames["train"], observed, ell, hulls)
         volume_idx = cfg.volume_idx or find_volume_idx(hulls.sum(0))
     device = resolve_device(cfg)
     d = cfg.image_downsample
@@ -438,11 +441,17 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config
 
 
 @torch.no_grad()
+@functools.lru_cache(maxsize=4)
+def _opened(path: str) -> MultiViewDataset:
+    """A dataset opened (and validated) once for the frames rendered from it."""
+    return open_dataset(path)
+
+
 def render_frame(
     model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
 ) -> RenderOut:
     """Reconstruct `frame` from its observed views and render it into arbitrary cameras [V,4,4], [V,3,3]."""
-    ds = open_dataset(cfg.dataset)
+    ds = _opened(cfg.dataset)
     observed, _ = ds.view_split(cfg.holdout_views)
     device = next(model.parameters()).device
     b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
@@ -649,7 +658,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"interrupted: the last finished epoch is in {ckpt}; continue with --resume", file=sys.stderr)
         return 130
     last = history[-1] if history else {}
-    print(json.dumps({k: last[k] for k in ("epoch", "train_loss", *EVAL_KEYS, "gt_iou3d") if k in last}, indent=1))
+    print(json.dumps(strict_json({k: last[k] for k in ("epoch", "train_loss", *EVAL_KEYS, "gt_iou3d") if k in last}),
+                     indent=1, allow_nan=False))
     print(f"checkpoint: {ckpt}  metrics: {log}")
     return 0
 

@@ -73,7 +73,8 @@ def fmt(value: Any) -> str:
         return "all"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:.3g}"
-    return str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    text = str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return text.replace("/", "_")  # a run name's levels are folders
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,21 @@ class Names:
         return ordered + sorted(set(names) - set(ordered))
 
 
+STAGES = ("explore", "confirm")
+
+
 def runs(store: Store) -> dict[str, tuple[str, ...]]:
-    """Trial id -> its run's folder parts under `tensorboard/` (four levels: stage, mode, cell, label-id)."""
+    """Trial id -> its run's folder parts under `tensorboard/`: four levels (stage, mode, cell, label-id), or one
+    (`tensorboard/<trial id>/`) for trials of studies started before runs were named. Files are not runs."""
     out = {}
-    for stage in store.list("tensorboard"):
-        for mode in store.list(f"tensorboard/{stage}"):
-            for cell in store.list(f"tensorboard/{stage}/{mode}"):
-                for run in store.list(f"tensorboard/{stage}/{mode}/{cell}"):
-                    out[run.rsplit("-", 1)[-1]] = ("tensorboard", stage, mode, cell, run)
+    for top in store.list("tensorboard", folders_only=True):
+        if not top.startswith(STAGES):  # the old layout: the folder is the trial id
+            out[top] = ("tensorboard", top)
+            continue
+        for mode in store.list(f"tensorboard/{top}", folders_only=True):
+            for cell in store.list(f"tensorboard/{top}/{mode}", folders_only=True):
+                for run in store.list(f"tensorboard/{top}/{mode}/{cell}", folders_only=True):
+                    out[run.rsplit("-", 1)[-1]] = ("tensorboard", top, mode, cell, run)
     return out
 
 

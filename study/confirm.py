@@ -16,12 +16,11 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from study.space import Confirm
+from study.space import MODE_KEY, Confirm
 from study.stats import crossed_diff, detectable, halfwidth, seeds_for
 
 PLAN_FORMAT = 1
 SEED_OFFSET = 10_000  # confirm seeds are seed + SEED_OFFSET + i: never an explore seed (seed + i, i < samples)
-MODE_KEY = "gaussian_mode"
 
 
 class PlanError(ValueError):

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-MODE_ORDER = ("2d", "3d", "2d_screen")
+from posesplat.modes import NAMES
+
 CELL = ["grid_size", "max_frames"]
-SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]
+SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]  # the selected epoch: best on these in order, then the earliest
 # (key in the per-trial table, label, True when higher is better)
 QUALITY = [("test_heldout_iou", "held-out IoU (test frames)", True),
            ("test_heldout_psnr", "held-out PSNR, dB, full image (test frames)", True),
@@ -209,5 +210,5 @@ def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float]) -> dict
 def modes_of(per_trial: pd.DataFrame) -> list[str]:
     """The modes present, in the order 2d, 3d, 2d_screen, then any other."""
     present = set(per_trial["gaussian_mode"]) if len(per_trial) else set()
-    return [m for m in MODE_ORDER if m in present] + sorted(present - set(MODE_ORDER))
+    return [m for m in NAMES if m in present] + sorted(present - set(NAMES))
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from study.load import modes_of  # noqa: E402
 from study.stats import mean_ci, pareto_front  # noqa: E402
 
 CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (valid frames)"),
@@ -21,7 +22,9 @@ DPI = 80
 
 
 def colour(mode: str) -> str:
-    return {"2d": "C0", "3d": "C1", "2d_screen": "C2"}.get(mode, "C3")
+    from posesplat.modes import colour as mode_colour
+
+    return mode_colour(mode)
 
 
 def _cells(df: pd.DataFrame) -> list[tuple[int, int]]:
@@ -72,8 +75,7 @@ def curves(metrics: pd.DataFrame, out: Path, name: str = "curves.png", what: str
 def cost_bars(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
     """Time and memory per cell and mode: mean with 95% bootstrap interval over trials."""
     cells = _cells(per_trial)
-    modes = [m for m in ("2d", "3d", "2d_screen") if m in set(per_trial.gaussian_mode)]
-    modes += sorted(set(per_trial.gaussian_mode) - set(modes))
+    modes = modes_of(per_trial)
     fig, axes = plt.subplots(1, len(COSTS), figsize=(4.2 * len(COSTS), 3.4), squeeze=False)
     width = 0.8 / max(len(modes), 1)
     for ax, (key, label) in zip(axes[0], COSTS):

@@ -41,7 +41,9 @@ DEFAULT = MemoryModel(150.0, 0.55, 20.0)  # used only without study/memory_model
 def load_model(path: Path = MODEL_FILE) -> dict[str, MemoryModel]:
     """MemoryModel per mode from `path` (written by `python -m bench`), else DEFAULT for every mode."""
     if not path.exists():
-        return {m: DEFAULT for m in ("3d", "2d", "2d_screen")}
+        from posesplat.modes import NAMES
+
+        return {m: DEFAULT for m in NAMES}
     return {m: MemoryModel(c["base_mb"], c["per_kvoxel_mb"], c.get("per_kpixel_mb", 0.0))
             for m, c in json.loads(path.read_text())["modes"].items()}
 

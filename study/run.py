@@ -348,7 +348,10 @@ class StudyLock:
 
 
 def write_json(obj: dict, study: Store, name: str) -> None:
-    study.write_bytes(json.dumps(obj, indent=1, default=str).encode(), name)
+    """A study record as strict JSON (a NaN becomes null, so every JSON reader accepts it), atomically."""
+    from posesplat.train import strict_json
+
+    study.write_bytes(json.dumps(strict_json(obj), indent=1, default=str, allow_nan=False).encode(), name)
 
 
 class Outcome(NamedTuple):

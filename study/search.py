@@ -19,9 +19,8 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from study.space import Space
+from study.space import MODE_KEY, Space
 
-MODE_KEY = "gaussian_mode"
 
 
 def _optuna_space(space: Space) -> dict:

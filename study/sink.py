@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import math
 import os
 import socket
 import urllib.parse
@@ -104,10 +105,11 @@ class Store:
     def read_table(self, *parts: str) -> pa.Table:
         return pq.read_table(self.path(*parts), filesystem=self.fs)
 
-    def list(self, folder: str, pattern: str = "*") -> list[str]:
-        """Names of the files and folders directly in `folder` matching a glob pattern."""
+    def list(self, folder: str, pattern: str = "*", folders_only: bool = False) -> list[str]:
+        """Names of the files and folders (only the folders: folders_only) directly in `folder` matching a glob."""
         sel = pafs.FileSelector(self.path(folder), allow_not_found=True)
-        return sorted(n for n in (i.base_name for i in self.fs.get_file_info(sel)) if fnmatch.fnmatch(n, pattern))
+        return sorted(i.base_name for i in self.fs.get_file_info(sel) if fnmatch.fnmatch(i.base_name, pattern)
+                      and (not folders_only or i.type == pafs.FileType.Directory))
 
     def delete(self, *parts: str) -> None:
         if self.exists(*parts):
@@ -121,15 +123,56 @@ class Store:
                         destination_filesystem=self.fs)
 
 
-def write_table_atomic(rows: list[dict], path: Path) -> None:
-    """Write rows as one local parquet file via a temporary name and a rename."""
-    Store(path.parent).write_table(rows, path.name)
-
-
 def full_config(base: dict, tuned: dict) -> dict[str, Any]:
     """The complete training config of a trial, lists JSON-encoded so every column is a scalar."""
     cfg = make_config({**base, **{k: v for k, v in tuned.items() if not k.startswith("_")}}).model_dump(mode="json")
     return {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in cfg.items()}
+
+
+SELECTED = ("valid_heldout_iou", "valid_heldout_psnr_fg", "valid_heldout_psnr", "valid_heldout_ssim", "valid_iou",
+            "valid_psnr_fg", "valid_psnr", "valid_ssim")  # copied to trials.parquet as selected_<key>
+TEXT = ("study", "trial_id", "status", "error", "checkpoint_path", "hostname", "node_id", "mem_kind", "device",
+        "backend")
+COUNTS = ("epoch", "last_epoch", "stopped_at_epoch", "selected_epoch")
+
+
+def column_type(name: str) -> pa.DataType:
+    """The parquet type of a study column, for columns whose values are all null (which pyarrow would type `null`,
+    a type duckdb, polars and pandas read differently): text and counts by name, a training config key by its
+    Config field (lists and dicts are stored JSON-encoded), any other column (a metric) float64."""
+    import typing
+
+    from posesplat.config import Config
+
+    if name in TEXT:
+        return pa.string()
+    if name in COUNTS:
+        return pa.int64()
+    field = Config.model_fields.get(name)
+    if field is None:
+        return pa.float64()
+    kind = field.annotation
+    if typing.get_origin(kind) is typing.Union:  # Optional[X]: X
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    kind = typing.get_origin(kind) or kind
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(kind, pa.string())
+
+
+def null_types(rows: list[dict]) -> dict[str, pa.DataType]:
+    """Types for the columns of `rows` that hold only nulls."""
+    keys = {k for r in rows for k in r}
+    return {k: column_type(k) for k in keys if all(r.get(k) is None for r in rows)}
+
+
+def better(a: dict, b: dict) -> bool:
+    """Is epoch row `a` a better selection than `b` (study.load.SELECT in order, as trial_summary selects; NaN worst;
+    the earlier epoch on ties)?"""
+    from study.load import SELECT
+
+    def key(r):
+        vals = [r.get(k) for k in SELECT]
+        return [v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf for v in vals]
+    return key(a) > key(b) or (key(a) == key(b) and a["epoch"] < b["epoch"])
 
 
 class ParquetSink(Callback):
@@ -175,10 +218,26 @@ class ParquetSink(Callback):
         self.trials[trial.trial_id] = row
         return row
 
+    def column_order(self, keys: set[str]) -> list[str]:
+        """trials.parquet's columns: who and what (mode, cell, tuned keys, seed), how it ended, the selected epoch
+        and its validation metrics, the last epoch's metrics, the rest of the training config, then the paths."""
+        from posesplat.config import Config
+
+        names = self.names
+        head = ["study", "trial_id", "status", "gaussian_mode", *(names.cell_keys if names else ("grid_size",
+                "max_frames")), *(names.label_keys if names else ()), "seed", "last_epoch", "stopped_at_epoch",
+                "selected_epoch", *(f"selected_{k}" for k in SELECTED)]
+        tail = ["error", "checkpoint_path", "gpu_fraction"]
+        head = [k for k in dict.fromkeys(head) if k in keys]
+        rest = keys - set(head) - set(tail)
+        config = sorted(k for k in rest if k in Config.model_fields)
+        return head + sorted(rest - set(config)) + config + [k for k in tail if k in keys]
+
     def _flush(self) -> None:
         rows = list(self.trials.values())
-        keys = sorted({k for r in rows for k in r})
-        self.store.write_table([{k: r.get(k) for k in keys} for r in rows], "trials.parquet")
+        keys = self.column_order({k for r in rows for k in r})
+        rows = [{k: r.get(k) for k in keys} for r in rows]
+        self.store.write_table(rows, "trials.parquet", types=null_types(rows))
 
     def on_step_begin(self, iteration, trials, **info):
         if not self.reconciled:
@@ -224,15 +283,28 @@ class ParquetSink(Callback):
         from study.board import runs
 
         for tid, parts in runs(self.board).items():
-            if tid not in known and (self.names is None or parts[1] == self.names.stage):
+            if tid not in known and (self.names is None or len(parts) == 2 or parts[1] == self.names.stage):
                 self.board.delete(*parts)
         for tid, row in self.trials.items():
             if (row.get("last_epoch") or 0) > known[tid]:
                 row.update(last_epoch=known[tid], status="running", stopped_at_epoch=None)
+                if (row.get("selected_epoch") or 0) > known[tid]:  # chosen among epochs Ray will redo
+                    row.update(self.selection(tid))
         if self.trials:
             self._flush()
         else:
             self.store.delete("trials.parquet")
+
+    def selection(self, tid: str) -> dict:
+        """`selected_epoch` and `selected_*` of a trial from its metrics parts (after a rollback)."""
+        best = None
+        for part in self.store.list("metrics", f"part-{tid}-*.parquet"):
+            row = self.store.read_table("metrics", part).to_pylist()[0]
+            v = row.get(SELECTED[0])
+            if isinstance(v, float) and math.isfinite(v) and (best is None or better(row, best)):
+                best = row
+        return {"selected_epoch": best["epoch"] if best else None,
+                **{f"selected_{k}": best.get(k) if best else None for k in SELECTED}}
 
     def budget(self, config: dict) -> int:
         """A trial's epoch budget: fewer epochs reported at its end means the scheduler stopped it."""
@@ -271,10 +343,17 @@ class ParquetSink(Callback):
                **lists, "hostname": result.get("hostname") or socket.gethostname(),
                "timestamp": datetime.now(timezone.utc)}
         self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet",
-                               types={k: list_type(k) for k in lists})
+                               types={**null_types([row]), **{k: list_type(k) for k in lists}})
         ckpt = getattr(trial, "checkpoint", None)
+        prev = self.trials.get(trial.trial_id, {})
+        selected = {}
+        first = SELECTED[0]  # the selection's first key (study.load.SELECT[0]): the epoch was evaluated
+        if isinstance(metrics.get(first), float) and math.isfinite(metrics[first]) and (
+                prev.get("selected_epoch") is None
+                or better(metrics, {"epoch": prev["selected_epoch"], **{k: prev.get(f"selected_{k}") for k in SELECTED}})):
+            selected = {"selected_epoch": epoch, **{f"selected_{k}": metrics.get(k) for k in SELECTED}}
         self._row(trial, status="running", last_epoch=epoch, **{k: v for k, v in metrics.items() if k != "epoch"},
-                  checkpoint_path=self.checkpoint_file(ckpt))
+                  checkpoint_path=self.checkpoint_file(ckpt), **selected)
         self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

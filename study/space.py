@@ -10,9 +10,12 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from posesplat.config import MODES, ConfigError, make_config
+from posesplat.modes import ModeName
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
+
+MODE_KEY = "gaussian_mode"  # the training-config key a space's modes set
 
 class SpaceError(ValueError):
     """A search-space file is missing or invalid; one line naming the file and key."""
@@ -62,7 +65,7 @@ class Confirm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     cell: dict[str, Optional[int]] = Field(description="the primary cell: one value of every grid key")
-    modes: list[Literal["3d", "2d", "2d_screen"]] = Field(["2d", "3d"], min_length=2, max_length=2,
+    modes: list[ModeName] = Field(["2d", "3d"], min_length=2, max_length=2,
                                                           description="[challenger, reference]")
     margin: float = Field(0.02, gt=0, lt=1, description="equivalence margin, relative")
     quality: list[Literal[QUALITY_KEYS]] = Field(["test_heldout_iou", "test_heldout_psnr_fg"], min_length=1)  # type: ignore[valid-type]
@@ -104,7 +107,7 @@ class Space(BaseModel):
     name: str
     description: str = ""
     base_config: dict[str, Any] = {}
-    modes: list[Literal["3d", "2d", "2d_screen"]] = ["2d", "3d"]
+    modes: list[ModeName] = ["2d", "3d"]
     grid: dict[str, list[Optional[int]]] = {"grid_size": [48], "max_frames": [30]}  # max_frames null: all frames
     search: dict[str, Dist] = {}
     samples_per_cell: int = Field(1, ge=1, description="trials per (mode, grid cell)")

@@ -50,7 +50,7 @@ def test_a_view_the_animal_leaves_does_not_cut_it():
     masks = sphere_masks(Es, K, H, W)
     full = hull_of(masks, Es, K, H, W)
     K0 = K.clone()
-    K0[0, 2] = 52.0  # camera 0 looks to one side: the sphere now crosses its image's right edge
+    K0[0, 2] = 46.0  # camera 0 looks to one side: the sphere now crosses its image's right edge
     Ks = torch.stack([K0, K, K])
     moved = torch.stack([sphere_masks(Es[:1], K0, H, W)[0], masks[1], masks[2]])
     assert touches_border(moved).tolist() == [1.0, 0.0, 0.0]
@@ -82,3 +82,12 @@ def test_a_cell_needs_two_views_with_a_say():
     images = torch.zeros(1, H, W, 3)
     one = carve(images, masks, Es[:1], K[None], torch.zeros(3), torch.tensor(0.0), 24, 0.16)[0]
     assert float(one.max()) == 1.0  # min(2, V) = 1 view suffices when there is only one
+
+
+def test_a_view_that_lost_the_animal_has_no_say():
+    Es, K, H, W = rig()
+    masks = sphere_masks(Es, K, H, W)
+    two = hull_of(masks[1:], Es[1:], K, H, W)
+    lost = masks.clone()
+    lost[0] = 0  # camera 0's segmentation lost the animal in this frame (as prep's tracking treats it)
+    assert torch.equal(hull_of(lost, Es, K, H, W) > 0.5, two > 0.5) and float((two > 0.5).sum()) > 100

@@ -153,6 +153,29 @@ def test_frames_are_read_by_index_whatever_the_fps(tmp_path, container, configur
     assert shifted < 0.8, shifted  # the check sees a 4-frame slip (what seeking with the configured fps gave)
 
 
+def test_a_variable_frame_rate_is_read_by_index_too(tmp_path):
+    """Camera 2's videos re-timed with jittered timestamps (no rate to seek with): decoded from the start, warned."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    rec = make_recording(tmp_path / "rec", frames=24, extra_keys=MM)
+    values = json.loads(rec.config.read_text())
+    for key in ("video_fns", "mask_video_fns"):
+        src = rec.folder / values[key][2]
+        dst = src.with_suffix(".mkv")
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(src), "-vf",
+                        "setpts='(N/30+eq(mod(N,3),1)*0.012)/TB'", "-fps_mode", "vfr", "-enc_time_base", "1/1000",
+                        "-c:v", "libx264", "-qp", "0", str(dst)], check=True)
+        values[key][2] = str(Path(values[key][2]).with_suffix(".mkv"))
+    rec.config.write_text(json.dumps(values))
+    lines = []
+    ds = open_dataset(prep(rec.config, workers=1, progress=False, log=lines.append))
+    assert any("0.mkv (2 video(s)) has no constant frame rate: frames are decoded from the start" in line or
+               "2.mkv (2 video(s)) has no constant frame rate" in line for line in lines), lines
+    assert min(on_mask(ds, rec, j, j, v) for j in range(ds.n_frames) for v in range(rec.views)) > 0.9
+
+
 def test_unequal_lengths_are_refused_or_trimmed(tmp_path, capsys):
     rec = make_recording(tmp_path / "rec", frames=20, lengths=[20, 20, 17, 20], extra_keys=MM)
     err = refused(rec, capsys)

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -465,15 +466,16 @@ def test_lock_of_a_killed_driver_is_not_stale(tmp_path):
 
 def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     """After a crash Ray's snapshot can lag the parquet: parts of unknown trials and of later epochs go."""
-    from study.sink import ParquetSink, write_table_atomic
+    from study.sink import ParquetSink, Store
 
+    store = Store(tmp_path)
     for tid, epochs in (("a", 3), ("b", 2)):
         for e in range(1, epochs + 1):
-            write_table_atomic([{"trial_id": tid, "epoch": e}], tmp_path / "metrics" / f"part-{tid}-{e:04d}.parquet")
+            store.write_table([{"trial_id": tid, "epoch": e}], "metrics", f"part-{tid}-{e:04d}.parquet")
         (tmp_path / "tensorboard" / "explore" / "3d" / "grid48_frames30" / f"lr0.001-{tid}").mkdir(parents=True)
-    write_table_atomic([{"trial_id": "a", "status": "completed", "last_epoch": 3, "stopped_at_epoch": None},
-                        {"trial_id": "b", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}],
-                       tmp_path / "trials.parquet")
+    store.write_table([{"trial_id": "a", "status": "completed", "last_epoch": 3, "stopped_at_epoch": None},
+                       {"trial_id": "b", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}],
+                      "trials.parquet")
     sink = ParquetSink(tmp_path, "s", {}, 3)
     sink.reconcile({"a": 2})  # Ray restored trial a at epoch 2 and never saw trial b
     assert sorted(p.stem for p in (tmp_path / "metrics").iterdir()) == ["part-a-0001", "part-a-0002"]
@@ -550,3 +552,37 @@ def test_tensorboard_serves_the_runs_and_a_browser_shows_them(smoke_study, tmp_p
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_dataframe_readers_read_the_study(smoke_study):
+    """duckdb and polars (and pandas) read the trials table and the metrics dataset as they are: no column of
+    parquet type null, counts as integers, trials.parquet in its documented order with the selected epoch, strict JSON."""
+    import duckdb
+    import polars as pl
+
+    trials = pq.read_table(smoke_study / "trials.parquet")
+    assert not [f.name for f in trials.schema if pa.types.is_null(f.type)]
+    assert trials.column_names[:4] == ["study", "trial_id", "status", "gaussian_mode"]
+    for name in ("last_epoch", "selected_epoch", "grid_size", "max_frames"):
+        assert pa.types.is_int64(trials.schema.field(name).type), name
+    for name in ("holdout_views", "volume_idx", "error"):
+        assert pa.types.is_string(trials.schema.field(name).type), name
+    parts = pads.dataset(smoke_study / "metrics", format="parquet")
+    assert not [f.name for f in parts.schema if pa.types.is_null(f.type)]
+
+    con = duckdb.connect()
+    q = con.execute(f"select trial_id, selected_epoch, selected_valid_heldout_iou from "
+                    f"read_parquet('{smoke_study / 'trials.parquet'}') order by trial_id").fetchall()
+    best = con.execute(  # the selection rule in SQL: highest IoU, then PSNR, then the earlier epoch
+        f"select trial_id, epoch, valid_heldout_iou from (select *, row_number() over (partition by trial_id order by "
+        f"valid_heldout_iou desc, valid_heldout_psnr desc, epoch asc) as r from "
+        f"read_parquet('{smoke_study / 'metrics' / '*.parquet'}') where not isnan(valid_heldout_iou)) where r = 1 "
+        f"order by trial_id").fetchall()
+    assert [(t, e) for t, e, _ in q] == [(t, e) for t, e, _ in best]  # the selected epoch is the best validation's
+    assert [v for _, _, v in q] == pytest.approx([v for _, _, v in best])
+    frame = pl.read_parquet(smoke_study / "trials.parquet")
+    assert frame.height == trials.num_rows and frame.schema["selected_epoch"] == pl.Int64
+    metrics = pl.scan_parquet(smoke_study / "metrics" / "*.parquet").select("trial_id", "epoch").collect()
+    assert metrics.height == sum(trials.column("last_epoch").to_pylist())
+    pl.read_json(smoke_study / "study.json")  # strict JSON: polars refuses NaN
+    pl.read_json(smoke_study / "confirm" / "plan.json")

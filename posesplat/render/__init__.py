@@ -15,16 +15,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from posesplat.modes import MODES as REGISTRY, NAMES as MODES
 from posesplat.render import project, torch_backend
 
-MODES = ("3d", "2d", "2d_screen")
 BACKENDS = ("torch", "gsplat")
-# per mode: field -> trailing shape (N rows each); the fields every mode needs come first
-FIELDS = {
-    "3d": {"means": (3,), "colors": (3,), "opacities": (), "quats": (4,), "scales": (3,)},
-    "2d": {"means": (3,), "colors": (3,), "opacities": (), "quats": (4,), "scales": (2,)},
-    "2d_screen": {"means": (3,), "colors": (3,), "opacities": (), "offsets": (2,), "scales": (2,), "angles": ()},
-}
+FIELDS = {m.name: m.fields for m in REGISTRY.values()}  # per mode: field -> trailing shape (N rows each)
 
 
 class RenderError(ValueError):
