@@ -476,8 +476,11 @@ def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     store.write_table([{"trial_id": "a", "status": "completed", "last_epoch": 3, "stopped_at_epoch": None},
                        {"trial_id": "b", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}],
                       "trials.parquet")
+    (tmp_path / "tensorboard" / "c0ffee00").mkdir()  # a trial of a study from before runs were named
+    (tmp_path / "tensorboard" / "notes.txt").write_text("a file is not a run")
     sink = ParquetSink(tmp_path, "s", {}, 3)
-    sink.reconcile({"a": 2})  # Ray restored trial a at epoch 2 and never saw trial b
+    sink.reconcile({"a": 2})  # Ray restored trial a at epoch 2 and never saw trial b (nor c0ffee00)
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["explore", "notes.txt"]
     assert sorted(p.stem for p in (tmp_path / "metrics").iterdir()) == ["part-a-0001", "part-a-0002"]
     assert pq.read_table(tmp_path / "trials.parquet").to_pylist() == [
         {"trial_id": "a", "status": "running", "last_epoch": 2, "stopped_at_epoch": None}]
