@@ -440,13 +440,13 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config
     return cfg, model
 
 
-@torch.no_grad()
 @functools.lru_cache(maxsize=4)
 def _opened(path: str) -> MultiViewDataset:
     """A dataset opened (and validated) once for the frames rendered from it."""
     return open_dataset(path)
 
 
+@torch.no_grad()
 def render_frame(
     model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
 ) -> RenderOut:
