@@ -92,6 +92,12 @@ class Names:
         label = "_".join(f"{SHORT.get(k, k)}{fmt(config.get(k))}" for k in self.label_keys) or "trial"
         return f"{self.stage}/{mode}/{cell}/{label}-{trial_id}"
 
+    def folder(self, config: dict, trial_id: str) -> tuple[str, ...]:
+        """The run's folder parts under the study: `("tensorboard", stage, mode, cell, label-id)` (Tune's private
+        `_` keys of a trial config are not part of the name)."""
+        public = {k: v for k, v in config.items() if not k.startswith("_")}
+        return ("tensorboard", *self.run(public, trial_id).split("/"))
+
     def metric_order(self, names: list[str]) -> list[str]:
         """The study's metrics, then quality, loss and cost in their tables' order, then anything else."""
         known = [*self.metrics, *QUALITY, *LOSS, *COST]

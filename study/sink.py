@@ -375,8 +375,7 @@ class ParquetSink(Callback):
         if self.names is not None:
             from study.board import write_end
 
-            tuned = {k: v for k, v in trial.config.items() if not k.startswith("_")}
-            write_end(self.board, ("tensorboard", *self.names.run(tuned, trial.trial_id).split("/")), status, epoch)
+            write_end(self.board, self.names.folder(trial.config, trial.trial_id), status, epoch)
 
 
 ENDED = ("completed", "stopped", "failed")

@@ -67,7 +67,7 @@ def run_trial(config: dict, base_config: dict, study_uri: str, names: Optional[N
     tb_dir = scratch_dir("tb")
     names = names or Names("trial", ("grid_size", "max_frames"), ())
     board = TrialBoard(tb_dir, names, tuned, tid, first_epoch=done + 1)
-    run = ("tensorboard", *names.run(tuned, tid).split("/"))
+    run = names.folder(tuned, tid)
     board_store = Store(board_uri) if board_uri else study
 
     def report(r: EpochReport) -> None:

@@ -55,11 +55,15 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.degrees(np.abs(np.angle(np.exp(1j * (a - b)))))
 
 
+def in_cube(ds, frame: int, points: np.ndarray) -> np.ndarray:
+    """Dataset-world points [N, 3] in the frame's animal-centred cube coordinates (centre, heading)."""
+    c, s = np.cos(ds.heading[frame]), np.sin(ds.heading[frame])
+    return (points - ds.centre[frame]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
 def cube_share(ds, rec: Recording, frame: int, source: int) -> float:
     """Share of the true body of a source frame inside the dataset's cube (ell, centre, heading) of that frame."""
-    pts = to_dataset(ds, rec, rec.body_points(source, 2000, seed=frame))
-    c, s = np.cos(ds.heading[frame]), np.sin(ds.heading[frame])
-    local = (pts - ds.centre[frame]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    local = in_cube(ds, frame, to_dataset(ds, rec, rec.body_points(source, 2000, seed=frame)))
     return float((np.abs(local) <= ds.ell / 2).all(1).mean())
 
 
@@ -255,9 +259,7 @@ def body_kept(ds, rec: Recording, f: int, views: list[int], clear_border: bool =
     if clear_border:
         masks[:, [0, -1]], masks[:, :, [0, -1]] = 0, 0
     hull = carve(b["images"], masks, b["viewmats"], b["Ks"], b["centre"], b["heading"], 48, ds.ell)[0]
-    pts = to_dataset(ds, rec, rec.body_points(int(f), 500))
-    c, s = np.cos(ds.heading[f]), np.sin(ds.heading[f])
-    local = (pts - ds.centre[f]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    local = in_cube(ds, f, to_dataset(ds, rec, rec.body_points(int(f), 500)))
     idx = np.clip(np.floor((local / ds.ell + 0.5) * 48).astype(int), 0, 47)
     return float((hull[idx[:, 0], idx[:, 1], idx[:, 2]] > 0.5).float().mean())
 
