@@ -25,7 +25,10 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
+from study import _ray_compat
+from study._ray_compat import UnsupportedRay
 from study.board import Names
+from study.search import STATE_FORMAT, StateError
 from study.sink import Store, StorageError, join_uri, pid_alive
 from study.space import Space, SpaceError, load_space, with_options
 
@@ -90,6 +93,7 @@ class Plan(NamedTuple):
 def study_plan(args: argparse.Namespace) -> Plan:
     """Validate everything before the study starts: space, options, storage, cluster, dataset, study directory
     (nothing written on error). With --address this connects to the cluster, whose resources decide GPU or CPU."""
+    _ray_compat.check_ray()
     space = load_space(args.space, args.modes)
     check_options(args)
     check_writable(args.storage)
@@ -118,6 +122,10 @@ def study_plan(args: argparse.Namespace) -> Plan:
         if changed:
             raise StudyError(f"{study.uri}: this study was started with other {', '.join(changed)}; "
                              f"resume it with the same settings, or use --name for a new study")
+        if held.get("state_format") != STATE_FORMAT and "finished" not in held:
+            raise StudyError(f"{study.uri}: this study was started by an earlier posesplat-study, which saved its "
+                             f"scheduler and searcher state as pickles of Ray objects (this one saves format "
+                             f"{STATE_FORMAT}); finish it with that version, or use --name for a new study")
     ds = open_dataset(dataset)  # DatasetError names the store and the array
     check_cells(space, base, ds)
     for note in notes:
@@ -378,7 +386,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
         t0 = time.time()
         info = held or {
             "space": space.model_dump(mode="json"), "options": vars(args), "base_config": base,
-            "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu,
+            "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu, "state_format": STATE_FORMAT,
         }
         info["runs"] = info.get("runs", 0) + 1
         write_json(info, study, "study.json")
@@ -487,8 +495,9 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
     tuner = None
     if tune.Tuner.can_restore(run_dir):
         print(f"resuming the {label} stage in {store.uri}", flush=True)
-        tuner = check_ray_state(args, store, label, sink, lambda: restore_tuner(
-            run_dir, trainable, sink, args.max_failures, args.max_concurrent))
+        tuner = check_ray_state(args, store, label, sink, lambda: _ray_compat.restore_tuner(
+            run_dir, trainable, lambda scheduler: study_callbacks(sink, scheduler, args.max_failures),
+            args.max_failures, args.max_concurrent))
     elif sink.evidence():
         check_ray_state(args, store, label, sink, None)
     if tuner is None:
@@ -535,7 +544,7 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
                 known = {r.metrics.get("trial_id") for r in tuner.get_results()}
                 if not evidence & known:
                     problem = f"knows none of the {len(evidence)} trials the study recorded"
-        except StudyError:
+        except (StudyError, UnsupportedRay, StateError):
             raise
         except Exception as e:  # a truncated experiment_state-*.json, tuner.pkl or searcher state
             problem = f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -709,34 +718,6 @@ def study_callbacks(sink, scheduler, max_failures: int) -> list:
             + [CSVLoggerCallback(), JsonLoggerCallback()])
 
 
-TESTED_RAY = "2.60."
-
-
-def restore_tuner(run_dir: str, trainable, sink, max_failures: int, max_concurrent: Optional[int]):
-    """The study's Tuner as Ray saved it, with this run's sink and options.
-
-    Finished trials stay finished and errored ones stay failed (`resume_errored=False`: a trial that raised, e.g.
-    NonFiniteLossError, would raise again; a trial whose worker died was already retried `--max-failures` times);
-    interrupted ones continue from their last checkpoint. The Tuner's pickle holds the options of the first run:
-    `--max-failures` is applied to every trial (restored trials keep their own limit otherwise) by TrialRetries, and
-    `--max-concurrent` is the searcher's (PerModeSearcher.set_state keeps the value set here)."""
-    import ray
-    from ray import tune
-
-    if not ray.__version__.startswith(TESTED_RAY):  # the private fields below are Ray 2.60's
-        raise StudyError(f"ray {ray.__version__}: this study layer restores studies with Ray {TESTED_RAY}.x (the "
-                         f"version pinned in pyproject.toml); install it to resume")
-    tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False, param_space={})
-    local = tuner._local_tuner
-    scheduler = local._tune_config.scheduler  # as constructed; its state comes from SchedulerState's snapshot
-    local._run_config.callbacks = study_callbacks(sink, scheduler, max_failures)
-    local._run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
-    # no Ray ConcurrencyLimiter (older studies had one): its restored state would override the new value
-    local._tune_config.max_concurrent_trials = None
-    local._tune_config.search_alg.max_concurrent = max_concurrent
-    return tuner
-
-
 def summary(study_dir: Path, name: str) -> str:
     """Trial counts per stage and the confirm stage's decision with its intervals: the numbers of the report."""
     from study.load import AnalysisError
@@ -791,7 +772,7 @@ def main(argv: Optional[list[str]] = None, trial_fn: Optional[Callable] = None) 
     TERMINATED.clear()
     try:
         return run_study(args, trial_fn).rc
-    except (SpaceError, ConfigError, DatasetError, StudyError, StorageError) as e:
+    except (SpaceError, ConfigError, DatasetError, StudyError, StorageError, UnsupportedRay, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

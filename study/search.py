@@ -6,12 +6,17 @@ TPE sampler per mode (or a seeded random sampler), so one mode's results never s
 `StratifiedASHA` keeps one ASHA scheduler per mode: a trial only competes with trials of its own mode.
 Ray's experiment state does not include the scheduler; `SchedulerState` carries it in the same snapshot (as a
 callback state), so a resumed study makes the same early-stopping decisions as an uninterrupted one.
+
+Saved state is the study's own JSON (`STATE_FORMAT`, recorded in study.json), never a pickle of Ray or Optuna
+objects: the calls made to each per-mode sampler and ASHA scheduler, in order. Restoring replays them on fresh
+objects through their public methods, which rebuilds the exact state (seeded samplers included) and proves it:
+a replayed suggestion or early-stopping decision that differs from the recorded one is refused (`StateError`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 from typing import Any, Optional
 
 import numpy as np
@@ -19,7 +24,48 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from study import _ray_compat
 from study.space import MODE_KEY, Space
+
+STATE_FORMAT = 1  # of the saved searcher and scheduler state; study.json records the format a study was started with
+
+
+class StateError(RuntimeError):
+    """Saved searcher or scheduler state that this version cannot restore exactly; one line."""
+
+
+def _float(v: Any) -> Optional[float]:
+    """A metric value as strict JSON (NaN and infinities as null)."""
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def _unfloat(v: Optional[float]) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _write_state(state: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(state, f, allow_nan=False)
+
+
+def _read_state(path: str, kind: str) -> dict:
+    """The saved state of a `kind` searcher; refuses anything else (a pickle from before STATE_FORMAT 1)."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StateError(f"{path}: not a saved {kind} state of format {STATE_FORMAT} (a study started by an earlier "
+                         f"version of posesplat-study; finish it with that version, or use --name for a new study)"
+                         ) from None
+    _check_format(state, kind, path)
+    return state
+
+
+def _check_format(state: Any, kind: str, where: str) -> None:
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("kind") != kind:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise StateError(f"{where}: saved {kind} state has format {found!r}, this version restores format "
+                         f"{STATE_FORMAT} (finish the study with the version that started it, or use --name)")
 
 
 
@@ -47,18 +93,24 @@ class PerModeSearcher(Searcher):
         ]
         self.next_index = 0
         self.trial_mode: dict[str, str] = {}
-        self.inner: dict[str, Any] = {}
-        for i, m in enumerate(space.modes):
-            if algo == "optuna":
+        self.calls: list[list] = []  # what the per-mode Optuna searchers were asked and told, in order (the state)
+        self.inner = self._fresh_inner()
+
+    def _fresh_inner(self) -> dict[str, Any]:
+        """Per mode: an OptunaSearch with its own seeded TPE sampler, or a seeded generator (algo "random")."""
+        inner: dict[str, Any] = {}
+        for i, m in enumerate(self.space.modes):
+            if self.algo == "optuna":
                 from optuna.samplers import TPESampler
                 from ray.tune.search.optuna import OptunaSearch
 
-                self.inner[m] = OptunaSearch(
-                    space=_optuna_space(space), metric=metric, mode=mode,
-                    sampler=TPESampler(seed=seed * 1000 + i, n_startup_trials=max(2, space.samples_per_cell)),
+                inner[m] = OptunaSearch(
+                    space=_optuna_space(self.space), metric=self.metric, mode=self.mode,
+                    sampler=TPESampler(seed=self.seed * 1000 + i, n_startup_trials=max(2, self.space.samples_per_cell)),
                 )
             else:
-                self.inner[m] = np.random.default_rng(seed * 1000 + i)
+                inner[m] = np.random.default_rng(self.seed * 1000 + i)
+        return inner
 
     @property
     def total(self) -> int:
@@ -76,6 +128,7 @@ class PerModeSearcher(Searcher):
         self.trial_mode[trial_id] = m
         if self.algo == "optuna":
             tuned = self.inner[m].suggest(trial_id) or {}
+            self.calls.append(["suggest", trial_id, m, tuned])
         else:
             rng = self.inner[m]
             tuned = {
@@ -89,6 +142,7 @@ class PerModeSearcher(Searcher):
         m = self.trial_mode.get(trial_id)
         if self.algo == "optuna" and m:
             self.inner[m].on_trial_result(trial_id, result)
+            self.calls.append(["result", trial_id, _float(result[self.metric]), int(result["training_iteration"])])
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         self.live.discard(trial_id)
@@ -98,20 +152,48 @@ class PerModeSearcher(Searcher):
                 result = None
                 error = True
             self.inner[m].on_trial_complete(trial_id, result, error)
+            self.calls.append(["complete", trial_id, None if result is None else float(result[self.metric]), error])
 
     def get_state(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "max_concurrent"}
+        """The searcher's state as JSON data: the plan position, each trial's mode and the sampler calls (optuna),
+        or each mode's generator state (random). `max_concurrent` is not part of it: a resume may change it."""
+        state = {"format": STATE_FORMAT, "kind": "PerModeSearcher", "algo": self.algo, "seed": self.seed,
+                 "plan": self.plan, "next_index": self.next_index, "trial_mode": self.trial_mode}
+        if self.algo == "optuna":
+            return {**state, "calls": self.calls}
+        return {**state, "rng": {m: g.bit_generator.state for m, g in self.inner.items()}}
 
     def set_state(self, state: dict) -> None:
-        self.__dict__.update({"live": set(), **{k: v for k, v in state.items() if k != "max_concurrent"}})
+        """Restore `get_state()`'s data: fresh samplers replay the recorded calls (see the module docstring)."""
+        _check_format(state, "PerModeSearcher", "searcher state")
+        mine = json.loads(json.dumps({"algo": self.algo, "seed": self.seed, "plan": self.plan}))
+        if {k: state.get(k) for k in mine} != mine:
+            raise StateError("searcher state: saved for another plan, search algorithm or seed than this study's")
+        self.next_index, self.trial_mode, self.live = state["next_index"], dict(state["trial_mode"]), set()
+        self.inner, self.calls = self._fresh_inner(), []
+        if self.algo == "random":
+            for m, g in self.inner.items():
+                g.bit_generator.state = state["rng"][m]
+            return
+        for call in state["calls"]:  # ["suggest", id, mode, tuned] | ["result", id, value, step] | ["complete", id, value, error]
+            kind, tid = call[0], call[1]
+            inner = self.inner[self.trial_mode[tid]]
+            if kind == "suggest":
+                tuned = inner.suggest(tid) or {}
+                if tuned != call[3]:
+                    raise StateError(f"searcher state: replayed Optuna suggests {tuned} for trial {tid}, the study "
+                                     f"ran {call[3]} (another optuna version?); resume with the one that started it")
+            elif kind == "result":
+                inner.on_trial_result(tid, {self.metric: _unfloat(call[2]), "training_iteration": call[3]})
+            else:
+                inner.on_trial_complete(tid, None if call[2] is None else {self.metric: call[2]}, call[3])
+            self.calls.append(call)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        _write_state(self.get_state(), checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        self.set_state(_read_state(checkpoint_path, "PerModeSearcher"))
 
 
 class PlannedSearcher(Searcher):
@@ -141,12 +223,12 @@ class PlannedSearcher(Searcher):
         self.live.discard(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"trials": self.trials, "next_index": self.next_index}, f)
+        _write_state({"format": STATE_FORMAT, "kind": "PlannedSearcher", "trials": self.trials,
+                      "next_index": self.next_index}, checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update({"live": set(), **pickle.load(f)})
+        state = _read_state(checkpoint_path, "PlannedSearcher")
+        self.trials, self.next_index, self.live = state["trials"], state["next_index"], set()
 
 
 class StratifiedASHA(FIFOScheduler):
@@ -156,50 +238,97 @@ class StratifiedASHA(FIFOScheduler):
                  metric: str, mode: str):
         super().__init__()
         self._metric, self._mode = metric, mode
-        self.by_mode = {
-            m: ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
-                             reduction_factor=reduction_factor, brackets=1)
-            for m in modes
-        }
+        self.settings = {"modes": list(modes), "max_t": max_t, "grace_period": grace_period,
+                         "reduction_factor": reduction_factor, "metric": metric, "mode": mode}
+        self._reset()
 
-    def _of(self, trial) -> ASHAScheduler:
-        return self.by_mode[trial.config[MODE_KEY]]
+    def _reset(self) -> None:
+        s = self.settings
+        self.by_mode = {
+            m: ASHAScheduler(time_attr="epoch", metric=s["metric"], mode=s["mode"], max_t=s["max_t"],
+                             grace_period=s["grace_period"], reduction_factor=s["reduction_factor"], brackets=1)
+            for m in s["modes"]
+        }
+        self.known: dict[str, str] = {}  # trial id -> mode, for the trials a mode's ASHA is tracking
+        self.stopped = {m: 0 for m in s["modes"]}
+        self.calls: list[list] = []  # what the per-mode schedulers were told, in order (the saved state)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # fixed at construction
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        self._of(trial).on_trial_add(tune_controller, trial)
+        self._add(trial, trial.config[MODE_KEY])
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if not np.isfinite(result.get(self._metric, np.nan)):
             return TrialScheduler.CONTINUE
-        return self._of(trial).on_trial_result(tune_controller, trial, result)
+        return self._result(trial, self.known.get(trial.trial_id, trial.config[MODE_KEY]),
+                            {k: result[k] for k in ("epoch", self._metric) if k in result})
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if trial.trial_id in self._of(trial)._trial_info:
-            if result and np.isfinite(result.get(self._metric, np.nan)):
-                self._of(trial).on_trial_complete(tune_controller, trial, result)
-            else:
-                self._of(trial).on_trial_remove(tune_controller, trial)
+        if trial.trial_id in self.known:
+            finite = bool(result) and np.isfinite(result.get(self._metric, np.nan))
+            self._end(trial, {k: result[k] for k in ("epoch", self._metric) if k in result} if finite else None)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        if trial.trial_id in self._of(trial)._trial_info:
-            self._of(trial).on_trial_remove(tune_controller, trial)
+        if trial.trial_id in self.known:
+            self._end(trial, None)
 
     def on_trial_error(self, tune_controller, trial) -> None:
         self.on_trial_remove(tune_controller, trial)
 
+    # the calls into the per-mode schedulers, each recorded; set_state replays them
+    def _add(self, trial, m: str) -> None:
+        self.by_mode[m].on_trial_add(None, trial)
+        self.known[trial.trial_id] = m
+        self.calls.append(["add", trial.trial_id, m])
+
+    def _result(self, trial, m: str, result: dict) -> str:
+        result = {k: (int(v) if k == "epoch" else float(v)) for k, v in result.items()}
+        decision = self.by_mode[m].on_trial_result(None, trial, result)
+        self.stopped[m] += decision == TrialScheduler.STOP
+        self.calls.append(["result", trial.trial_id, m, result, decision])
+        return decision
+
+    def _end(self, trial, result: Optional[dict]) -> None:
+        """A tracked trial completed with a finite score (`result`) or ended without one (removed)."""
+        m = self.known.pop(trial.trial_id)
+        if result is None:
+            self.by_mode[m].on_trial_remove(None, trial)
+        else:
+            result = {k: (int(v) if k == "epoch" else float(v)) for k, v in result.items()}
+            self.by_mode[m].on_trial_complete(None, trial, result)
+        self.calls.append(["end", trial.trial_id, m, result])
+
     def debug_string(self) -> str:
-        return "Stratified ASHA: " + "; ".join(f"{m}: {s._num_stopped} stopped" for m, s in self.by_mode.items())
+        return "Stratified ASHA: " + "; ".join(f"{m}: {n} stopped" for m, n in self.stopped.items())
+
+    def get_state(self) -> dict:
+        return {"format": STATE_FORMAT, "kind": "StratifiedASHA", "settings": self.settings, "calls": self.calls}
+
+    def set_state(self, state: dict) -> None:
+        """Fresh per-mode schedulers replay the recorded calls; a decision that comes out otherwise is refused."""
+        _check_format(state, "StratifiedASHA", "scheduler state")
+        if state["settings"] != json.loads(json.dumps(self.settings)):
+            raise StateError(f"scheduler state: saved for other ASHA settings ({state['settings']}) than this "
+                             f"study's ({self.settings})")
+        self._reset()
+        for kind, tid, m, *rest in state["calls"]:
+            trial = _ray_compat.replay_trial(tid)
+            if kind == "add":
+                self._add(trial, m)
+            elif kind == "result":
+                if self._result(trial, m, rest[0]) != rest[1]:
+                    raise StateError(f"scheduler state: replayed ASHA decides otherwise for trial {tid} at "
+                                     f"{rest[0]} than the study did ({rest[1]}; another Ray version?)")
+            else:
+                self._end(trial, rest[0])
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        _write_state(self.get_state(), checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        self.set_state(_read_state(checkpoint_path, "StratifiedASHA"))
 
 
 class TrialRetries(Callback):
@@ -215,7 +344,8 @@ class TrialRetries(Callback):
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         for t in trials:
-            t.max_failures = -1 if self.max_failures < 0 else self.max_failures + self.resized.get(t.trial_id, 0)
+            _ray_compat.set_max_failures(t, -1 if self.max_failures < 0 else self.max_failures
+                                         + self.resized.get(t.trial_id, 0))
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         from study.resources import oom_resized
@@ -248,7 +378,9 @@ class SchedulerState(Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict:
-        return {"scheduler": pickle.dumps(self.scheduler.__dict__)}
+        return {"scheduler": self.scheduler.get_state()}
 
     def set_state(self, state: dict) -> None:
-        self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))
+        if not isinstance(state.get("scheduler"), dict):  # a pickle, from before STATE_FORMAT 1
+            _check_format(state.get("scheduler"), "StratifiedASHA", "scheduler state")
+        self.scheduler.set_state(state["scheduler"])

@@ -269,6 +269,7 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     names that file in the study, not the worker's temporary copy of it."""
     from ray import tune
 
+    from study import _ray_compat
     from study.sink import ParquetSink, Store
     from study.trainable import run_trial
 
@@ -291,10 +292,7 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     for c in ckpts:
         c.write_bytes(c.read_bytes()[:1000])  # truncated, as by a full disk
     sink = ParquetSink(study, "s", base, 6)
-    tuner = tune.Tuner.restore(str(tmp_path / "study" / "ray"), trainable, resume_errored=False,
-                               param_space={"gaussian_mode": "3d"})
-    tuner._local_tuner._run_config.callbacks = [sink]  # as study.run.restore_tuner does
-    tuner._local_tuner._run_config.failure_config = tune.FailureConfig(max_failures=0)
+    tuner = _ray_compat.restore_tuner(str(tmp_path / "study" / "ray"), trainable, lambda _: [sink], 0, None)
     tuner.fit()
     (row,) = pq.read_table(tmp_path / "study" / "trials.parquet").to_pylist()
     assert row["status"] == "failed"

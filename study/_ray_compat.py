@@ -1,0 +1,58 @@
+"""The only module that reaches past Ray's public API, and the check that the installed Ray is the one it was
+tested with (pinned in pyproject.toml). Everything else in `study` uses Ray's documented surface.
+
+What is private here, and why there is no public way:
+- a restored Tuner keeps the run options of the study's first run (callbacks, failure config, concurrency) in its
+  pickle, and `Tuner.restore` takes no new ones: `restore_tuner` replaces them on the Tuner's local driver;
+- a trial's retry limit is fixed when Ray creates it: `set_max_failures` applies a resumed run's `--max-failures`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+TESTED_RAY = "2.60"  # major.minor; the private fields below are this version's
+
+
+class UnsupportedRay(RuntimeError):
+    """The installed Ray is not one this study layer was tested with, or runs in a way it cannot drive; one line."""
+
+
+def check_ray() -> None:
+    """Refuse, before a study starts, a Ray other than TESTED_RAY.x."""
+    import ray
+
+    if ray.__version__.split(".")[:2] != TESTED_RAY.split("."):
+        raise UnsupportedRay(f"ray {ray.__version__} is installed; this study layer is tested with Ray {TESTED_RAY}.x "
+                             f"(pinned in pyproject.toml): pip install 'ray[tune]=={TESTED_RAY}.*'")
+
+
+def restore_tuner(run_dir: str, trainable: Any, callbacks_for: Callable[[Any], list], max_failures: int,
+                  max_concurrent: Optional[int]):
+    """`Tuner.restore` of a stage, with this run's callbacks (`callbacks_for(restored scheduler)`), failure limit and
+    concurrency (the searcher's `max_concurrent`; no Ray ConcurrencyLimiter, whose restored state would win)."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False, param_space={})
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:  # Ray Client: the Tuner lives on the cluster, out of reach
+        raise UnsupportedRay("a study cannot be resumed through Ray Client (ray://): run the study command on a node "
+                             "of the cluster (--address auto)")
+    local._run_config.callbacks = callbacks_for(local._tune_config.scheduler)
+    local._run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
+    local._tune_config.max_concurrent_trials = None
+    if local._tune_config.search_alg is not None:
+        local._tune_config.search_alg.max_concurrent = max_concurrent
+    return tuner
+
+
+def set_max_failures(trial: Any, max_failures: int) -> None:
+    """Apply a retry limit to an existing trial (-1: without limit)."""
+    trial.max_failures = max_failures
+
+
+def replay_trial(trial_id: str) -> Any:
+    """A stand-in trial with this id, for replaying recorded calls into a scheduler (study.search)."""
+    from ray.tune.experiment import Trial
+
+    return Trial("replay", trial_id=trial_id, stub=True)
