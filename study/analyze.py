@@ -32,8 +32,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                 "is then no longer the planned test)")
     p.add_argument("--out", help="report directory (default <study>/report)")
     p.add_argument("--threshold", type=float, help="validation held-out IoU that counts as converged in the "
-                                                   "explore tables (default: 90%% of the lower mode's median best, "
-                                                   "per cell)")
+                                                   "explore tables (default: 90%% of the lower of the compared modes' "
+                                                   "median best, per cell)")
     p.add_argument("--no-renders", action="store_true", help="skip the qualitative panel and turntables")
     a = p.parse_args(argv)
     try:

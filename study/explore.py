@@ -1,4 +1,7 @@
-"""The explore stage's tables: the modes compared per cell, per grid size and per frame count, paired by (cell, seed).
+"""The explore stage's tables: the modes compared per cell and per grid key, paired by (cell, seed).
+
+A cell is one value of every grid key of the study's space (study.load.cell_keys), the modes are the pair the space
+compares (study.load.compared_modes).
 
 Exploratory only: the explore trials of the two modes ran with different hyperparameters (each mode's own tuning),
 some were stopped early by ASHA, and many groups are compared at once, so these intervals are descriptions, not
@@ -13,18 +16,19 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from study.load import CELL, FRAME_IDS, FRAME_VALUES, LABELS, SHORT
+from study.load import FRAME_IDS, FRAME_VALUES, LABELS, SHORT
 from study.stats import NAN, Estimate, diff_ci, diff_rel_ci_frames, mean_ci, mean_ci_frames
 
 Pair = tuple[str, str]  # (challenger, reference): differences are challenger - reference
 KEYS = ("test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_time_s", "peak_mem_mb")
 
 
-def pair_units(per_trial: pd.DataFrame, modes: Pair) -> list[str]:
-    """What makes two trials a pair: same cell and seed, and same study when every study ran both modes."""
+def pair_units(per_trial: pd.DataFrame, modes: Pair, cell: list[str]) -> list[str]:
+    """What makes two trials a pair: same cell (the keys `cell`) and seed, and same study when every study ran both
+    modes."""
     core = per_trial[per_trial.gaussian_mode.isin(modes)]
     both = core.groupby("study")["gaussian_mode"].nunique()
-    return [*CELL, "seed"] + (["study"] if len(both) and (both == 2).all() else [])
+    return [*cell, "seed"] + (["study"] if len(both) and (both == 2).all() else [])
 
 
 def paired_values(per_trial: pd.DataFrame, key: str, units: list[str], modes: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -103,17 +107,16 @@ def label_value(key: str, v) -> str:
     return "all" if key == "max_frames" and int(v) == 0 else str(v)
 
 
-def cell_text(cell: dict | tuple) -> str:
-    """'grid 48, frames 100' for a cell given as a dict or as (grid_size, max_frames)."""
-    c = cell if isinstance(cell, dict) else dict(zip(CELL, cell))
+def cell_text(cell: dict) -> str:
+    """'grid 48, frames 100' for a cell given as {grid key: value}."""
     return ", ".join(f"{'grid' if k == 'grid_size' else 'frames' if k == 'max_frames' else k} "
-                     f"{label_value(k, 0 if v is None else v)}" for k, v in c.items())
+                     f"{label_value(k, 0 if v is None else v)}" for k, v in cell.items())
 
 
-def breakdown(per_trial: pd.DataFrame, by: list[str], modes: Pair) -> pd.DataFrame:
-    """One row per group of `by` (plus 'all cells'): trials per mode, the challenger's IoU, and the relative
+def breakdown(per_trial: pd.DataFrame, by: list[str], modes: Pair, cell: list[str]) -> pd.DataFrame:
+    """One row per group of `by` (plus 'all cells'): trials per mode, each mode's IoU, and the relative
     differences of KEYS, paired by (cell, seed)."""
-    units = pair_units(per_trial, modes)
+    units = pair_units(per_trial, modes, cell)
     groups = [("all cells", per_trial)] + [
         (", ".join(f"{k} {label_value(k, v)}" for k, v in zip(by, key if isinstance(key, tuple) else (key,))), g)
         for key, g in per_trial.groupby(by if len(by) > 1 else by[0])
@@ -134,11 +137,12 @@ def breakdown(per_trial: pd.DataFrame, by: list[str], modes: Pair) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def cell_dependence(per_trial: pd.DataFrame, modes: Pair) -> Optional[str]:
+def cell_dependence(per_trial: pd.DataFrame, modes: Pair, cell: list[str]) -> Optional[str]:
     """A sentence when the explore stage suggests that the IoU difference depends on the cell (two cells whose 95%
     intervals do not overlap), else None. A hint for the next study, not a test."""
-    units = pair_units(per_trial, modes)
-    est = {cell_text(key): rel_estimate(g, "test_heldout_iou", units, modes) for key, g in per_trial.groupby(CELL)}
+    units = pair_units(per_trial, modes, cell)
+    est = {cell_text(dict(zip(cell, key))): rel_estimate(g, "test_heldout_iou", units, modes)
+           for key, g in per_trial.groupby(cell)}
     est = {k: e for k, e in est.items() if e.has_ci}
     if len(est) < 2:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from posesplat.modes import NAMES
 
-CELL = ["grid_size", "max_frames"]
+DEFAULT_CELL = ("grid_size", "max_frames")  # the cell keys of an input without a space's grid (a bare parquet file)
 SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]  # the selected epoch: best on these in order, then the earliest
 # (key in the per-trial table, label, True when higher is better)
 QUALITY = [("test_heldout_iou", "held-out IoU (test frames)", True),
@@ -47,9 +47,13 @@ FRAME_VALUES = {k: f"{k}_frames" for k in
                 ("test_heldout_iou", "test_heldout_psnr", "test_heldout_psnr_fg", "test_heldout_ssim")}
 FRAME_IDS = "test_frames"
 THRESHOLD_FRACTION = 0.9
-TRIAL_COLUMNS = ["study", "trial_id", "gaussian_mode", *CELL, "seed", "lr", "ssim_lambda", "selected_epoch", "epochs_run",
-                 *SELECT, *(k for k, _, _ in QUALITY + COST), "iou_threshold", "device", "mem_kind", "status"]
 REQUIRED = ("trial_id", "epoch", "gaussian_mode", "valid_heldout_iou")
+
+
+def trial_columns(cell: Iterable[str] = DEFAULT_CELL) -> list[str]:
+    """The columns of the report's trials.csv, with the analysis' cell keys."""
+    return ["study", "trial_id", "gaussian_mode", *cell, "seed", "lr", "ssim_lambda", "selected_epoch", "epochs_run",
+            *SELECT, *(k for k, _, _ in QUALITY + COST), "iou_threshold", "device", "mem_kind", "status"]
 
 
 class AnalysisError(ValueError):
@@ -118,8 +122,9 @@ class Study:
     infos: dict[str, dict] = field(default_factory=dict)  # study name -> study.json
 
 
-def load_studies(paths: list[str | Path]) -> Study:
-    """Read and combine several inputs; a re-reported (study, trial, epoch) keeps its latest row."""
+def load_studies(paths: list[str | Path], grid: Iterable[str] = ()) -> Study:
+    """Read and combine several inputs; a re-reported (study, trial, epoch) keeps its latest row. The grid keys of
+    the inputs' spaces, and `grid` (a stage without study.json: the confirm plan's cell), are cast as cells."""
     ms, ts, infos = [], [], {}
     for p in paths:
         m, t, info = load_study(p)
@@ -134,19 +139,23 @@ def load_studies(paths: list[str | Path]) -> Study:
     if "timestamp" in metrics:
         metrics = metrics.sort_values("timestamp", kind="stable")
     metrics = metrics.drop_duplicates(["study", "trial_id", "epoch"], keep="last")
-    metrics = normalise(metrics)
+    metrics = normalise(metrics, [*grid_keys(infos), *grid])
     trials = pd.concat(ts, ignore_index=True).drop_duplicates(["study", "trial_id"], keep="last") if ts else pd.DataFrame()
     return Study(metrics.reset_index(drop=True), trials, infos)
 
 
-def normalise(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Types and defaults the analysis relies on: float metrics, integer cells (max_frames 0 = all frames)."""
+def normalise(metrics: pd.DataFrame, grid: Iterable[str] = ()) -> pd.DataFrame:
+    """Types and defaults the analysis relies on: float metrics, integer cells; a grid value null (max_frames: all
+    frames) is 0, as study.confirm.in_cell matches it (no grid key's config field admits 0 with a null default)."""
     m = metrics.copy()
     m["epoch"] = pd.to_numeric(m["epoch"], errors="coerce")
     m = m[m["epoch"].notna()]
     m["epoch"] = m["epoch"].astype(int)
-    for c in ("grid_size", "max_frames", "seed"):
-        m[c] = pd.to_numeric(m[c], errors="coerce").fillna(0).astype(int) if c in m else 0
+    for c in dict.fromkeys([*DEFAULT_CELL, "seed", *grid]):
+        if c in m:
+            m[c] = pd.to_numeric(m[c], errors="coerce").fillna(0).astype(int)
+        elif c in (*DEFAULT_CELL, "seed"):  # an absent extra grid key stays absent: cell_keys names it
+            m[c] = 0
     for c in ["valid_heldout_iou", "valid_heldout_psnr", "train_loss", "checkpoint_bytes", "params_per_gaussian",
               *(k for k, _, _ in QUALITY + COST)]:
         m[c] = pd.to_numeric(m[c], errors="coerce").astype(float) if c in m else np.nan
@@ -156,12 +165,62 @@ def normalise(metrics: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
+# ----------------------------------------------------------------------------------------------- the comparison
+
+
+def _spaces(infos: dict[str, dict]) -> dict[str, dict]:
+    """Study name -> its space (from study.json), for the studies that have one."""
+    return {name: info["space"] for name, info in infos.items() if isinstance(info.get("space"), dict)}
+
+
+def grid_keys(infos: dict[str, dict]) -> list[str]:
+    """Every grid key some study's space lists (in first-seen order), for normalise."""
+    return list(dict.fromkeys(k for space in _spaces(infos).values() for k in space.get("grid") or {}))
+
+
+def cell_keys(study: "Study") -> list[str]:
+    """The keys that make a cell: the grid keys of the studies' spaces in the space's order (DEFAULT_CELL without a
+    grid). Studies whose grids vary different keys are refused, since pooling them would hide a key's effect."""
+    found = {name: tuple(space["grid"]) for name, space in sorted(_spaces(study.infos).items()) if space.get("grid")}
+    if len(set(found.values())) > 1:
+        raise AnalysisError(f"studies {', '.join(found)} vary different grid keys ("
+                            + "; ".join(f"{n} ({', '.join(k)})" for n, k in found.items())
+                            + "): pooling them would hide a key's effect; analyse them apart")
+    keys = list(next(iter(found.values()), DEFAULT_CELL))
+    for k in keys:
+        if k not in study.metrics:
+            raise AnalysisError(f"{', '.join(n for n in found if k in found[n])}: grid key '{k}' of the space has "
+                                f"no such column in the metrics")
+    return keys
+
+
+def compared_modes(study: "Study") -> tuple[str, str]:
+    """(challenger, reference) of the comparison: the spaces' confirm.modes, else the first two modes a space lists,
+    else the modes the spaces list and the data hold in posesplat's order (padded by that order: 2d and 3d)."""
+    spaces = _spaces(study.infos)
+    for pick in (lambda s: tuple((s.get("confirm") or {}).get("modes") or ()),
+                 lambda s: tuple(s.get("modes", [])[:2])):
+        found = {name: pick(s) for name, s in sorted(spaces.items()) if len(pick(s)) == 2}
+        if len(set(found.values())) > 1:
+            raise AnalysisError(f"studies {', '.join(found)} compare different modes ("
+                                + "; ".join(f"{n} {' vs '.join(m)}" for n, m in found.items())
+                                + "): analyse them apart")
+        if found:
+            return next(iter(found.values()))
+    known = {m for s in spaces.values() for m in s.get("modes", [])} | set(study.metrics["gaussian_mode"])
+    pad = [m for m in NAMES if m not in known][: max(0, 2 - len(known))]
+    return tuple(mode_order(known | set(pad))[:2])
+
+
 # ----------------------------------------------------------------------------------------------- per trial
 
 
-def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, last: bool = False) -> pd.DataFrame:
+def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, last: bool = False,
+                  cell: Iterable[str] = DEFAULT_CELL, modes: Optional[tuple[str, str]] = None) -> pd.DataFrame:
     """One row per trial with a validation epoch: quality at its best validation epoch (at its last evaluated epoch
-    when `last`), costs over its epochs, and epochs to reach the IoU threshold of its cell (see cell_thresholds)."""
+    when `last`), costs over its epochs, and epochs to reach the IoU threshold of its cell (the cell keys `cell`, the
+    threshold of the two `modes`: see cell_thresholds)."""
+    cell = list(cell)
     rows = []
     for (study, tid), t in metrics.sort_values("epoch").groupby(["study", "trial_id"], sort=False):
         ev = t[np.isfinite(t["valid_heldout_iou"])]
@@ -182,33 +241,41 @@ def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, l
     per_trial = pd.DataFrame(rows)
     if per_trial.empty:
         return per_trial
-    thresholds = cell_thresholds(per_trial, threshold)
+    thresholds = cell_thresholds(per_trial, threshold, cell, modes)
     first = {}
     for (study, tid), t in metrics.groupby(["study", "trial_id"]):
-        key = (int(t["grid_size"].iloc[0]), int(t["max_frames"].iloc[0]))
+        key = tuple(int(t[k].iloc[0]) for k in cell)
         reached = t[t["valid_heldout_iou"] >= thresholds.get(key, np.inf)]
         first[(study, tid)] = float(reached["epoch"].min()) if len(reached) else np.nan
-    per_trial["iou_threshold"] = [thresholds[(g, f)] for g, f in zip(per_trial.grid_size, per_trial.max_frames)]
+    per_trial["iou_threshold"] = [thresholds[tuple(map(int, key))] for key in per_trial[cell].itertuples(index=False)]
     per_trial["epochs_to_threshold"] = [first[(s, t)] for s, t in zip(per_trial.study, per_trial.trial_id)]
     return per_trial
 
 
-def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float]) -> dict[tuple[int, int], float]:
-    """The validation IoU a trial must reach to count as converged, per cell: `threshold` when given, else 90% of
-    the lower of the 2d and 3d medians (over trials) of the best validation held-out IoU, so both modes can reach it."""
+def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float], cell: Iterable[str] = DEFAULT_CELL,
+                    modes: Optional[tuple[str, str]] = None) -> dict[tuple[int, ...], float]:
+    """The validation IoU a trial must reach to count as converged, per cell (a tuple over the cell keys):
+    `threshold` when given, else 90% of the lower of the two `modes`' medians (over trials) of the best validation
+    held-out IoU, so both compared modes can reach it (of every mode's when neither of them ran in the cell)."""
     out = {}
-    for key, c in per_trial.groupby(CELL):
+    for key, c in per_trial.groupby(list(cell)):
+        key = tuple(map(int, key))
         if threshold is not None:
             out[key] = float(threshold)
             continue
         med = c.groupby("gaussian_mode")["valid_heldout_iou"].median()
-        core = med[med.index.isin(["2d", "3d"])]
+        core = med[med.index.isin(modes or ())]
         out[key] = float(THRESHOLD_FRACTION * (core if len(core) else med).min())
     return out
 
 
+def mode_order(names: Iterable[str]) -> list[str]:
+    """Mode names in the order 2d, 3d, 2d_screen, then any other."""
+    names = set(names)
+    return [m for m in NAMES if m in names] + sorted(names - set(NAMES))
+
+
 def modes_of(per_trial: pd.DataFrame) -> list[str]:
     """The modes present, in the order 2d, 3d, 2d_screen, then any other."""
-    present = set(per_trial["gaussian_mode"]) if len(per_trial) else set()
-    return [m for m in NAMES if m in present] + sorted(present - set(NAMES))
+    return mode_order(per_trial["gaussian_mode"] if len(per_trial) else ())
 

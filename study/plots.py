@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -11,7 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from study.load import modes_of  # noqa: E402
+from study.confirm import in_cell  # noqa: E402
+from study.explore import cell_text  # noqa: E402
+from study.load import DEFAULT_CELL, modes_of  # noqa: E402
 from study.stats import mean_ci, pareto_front  # noqa: E402
 
 CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (valid frames)"),
@@ -27,13 +30,9 @@ def colour(mode: str) -> str:
     return mode_colour(mode)
 
 
-def _cells(df: pd.DataFrame) -> list[tuple[int, int]]:
-    return sorted({(int(g), int(f)) for g, f in zip(df["grid_size"], df["max_frames"])})
-
-
-def _cell_name(cell: tuple[int, int]) -> str:
-    return f"grid {cell[0]}, frames {cell[1] or 'all'}"
-
+def _cells(df: pd.DataFrame, keys: Sequence[str]) -> list[dict[str, int]]:
+    """Every cell (one value of each of `keys`) with rows in `df`, in order."""
+    return [dict(zip(keys, map(int, c))) for c in sorted(set(df[list(keys)].itertuples(index=False, name=None)))]
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -42,13 +41,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves(metrics: pd.DataFrame, out: Path, name: str = "curves.png", what: str = "") -> tuple[Path, str]:
-    """Loss and held-out IoU/PSNR per epoch, one column per cell, modes overlaid: mean line, min-max band."""
-    cells = _cells(metrics)
+def curves(metrics: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_CELL, name: str = "curves.png",
+           what: str = "") -> tuple[Path, str]:
+    """Loss and held-out IoU/PSNR per epoch, one column per cell (the keys `cell`), modes overlaid: mean line,
+    min-max band."""
+    cells = _cells(metrics, cell)
     fig, axes = plt.subplots(len(CURVES), len(cells), figsize=(3.6 * len(cells) + 0.5, 2.6 * len(CURVES)),
                              squeeze=False, sharex="col")
     for j, cell in enumerate(cells):
-        rows = metrics[(metrics.grid_size == cell[0]) & (metrics.max_frames == cell[1])]
+        rows = in_cell(metrics, cell)
         for i, (key, label) in enumerate(CURVES):
             ax = axes[i, j]
             for mode, r in rows.groupby("gaussian_mode"):
@@ -59,7 +60,7 @@ def curves(metrics: pd.DataFrame, out: Path, name: str = "curves.png", what: str
                 ax.plot(g.index, g["mean"], color=colour(mode), marker=".", label=f"{mode} ({n} trials)")
                 ax.fill_between(g.index, g["min"], g["max"], color=colour(mode), alpha=0.2, linewidth=0)
             if i == 0:
-                ax.set_title(_cell_name(cell), fontsize=10)
+                ax.set_title(cell_text(cell), fontsize=10)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
             if i == len(CURVES) - 1:
@@ -68,25 +69,25 @@ def curves(metrics: pd.DataFrame, out: Path, name: str = "curves.png", what: str
         if axes[0, j].get_legend_handles_labels()[0]:
             axes[0, j].legend(fontsize=8)
     path = _save(fig, out / name)
-    return path, (f"{what}Training loss and held-out IoU/PSNR on validation frames per epoch, per (grid_size, max_frames) "
-                  "cell: mean over the trials still running at that epoch (line) and their range (band).")
+    return path, (f"{what}Training loss and held-out IoU/PSNR on validation frames per epoch, per "
+                  f"({', '.join(cell)}) cell: mean over the trials still running at that epoch (line) and their "
+                  "range (band).")
 
 
-def cost_bars(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
+def cost_bars(per_trial: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_CELL) -> tuple[Path, str]:
     """Time and memory per cell and mode: mean with 95% bootstrap interval over trials."""
-    cells = _cells(per_trial)
+    cells = _cells(per_trial, cell)
     modes = modes_of(per_trial)
     fig, axes = plt.subplots(1, len(COSTS), figsize=(4.2 * len(COSTS), 3.4), squeeze=False)
     width = 0.8 / max(len(modes), 1)
     for ax, (key, label) in zip(axes[0], COSTS):
         for k, mode in enumerate(modes):
-            est = [mean_ci(per_trial[(per_trial.gaussian_mode == mode) & (per_trial.grid_size == g)
-                                     & (per_trial.max_frames == f)][key]) for g, f in cells]
+            est = [mean_ci(in_cell(per_trial[per_trial.gaussian_mode == mode], c)[key]) for c in cells]
             x = np.arange(len(cells)) + (k - (len(modes) - 1) / 2) * width
             mean = np.array([e.mean for e in est])
             err = np.clip(np.array([[e.mean - e.lo, e.hi - e.mean] if e.has_ci else [0, 0] for e in est]).T, 0, None)
             ax.bar(x, np.nan_to_num(mean), width, yerr=err, capsize=2, color=colour(mode), label=mode)
-        ax.set_xticks(np.arange(len(cells)), [_cell_name(c).replace(", ", "\n") for c in cells], fontsize=8)
+        ax.set_xticks(np.arange(len(cells)), [cell_text(c).replace(", ", "\n") for c in cells], fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=8)
@@ -139,6 +140,7 @@ def intervals(rows: list[tuple[str, float, float, float]], margin: float, title:
                   f"test frames; the grey band is the equivalence margin.")
 
 
-def all_plots(metrics: pd.DataFrame, per_trial: pd.DataFrame, out: Path) -> list[tuple[Path, str]]:
-    """Every metrics figure, as (file, caption)."""
-    return [curves(metrics, out), cost_bars(per_trial, out), quality_vs_cost(per_trial, out)]
+def all_plots(metrics: pd.DataFrame, per_trial: pd.DataFrame, out: Path,
+              cell: Sequence[str] = DEFAULT_CELL) -> list[tuple[Path, str]]:
+    """Every metrics figure, as (file, caption), per cell of the keys `cell`."""
+    return [curves(metrics, out, cell), cost_bars(per_trial, out, cell), quality_vs_cost(per_trial, out)]

@@ -19,13 +19,16 @@ TURN_PX = 256  # the turntable is rendered at least this tall (the model is 3D: 
 
 
 def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict) -> tuple[dict, list[str]]:
-    """Each mode's best trial (best validation score in its best cell) whose checkpoint file exists."""
+    """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}) whose checkpoint file
+    exists."""
+    from study.confirm import in_cell
+
     if not len(trials) or "checkpoint_path" not in trials:
         return {}, ["Qualitative renders skipped: no trials.parquet with checkpoint paths."]
     paths = {(s, t): p for s, t, p in zip(trials["study"], trials["trial_id"], trials["checkpoint_path"])}
     picked, notes = {}, []
-    for mode, (g, f) in cells.items():
-        rows = per_trial[(per_trial.gaussian_mode == mode) & (per_trial.grid_size == g) & (per_trial.max_frames == f)]
+    for mode, cell in cells.items():
+        rows = in_cell(per_trial[per_trial.gaussian_mode == mode], cell)
         rows = rows.sort_values(["valid_heldout_iou", "valid_heldout_psnr"], ascending=False)
         for _, r in rows.iterrows():
             p = paths.get((r["study"], r["trial_id"]))

@@ -21,9 +21,8 @@ import pandas as pd
 
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
-from study.load import CELL, LABELS, SHORT, TRIAL_COLUMNS, AnalysisError, Study, load_studies, trial_summary
-
-DEFAULT_MODES = ["2d", "3d"]
+from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Study, cell_keys, compared_modes, load_studies,
+                        trial_columns, trial_summary)
 
 
 @dataclass
@@ -35,6 +34,8 @@ class Stages:
     confirm: Optional[Study]
     confirm_trials: pd.DataFrame  # per trial, at its last evaluated epoch (the scored one)
     plan: Optional[dict]
+    cell: list[str]  # the cell keys: the space's grid keys
+    modes: tuple[str, str]  # (challenger, reference): the confirm plan's, else the space's
 
 
 def read_plan(study_dir: Path) -> Optional[dict]:
@@ -55,23 +56,26 @@ def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> S
     if len(with_confirm) > 1:
         raise AnalysisError(f"{', '.join(map(str, with_confirm))}: several studies with a confirm stage; a decision "
                             f"rests on one confirm stage: analyse them one at a time")
+    plan = read_plan(with_confirm[0]) if with_confirm else None
     explore, per = None, pd.DataFrame()
+    cell = list(plan["cell"]) if plan else list(DEFAULT_CELL)
+    modes = tuple(plan["modes"]) if plan else None  # without a plan there is an explore stage, which names them
     has_explore = [d for d in dirs if not (d.is_dir() and d in with_confirm and not (d / "metrics").is_dir())]
     if has_explore:  # a study whose explore records are gone (or were never copied) still has its decision
         explore = load_studies(has_explore)
-        per = trial_summary(explore.metrics, threshold)
+        cell, modes = cell_keys(explore), modes or compared_modes(explore)
+        per = trial_summary(explore.metrics, threshold, cell=cell, modes=modes)
         if len(per) and len(explore.trials) and "status" in explore.trials:
             per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
-    confirm, cper, plan = None, pd.DataFrame(), None
-    if with_confirm:
-        plan = read_plan(with_confirm[0])
+    confirm, cper = None, pd.DataFrame()
+    if plan is not None:
         cdir = with_confirm[0] / "confirm"
         if (cdir / "metrics").is_dir() and any((cdir / "metrics").glob("*.parquet")):
-            confirm = load_studies([cdir])
-            cper = trial_summary(confirm.metrics, threshold, last=True)
+            confirm = load_studies([cdir], grid=plan["cell"])
+            cper = trial_summary(confirm.metrics, threshold, last=True, cell=list(plan["cell"]), modes=modes)
             if len(cper) and len(confirm.trials) and "status" in confirm.trials:
                 cper = cper.merge(confirm.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
-    return Stages(explore, per, confirm, cper, plan)
+    return Stages(explore, per, confirm, cper, plan, cell, modes)
 
 
 def no_decision(reason: str, modes: list[str]) -> Decision:
@@ -85,7 +89,7 @@ def decision_of(stages: Stages, margin: Optional[float]) -> tuple[Decision, list
     if plan is None:
         return no_decision("the study has no confirm stage, so nothing is decided: the explore stage's tables are "
                            "exploratory (add a `confirm` block to the space, docs/search_spaces.md)",
-                           DEFAULT_MODES), notes
+                           list(stages.modes)), notes
     if margin is not None and not math.isclose(margin, plan["margin"]):
         notes.append(f"--margin {margin:g} replaces the pre-specified margin {plan['margin']:g} after the fact: "
                      f"this is no longer the planned test.")
@@ -179,17 +183,16 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         raise AnalysisError(f"{', '.join(map(str, paths))}: no trial has reached a validation epoch yet")
     d, dnotes = decision_of(stages, margin)
     plan = stages.plan if margin is None or stages.plan is None else {**stages.plan, "margin": margin}
-    modes = d.modes
+    modes, cell = d.modes, stages.cell
     explore_notes = (status_notes(stages.explore, per, "explore", modes) if len(per) else
                      ["No explore-stage records were read: the report has no exploratory tables."])
     confirm_notes = (status_notes(stages.confirm, stages.confirm_trials, "confirm", modes)
                      if stages.confirm is not None and len(stages.confirm_trials) else [])
-    depends = cell_dependence(per, tuple(modes)) if len(per) else None
+    depends = cell_dependence(per, tuple(modes), cell) if len(per) else None
     tables = {}
     if len(per):
-        tables = {"Per cell": breakdown(per, CELL, tuple(modes)),
-                  "Per grid_size": breakdown(per, ["grid_size"], tuple(modes)),
-                  "Per max_frames": breakdown(per, ["max_frames"], tuple(modes))}
+        tables = {"Per cell": breakdown(per, cell, tuple(modes), cell),
+                  **{f"Per {k}": breakdown(per, [k], tuple(modes), cell) for k in cell}}
     n_groups = sum(len(t) for t in tables.values())
     multiplicity = (f"Exploratory: these {n_groups} comparisons use the explore trials, whose hyperparameters were "
                     f"tuned separately per mode and some of which ASHA stopped early; with {n_groups} 95% intervals, "
@@ -204,16 +207,16 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
             figures.append(plots.intervals(decision_plot_rows(d), plan["margin"],
                                            f"{modes[0]} vs {modes[1]}, confirm stage", staging))
         if stages.confirm is not None and len(stages.confirm_trials):
-            figures.append(plots.curves(stages.confirm.metrics, staging, "curves_confirm.png", "Confirm stage. "))
+            figures.append(plots.curves(stages.confirm.metrics, staging, list(plan["cell"]), "curves_confirm.png",
+                                        "Confirm stage. "))
         if len(per):
-            figures += plots.all_plots(stages.explore.metrics, per, staging)
+            figures += plots.all_plots(stages.explore.metrics, per, staging, cell)
         render_notes: list[str] = []
         if renders and plan is not None and len(stages.confirm_trials):
             from study import renders as rd
 
-            cell = tuple(0 if plan["cell"].get(k) is None else plan["cell"][k] for k in CELL)
-            made, why = rd.render_figures(stages.confirm_trials, stages.confirm.trials, {m: cell for m in modes},
-                                          staging)
+            made, why = rd.render_figures(stages.confirm_trials, stages.confirm.trials,
+                                          {m: plan["cell"] for m in modes}, staging)
             figures += made
             render_notes += why + (["Renders show each mode's confirm trial with the best validation score, from "
                                     "its last checkpoint: the epoch that was scored."] if made else [])
@@ -241,7 +244,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         trial_tables = [t.assign(stage=s) for s, t in (("explore", per), ("confirm", stages.confirm_trials)) if len(t)]
         if trial_tables:
             tt = pd.concat(trial_tables, ignore_index=True)
-            tt[["stage", *(c for c in TRIAL_COLUMNS if c in tt)]].to_csv(staging / "trials.csv", index=False)
+            tt[["stage", *(c for c in trial_columns(cell) if c in tt)]].to_csv(staging / "trials.csv", index=False)
         (staging / "report.html").write_text(html_page(d, head, ctable, notes, tables, multiplicity, figures))
         swap_in(staging, out)
     finally:

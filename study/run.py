@@ -648,7 +648,7 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
         raise StudyError(f"confirm stage: cannot read the explore stage ({e})") from None
     if explore is None:
         explore = _remote_explore(study)
-    per = trial_summary(explore.metrics)
+    per = trial_summary(explore.metrics, cell=list(space.grid), modes=tuple(space.confirm.modes))
     if len(per) and len(explore.trials) and "status" in explore.trials:
         per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
     cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")

@@ -24,11 +24,12 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
                seeds=range(6), cells=CELLS, modes=("2d", "3d"), epochs: int = 5, noise: float = 0.003,
                time_ratio: float = 0.8, status: str = "completed", effect_by_grid: dict | None = None,
                rng_seed: int = 0, checkpoints: dict | None = None, bonus: dict | None = None,
-               frames: int | None = None, frame_sd: float = 0.05) -> Path:
+               frames: int | None = None, frame_sd: float = 0.05, extra: tuple[str, dict] | None = None) -> Path:
     """A study directory as study.run writes it: metrics/ parts per (trial, epoch), trials.parquet, study.json.
 
-    2d's quality is 3d's times (1 + effect) (per grid size when effect_by_grid is given) and times (1 + bonus) of
-    (mode, grid_size, max_frames); 2d's epoch time is 3d's times time_ratio. Every (cell, seed) shares a random level
+    Every mode but 3d has 3d's quality times (1 + effect) (per grid size when effect_by_grid is given) and times
+    (1 + bonus) of (mode, grid_size, max_frames), and 3d's epoch time times time_ratio. extra: (a third grid key,
+    {value: (both modes' quality factor, the effect at that value)}), each cell run at every value. Every (cell, seed) shares a random level
     for both modes, so pairing removes it. frames: also write per-test-frame values of that many test frames (the
     same frames for every trial of a cell): each is the trial's value times (1 + the frame's effect), effects of sd
     frame_sd shared by the cell's trials and centred so that the frames' mean is the trial's value. Without it the
@@ -39,7 +40,8 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
     (d / "metrics").mkdir(parents=True)
     trials = []
     psnr_effect = effect if psnr_effect is None else psnr_effect
-    for g, f in cells:
+    xkey, xvalues = extra or (None, {None: (1.0, None)})
+    for (g, f), (xv, (scale, xeffect)) in ((c, x) for c in cells for x in xvalues.items()):
         if frames:
             frame_effect = frame_rng.normal(0, frame_sd, frames)
             frame_effect -= frame_effect.mean()
@@ -47,16 +49,17 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
         for seed in seeds:
             level = rng.normal(0, 0.03)  # this seed's luck, shared by both modes
             for mode in modes:
-                e = (effect_by_grid or {}).get(g, effect) if mode == "2d" else 0.0
-                pe = (effect_by_grid or {}).get(g, psnr_effect) if mode == "2d" else 0.0
+                cell_effect = (effect_by_grid or {}).get(g, effect if xeffect is None else xeffect)
+                e = cell_effect if mode != "3d" else 0.0
+                pe = (effect_by_grid or {}).get(g, psnr_effect if xeffect is None else xeffect) if mode != "3d" else 0.0
                 b = (bonus or {}).get((mode, g, f), 0.0)
                 e, pe = (1 + e) * (1 + b) - 1, (1 + pe) * (1 + b) - 1
-                tid = f"{mode}_{g}_{f}_{seed}"
+                tid = f"{mode}_{g}_{f}_{seed}" + (f"_{xv}" if xkey else "")
                 for epoch in range(1, epochs + 1):
                     ramp = 1 - 0.3 * np.exp(-epoch)
-                    iou = 0.8 * (1 + level) * (1 + e) * ramp * (1 + rng.normal(0, noise))
+                    iou = 0.8 * scale * (1 + level) * (1 + e) * ramp * (1 + rng.normal(0, noise))
                     psnr = 28 * (1 + level) * (1 + pe) * ramp * (1 + rng.normal(0, noise))
-                    base = 1.0 * g / 32 * (time_ratio if mode == "2d" else 1.0)
+                    base = 1.0 * g / 32 * (time_ratio if mode != "3d" else 1.0)
                     row = {
                         "study": name, "trial_id": tid, "gaussian_mode": mode, "grid_size": g, "max_frames": f,
                         "seed": seed, "lr": 1e-3, "ssim_lambda": 0.1, "epoch": epoch, "current_lr": 1e-3,
@@ -69,6 +72,8 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
                         "checkpoint_bytes": 1_000_000, "device": "cpu", "backend": "torch", "hostname": "h",
                         "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=epoch),
                     }
+                    if xkey:
+                        row[xkey] = xv
                     if frames:
                         row.update({f"{k}_frames": list(row[k] * (1 + frame_effect)) for k in
                                     ("test_heldout_iou", "test_heldout_psnr", "test_heldout_ssim")},
@@ -77,10 +82,12 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
                 ck = (checkpoints or {}).get(mode)
                 trials.append({"study": name, "trial_id": tid, "status": status, "last_epoch": epochs,
                                "stopped_at_epoch": None, "error": None, "checkpoint_path": str(ck) if ck else None,
-                               "gaussian_mode": mode, "grid_size": g, "max_frames": f, "seed": seed})
+                               "gaussian_mode": mode, "grid_size": g, "max_frames": f, "seed": seed,
+                               **({xkey: xv} if xkey else {})})
     pq.write_table(pa.Table.from_pylist(trials), d / "trials.parquet")
     space = {"name": name, "modes": list(modes), "grid": {"grid_size": sorted({c[0] for c in cells}),
-                                                          "max_frames": sorted({c[1] for c in cells})},
+                                                          "max_frames": sorted({c[1] for c in cells}),
+                                                          **({xkey: list(xvalues)} if xkey else {})},
              "samples_per_cell": len(list(seeds)), "max_epochs": epochs}
     (d / "study.json").write_text(json.dumps({"space": space}))
     return d
@@ -231,6 +238,59 @@ def test_explore_says_where_the_answer_may_change(tmp_path, capsys):
     flat = make_study(tmp_path, "flat", effect=-0.05)
     run([flat], capsys)
     assert "depend on the cell" not in (flat / "report" / "decision.md").read_text()
+
+
+def test_every_grid_key_of_the_space_is_a_cell_key(tmp_path, capsys):
+    """A third grid key (num_unets) whose values differ in IoU level and in the 2d-vs-3d difference gets its own rows,
+    its own table and its own convergence threshold, instead of being pooled into (grid_size, max_frames)."""
+    study = make_study(tmp_path, cells=CELLS[:2], extra=("num_unets", {1: (1.0, +0.06), 2: (0.5, -0.06)}))
+    rc, _, err = run([study], capsys)
+    assert rc == 0, err
+    cells = explore_table(study / "report")
+    for f in (30, 100):
+        for units, effect in ((1, 0.06), (2, -0.06)):
+            row = cells.loc[f"grid_size 32, max_frames {f}, num_unets {units}"]
+            assert interval(row["IoU 2d vs 3d"])[0] == pytest.approx(effect, abs=0.01) and row["pairs"] == 6
+    by_units = explore_table(study / "report", "Per num_unets")
+    assert interval(by_units.loc["num_unets 2", "IoU 2d vs 3d"])[0] == pytest.approx(-0.06, abs=0.01)
+    trials = pd.read_csv(study / "report" / "trials.csv")
+    assert "num_unets" in trials
+    threshold = trials.groupby("num_unets")["iou_threshold"].mean()
+    assert threshold[2] == pytest.approx(0.5 * threshold[1], rel=0.1)  # each value's own IoU level
+    assert "num_unets 1" in (study / "report" / "decision.md").read_text()
+
+
+def test_the_space_names_the_modes_compared(tmp_path, capsys):
+    """A study of 2d_screen vs 3d (no 2d trial) compares 2d_screen with 3d: in the tables and in the convergence
+    threshold (90% of the lower of the two modes' medians: here 2d_screen's)."""
+    study = make_study(tmp_path, effect=-0.2, modes=("2d_screen", "3d"), seeds=range(4))
+    rc, out, err = run([study], capsys)
+    assert rc == 0, err
+    cells = explore_table(study / "report")
+    assert interval(cells.loc["all cells", "IoU 2d_screen vs 3d"])[0] == pytest.approx(-0.2, abs=0.01)
+    assert cells.loc["all cells", "trials"] == "2d_screen 16 / 3d 16"
+    trials = pd.read_csv(study / "report" / "trials.csv")
+    for _, c in trials.groupby(["grid_size", "max_frames"]):
+        screen = c[c.gaussian_mode == "2d_screen"]["valid_heldout_iou"].median()
+        assert c["iou_threshold"].iloc[0] == pytest.approx(0.9 * screen)
+    assert "mode 2d has no trial" not in (study / "report" / "decision.md").read_text()
+
+
+def test_inputs_with_different_grid_keys_are_refused(tmp_path, capsys):
+    """Pooling studies whose grids vary different keys would hide a key's effect: refused in one line naming them;
+    so is a grid key the metrics do not record."""
+    a = make_study(tmp_path, "a", cells=CELLS[:1], seeds=range(3))
+    b = make_study(tmp_path, "b", cells=CELLS[:1], seeds=range(3), extra=("num_unets", {1: (1.0, None)}))
+    rc, _, err = run([a, b, "--out", tmp_path / "r"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a (grid_size, max_frames)" in err and "b (grid_size, max_frames, num_unets)" in err
+    assert not (tmp_path / "r").exists()
+    info = json.loads((a / "study.json").read_text())
+    info["space"]["grid"]["base_filters"] = [4, 8]
+    (a / "study.json").write_text(json.dumps(info))
+    rc, _, err = run([a], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "grid key 'base_filters'" in err and "no such column" in err
 
 
 # ----------------------------------------------------------------------------------------------- study states
