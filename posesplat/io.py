@@ -66,6 +66,14 @@ def beside(out: Path, kind: str) -> Path:
     return out.with_name(f".{out.name}.{kind}-{os.getpid()}")
 
 
+def staging_folder(out: Path) -> Path:
+    """An empty name beside `out` to build its next version under (what a killed earlier run of this pid left there
+    is removed)."""
+    tmp = beside(out, "tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def swap_folder(staging: Path, out: Path) -> None:
     """Put the finished folder `staging` at `out`. A previous `out` goes aside first and is deleted only once the new
     one is in place (put back if that fails), so some whole version is always at `out` or beside it; callers decide

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from posesplat.io import staging_folder, swap_folder
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.load import CELL, LABELS, SHORT, TRIAL_COLUMNS, AnalysisError, Study, load_studies, trial_summary
@@ -243,7 +244,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
             tt = pd.concat(trial_tables, ignore_index=True)
             tt[["stage", *(c for c in TRIAL_COLUMNS if c in tt)]].to_csv(staging / "trials.csv", index=False)
         (staging / "report.html").write_text(html_page(d, head, ctable, notes, tables, multiplicity, figures))
-        swap_in(staging, out)
+        swap_folder(staging, out)  # prepare_out refused an `out` that is not a report directory
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return d
@@ -342,16 +343,16 @@ def prepare_out(out: Path) -> Path:
         raise AnalysisError(f"{out}: exists and is not a report directory (no decision.md); choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
+    folder = staging_folder(out)
+    folder.mkdir()
+    return folder
 
 
 def clean_stale(out: Path) -> None:
     """Staging folders of report writers that were killed: an unfinished `.tmp-PID` is removed; an `.old-PID` (the
-    previous report, killed between swap_in's two renames) is put back when `out` is missing, else removed."""
-    from study.sink import pid_alive
+    previous report, killed between swap_folder's two renames) is put back when `out` is missing, else removed
+    (posesplat.io.beside names both)."""
+    from study.storage import pid_alive
 
     for kind in ("old", "tmp"):
         for d in out.parent.glob(f".{out.name}.{kind}-*"):
@@ -362,12 +363,3 @@ def clean_stale(out: Path) -> None:
                 os.replace(d, out)
             else:
                 shutil.rmtree(d, ignore_errors=True)
-
-
-def swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by the finished staging directory."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
