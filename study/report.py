@@ -22,7 +22,7 @@ import pandas as pd
 from posesplat.io import staging_folder, swap_folder
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
-from study.load import CELL, LABELS, SHORT, TRIAL_COLUMNS, AnalysisError, Study, load_studies, trial_summary
+from study.load import CELL, LABELS, SHORT, TRIAL_COLUMNS, AnalysisError, Study, load_studies, stage_summary
 
 DEFAULT_MODES = ["2d", "3d"]
 
@@ -60,18 +60,14 @@ def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> S
     has_explore = [d for d in dirs if not (d.is_dir() and d in with_confirm and not (d / "metrics").is_dir())]
     if has_explore:  # a study whose explore records are gone (or were never copied) still has its decision
         explore = load_studies(has_explore)
-        per = trial_summary(explore.metrics, threshold)
-        if len(per) and len(explore.trials) and "status" in explore.trials:
-            per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+        per = stage_summary(explore, threshold)
     confirm, cper, plan = None, pd.DataFrame(), None
     if with_confirm:
         plan = read_plan(with_confirm[0])
         cdir = with_confirm[0] / "confirm"
         if (cdir / "metrics").is_dir() and any((cdir / "metrics").glob("*.parquet")):
             confirm = load_studies([cdir])
-            cper = trial_summary(confirm.metrics, threshold, last=True)
-            if len(cper) and len(confirm.trials) and "status" in confirm.trials:
-                cper = cper.merge(confirm.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+            cper = stage_summary(confirm, threshold, last=True)
     return Stages(explore, per, confirm, cper, plan)
 
 

@@ -564,7 +564,7 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
     """The confirm plan from the finished explore stage's records (study.confirm.plan_confirm)."""
     from posesplat.train import eval_frames
     from study.confirm import PlanError, plan_confirm
-    from study.load import AnalysisError, load_studies, trial_summary
+    from study.load import AnalysisError, load_studies, stage_summary
 
     try:
         explore = load_studies([Path(study.root)]) if study.local else None
@@ -572,9 +572,7 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
         raise StudyError(f"confirm stage: cannot read the explore stage ({e})") from None
     if explore is None:
         explore = _remote_explore(study)
-    per = trial_summary(explore.metrics)
-    if len(per) and len(explore.trials) and "status" in explore.trials:
-        per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+    per = stage_summary(explore)
     cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
     ds = open_dataset(cfg.dataset)
     n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))
