@@ -25,6 +25,7 @@ import torch
 from bench import render as bench_render
 from bench import study_overhead as bench_study
 from bench import train_step as bench_step
+from posesplat.io import atomic_write
 from study.resources import write_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,9 +130,7 @@ def main(argv=None) -> int:
         sections = sections[:1] + [{**kept, **new}[k] for k in sorted({**kept, **new})]
     text = "\n".join(sections)
     print(text)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write(out, text)
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from posesplat.io import atomic_file, atomic_write, swap_folder
 from posesplat.progress import Progress
 
 PREP_VERSION = "2"  # 2: Pose Splatter units, reach, frames by index
@@ -645,9 +646,8 @@ def run_blocks(fn: Callable, job: dict, n: int, folder: Path, workers: int, desc
     bar = Progress(total=n, initial=n - sum(j1 - j0 for j0, j1 in todo), desc=desc, unit="frame", disable=not progress)
 
     def save(b, res):
-        tmp = folder / f"{b[0]:08d}.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({k: np.asarray(v).tolist() if k != "boxes" else v for k, v in res.items()}))
-        os.replace(tmp, folder / f"{b[0]:08d}.json")
+        atomic_write(folder / f"{b[0]:08d}.json",
+                     json.dumps({k: np.asarray(v).tolist() if k != "boxes" else v for k, v in res.items()}))
         bar.update(b[1] - b[0])
 
     try:
@@ -676,9 +676,8 @@ def cached_step(path: Path, fp: str, fn: Callable[[], dict[str, np.ndarray]], lo
                 log(f"{path.stem}: up to date")
                 return {k: z[k] for k in z.files if k != "fingerprint"}
     out = fn()
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, fingerprint=np.array(fp), **out)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        np.savez(f, fingerprint=np.array(fp), **out)
     log(f"{path.stem}: done")
     return out
 
@@ -890,7 +889,7 @@ def prep(config: str | Path, out: Optional[str | Path] = None, workers: Optional
     })
     for stray in store.rglob("*.partial"):  # zarr's temporary files left by a killed writer
         stray.unlink()
-    _swap_in(store, out)
+    swap_folder(store, out)  # `out` was refused above unless posesplat.prep wrote it
     shutil.rmtree(work / f"done-{fp_frames}", ignore_errors=True)
     log(f"wrote {out} ({n_out} frames, {C} cameras, {w}x{h}, up from {ps['up_method']}, ell {ell:.4g} m, "
         f"volume_idx {volume_idx})")
@@ -946,15 +945,6 @@ def _attrs(path: Path) -> dict:
         return dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:  # not a zarr group: treat as foreign
         return {}
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename a finished store onto `out`, removing an old one only after the new one is in place."""
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from posesplat.gt import CAPSULE, ELLIPSOID, quat_to_rotmat
+from posesplat.io import staging_folder, swap_folder
 from posesplat.progress import Progress
 
 GENERATOR_VERSION = "1.0"
@@ -330,8 +329,7 @@ def make_dataset(
     check_replaceable(out, force, "store")
     holdout = check_holdout(holdout, views)
     scene, rendered = render_frames(frames, views, height, width, seed, progress)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     images = root.create_array("images", shape=(frames, views, height, width, 3), chunks=(1, views, height, width, 3),
                                dtype="uint8")
@@ -357,7 +355,7 @@ def make_dataset(
                  "holdout": list(holdout)},
         "ell": ELL, "background": [0.0, 0.0, 0.0], "up": [0.0, 0.0, 1.0], "units": "m", "fps": FPS,
     })
-    _swap_in(tmp, out)
+    swap_folder(tmp, out)  # check_replaceable refused `out` unless posesplat wrote it
     return out
 
 
@@ -404,8 +402,7 @@ def make_raw(
     holdout = check_holdout(holdout, views)
     scene, rendered = render_frames(frames, views, height, width, seed, progress)
     M = calibration_frame(seed)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out)
     (tmp / "videos").mkdir(parents=True)
     (tmp / "mask_videos").mkdir()
     Es = scene["extrinsics"] @ np.linalg.inv(M)  # calibration units -> world -> camera (metres)
@@ -440,7 +437,7 @@ def make_raw(
     (tmp / "prep.json").write_text(json.dumps(config, indent=2) + "\n")
     np.savez(tmp / "truth.npz", centre=scene["centre"], heading=scene["heading"], params=params, kinds=KINDS,
              calib_from_world=M, intrinsics=scene["intrinsics"], extrinsics=scene["extrinsics"])
-    _swap_in(tmp, out)
+    swap_folder(tmp, out)  # check_replaceable refused `out` unless posesplat wrote it
     return out / "prep.json"
 
 
@@ -473,15 +470,6 @@ def check_replaceable(out: Path, force: bool, kind: str) -> None:
             f"a synthetic raw recording ({', '.join(RAW_FILES)}, videos/, mask_videos/ and nothing else)"
         raise SynthError(f"{out}: exists and is not {what}: --force replaces only what posesplat wrote; "
                          f"choose another path or remove it yourself")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename a finished temporary store onto `out`, removing an old one only after the new one is in place."""
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

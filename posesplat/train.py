@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
-import os
 import re
 import sys
 import time
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 from posesplat.carve import carve, find_volume_idx
 from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
+from posesplat.io import atomic_file, atomic_write, strict_dumps
 from posesplat.modes import PARAMS_PER_GAUSSIAN
 from posesplat.model import PoseSplatter, pixels_per_unit, to_world
 from posesplat.progress import Progress
@@ -393,11 +392,8 @@ def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path, fsync=True) as f:
+        torch.save(state, f)
     return path.stat().st_size
 
 
@@ -643,9 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         def write_log(report: EpochReport) -> None:
             rows = read_jsonl(log) if log.exists() else []
             rows = [r for r in rows if r["epoch"] < report.metrics["epoch"]] + [report.metrics]
-            tmp = log.with_name(f".{log.name}.tmp")
-            tmp.write_text("".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in rows))
-            os.replace(tmp, log)
+            atomic_write(log, "".join(strict_dumps(r) + "\n" for r in rows))
 
         history = train(cfg, ckpt_path=ckpt, resume_from=ckpt if args.resume else None, on_epoch=write_log)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
@@ -658,21 +652,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"interrupted: the last finished epoch is in {ckpt}; continue with --resume", file=sys.stderr)
         return 130
     last = history[-1] if history else {}
-    print(json.dumps(strict_json({k: last[k] for k in ("epoch", "train_loss", *EVAL_KEYS, "gt_iou3d") if k in last}),
-                     indent=1, allow_nan=False))
+    print(strict_dumps({k: last[k] for k in ("epoch", "train_loss", *EVAL_KEYS, "gt_iou3d") if k in last}, indent=1))
     print(f"checkpoint: {ckpt}  metrics: {log}")
     return 0
-
-
-def strict_json(v):
-    """v with every non-finite float as None, so the JSON is strict (`null`, never `NaN`: polars and others refuse it)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: strict_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [strict_json(x) for x in v]
-    return v
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 if TYPE_CHECKING:
-    from study.sink import Store
+    from study.storage import Store
 
 QUALITY = {
     "valid_heldout_iou": "mask IoU on the held-out views, validation frames (the explore stage's metric)",

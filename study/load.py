@@ -252,6 +252,16 @@ def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, l
     return per_trial
 
 
+def stage_summary(stage: Study, threshold: Optional[float] = None, *, last: bool = False,
+                  cell: Iterable[str] = DEFAULT_CELL, modes: Optional[tuple[str, str]] = None) -> pd.DataFrame:
+    """trial_summary of a stage's metrics with each trial's `status` from its trials table (how the trial ended:
+    planning and the report leave out failed trials), where the table has one."""
+    per = trial_summary(stage.metrics, threshold, last=last, cell=cell, modes=modes)
+    if len(per) and len(stage.trials) and "status" in stage.trials:
+        per = per.merge(stage.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+    return per
+
+
 def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float], cell: Iterable[str] = DEFAULT_CELL,
                     modes: Optional[tuple[str, str]] = None) -> dict[tuple[int, ...], float]:
     """The validation IoU a trial must reach to count as converged, per cell (a tuple over the cell keys):

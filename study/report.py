@@ -19,10 +19,11 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from posesplat.io import staging_folder, swap_folder
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Study, cell_keys, compared_modes, load_studies,
-                        trial_columns, trial_summary)
+                        stage_summary, trial_columns)
 
 
 @dataclass
@@ -64,17 +65,13 @@ def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> S
     if has_explore:  # a study whose explore records are gone (or were never copied) still has its decision
         explore = load_studies(has_explore)
         cell, modes = cell_keys(explore), modes or compared_modes(explore)
-        per = trial_summary(explore.metrics, threshold, cell=cell, modes=modes)
-        if len(per) and len(explore.trials) and "status" in explore.trials:
-            per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+        per = stage_summary(explore, threshold, cell=cell, modes=modes)
     confirm, cper = None, pd.DataFrame()
     if plan is not None:
         cdir = with_confirm[0] / "confirm"
         if (cdir / "metrics").is_dir() and any((cdir / "metrics").glob("*.parquet")):
             confirm = load_studies([cdir], grid=plan["cell"])
-            cper = trial_summary(confirm.metrics, threshold, last=True, cell=list(plan["cell"]), modes=modes)
-            if len(cper) and len(confirm.trials) and "status" in confirm.trials:
-                cper = cper.merge(confirm.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+            cper = stage_summary(confirm, threshold, last=True, cell=list(plan["cell"]), modes=modes)
     return Stages(explore, per, confirm, cper, plan, cell, modes)
 
 
@@ -246,7 +243,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
             tt = pd.concat(trial_tables, ignore_index=True)
             tt[["stage", *(c for c in trial_columns(cell) if c in tt)]].to_csv(staging / "trials.csv", index=False)
         (staging / "report.html").write_text(html_page(d, head, ctable, notes, tables, multiplicity, figures))
-        swap_in(staging, out)
+        swap_folder(staging, out)  # prepare_out refused an `out` that is not a report directory
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return d
@@ -345,16 +342,16 @@ def prepare_out(out: Path) -> Path:
         raise AnalysisError(f"{out}: exists and is not a report directory (no decision.md); choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
+    folder = staging_folder(out)
+    folder.mkdir()
+    return folder
 
 
 def clean_stale(out: Path) -> None:
     """Staging folders of report writers that were killed: an unfinished `.tmp-PID` is removed; an `.old-PID` (the
-    previous report, killed between swap_in's two renames) is put back when `out` is missing, else removed."""
-    from study.sink import pid_alive
+    previous report, killed between swap_folder's two renames) is put back when `out` is missing, else removed
+    (posesplat.io.beside names both)."""
+    from study.storage import pid_alive
 
     for kind in ("old", "tmp"):
         for d in out.parent.glob(f".{out.name}.{kind}-*"):
@@ -365,12 +362,3 @@ def clean_stale(out: Path) -> None:
                 os.replace(d, out)
             else:
                 shutil.rmtree(d, ignore_errors=True)
-
-
-def swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by the finished staging directory."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)

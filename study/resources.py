@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import NamedTuple, Optional
+
+from posesplat.io import atomic_write
 
 PAPER_PIXELS = 288 * 256  # 1152x1024 downsampled by 4
 SAFETY = 1.5
@@ -108,9 +109,7 @@ def detect_gpu_mem_mb() -> Optional[float]:
 
 def write_model(model: dict[str, dict], device: str, source: str, path: Path = MODEL_FILE) -> None:
     """Write a memory model file (through a temporary name)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"source": source, "device": device, "modes": model}, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"source": source, "device": device, "modes": model}, indent=1))
 
 
 def study_peaks(study: Path) -> tuple["object", str]:

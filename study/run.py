@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -29,12 +28,8 @@ from study import _ray_compat
 from study._ray_compat import UnsupportedRay
 from study.board import Names
 from study.search import STATE_FORMAT, StateError
-from study.sink import Store, StorageError, join_uri, pid_alive
+from study.storage import StorageError, Store, StudyError, StudyLock, join_uri
 from study.space import Space, SpaceError, load_space, with_options
-
-
-class StudyError(RuntimeError):
-    """A study cannot start or continue; one line."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -163,7 +158,7 @@ def read_record(store: Store, name: str, valid: Callable[[dict], bool], invalid:
                 repaired: str) -> Optional[dict]:
     """A JSON record of the study (None when absent). A damaged one (not JSON, or not `valid`) is refused with one
     line naming it and `recovery`; with --repair it is set aside (never deleted) and None returned."""
-    from study.sink import set_aside
+    from study.storage import set_aside
 
     if not store.exists(name):
         return None
@@ -300,68 +295,6 @@ def check_reachable(address: str) -> None:
         raise StudyError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
-class StudyLock:
-    """One driver per study. On a local or shared filesystem: an flock, which the kernel drops when the driver dies,
-    so a stale lock never blocks a resume. Behind a URI (no flock): a lock file naming host, pid and a heartbeat
-    renewed every HEARTBEAT_S; it is stale when its driver's pid is gone (same host) or its heartbeat is older than
-    STALE_S."""
-
-    HEARTBEAT_S, STALE_S = 30.0, 120.0
-
-    def __init__(self, study: Store | Path):
-        self.store = study if isinstance(study, Store) else Store(study)
-
-    def __enter__(self) -> "StudyLock":
-        if self.store.local:
-            path = Path(self.store.path(".lock"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise StudyError(f"{self.store.uri}: another driver is running this study") from None
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, str(os.getpid()).encode())
-            return self
-        if self.store.exists(".lock"):
-            held = json.loads(self.store.read_text(".lock"))
-            age = time.time() - held["beat"]
-            alive = age < self.STALE_S and (held["host"] != socket.gethostname() or pid_alive(held["pid"]))
-            if alive:
-                raise StudyError(f"{self.store.uri}: another driver is running this study ({held['host']} pid "
-                                 f"{held['pid']}, alive {age:.0f} s ago; stale after {self.STALE_S:.0f} s)")
-        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
-        self._beat()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat_loop, daemon=True)
-        self.thread.start()
-        return self
-
-    def _beat(self) -> None:
-        self.store.write_bytes(json.dumps({**self.me, "beat": time.time()}).encode(), ".lock")
-
-    def _beat_loop(self) -> None:
-        while not self.stop.wait(self.HEARTBEAT_S):
-            self._beat()
-
-    def __exit__(self, *exc) -> None:
-        if self.store.local:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            return
-        self.stop.set()
-        self.thread.join()
-        self.store.delete(".lock")
-
-
-def write_json(obj: dict, study: Store, name: str) -> None:
-    """A study record as strict JSON (a NaN becomes null, so every JSON reader accepts it), atomically."""
-    from posesplat.train import strict_json
-
-    study.write_bytes(json.dumps(strict_json(obj), indent=1, default=str, allow_nan=False).encode(), name)
-
-
 class Outcome(NamedTuple):
     """How a study run ended: its directory and the exit status (0: finished with a report; 1: finished, but every
     trial failed or the report could not be written)."""
@@ -389,7 +322,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
             "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu, "state_format": STATE_FORMAT,
         }
         info["runs"] = info.get("runs", 0) + 1
-        write_json(info, study, "study.json")
+        study.write_json(info, "study.json")
         connect_ray(args.address)
         clean_scratch()
         trainable = trainable_factory(args, space, gpu, gpu_mem, pixels, trial_fn)
@@ -398,15 +331,15 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
             try:
                 ended = run_explore(args, space, base, study, trainable)
                 info.setdefault("explore_finished", datetime.now(timezone.utc).isoformat())
-                write_json(info, study, "study.json")
+                study.write_json(info, "study.json")
                 failed = all_failed("explore", ended)
                 if space.confirm is not None and failed is None:
                     failed = all_failed("confirm", run_confirm(args, space, base, study, trainable))
             finally:
                 info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
-                write_json(info, study, "study.json")
+                study.write_json(info, "study.json")
             info["finished"] = datetime.now(timezone.utc).isoformat()
-            write_json(info, study, "study.json")
+            study.write_json(info, "study.json")
             if failed is not None:
                 print(f"error: {failed}", file=sys.stderr)
                 return Outcome(study, 1)
@@ -532,7 +465,7 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
     """The restored Tuner, when Ray's experiment state agrees with the study's records; otherwise a refusal naming
     the damage, or with --repair the stage's Ray state and records set aside (never deleted) and None (the stage
     runs again). Ray restarts an experiment whose state file is truncated; that must not happen over records."""
-    from study.sink import set_aside
+    from study.storage import set_aside
 
     evidence, problem, tuner = sink.evidence(), None, None
     if restore is None:
@@ -602,7 +535,7 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
     if plan is None:
         plan = make_confirm_plan(args, space, cbase, study)
         check_replan(store, plan)
-        write_json(plan, store, "plan.json")
+        store.write_json(plan, "plan.json")
         print(confirm_plan_text(plan), flush=True)
     names = Names("confirm", tuple(space.confirm.cell), ("seed",), study_metrics(space))
     sink = ParquetSink(store, study.name, cbase, plan["epochs"], names, study)
@@ -640,7 +573,7 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
     """The confirm plan from the finished explore stage's records (study.confirm.plan_confirm)."""
     from posesplat.train import eval_frames
     from study.confirm import PlanError, plan_confirm
-    from study.load import AnalysisError, load_studies, trial_summary
+    from study.load import AnalysisError, load_studies, stage_summary
 
     try:
         explore = load_studies([Path(study.root)]) if study.local else None
@@ -648,9 +581,7 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
         raise StudyError(f"confirm stage: cannot read the explore stage ({e})") from None
     if explore is None:
         explore = _remote_explore(study)
-    per = trial_summary(explore.metrics, cell=list(space.grid), modes=tuple(space.confirm.modes))
-    if len(per) and len(explore.trials) and "status" in explore.trials:
-        per = per.merge(explore.trials[["study", "trial_id", "status"]], on=["study", "trial_id"], how="left")
+    per = stage_summary(explore, cell=list(space.grid), modes=tuple(space.confirm.modes))
     cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
     ds = open_dataset(cfg.dataset)
     n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))

@@ -1,126 +1,34 @@
-"""Study storage and the driver-side Tune callback that writes every reported epoch to `<study>/metrics/` (parquet
-parts) and the trials table.
+"""The driver-side Tune callback that writes every reported epoch to `<study>/metrics/` (parquet parts) and the
+trials table, through the study's `Store` (study.storage).
 
-`Store` is the study directory on a local or shared path or behind a URI that pyarrow's filesystems understand
-(s3://, gs://, hdfs://, file://): every file the study writes goes through it. One part file per (trial, epoch),
-named by both, written to a temporary name and renamed: a resumed study that re-reports an epoch replaces that part
-instead of duplicating it. Ray saves its experiment state every few seconds, so after a crash it may know less than
-the parquet does; at the first step of every (re)started run the sink drops what Ray will redo (parts of trials Ray
-no longer knows, epochs after a trial's restored state), so the parquet ends with exactly one row per
+One part file per (trial, epoch), named by both and written whole: a resumed study that re-reports an epoch replaces
+that part instead of duplicating it. Ray saves its experiment state every few seconds, so after a crash it may know
+less than the parquet does; at the first step of every (re)started run the sink drops what Ray will redo (parts of
+trials Ray no longer knows, epochs after a trial's restored state), so the parquet ends with exactly one row per
 (trial, epoch). Schema: docs/metrics.md.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import io
 import json
 import math
-import os
 import socket
-import urllib.parse
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from posesplat.config import make_config
+from study.storage import Store, set_aside
 
 RAY_KEYS = {
     "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname",
     "node_ip", "config", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "done",
     "should_checkpoint", "experiment_tag",
 }
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Append path parts to a local path or a URI, keeping its query (s3://b/p?endpoint_override=... + x)."""
-    if "://" not in base:
-        return "/".join([base.rstrip("/"), *parts])
-    u = urllib.parse.urlsplit(base)
-    return urllib.parse.urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
-
-
-class StorageError(OSError):
-    """Study storage that cannot be opened or written; one line."""
-
-
-class Store:
-    """A study directory: a local path or a URI, and the few file operations the study needs on it."""
-
-    def __init__(self, location: str | Path):
-        location = str(location)
-        if "://" in location:
-            try:
-                self.fs, root = pafs.FileSystem.from_uri(location)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-                raise StorageError(f"{location}: not a storage URI pyarrow can open ({str(e).splitlines()[0]})") from None
-            self.root = root.rstrip("/")
-            self.uri = location.rstrip("/")
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
-            self.uri = self.root
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.name = self.root.rsplit("/", 1)[-1]
-
-    def path(self, *parts: str) -> str:
-        """Path of a file in the study, in the store's filesystem."""
-        return "/".join([self.root, *parts])
-
-    def child(self, *parts: str) -> "Store":
-        return Store(join_uri(self.uri, *parts))
-
-    def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-
-    def read_text(self, *parts: str) -> str:
-        with self.fs.open_input_stream(self.path(*parts)) as f:
-            return f.read().decode()
-
-    def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Write through a temporary name and a move, so readers never see half a file."""
-        final = self.path(*parts)
-        parent, name = final.rsplit("/", 1)
-        self.fs.create_dir(parent, recursive=True)
-        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, final)
-
-    def write_table(self, rows: list[dict], *parts: str, types: Optional[dict[str, pa.DataType]] = None) -> None:
-        """Write rows as one parquet file; `types` fixes the type of some columns (e.g. an empty list's)."""
-        table = pa.Table.from_pylist(rows)
-        for name, typ in (types or {}).items():
-            if name in table.column_names:
-                table = table.set_column(table.column_names.index(name), name, table[name].cast(typ))
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        self.write_bytes(buf.getvalue(), *parts)
-
-    def read_table(self, *parts: str) -> pa.Table:
-        return pq.read_table(self.path(*parts), filesystem=self.fs)
-
-    def list(self, folder: str, pattern: str = "*", folders_only: bool = False) -> list[str]:
-        """Names of the files and folders (only the folders: folders_only) directly in `folder` matching a glob."""
-        sel = pafs.FileSelector(self.path(folder), allow_not_found=True)
-        return sorted(i.base_name for i in self.fs.get_file_info(sel) if fnmatch.fnmatch(i.base_name, pattern)
-                      and (not folders_only or i.type == pafs.FileType.Directory))
-
-    def delete(self, *parts: str) -> None:
-        if self.exists(*parts):
-            info = self.fs.get_file_info(self.path(*parts))
-            (self.fs.delete_dir if info.type == pafs.FileType.Directory else self.fs.delete_file)(self.path(*parts))
-
-    def upload(self, local_dir: Path, *parts: str) -> None:
-        """Copy a local folder's files into the study (TensorBoard events written on a worker)."""
-        self.fs.create_dir(self.path(*parts), recursive=True)
-        pafs.copy_files(str(local_dir), self.path(*parts), source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
 
 
 def full_config(base: dict, tuned: dict) -> dict[str, Any]:
@@ -393,25 +301,6 @@ def trial_resources(trial) -> dict[str, float]:
     """What Ray reserves for a trial's next (or current) start, e.g. {"CPU": 1.0, "GPU": 0.25}."""
     pgf = getattr(trial, "placement_group_factory", None)
     return {k: float(v) for k, v in pgf.required_resources.items()} if pgf is not None else {}
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host is alive (a lock's or a staging folder's owner)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def set_aside(store: Store, name: str) -> str:
-    """Move a damaged file or folder of a study to `<name>.damaged-<UTC time>` beside it (never delete what a run
-    wrote); returns the new path."""
-    aside = f"{name}.damaged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    store.fs.move(store.path(name), store.path(aside))
-    return store.path(aside)
 
 
 def list_type(key: str) -> pa.DataType:

@@ -16,7 +16,7 @@ from ray import tune
 from posesplat.config import make_config
 from posesplat.train import EpochReport, train
 from study.board import Names, TrialBoard
-from study.sink import Store, pid_alive
+from study.storage import Store, pid_alive
 
 
 def scratch() -> Path:

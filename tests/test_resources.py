@@ -77,7 +77,7 @@ def test_refit_command_reads_a_study(tmp_path, small_dataset, capsys):
     import shutil
 
     from study.resources import MODEL_FILE, main
-    from study.sink import Store
+    from study.storage import Store
 
     study = Store(tmp_path / "s")
     for i, (m, g) in enumerate((m, g) for m in ("3d", "2d") for g in (32, 48, 64)):

@@ -14,9 +14,10 @@ import pytest
 import ray
 from ray import tune
 
-from study.run import StudyError, StudyLock, main
+from study.run import main
 from study.search import PerModeSearcher, StratifiedASHA
 from study.space import Space, SpaceError, load_space
+from study.storage import StudyError, StudyLock
 
 METRIC_KEYS = ["epoch", "train_loss", "valid_heldout_iou", "valid_heldout_psnr", "test_heldout_iou",
                "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "peak_mem_mb",
@@ -84,7 +85,7 @@ def test_smoke_tensorboard_read_back(smoke_study):
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     from study.board import runs, scalars
-    from study.sink import Store
+    from study.storage import Store
 
     trials = pq.read_table(smoke_study / "trials.parquet").to_pylist()
     found = {tid: parts for tid, parts in runs(Store(smoke_study)).items() if parts[1] == "explore"}
@@ -447,7 +448,7 @@ def test_lock_of_a_killed_driver_is_not_stale(tmp_path):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from study.run import StudyLock; "
+        [sys.executable, "-c", "import sys, time; from study.storage import StudyLock; "
                                "StudyLock(sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(600)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -466,7 +467,8 @@ def test_lock_of_a_killed_driver_is_not_stale(tmp_path):
 
 def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     """After a crash Ray's snapshot can lag the parquet: parts of unknown trials and of later epochs go."""
-    from study.sink import ParquetSink, Store
+    from study.sink import ParquetSink
+    from study.storage import Store
 
     store = Store(tmp_path)
     for tid, epochs in (("a", 3), ("b", 2)):
@@ -519,7 +521,7 @@ def test_tensorboard_serves_the_runs_and_a_browser_shows_them(smoke_study, tmp_p
     import urllib.request
 
     from study.board import runs
-    from study.sink import Store
+    from study.storage import Store
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(smoke_study / "tensorboard"),

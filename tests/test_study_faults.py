@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from study.run import StudyLock, main
+from study.run import main
+from study.storage import StudyError, StudyLock
 from test_study_failures import FAKE_SPACE, fake_trial
 
 STATUS = ["completed"] * 4
@@ -172,7 +173,7 @@ def test_lock_is_held_until_the_report_is_written(ray_local, tmp_path, small_dat
         try:
             with StudyLock(store):
                 seen.append("lock was free")
-        except study.run.StudyError as e:
+        except StudyError as e:
             seen.append(str(e))
         return real(store, report)
 
@@ -270,7 +271,8 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     from ray import tune
 
     from study import _ray_compat
-    from study.sink import ParquetSink, Store
+    from study.sink import ParquetSink
+    from study.storage import Store
     from study.trainable import run_trial
 
     study = Store(tmp_path / "study")

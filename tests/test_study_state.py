@@ -153,7 +153,8 @@ def test_another_ray_is_refused_in_one_line(monkeypatch):
 
 def test_study_of_an_earlier_version_is_refused_on_resume(tmp_path, small_dataset):
     """A study whose study.json has no state format (its state is pickled Ray objects) is refused in one line."""
-    from study.run import StudyError, parse_args, study_plan
+    from study.run import parse_args, study_plan
+    from study.storage import StudyError
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"name": "old", "grid": {"grid_size": [16], "max_frames": [12]}}))

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from study.run import StudyError, StudyLock, main
-from study.sink import Store, join_uri
+from study.run import main
+from study.storage import Store, StudyError, StudyLock, join_uri
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
