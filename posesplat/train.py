@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from posesplat.carve import carve, find_volume_idx
 from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
+from posesplat import metrics as metrics_schema
 from posesplat.io import atomic_file, atomic_write, strict_dumps
 from posesplat.modes import PARAMS_PER_GAUSSIAN
 from posesplat.model import PoseSplatter, pixels_per_unit, to_world
@@ -32,9 +33,8 @@ from posesplat.progress import Progress
 from posesplat.render import RenderOut, pick_backend, render
 
 CHECKPOINT_FORMAT = 1
-EVAL_KEYS = [f"{split}_{m}" for split in ("valid", "valid_heldout", "test_heldout")
-             for m in ("iou", "psnr", "psnr_fg", "ssim")]
-FRAME_KEYS = [k for k in EVAL_KEYS if k.startswith("test_heldout_")]  # also reported per test frame, as `<key>_frames`
+EVAL_KEYS = [f"{split}_{k}" for split in metrics_schema.SPLITS for k in metrics_schema.IMAGE]  # image metrics
+FRAME_KEYS = metrics_schema.names(per_frame=True)  # also reported per test frame, as `<key>_frames`
 
 
 class NonFiniteLossError(RuntimeError):
@@ -306,8 +306,9 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
     metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
     metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
     metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
-    metrics["n_gaussians"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
-    metrics.update({f"{k}_frames": v for k, v in per_frame.items()}, test_frames=test_frames)
+    metrics["gaussians_per_frame"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
+    metrics.update({metrics_schema.frame_column(k): v for k, v in per_frame.items()})
+    metrics[metrics_schema.FRAMES] = test_frames
     return metrics, images
 
 
@@ -561,7 +562,8 @@ def train(
             "train_l1": sums["l1"] / steps,
             "train_ssim_loss": sums.get("ssim_loss", float("nan")) / steps,
             "epoch_time_s": epoch_time,
-            "peak_mem_mb": mem.peak_mb,
+            **{col: mem.peak_mb if kind == mem.kind else float("nan")
+               for kind, col in metrics_schema.PEAK_MEM.items()},
             "mem_kind": mem.kind,
             "params_per_gaussian": PARAMS_PER_GAUSSIAN[cfg.gaussian_mode],
             "model_params": n_model_params,
@@ -577,9 +579,7 @@ def train(
                 raise _oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
         else:
-            metrics.update({k: float("nan") for k in EVAL_KEYS + ["gt_iou3d", "gt_mass_inside", "render_ms", "n_gaussians"]})
-            metrics.update({f"{k}_frames": [] for k in FRAME_KEYS}, test_frames=[])
-            metrics["eval_time_s"] = 0.0
+            metrics.update(metrics_schema.unevaluated(), eval_time_s=0.0)
         history.append(metrics)
         if ckpt_path:
             metrics["checkpoint_bytes"] = save_checkpoint(

@@ -17,41 +17,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from posesplat.metrics import METRICS
+
 if TYPE_CHECKING:
     from study.storage import Store
 
-QUALITY = {
-    "valid_heldout_iou": "mask IoU on the held-out views, validation frames (the explore stage's metric)",
-    "valid_heldout_psnr_fg": "PSNR (dB) on the held-out views over the animal's pixels, validation frames",
-    "valid_heldout_psnr": "PSNR (dB) on the held-out views over every pixel (background included), validation",
-    "valid_heldout_ssim": "SSIM on the held-out views, validation frames",
-    "test_heldout_iou": "mask IoU on the held-out views, test frames (last epoch)",
-    "test_heldout_psnr_fg": "PSNR (dB) on the held-out views over the animal's pixels, test frames (last epoch)",
-    "test_heldout_psnr": "PSNR (dB) on the held-out views over every pixel, test frames (last epoch)",
-    "test_heldout_ssim": "SSIM on the held-out views, test frames (last epoch)",
-    "valid_iou": "mask IoU on the observed (training) views, validation frames",
-    "valid_psnr_fg": "PSNR (dB) on the observed views over the animal's pixels, validation frames",
-    "valid_psnr": "PSNR (dB) on the observed views over every pixel, validation frames",
-    "valid_ssim": "SSIM on the observed views, validation frames",
-    "gt_iou3d": "volumetric IoU of the cells that became Gaussians against the true body (synthetic data only)",
-    "gt_mass_inside": "share of the Gaussians' opacity inside the true body (synthetic data only)",
-}
-LOSS = {
-    "train_loss": "the training objective, mean over the epoch's steps",
-    "train_iou_loss": "1 - soft mask IoU, mean over the epoch",
-    "train_l1": "L1 image error, mean over the epoch",
-    "train_ssim_loss": "1 - SSIM, mean over the epoch (NaN when ssim_lambda is 0)",
-    "current_lr": "the learning rate at the end of the epoch",
-}
-COST = {
-    "epoch_time_s": "seconds of training in the epoch (evaluation excluded)",
-    "eval_time_s": "seconds of evaluation in the epoch (0 when not evaluated)",
-    "render_ms": "milliseconds per rendered view in evaluation",
-    "peak_mem_mb": "peak memory of the epoch in MB: CUDA allocated on a GPU, resident-set growth on a CPU",
-    "n_gaussians": "Gaussians per frame, mean over the evaluated frames",
-}
-GROUPS = {"quality": QUALITY, "loss": LOSS, "cost": COST}
-CONSTANTS = ("epoch", "params_per_gaussian", "model_params", "checkpoint_bytes", "device", "backend", "mem_kind")
+GROUPS = {g: {m.name: m.description for m in METRICS if m.group == g} for g in ("quality", "loss", "cost")}
+CONSTANTS = tuple(m.name for m in METRICS if m.group == "info")  # in HParams only: the same every epoch
 STATUS = {"trial/stopped_early": "1 when the scheduler (ASHA) stopped the trial before its epoch budget",
           "trial/failed": "1 when the trial failed (its error is in trials.parquet)"}
 SHORT = {"grid_size": "grid", "max_frames": "frames", "ssim_lambda": "ssim", "img_lambda": "img"}
@@ -100,7 +72,7 @@ class Names:
 
     def metric_order(self, names: list[str]) -> list[str]:
         """The study's metrics, then quality, loss and cost in their tables' order, then anything else."""
-        known = [*self.metrics, *QUALITY, *LOSS, *COST]
+        known = [*self.metrics, *(n for g in GROUPS.values() for n in g)]
         ordered = [n for n in dict.fromkeys(known) if n in names]
         return ordered + sorted(set(names) - set(ordered))
 

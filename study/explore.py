@@ -16,11 +16,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from posesplat.metrics import PEAK_MEM
 from study.load import FRAME_IDS, FRAME_VALUES, LABELS, SHORT
 from study.stats import NAN, Estimate, diff_ci, diff_rel_ci_frames, mean_ci, mean_ci_frames
 
 Pair = tuple[str, str]  # (challenger, reference): differences are challenger - reference
-KEYS = ("test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_time_s", "peak_mem_mb")
+KEYS = ("test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_time_s", *PEAK_MEM.values())
 
 
 def pair_units(per_trial: pd.DataFrame, modes: Pair, cell: list[str]) -> list[str]:

@@ -19,33 +19,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from posesplat import metrics as schema
 from posesplat.modes import NAMES
 
 DEFAULT_CELL = ("grid_size", "max_frames")  # the cell keys of an input without a space's grid (a bare parquet file)
 SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]  # the selected epoch: best on these in order, then the earliest
-# (key in the per-trial table, label, True when higher is better)
-QUALITY = [("test_heldout_iou", "held-out IoU (test frames)", True),
-           ("test_heldout_psnr", "held-out PSNR, dB, full image (test frames)", True),
-           ("test_heldout_psnr_fg", "held-out foreground PSNR, dB (test frames; pixels where either mask is set)", True),
-           ("test_heldout_ssim", "held-out SSIM (test frames)", True),
-           ("gt_iou3d", "3D IoU vs ground-truth body (test frames)", True)]
-COST = [("epoch_time_s", "training time per epoch, s (median over epochs)", False),
-        ("render_ms", "render time per frame and view, ms", False),
-        ("peak_mem_mb", "peak memory, MB (max over epochs)", False),
-        ("params_per_gaussian", "parameters per Gaussian", False),
-        ("n_gaussians", "Gaussians per frame", False),
-        ("checkpoint_mb", "checkpoint size, MB", False),
-        ("epochs_to_threshold", "epochs to reach the IoU threshold (trials that reached it)", False)]
+# the measures of the analysis (key in the per-trial table, label, True when higher is better): the schema's
+# (posesplat.metrics) test-frame quality and costs, whose direction it gives, and two measures of the analysis' own
+_LABELS = {
+    "test_heldout_iou": "held-out IoU (test frames)",
+    "test_heldout_psnr": "held-out PSNR, dB, full image (test frames)",
+    "test_heldout_psnr_fg": "held-out foreground PSNR, dB (test frames; pixels where either mask is set)",
+    "test_heldout_ssim": "held-out SSIM (test frames)",
+    "gt_iou3d": "3D IoU vs ground-truth body (test frames)",
+    "epoch_time_s": "training time per epoch, s (median over epochs)",
+    "render_ms": "render time per frame and view, ms (median over evaluated epochs)",
+    "cuda_peak_allocated_mb": "peak CUDA memory allocated, MB (max over epochs; GPU trials)",
+    "cpu_peak_rss_growth_mb": "peak resident-set growth, MB (max over epochs; CPU trials)",
+    "params_per_gaussian": "parameters per Gaussian",
+    "gaussians_per_frame": "Gaussians per frame",
+}
+QUALITY = [(k, _LABELS[k], True) for k in (*schema.names("quality", per_frame=True), "gt_iou3d")]
+COST = [(k, _LABELS[k], bool(schema.BY_NAME[k].higher_is_better)) for k in
+        ("epoch_time_s", "render_ms", *schema.PEAK_MEM.values(), "params_per_gaussian", "gaussians_per_frame")] + [
+    ("checkpoint_mb", "checkpoint size, MB", False),
+    ("epochs_to_threshold", "epochs to reach the IoU threshold (trials that reached it)", False)]
 LABELS = {k: label for k, label, _ in QUALITY + COST}
-SHORT = {"test_heldout_iou": "IoU", "test_heldout_psnr": "PSNR (full image)", "test_heldout_psnr_fg": "foreground PSNR",
-         "test_heldout_ssim": "SSIM", "gt_iou3d": "3D IoU", "epoch_time_s": "time per epoch", "render_ms": "render time",
-         "peak_mem_mb": "peak memory", "params_per_gaussian": "parameters per Gaussian", "n_gaussians": "Gaussians",
+SHORT = {**{k: schema.BY_NAME[k].label or k for k in LABELS if k in schema.BY_NAME},
          "checkpoint_mb": "checkpoint size", "epochs_to_threshold": "epochs to threshold"}
 HIGHER = {k: higher for k, _, higher in QUALITY + COST}
 # measures with per-test-frame values (lists in the metrics, one per evaluated test frame) and the frame indices
-FRAME_VALUES = {k: f"{k}_frames" for k in
-                ("test_heldout_iou", "test_heldout_psnr", "test_heldout_psnr_fg", "test_heldout_ssim")}
-FRAME_IDS = "test_frames"
+FRAME_VALUES = {k: schema.frame_column(k) for k in schema.names(per_frame=True)}
+FRAME_IDS = schema.FRAMES
 THRESHOLD_FRACTION = 0.9
 REQUIRED = ("trial_id", "epoch", "gaussian_mode", "valid_heldout_iou")
 
@@ -156,12 +161,25 @@ def normalise(metrics: pd.DataFrame, grid: Iterable[str] = ()) -> pd.DataFrame:
             m[c] = pd.to_numeric(m[c], errors="coerce").fillna(0).astype(int)
         elif c in (*DEFAULT_CELL, "seed"):  # an absent extra grid key stays absent: cell_keys names it
             m[c] = 0
+    m = migrated(m)
     for c in ["valid_heldout_iou", "valid_heldout_psnr", "train_loss", "checkpoint_bytes", "params_per_gaussian",
               *(k for k, _, _ in QUALITY + COST)]:
         m[c] = pd.to_numeric(m[c], errors="coerce").astype(float) if c in m else np.nan
     m["gaussian_mode"] = m["gaussian_mode"].astype(str)
     m["study"] = m["study"].astype(str)
     m["trial_id"] = m["trial_id"].astype(str)
+    return m
+
+
+def migrated(m: pd.DataFrame) -> pd.DataFrame:
+    """Metrics of a study written before the metrics schema under its names: `n_gaussians` is
+    `gaussians_per_frame`, and `peak_mem_mb` either memory column, as its `mem_kind` says."""
+    m = m.rename(columns={k: v for k, v in schema.RENAMED.items() if k in m and v not in m})
+    if "peak_mem_mb" in m and not any(c in m for c in schema.PEAK_MEM.values()):
+        kind = m["mem_kind"] if "mem_kind" in m else pd.Series("cpu_rss_delta", index=m.index)
+        for k, col in schema.PEAK_MEM.items():
+            m[col] = m["peak_mem_mb"].where(kind == k)
+        m = m.drop(columns="peak_mem_mb")
     return m
 
 
@@ -215,6 +233,18 @@ def compared_modes(study: "Study") -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------- per trial
 
 
+def over_epochs(t: pd.DataFrame, evaluated: pd.DataFrame) -> dict[str, float]:
+    """A trial's costs that the schema summarises over epochs (median, max), over its evaluated epochs for a
+    metric measured only in evaluation; the others are taken at the selected epoch."""
+    out = {}
+    for k, _, _ in COST:
+        m = schema.BY_NAME.get(k)
+        if m is not None and m.over_epochs != "selected" and k in t:
+            rows = (evaluated if m.evaluated else t)[k]
+            out[k] = float(rows.median() if m.over_epochs == "median" else rows.max())
+    return out
+
+
 def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, last: bool = False,
                   cell: Iterable[str] = DEFAULT_CELL, modes: Optional[tuple[str, str]] = None) -> pd.DataFrame:
     """One row per trial with a validation epoch: quality at its best validation epoch (at its last evaluated epoch
@@ -229,10 +259,9 @@ def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, l
         best = ev.iloc[-1] if last else ev.sort_values([*SELECT, "epoch"], ascending=[False, False, True],
                                                        na_position="last").iloc[0]
         row = best.to_dict()
+        row.update(over_epochs(t, ev))
         row.update(
             selected_epoch=int(best["epoch"]), epochs_run=int(t["epoch"].max()),
-            epoch_time_s=float(t["epoch_time_s"].median()), render_ms=float(ev["render_ms"].median()),
-            peak_mem_mb=float(t["peak_mem_mb"].max()),
             checkpoint_mb=float(t["checkpoint_bytes"].where(t["checkpoint_bytes"] > 0).max()) / 1e6,
             mem_kind=str(t["mem_kind"].iloc[-1]) if "mem_kind" in t else "unknown",
             device=str(t["device"].iloc[-1]) if "device" in t else "unknown",

@@ -14,13 +14,13 @@ import pandas as pd  # noqa: E402
 
 from study.confirm import in_cell  # noqa: E402
 from study.explore import cell_text  # noqa: E402
+from posesplat.metrics import PEAK_MEM  # noqa: E402
 from study.load import DEFAULT_CELL, modes_of  # noqa: E402
 from study.stats import mean_ci, pareto_front  # noqa: E402
 
 CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (valid frames)"),
           ("valid_heldout_psnr", "held-out PSNR, dB (valid frames)")]
-COSTS = [("epoch_time_s", "training time per epoch (s)"), ("render_ms", "render time per view (ms)"),
-         ("peak_mem_mb", "peak memory (MB)")]
+COSTS = [("epoch_time_s", "training time per epoch (s)"), ("render_ms", "render time per view (ms)")]
 DPI = 80
 
 
@@ -78,9 +78,10 @@ def cost_bars(per_trial: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_
     """Time and memory per cell and mode: mean with 95% bootstrap interval over trials."""
     cells = _cells(per_trial, cell)
     modes = modes_of(per_trial)
-    fig, axes = plt.subplots(1, len(COSTS), figsize=(4.2 * len(COSTS), 3.4), squeeze=False)
+    costs = [*COSTS, memory(per_trial)]
+    fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.4), squeeze=False)
     width = 0.8 / max(len(modes), 1)
-    for ax, (key, label) in zip(axes[0], COSTS):
+    for ax, (key, label) in zip(axes[0], costs):
         for k, mode in enumerate(modes):
             est = [mean_ci(in_cell(per_trial[per_trial.gaussian_mode == mode], c)[key]) for c in cells]
             x = np.arange(len(cells)) + (k - (len(modes) - 1) / 2) * width
@@ -93,14 +94,22 @@ def cost_bars(per_trial: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_
     axes[0, 0].legend(fontsize=8)
     path = _save(fig, out / "costs.png")
     return path, ("Training time per epoch (median over a trial's epochs), render time per view and peak memory "
-                  "(max over a trial's epochs; see mem_kind) per cell: mean over trials with a 95% bootstrap "
+                  "(max over a trial's epochs: CUDA allocated on GPUs, resident-set growth on CPUs) per cell: mean over trials with a 95% bootstrap "
                   "interval.")
+
+
+def memory(per_trial: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) of the peak memory the trials measured: CUDA's when any trial ran on a GPU."""
+    key = next((c for c in PEAK_MEM.values() if c in per_trial and per_trial[c].notna().any()),
+               PEAK_MEM["cpu_rss_delta"])
+    return key, {"cuda_peak_allocated_mb": "peak CUDA memory (MB)",
+                 "cpu_peak_rss_growth_mb": "peak resident-set growth (MB)"}[key]
 
 
 def quality_vs_cost(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
     """Every trial as a point of test quality against cost; each mode's Pareto front as a step line."""
     qual = [("test_heldout_iou", "held-out IoU (test)"), ("test_heldout_psnr", "held-out PSNR, dB (test)")]
-    cost = [("epoch_time_s", "training time per epoch (s)"), ("peak_mem_mb", "peak memory (MB)")]
+    cost = [("epoch_time_s", "training time per epoch (s)"), memory(per_trial)]
     fig, axes = plt.subplots(len(qual), len(cost), figsize=(5.2 * len(cost), 3.6 * len(qual)), squeeze=False)
     for i, (q, ql) in enumerate(qual):
         for j, (c, cl) in enumerate(cost):

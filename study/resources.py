@@ -72,20 +72,20 @@ def oom_resized(fraction: float) -> Optional[float]:
 
 def refit(rows, pixels: Optional[int] = None, prior: Optional[dict[str, MemoryModel]] = None,
           ) -> dict[str, MemoryModel]:
-    """The memory model refitted from peaks a study measured: per mode, least squares of `peak_mem_mb` on
+    """The memory model refitted from peaks a study measured: per mode, least squares of `peak_mb` on
     [1, grid_size**3/1000] (+ pixels/1000 when the rows' pixels vary). `rows` has columns gaussian_mode, grid_size,
-    peak_mem_mb and optionally pixels; a study's images all have one size, so the pixel coefficient is then kept from
+    peak_mb and optionally pixels; a study's images all have one size, so the pixel coefficient is then kept from
     `prior` (the shipped model) and its share subtracted first. Modes with fewer than two grid sizes keep `prior`."""
     import numpy as np
 
     prior = prior or load_model()
     out = dict(prior)
     for mode, g in rows.groupby("gaussian_mode"):
-        g = g[np.isfinite(g["peak_mem_mb"].astype(float))]
+        g = g[np.isfinite(g["peak_mb"].astype(float))]
         if g["grid_size"].nunique() < 2:
             continue
         kvox = g["grid_size"].astype(float).to_numpy() ** 3 / 1000
-        y = g["peak_mem_mb"].astype(float).to_numpy()
+        y = g["peak_mb"].astype(float).to_numpy()
         kpix = (g["pixels"].astype(float).to_numpy() if "pixels" in g else np.full(len(g), pixels or PAPER_PIXELS)) / 1000
         p = prior.get(mode, DEFAULT)
         if np.ptp(kpix) > 0:
@@ -113,19 +113,19 @@ def write_model(model: dict[str, dict], device: str, source: str, path: Path = M
 
 
 def study_peaks(study: Path) -> tuple["object", str]:
-    """(rows: gaussian_mode, grid_size, peak_mem_mb = each trial's largest peak, the memory kind they measured) of a
-    study's explore and confirm stages; GPU peaks (cuda_max_allocated) when there are any."""
+    """(rows: gaussian_mode, grid_size, peak_mb = each trial's largest peak, the memory kind they measured) of a
+    study's explore and confirm stages; CUDA peaks (cuda_max_allocated) when there are any, else CPU ones."""
+    from posesplat.metrics import PEAK_MEM
     from study.load import load_studies
 
     paths = [study] + ([study / "confirm"] if (study / "confirm" / "metrics").is_dir() else [])
     m = load_studies(paths).metrics
-    if "mem_kind" not in m or m["peak_mem_mb"].isna().all():
-        raise ValueError(f"{study}: its metrics hold no peak_mem_mb")
-    kind = "cuda_max_allocated" if (m["mem_kind"] == "cuda_max_allocated").any() else str(m["mem_kind"].dropna().iloc[0])
-    m = m[m["mem_kind"] == kind]
+    kind = next((k for k, col in PEAK_MEM.items() if col in m and m[col].notna().any()), None)
+    if kind is None:
+        raise ValueError(f"{study}: its metrics hold no peak memory ({' or '.join(PEAK_MEM.values())})")
     rows = m.groupby(["study", "trial_id"]).agg(gaussian_mode=("gaussian_mode", "first"),
-                                                grid_size=("grid_size", "first"), peak_mem_mb=("peak_mem_mb", "max"))
-    return rows.reset_index(drop=True), kind
+                                                grid_size=("grid_size", "first"), peak_mb=(PEAK_MEM[kind], "max"))
+    return rows[rows["peak_mb"].notna()].reset_index(drop=True), kind
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -111,7 +111,7 @@ def generate(truth: Truth, seeds: int, frames: int, noise: Noise, rng: np.random
             row = {"study": "sim", "trial_id": tid, "gaussian_mode": m, "grid_size": 32, "max_frames": 0, "seed": s,
                    "lr": 1e-3, "epoch": 8, "selected_epoch": 8, "epochs_run": 8, "valid_heldout_iou": 0.8,
                    "valid_heldout_psnr": 28.0,
-                   "epoch_time_s": float(t[m][i]), "peak_mem_mb": 100.0, "render_ms": 3.0,
+                   "epoch_time_s": float(t[m][i]), "cpu_peak_rss_growth_mb": 100.0, "render_ms": 3.0,
                    "params_per_gaussian": {"2d": 13.0, "3d": 14.0}[m], "test_frames": frame_ids,
                    "status": "completed"}
             for key, v in per_key.items():

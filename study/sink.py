@@ -22,13 +22,12 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from posesplat.config import make_config
+from posesplat.metrics import BY_NAME, FRAMES, frame_column, names
 from study.storage import Store, set_aside
 
-RAY_KEYS = {
-    "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname",
-    "node_ip", "config", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "done",
-    "should_checkpoint", "experiment_tag",
-}
+# what a trial reports and the study records: the metrics schema's values (posesplat.metrics), their per-frame
+# lists, and the Ray node that ran the epoch; every other key of a Tune result is Ray's own bookkeeping
+REPORTED = frozenset({*BY_NAME, *(frame_column(k) for k in names(per_frame=True)), FRAMES, "node_id"})
 
 
 def full_config(base: dict, tuned: dict) -> dict[str, Any]:
@@ -39,9 +38,9 @@ def full_config(base: dict, tuned: dict) -> dict[str, Any]:
 
 SELECTED = ("valid_heldout_iou", "valid_heldout_psnr_fg", "valid_heldout_psnr", "valid_heldout_ssim", "valid_iou",
             "valid_psnr_fg", "valid_psnr", "valid_ssim")  # copied to trials.parquet as selected_<key>
-TEXT = ("study", "trial_id", "status", "error", "checkpoint_path", "hostname", "node_id", "mem_kind", "device",
-        "backend")
-COUNTS = ("epoch", "last_epoch", "stopped_at_epoch", "selected_epoch")
+TEXT = ("study", "trial_id", "status", "error", "checkpoint_path", "hostname", "node_id",
+        *(m.name for m in BY_NAME.values() if m.kind == "text"))
+COUNTS = ("last_epoch", "stopped_at_epoch", "selected_epoch", *(m.name for m in BY_NAME.values() if m.kind == "int"))
 
 
 def column_type(name: str) -> pa.DataType:
@@ -173,8 +172,7 @@ class ParquetSink(Callback):
         last_epoch = int(last.get("epoch") or 0)
         if status == "ended":
             status = "completed" if last_epoch >= self.budget(config) else "stopped"
-        metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
-                   and not isinstance(v, (dict, list))}
+        metrics = {k: v for k, v in last.items() if k in REPORTED and k != "epoch" and not isinstance(v, list)}
         self.trials[tid] = {**metrics, "study": self.study, "trial_id": tid, **full_config(self.base, config),
                             "status": status, "last_epoch": last_epoch, "error": error,
                             "stopped_at_epoch": last_epoch if status == "stopped" else None,
@@ -241,11 +239,11 @@ class ParquetSink(Callback):
         self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: v for k, v in result.items() if k not in RAY_KEYS and not isinstance(v, (dict, list))}
+        metrics = {k: v for k, v in result.items() if k in REPORTED and not isinstance(v, list)}
         epoch = int(metrics["epoch"])
         # per-test-frame lists (`*_frames`) go to the metrics part only, with a fixed type so that every part of
         # the dataset agrees (an empty list of a non-evaluated epoch would otherwise be list<null>)
-        lists = {k: v for k, v in result.items() if k not in RAY_KEYS and isinstance(v, list)
+        lists = {k: v for k, v in result.items() if k in REPORTED and isinstance(v, list)
                  and all(isinstance(x, (int, float)) for x in v)}
         row = {"study": self.study, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
                **lists, "hostname": result.get("hostname") or socket.gethostname(),
@@ -305,7 +303,7 @@ def trial_resources(trial) -> dict[str, float]:
 
 def list_type(key: str) -> pa.DataType:
     """Parquet type of a list-valued metric: frame indices (`test_frames`) are integers, per-frame values doubles."""
-    return pa.list_(pa.int64()) if key == "test_frames" else pa.list_(pa.float64())
+    return pa.list_(pa.int64()) if key == FRAMES else pa.list_(pa.float64())
 
 
 def error_text(trial) -> Optional[str]:

@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from posesplat.config import MODES, ConfigError, make_config
+from posesplat.metrics import METRICS, names
 from posesplat.modes import ModeName
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -52,8 +53,10 @@ class Resources(BaseModel):
     max_trials_per_gpu: int = Field(8, ge=1)  # "auto" fractions are at least 1/this: compute is not oversubscribed
 
 
-QUALITY_KEYS = ("test_heldout_iou", "test_heldout_psnr", "test_heldout_psnr_fg", "test_heldout_ssim")
-COST_KEYS = ("epoch_time_s", "render_ms", "peak_mem_mb")
+# what a confirm block may decide on (posesplat.metrics): quality measured per test frame (the analysis bootstraps
+# over frames), and costs a trial summarises over its epochs (median time, peak memory)
+QUALITY_KEYS = tuple(names("quality", per_frame=True))
+COST_KEYS = tuple(m.name for m in METRICS if m.group == "cost" and m.over_epochs in ("median", "max"))
 
 
 class Confirm(BaseModel):

@@ -67,7 +67,8 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
                         "valid_heldout_ssim": 0.9, "test_heldout_iou": iou * 1.01, "test_heldout_psnr": psnr,
                         "test_heldout_ssim": 0.9, "gt_iou3d": float("nan"),
                         "epoch_time_s": base * (1 + rng.normal(0, 0.02)), "render_ms": 3.0 * base,
-                        "peak_mem_mb": 100.0 * g / 32, "mem_kind": "cpu_rss_delta", "n_gaussians": 500.0,
+                        "cpu_peak_rss_growth_mb": 100.0 * g / 32, "mem_kind": "cpu_rss_delta",
+                        "cuda_peak_allocated_mb": float("nan"), "gaussians_per_frame": 500.0,
                         "params_per_gaussian": {"2d": 13, "3d": 14, "2d_screen": 9}[mode], "model_params": 1000,
                         "checkpoint_bytes": 1_000_000, "device": "cpu", "backend": "torch", "hostname": "h",
                         "timestamp": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(seconds=epoch),
@@ -369,6 +370,32 @@ def test_a_single_parquet_file_and_a_rerun_replace_the_report(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_a_study_written_before_the_metrics_schema_reads_under_its_names(tmp_path):
+    """Parts with `peak_mem_mb` (either memory, by `mem_kind`) and `n_gaussians` are read as the schema's columns:
+    the same per-trial numbers as a study written with them."""
+    from study.load import load_studies, trial_summary
+
+    new = make_study(tmp_path / "new", "s", effect=0.03)
+    old = tmp_path / "old" / "s"
+    shutil.copytree(new, old)
+    for i, part in enumerate(sorted((old / "metrics").glob("*.parquet"))):
+        t = pq.read_table(part).to_pandas()
+        kind = "cuda_max_allocated" if i % 2 else "cpu_rss_delta"  # as a mixed cluster would have written
+        t = t.assign(peak_mem_mb=t["cpu_peak_rss_growth_mb"], mem_kind=kind, n_gaussians=t["gaussians_per_frame"])
+        pq.write_table(pa.Table.from_pandas(t.drop(columns=["cpu_peak_rss_growth_mb", "cuda_peak_allocated_mb",
+                                                            "gaussians_per_frame"]), preserve_index=False), part)
+    m_new, m_old = load_studies([new]).metrics, load_studies([old]).metrics
+    assert "peak_mem_mb" not in m_old and "n_gaussians" not in m_old
+    cuda = m_old["mem_kind"] == "cuda_max_allocated"
+    assert cuda.any() and (~cuda).any()
+    assert m_old.loc[cuda, "cuda_peak_allocated_mb"].notna().all() and m_old.loc[cuda, "cpu_peak_rss_growth_mb"].isna().all()
+    np.testing.assert_allclose(m_old["gaussians_per_frame"], m_new["gaussians_per_frame"])
+    per_new, per_old = (trial_summary(m).set_index("trial_id").sort_index() for m in (m_new, m_old))
+    both = per_old[["cuda_peak_allocated_mb", "cpu_peak_rss_growth_mb"]].max(axis=1)
+    np.testing.assert_allclose(both, per_new["cpu_peak_rss_growth_mb"])
+    np.testing.assert_allclose(per_old["test_heldout_iou"], per_new["test_heldout_iou"])
 
 
 def test_bad_input_gives_one_line(tmp_path, capsys):

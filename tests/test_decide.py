@@ -187,5 +187,6 @@ def test_study_folder_through_the_cli_matches_the_decision(tmp_path, capsys):
     csv = pd.read_csv(study / "report" / "decision.csv").set_index("key")
     assert csv.loc["test_heldout_iou", "role"] == "decides (quality)"
     assert csv.loc["epoch_time_s", "role"] == "decides (primary cost)"
-    assert "peak_mem_mb" not in csv.index  # the same in both modes: no information, no row
+    assert "cpu_peak_rss_growth_mb" not in csv.index  # the same in both modes: no information, no row
+    assert "cuda_peak_allocated_mb" not in csv.index  # not measured (CPU trials)
     assert math.isfinite(got["cost"]["hi"]) and got["cost"]["hi"] < -0.05

@@ -57,7 +57,7 @@ def test_refit_from_study_peaks_reproduces_planted_coefficients():
 
     px = 144 * 128
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame([{"gaussian_mode": m, "grid_size": g, "peak_mem_mb": PLANTED.base_mb + PLANTED.per_kvoxel_mb
+    rows = pd.DataFrame([{"gaussian_mode": m, "grid_size": g, "peak_mb": PLANTED.base_mb + PLANTED.per_kvoxel_mb
                           * g**3 / 1000 + PLANTED.per_kpixel_mb * px / 1000, "pixels": px}
                          for m in ("3d", "2d") for g in rng.permutation([32, 48, 64, 112]) for _ in range(3)])
     prior = {"3d": MemoryModel(1.0, 1.0, 40.0), "2d": MemoryModel(1.0, 1.0, 40.0), "2d_screen": MemoryModel(5, 5, 5)}
@@ -65,7 +65,7 @@ def test_refit_from_study_peaks_reproduces_planted_coefficients():
     for m in ("3d", "2d"):
         assert fitted[m]._asdict() == pytest.approx(PLANTED._asdict(), rel=1e-6)
     assert fitted["2d_screen"] == prior["2d_screen"]  # no rows: unchanged
-    varied = pd.concat([rows, rows.assign(pixels=4 * px, peak_mem_mb=rows.peak_mem_mb + PLANTED.per_kpixel_mb * 3 * px
+    varied = pd.concat([rows, rows.assign(pixels=4 * px, peak_mb=rows.peak_mb + PLANTED.per_kpixel_mb * 3 * px
                                            / 1000)])
     assert refit(varied, prior={**prior, "3d": MemoryModel(0, 0, 0)})["3d"]._asdict() == pytest.approx(
         PLANTED._asdict(), rel=1e-6)  # pixels that vary identify their own coefficient
@@ -84,10 +84,10 @@ def test_refit_command_reads_a_study(tmp_path, small_dataset, capsys):
         for epoch, kind, extra in ((1, "cuda_max_allocated", 0.0), (2, "cuda_max_allocated", -5.0)):
             peak = PLANTED.base_mb + PLANTED.per_kvoxel_mb * g**3 / 1000 + PLANTED.per_kpixel_mb * 1024 / 1000 + extra
             study.write_table([{"trial_id": f"t{i}", "epoch": epoch, "gaussian_mode": m, "grid_size": g,
-                                "valid_heldout_iou": 0.5, "peak_mem_mb": peak, "mem_kind": kind}],
+                                "valid_heldout_iou": 0.5, "cuda_peak_allocated_mb": peak, "mem_kind": kind}],
                               "metrics", f"part-t{i}-{epoch:04d}.parquet")
     study.write_table([{"trial_id": "cpu", "epoch": 1, "gaussian_mode": "3d", "grid_size": 32, "valid_heldout_iou": 0.5,
-                        "peak_mem_mb": 1e6, "mem_kind": "cpu_rss_delta"}], "metrics", "part-cpu-0001.parquet")
+                        "cpu_peak_rss_growth_mb": 1e6, "mem_kind": "cpu_rss_delta"}], "metrics", "part-cpu-0001.parquet")
     before = MODEL_FILE.read_bytes()
     assert main([str(tmp_path / "s"), "--pixels", "1024"]) == 0
     out = capsys.readouterr().out

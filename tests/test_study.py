@@ -20,8 +20,8 @@ from study.space import Space, SpaceError, load_space
 from study.storage import StudyError, StudyLock
 
 METRIC_KEYS = ["epoch", "train_loss", "valid_heldout_iou", "valid_heldout_psnr", "test_heldout_iou",
-               "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "peak_mem_mb",
-               "n_gaussians", "params_per_gaussian", "checkpoint_bytes"]
+               "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "cpu_peak_rss_growth_mb",
+               "gaussians_per_frame", "params_per_gaussian", "checkpoint_bytes"]
 
 
 @pytest.fixture(scope="module")

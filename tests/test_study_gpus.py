@@ -57,7 +57,7 @@ def logged_trial(log: Path):
                                            "grid_size=64 asked for 0.50 GiB")
                 with tempfile.TemporaryDirectory() as d:
                     (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-                    tune.report({"epoch": epoch, "valid_heldout_iou": 0.1 * epoch, "peak_mem_mb": 100.0},
+                    tune.report({"epoch": epoch, "valid_heldout_iou": 0.1 * epoch, "cuda_peak_allocated_mb": 100.0},
                                 checkpoint=tune.Checkpoint.from_directory(d))
         finally:
             with open(path, "a") as f:
