@@ -27,13 +27,14 @@ def check_ray() -> None:
                              f"(pinned in pyproject.toml): pip install 'ray[tune]=={TESTED_RAY}.*'")
 
 
-def restore_tuner(run_dir: str, trainable: Any, callbacks_for: Callable[[Any], list], max_failures: int,
-                  max_concurrent: Optional[int]):
-    """`Tuner.restore` of a stage, with this run's callbacks (`callbacks_for(restored scheduler)`), failure limit and
+def restore_tuner(run_dir: str, trainable: Any, param_space: dict, callbacks_for: Callable[[Any], list],
+                  max_failures: int, max_concurrent: Optional[int]):
+    """`Tuner.restore` of a stage (`param_space`: the constants it was started with), with this run's callbacks (`callbacks_for(restored scheduler)`), failure limit and
     concurrency (the searcher's `max_concurrent`; no Ray ConcurrencyLimiter, whose restored state would win)."""
     from ray import tune
 
-    tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False, param_space={})
+    tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False,
+                               param_space=param_space)
     local = getattr(tuner, "_local_tuner", None)
     if local is None:  # Ray Client: the Tuner lives on the cluster, out of reach
         raise UnsupportedRay("a study cannot be resumed through Ray Client (ray://): run the study command on a node "

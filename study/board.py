@@ -64,6 +64,15 @@ class Names:
         label = "_".join(f"{SHORT.get(k, k)}{fmt(config.get(k))}" for k in self.label_keys) or "trial"
         return f"{self.stage}/{mode}/{cell}/{label}-{trial_id}"
 
+    def keys(self) -> tuple[str, ...]:
+        """What tells a stage's trials apart (the HParams columns besides the metrics): mode, cell, label, seed."""
+        return tuple(dict.fromkeys(("gaussian_mode", *self.cell_keys, *self.label_keys, "seed")))
+
+    def dirname(self, trial) -> str:
+        """Ray's folder of a trial (`TuneConfig.trial_dirname_creator`): its run name in one level, e.g.
+        `explore_3d_grid48_frames100_lr0.00031_ssim0.12-1a2b3c4d` (Ray's default would list every config key)."""
+        return self.run(trial.config, trial.trial_id).replace("/", "_")
+
     def folder(self, config: dict, trial_id: str) -> tuple[str, ...]:
         """The run's folder parts under the study: `("tensorboard", stage, mode, cell, label-id)` (Tune's private
         `_` keys of a trial config are not part of the name)."""
@@ -174,8 +183,7 @@ class TrialBoard:
         # when it restarts from epoch 1 (interrupted after writing epoch 1 but before Ray registered its checkpoint)
         self.writer = SummaryWriter(str(logdir), purge_step=first_epoch)
         self.names, self.trial_id = names, trial_id
-        self.hparams = {"stage": names.stage, **{k: v for k, v in config.items()
-                                                 if isinstance(v, (int, float, str, bool)) or v is None}}
+        self.hparams = {"stage": names.stage, **{k: config[k] for k in names.keys() if k in config}}
         self.seen: set[str] = set()  # tags written by this process (the first event of a tag carries its description)
         self.started = False
 

@@ -429,7 +429,7 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
     if tune.Tuner.can_restore(run_dir):
         print(f"resuming the {label} stage in {store.uri}", flush=True)
         tuner = check_ray_state(args, store, label, sink, lambda: _ray_compat.restore_tuner(
-            run_dir, trainable, lambda scheduler: study_callbacks(sink, scheduler, args.max_failures),
+            run_dir, trainable, constants(sink.base), lambda scheduler: study_callbacks(sink, scheduler, args.max_failures),
             args.max_failures, args.max_concurrent))
     elif sink.evidence():
         check_ray_state(args, store, label, sink, None)
@@ -437,8 +437,10 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
         print(f"{label} stage: {searcher.total} trials", flush=True)
         tuner = tune.Tuner(
             trainable,
+            param_space=constants(sink.base),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=searcher.total,
-                                        metric=searcher.metric, mode=searcher.mode, reuse_actors=True),
+                                        metric=searcher.metric, mode=searcher.mode, reuse_actors=True,
+                                        trial_dirname_creator=sink.names.dirname if sink.names else None),
             run_config=tune.RunConfig(
                 name="ray", storage_path=store.uri,
                 callbacks=study_callbacks(sink, scheduler, args.max_failures),
@@ -459,6 +461,12 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
     if TERMINATED.is_set() or len(sink.ended()) < searcher.total:
         raise KeyboardInterrupt
     return sink.trials
+
+
+def constants(base: dict) -> dict:
+    """The Tuner's param_space: the stage's whole training config (defaults included), which Tune merges under each
+    suggestion, so every trial's config (`result.config`) is the complete configuration that trained."""
+    return make_config(base, "base_config").model_dump(mode="json")
 
 
 def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, restore: Optional[Callable]):

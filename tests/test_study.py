@@ -167,6 +167,18 @@ def test_ray_results_api_reads_the_study(smoke_study):
         assert result.get_best_checkpoint("valid_heldout_iou", "max") is not None
     confirm = tune.Tuner.restore(str(smoke_study / "confirm" / "ray"), trainable=run_trial).get_results()
     assert len(confirm) == 6 and confirm.get_best_result().metrics["epoch"] >= 1
+    # result.config is the whole training config of the trial: it retrains it, and equals trials.parquet's row
+    from posesplat.config import Config, make_config
+
+    for stage, results in (("", grid), ("confirm", confirm)):
+        by_id = {r["trial_id"]: r for r in pq.read_table(smoke_study / stage / "trials.parquet").to_pylist()}
+        for result in results:
+            cfg = make_config(result.config).model_dump(mode="json")
+            assert set(result.config) == set(Config.model_fields), sorted(set(Config.model_fields) ^ set(result.config))
+            row = by_id[result.metrics["trial_id"]]
+            assert {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.items()} == \
+                {k: row[k] for k in cfg}
+            assert Path(result.path).name.startswith(f"{'confirm' if stage else 'explore'}_{cfg['gaussian_mode']}_")
 
 
 def test_report_that_cannot_be_written_exits_1(smoke_study, small_dataset, tmp_path, capsys):

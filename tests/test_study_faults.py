@@ -294,7 +294,8 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     for c in ckpts:
         c.write_bytes(c.read_bytes()[:1000])  # truncated, as by a full disk
     sink = ParquetSink(study, "s", base, 6)
-    tuner = _ray_compat.restore_tuner(str(tmp_path / "study" / "ray"), trainable, lambda _: [sink], 0, None)
+    tuner = _ray_compat.restore_tuner(str(tmp_path / "study" / "ray"), trainable, {"gaussian_mode": "3d"},
+                                      lambda _: [sink], 0, None)
     tuner.fit()
     (row,) = pq.read_table(tmp_path / "study" / "trials.parquet").to_pylist()
     assert row["status"] == "failed"
