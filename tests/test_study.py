@@ -113,7 +113,8 @@ def test_smoke_tensorboard_read_back(smoke_study):
         assert start.hparams["gaussian_mode"].string_value == t["gaussian_mode"]
         assert start.hparams["lr"].number_value == pytest.approx(t["lr"])
         assert start.hparams["trial_id"].string_value == t["trial_id"]
-        assert start.hparams["model_params"].number_value > 0 and start.hparams["backend"].string_value == "torch"
+        assert int(start.hparams["model_params"].string_value) > 0 and start.hparams["backend"].string_value == "torch"
+        assert start.hparams["grid_size"].string_value == str(t["grid_size"])  # integers as text: `16`, not 16.000
         experiment = next(d.experiment for d in hp.values() if d.HasField("experiment"))
         metrics = [m.name.tag for m in experiment.metric_infos]
         assert metrics[0] == "quality/valid_heldout_iou" and {"trial/stopped_early", "trial/failed"} <= set(metrics)
