@@ -19,9 +19,13 @@ from study.report import write_report
 
 
 def default_out(paths: list[str]) -> Path:
+    """`<study>/report` of a single local input; a combined report or a study behind a URI needs --out."""
     if len(paths) > 1:
         raise AnalysisError("several inputs: give --out DIR for the combined report")
-    return _study_dir(Path(paths[0])) / "report"
+    if "://" in str(paths[0]):
+        raise AnalysisError(f"{paths[0]}: a study behind a URI is read where it lies; give --out DIR for the report "
+                            f"(written on this machine)")
+    return _study_dir(paths[0]) / "report"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

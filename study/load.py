@@ -16,11 +16,12 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from posesplat import metrics as schema
 from posesplat.modes import NAMES
+from study.storage import StorageError, Store, join_uri
 
 DEFAULT_CELL = ("grid_size", "max_frames")  # the cell keys of an input without a space's grid (a bare parquet file)
 SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]  # the selected epoch: best on these in order, then the earliest
@@ -65,16 +66,41 @@ class AnalysisError(ValueError):
     """Input that cannot be analysed; the message is one line naming the file and the problem."""
 
 
-def _read_table(path: Path) -> pa.Table:
+def _read_table(store: Store, *parts: str) -> pa.Table:
     try:
-        return pq.read_table(path)
+        return store.read_table(*parts)
     except Exception as e:  # truncated, foreign or unreadable file
-        raise AnalysisError(f"{path}: not a readable parquet file ({type(e).__name__}: "
+        raise AnalysisError(f"{join_uri(store.uri, *parts)}: not a readable parquet file ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
 
 
-def _study_dir(path: Path) -> Path:
-    """The study directory of an input (a study dir, its metrics/ folder, or a parquet file)."""
+def stage_of(path: str | Path) -> tuple[Store, list[tuple[str, ...]], bool]:
+    """(the stage folder, the metrics parts in it, whether the input was one file) of an input: a study (or confirm/) folder, its metrics/ folder, or
+    one parquet file; a local path or a URI (s3://..., any filesystem pyarrow opens), read through study.storage."""
+    try:
+        store = Store(path)
+        kind = store.fs.get_file_info(store.root).type
+    except (StorageError, OSError) as e:
+        raise AnalysisError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
+    if kind == pafs.FileType.NotFound:
+        raise AnalysisError(f"{path}: no such study directory or parquet file")
+    if kind == pafs.FileType.File:
+        folder, name = store.parent(), store.name
+        if folder.name == "metrics":
+            return folder.parent(), [("metrics", name)], True
+        return folder, [(name,)], True
+    if store.name == "metrics" and not store.exists("metrics"):
+        store = store.parent()
+    mdir = ("metrics",) if store.exists("metrics") else ()
+    parts = [(*mdir, n) for n in store.list("/".join(mdir), "*.parquet") if not n.startswith((".", "_"))]
+    if not parts:
+        raise AnalysisError(f"{path}: holds no metrics yet (no parquet files in {join_uri(store.uri, *mdir)})")
+    return store, parts, False
+
+
+def _study_dir(path: str | Path) -> Path:
+    """The study directory of a local input (a study dir, its metrics/ folder, or a parquet file)."""
+    path = Path(path)
     if path.is_file():
         return path.parent.parent if path.parent.name == "metrics" else path.parent
     return path.parent if path.name == "metrics" else path
@@ -82,39 +108,31 @@ def _study_dir(path: Path) -> Path:
 
 def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(metrics rows, trials table, study.json) of one study directory, its metrics/ folder or a parquet file."""
-    path = Path(path)
-    if not path.exists():
-        raise AnalysisError(f"{path}: no such study directory or parquet file")
-    if path.is_file():
-        parts = [path]
-    else:
-        mdir = path / "metrics" if (path / "metrics").is_dir() else path
-        parts = sorted(p for p in mdir.glob("*.parquet") if not p.name.startswith((".", "_")))
-        if not parts:
-            raise AnalysisError(f"{path}: holds no metrics yet (no parquet files in {mdir})")
-    tables = [_read_table(p) for p in tqdm(parts, desc=f"reading {path.name}", leave=False, disable=len(parts) < 500)]
+    store, parts, a_file = stage_of(path)
+    tables = [_read_table(store, *p) for p in tqdm(parts, desc=f"reading {store.name}", leave=False,
+                                                    disable=len(parts) < 500)]
     try:
         metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise AnalysisError(f"{path}: metrics parts have incompatible columns ({str(e).splitlines()[0]})") from None
     missing = [c for c in REQUIRED if c not in metrics]
     if missing:
-        raise AnalysisError(f"{parts[0] if len(parts) == 1 else path}: not a metrics table "
+        raise AnalysisError(f"{join_uri(store.uri, *parts[0]) if len(parts) == 1 else path}: not a metrics table "
                             f"(no column {', '.join(repr(c) for c in missing)})")
-    sdir = _study_dir(path)
     if "study" not in metrics:
-        metrics["study"] = sdir.name if path.is_dir() else path.stem
+        metrics["study"] = Path(parts[0][-1]).stem if a_file else store.name
     trials, info = pd.DataFrame(), {}
-    if path.is_dir() and (sdir / "trials.parquet").exists():
-        trials = _read_table(sdir / "trials.parquet").to_pandas()
+    if not a_file and store.exists("trials.parquet"):
+        trials = _read_table(store, "trials.parquet").to_pandas()
         if "checkpoint_path" in trials:  # relative to the stage folder since the study may have been moved
-            trials["checkpoint_path"] = [str(sdir / p) if isinstance(p, str) and "://" not in p
+            trials["checkpoint_path"] = [join_uri(store.uri, p) if isinstance(p, str) and "://" not in p
                                          and not p.startswith("/") else p for p in trials["checkpoint_path"]]
-    if path.is_dir() and (sdir / "study.json").exists():
+    if not a_file and store.exists("study.json"):
         try:
-            info = json.loads((sdir / "study.json").read_text())
+            info = json.loads(store.read_text("study.json"))
         except json.JSONDecodeError as e:
-            raise AnalysisError(f"{sdir / 'study.json'}: not valid JSON (line {e.lineno}: {e.msg})") from None
+            raise AnalysisError(f"{join_uri(store.uri, 'study.json')}: not valid JSON (line {e.lineno}: {e.msg})"
+                                ) from None
     return metrics, trials, info
 
 

@@ -18,12 +18,14 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
 from posesplat.io import staging_folder, swap_folder
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Study, cell_keys, compared_modes, load_studies,
                         stage_summary, trial_columns)
+from study.storage import StorageError, Store, join_uri
 
 
 @dataclass
@@ -39,38 +41,48 @@ class Stages:
     modes: tuple[str, str]  # (challenger, reference): the confirm plan's, else the space's
 
 
-def read_plan(study_dir: Path) -> Optional[dict]:
+def read_plan(study: Store) -> Optional[dict]:
     """`<study>/confirm/plan.json`, or None when the study has no confirm stage (yet)."""
-    path = study_dir / "confirm" / "plan.json"
-    if not path.exists():
+    if not study.exists("confirm", "plan.json"):
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(study.read_text("confirm", "plan.json"))
     except json.JSONDecodeError as e:
-        raise AnalysisError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise AnalysisError(f"{join_uri(study.uri, 'confirm', 'plan.json')}: not valid JSON (line {e.lineno}: "
+                            f"{e.msg})") from None
+
+
+def _folder(path: str | Path) -> Optional[Store]:
+    """The input as a folder (a study directory, local or a URI), or None when it is a file or does not exist."""
+    try:
+        store = Store(path)
+        return store if store.fs.get_file_info(store.root).type == pafs.FileType.Directory else None
+    except (StorageError, OSError):
+        return None
 
 
 def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> Stages:
     """Read the inputs: every input's explore stage (combined), and the confirm stage of the one input that has it."""
-    dirs = [Path(p) for p in paths]
-    with_confirm = [d for d in dirs if d.is_dir() and (d / "confirm" / "plan.json").exists()]
+    folders = {str(p): _folder(p) for p in paths}
+    with_confirm = [s for s in folders.values() if s is not None and s.exists("confirm", "plan.json")]
     if len(with_confirm) > 1:
-        raise AnalysisError(f"{', '.join(map(str, with_confirm))}: several studies with a confirm stage; a decision "
-                            f"rests on one confirm stage: analyse them one at a time")
+        raise AnalysisError(f"{', '.join(s.uri for s in with_confirm)}: several studies with a confirm stage; a "
+                            f"decision rests on one confirm stage: analyse them one at a time")
     plan = read_plan(with_confirm[0]) if with_confirm else None
     explore, per = None, pd.DataFrame()
     cell = list(plan["cell"]) if plan else list(DEFAULT_CELL)
     modes = tuple(plan["modes"]) if plan else None  # without a plan there is an explore stage, which names them
-    has_explore = [d for d in dirs if not (d.is_dir() and d in with_confirm and not (d / "metrics").is_dir())]
+    has_explore = [p for p, s in folders.items() if not (s is not None and s in with_confirm
+                                                         and not s.exists("metrics"))]
     if has_explore:  # a study whose explore records are gone (or were never copied) still has its decision
         explore = load_studies(has_explore)
         cell, modes = cell_keys(explore), modes or compared_modes(explore)
         per = stage_summary(explore, threshold, cell=cell, modes=modes)
     confirm, cper = None, pd.DataFrame()
     if plan is not None:
-        cdir = with_confirm[0] / "confirm"
-        if (cdir / "metrics").is_dir() and any((cdir / "metrics").glob("*.parquet")):
-            confirm = load_studies([cdir], grid=plan["cell"])
+        cdir = with_confirm[0].child("confirm")
+        if cdir.list("metrics", "*.parquet"):
+            confirm = load_studies([cdir.uri], grid=plan["cell"])
             cper = stage_summary(confirm, threshold, last=True, cell=list(plan["cell"]), modes=modes)
     return Stages(explore, per, confirm, cper, plan, cell, modes)
 

@@ -584,11 +584,9 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
     from study.load import AnalysisError, load_studies, stage_summary
 
     try:
-        explore = load_studies([Path(study.root)]) if study.local else None
+        explore = load_studies([study.uri])  # where it lies: a local folder or a URI
     except AnalysisError as e:
         raise StudyError(f"confirm stage: cannot read the explore stage ({e})") from None
-    if explore is None:
-        explore = _remote_explore(study)
     per = stage_summary(explore, cell=list(space.grid), modes=tuple(space.confirm.modes))
     cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
     ds = open_dataset(cfg.dataset)
@@ -597,34 +595,6 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
         return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, args.seed)
     except PlanError as e:
         raise StudyError(str(e)) from None
-
-
-RECORDS = ("study.json", "trials.parquet", "metrics", "confirm/plan.json", "confirm/trials.parquet", "confirm/metrics")
-
-
-def copy_records(study: Store, local: Path, names=RECORDS) -> None:
-    """Copy a study's records (not its checkpoints or Ray state) from its storage into the local folder `local`."""
-    import pyarrow.fs as pafs
-
-    for name in names:
-        parts = name.split("/")
-        if study.exists(*parts):
-            (local / name).parent.mkdir(parents=True, exist_ok=True)
-            if study.fs.get_file_info(study.path(*parts)).type == pafs.FileType.Directory:
-                (local / name).mkdir()
-            pafs.copy_files(study.path(*parts), str(local / name), source_filesystem=study.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
-
-
-def _remote_explore(study: Store):
-    """The explore stage's records of a study behind a URI, read through a local copy."""
-    from study.load import load_studies
-
-    with tempfile.TemporaryDirectory(prefix="study-") as tmp:
-        local = Path(tmp) / study.name
-        local.mkdir()
-        copy_records(study, local, RECORDS[:3])
-        return load_studies([local])
 
 
 def confirm_plan_text(plan: dict) -> str:
@@ -657,7 +627,7 @@ def study_callbacks(sink, scheduler, max_failures: int) -> list:
             + [CSVLoggerCallback(), JsonLoggerCallback()])
 
 
-def summary(study_dir: Path, name: str) -> str:
+def summary(study_dir: str | Path, name: str) -> str:
     """Trial counts per stage and the confirm stage's decision with its intervals: the numbers of the report."""
     from study.load import AnalysisError
     from study.report import decision_of, read_stages
@@ -683,23 +653,20 @@ def summary(study_dir: Path, name: str) -> str:
 
 
 def finish(study: Store, report: bool) -> int:
-    """Print the summary and write the decision report into the study (via a local copy when it is remote).
-    Returns the exit status: 0 with a report (or none asked for), 1 when the report could not be written."""
+    """Print the summary and write the decision report into the study (built locally, then uploaded, when the
+    study is behind a URI). Returns the exit status: 0 with a report (or none asked for), 1 when the report could
+    not be written."""
     from study import analyze
 
+    print(summary(study.uri, study.uri))
     if study.local:
-        print(summary(Path(study.root), study.uri))
         return 1 if report and analyze.main([study.root]) else 0
+    if not report:
+        return 0
     with tempfile.TemporaryDirectory(prefix="study-") as tmp:
-        local = Path(tmp) / study.name
-        local.mkdir()
-        copy_records(study, local)
-        print(summary(local, study.uri))
-        if not report:
-            return 0
-        if analyze.main([str(local), "--no-renders", "--out", str(local / "report")]):
+        if analyze.main([study.uri, "--no-renders", "--out", str(Path(tmp) / "report")]):
             return 1
-        study.upload(local / "report", "report")  # checkpoints stay remote: no qualitative renders here
+        study.upload(Path(tmp) / "report", "report")  # checkpoints stay remote: no qualitative renders here
         print(f"report uploaded to {join_uri(study.uri, 'report')}")
         return 0
 

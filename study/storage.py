@@ -65,6 +65,13 @@ class Store:
     def child(self, *parts: str) -> "Store":
         return Store(join_uri(self.uri, *parts))
 
+    def parent(self) -> "Store":
+        """The folder holding this one (a URI keeps its query: s3://b/x/y?endpoint_override=... -> s3://b/x?...)."""
+        if "://" not in self.uri:
+            return Store(Path(self.root).parent)
+        u = urllib.parse.urlsplit(self.uri)
+        return Store(urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/").rsplit("/", 1)[0])))
+
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 

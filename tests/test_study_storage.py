@@ -113,3 +113,30 @@ def test_unwritable_uri_is_one_line(s3, capsys, small_dataset):
     assert err.startswith(f"error: {storage}: storage is not writable (") and len(err.splitlines()) == 1, err
     assert main(["--space", "smoke", "--storage", "nosuch://x/y", "--dataset", str(small_dataset)]) == 2
     assert "storage is not writable" in capsys.readouterr().err
+
+
+def test_a_study_behind_a_uri_is_analysed_where_it_lies(s3, tmp_path, capsys):
+    """A finished study (explore and confirm stage) copied into the bucket: `python -m study.analyze s3://...` reads
+    it through study.storage and decides exactly as on the local copy; without --out it is one line (the report is
+    written on this machine); a missing study is one line."""
+    from test_analyze import add_confirm, make_study
+
+    from study.analyze import main as analyze
+
+    uri, fs, query = s3
+    local = add_confirm(make_study(tmp_path / "local", "remote", effect=0.0), effect=-0.04, cost=-0.3)
+    remote = join_uri(uri, "remote")
+    fs.create_dir(Store(remote).root, recursive=True)
+    pafs.copy_files(str(local), Store(remote).root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    assert analyze([str(local), "--no-renders", "--out", str(tmp_path / "a")]) == 0
+    assert analyze([remote, "--no-renders", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    a, b = (json.loads((tmp_path / d / "decision.json").read_text()) for d in "ab")
+    assert a["recommendation"] == b["recommendation"] and a["n_pairs"] == b["n_pairs"] > 0
+    assert a["quality"] == b["quality"] and a["cost"] == b["cost"]
+    assert (tmp_path / "a" / "explore.csv").read_text() == (tmp_path / "b" / "explore.csv").read_text()
+    assert analyze([remote, "--no-renders"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "behind a URI" in err and "--out" in err and len(err.splitlines()) == 1
+    assert analyze([join_uri(uri, "nothing-here"), "--out", str(tmp_path / "c")]) == 2
+    assert "no such study directory" in capsys.readouterr().err
