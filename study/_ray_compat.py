@@ -47,6 +47,15 @@ def restore_tuner(run_dir: str, trainable: Any, param_space: dict, callbacks_for
     return tuner
 
 
+def result_keys() -> frozenset[str]:
+    """The keys Tune adds to every result a trial reports (its bookkeeping, not the trial's metrics), from the
+    constants of `ray.tune.result`, so a Ray that adds one is followed without a list kept here."""
+    from ray.tune import result
+
+    return frozenset({*result.AUTO_RESULT_KEYS, result.DONE, result.TRIAL_ID, result.EXPERIMENT_TAG,
+                      result.SHOULD_CHECKPOINT})
+
+
 def set_max_failures(trial: Any, max_failures: int) -> None:
     """Apply a retry limit to an existing trial (-1: without limit)."""
     trial.max_failures = max_failures

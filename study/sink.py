@@ -22,12 +22,11 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from posesplat.config import make_config
-from posesplat.metrics import BY_NAME, FRAMES, frame_column, names
+from posesplat.metrics import BY_NAME, FRAMES
+from study import _ray_compat
 from study.storage import Store, set_aside
 
-# what a trial reports and the study records: the metrics schema's values (posesplat.metrics), their per-frame
-# lists, and the Ray node that ran the epoch; every other key of a Tune result is Ray's own bookkeeping
-REPORTED = frozenset({*BY_NAME, *(frame_column(k) for k in names(per_frame=True)), FRAMES, "node_id"})
+RAY_KEYS = _ray_compat.result_keys()  # Tune's bookkeeping in every result: everything else a trial reports is kept
 
 
 def full_config(base: dict, tuned: dict) -> dict[str, Any]:
@@ -172,7 +171,8 @@ class ParquetSink(Callback):
         last_epoch = int(last.get("epoch") or 0)
         if status == "ended":
             status = "completed" if last_epoch >= self.budget(config) else "stopped"
-        metrics = {k: v for k, v in last.items() if k in REPORTED and k != "epoch" and not isinstance(v, list)}
+        metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
+                   and not isinstance(v, (dict, list))}
         self.trials[tid] = {**metrics, "study": self.study, "trial_id": tid, **full_config(self.base, config),
                             "status": status, "last_epoch": last_epoch, "error": error,
                             "stopped_at_epoch": last_epoch if status == "stopped" else None,
@@ -239,11 +239,11 @@ class ParquetSink(Callback):
         self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: v for k, v in result.items() if k in REPORTED and not isinstance(v, list)}
+        metrics = {k: v for k, v in result.items() if k not in RAY_KEYS and not isinstance(v, (dict, list))}
         epoch = int(metrics["epoch"])
         # per-test-frame lists (`*_frames`) go to the metrics part only, with a fixed type so that every part of
         # the dataset agrees (an empty list of a non-evaluated epoch would otherwise be list<null>)
-        lists = {k: v for k, v in result.items() if k in REPORTED and isinstance(v, list)
+        lists = {k: v for k, v in result.items() if k not in RAY_KEYS and isinstance(v, list)
                  and all(isinstance(x, (int, float)) for x in v)}
         row = {"study": self.study, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
                **lists, "hostname": result.get("hostname") or socket.gethostname(),
