@@ -137,15 +137,15 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 
 
 @dataclass
-class Study:
-    """Everything read from one or more inputs."""
+class Tables:
+    """Everything read from one or more inputs (a study is its storage, study.storage.Store; these are its tables)."""
 
     metrics: pd.DataFrame  # one row per (study, trial, epoch)
     trials: pd.DataFrame  # one row per (study, trial); may be empty
     infos: dict[str, dict] = field(default_factory=dict)  # study name -> study.json
 
 
-def load_studies(paths: list[str | Path], grid: Iterable[str] = ()) -> Study:
+def load_studies(paths: list[str | Path], grid: Iterable[str] = ()) -> Tables:
     """Read and combine several inputs; a re-reported (study, trial, epoch) keeps its latest row. The grid keys of
     the inputs' spaces, and `grid` (a stage without study.json: the confirm plan's cell), are cast as cells."""
     ms, ts, infos = [], [], {}
@@ -164,7 +164,7 @@ def load_studies(paths: list[str | Path], grid: Iterable[str] = ()) -> Study:
     metrics = metrics.drop_duplicates(["study", "trial_id", "epoch"], keep="last")
     metrics = normalise(metrics, [*grid_keys(infos), *grid])
     trials = pd.concat(ts, ignore_index=True).drop_duplicates(["study", "trial_id"], keep="last") if ts else pd.DataFrame()
-    return Study(metrics.reset_index(drop=True), trials, infos)
+    return Tables(metrics.reset_index(drop=True), trials, infos)
 
 
 def normalise(metrics: pd.DataFrame, grid: Iterable[str] = ()) -> pd.DataFrame:
@@ -214,26 +214,26 @@ def grid_keys(infos: dict[str, dict]) -> list[str]:
     return list(dict.fromkeys(k for space in _spaces(infos).values() for k in space.get("grid") or {}))
 
 
-def cell_keys(study: "Study") -> list[str]:
+def cell_keys(tables: "Tables") -> list[str]:
     """The keys that make a cell: the grid keys of the studies' spaces in the space's order (DEFAULT_CELL without a
     grid). Studies whose grids vary different keys are refused, since pooling them would hide a key's effect."""
-    found = {name: tuple(space["grid"]) for name, space in sorted(_spaces(study.infos).items()) if space.get("grid")}
+    found = {name: tuple(space["grid"]) for name, space in sorted(_spaces(tables.infos).items()) if space.get("grid")}
     if len(set(found.values())) > 1:
         raise AnalysisError(f"studies {', '.join(found)} vary different grid keys ("
                             + "; ".join(f"{n} ({', '.join(k)})" for n, k in found.items())
                             + "): pooling them would hide a key's effect; analyse them apart")
     keys = list(next(iter(found.values()), DEFAULT_CELL))
     for k in keys:
-        if k not in study.metrics:
+        if k not in tables.metrics:
             raise AnalysisError(f"{', '.join(n for n in found if k in found[n])}: grid key '{k}' of the space has "
                                 f"no such column in the metrics")
     return keys
 
 
-def compared_modes(study: "Study") -> tuple[str, str]:
+def compared_modes(tables: "Tables") -> tuple[str, str]:
     """(challenger, reference) of the comparison: the spaces' confirm.modes, else the first two modes a space lists,
     else the modes the spaces list and the data hold in posesplat's order (padded by that order: 2d and 3d)."""
-    spaces = _spaces(study.infos)
+    spaces = _spaces(tables.infos)
     for pick in (lambda s: tuple((s.get("confirm") or {}).get("modes") or ()),
                  lambda s: tuple(s.get("modes", [])[:2])):
         found = {name: pick(s) for name, s in sorted(spaces.items()) if len(pick(s)) == 2}
@@ -243,7 +243,7 @@ def compared_modes(study: "Study") -> tuple[str, str]:
                                 + "): analyse them apart")
         if found:
             return next(iter(found.values()))
-    known = {m for s in spaces.values() for m in s.get("modes", [])} | set(study.metrics["gaussian_mode"])
+    known = {m for s in spaces.values() for m in s.get("modes", [])} | set(tables.metrics["gaussian_mode"])
     pad = [m for m in NAMES if m not in known][: max(0, 2 - len(known))]
     return tuple(mode_order(known | set(pad))[:2])
 
@@ -299,7 +299,7 @@ def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, l
     return per_trial
 
 
-def stage_summary(stage: Study, threshold: Optional[float] = None, *, last: bool = False,
+def stage_summary(stage: Tables, threshold: Optional[float] = None, *, last: bool = False,
                   cell: Iterable[str] = DEFAULT_CELL, modes: Optional[tuple[str, str]] = None) -> pd.DataFrame:
     """trial_summary of a stage's metrics with each trial's `status` from its trials table (how the trial ended:
     planning and the report leave out failed trials), where the table has one."""

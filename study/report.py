@@ -23,8 +23,8 @@ import pyarrow.fs as pafs
 from posesplat.io import staging_folder, swap_folder
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
-from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Study, cell_keys, compared_modes, load_studies,
-                        stage_summary, trial_columns)
+from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
+                        load_studies, stage_summary, trial_columns)
 from study.storage import StorageError, Store, join_uri
 
 
@@ -32,9 +32,9 @@ from study.storage import StorageError, Store, join_uri
 class Stages:
     """What was read: the explore stage, and the confirm stage with its plan when the study has one."""
 
-    explore: Optional[Study]
+    explore: Optional[Tables]
     explore_trials: pd.DataFrame  # per trial, at its best validation epoch
-    confirm: Optional[Study]
+    confirm: Optional[Tables]
     confirm_trials: pd.DataFrame  # per trial, at its last evaluated epoch (the scored one)
     plan: Optional[dict]
     cell: list[str]  # the cell keys: the space's grid keys
@@ -301,11 +301,11 @@ def html_page(d: Decision, head: list[str], ctable: pd.DataFrame, notes: list[st
     return "".join(parts)
 
 
-def status_notes(study: Study, per_trial: pd.DataFrame, stage: str, modes: list[str]) -> list[str]:
+def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: list[str]) -> list[str]:
     """What the numbers of a stage stand on: trial states, running or interrupted studies, modes without trials,
     devices."""
     notes = []
-    m, t = study.metrics, study.trials
+    m, t = tables.metrics, tables.trials
     names = sorted(set(m["study"]))
     notes.append(f"{stage}: {len(per_trial)} evaluated trials from {len(names)} study(ies) ({', '.join(names)}); "
                  f"{m.groupby(['study', 'trial_id']).ngroups - len(per_trial)} trial(s) reported no validation "
@@ -328,7 +328,7 @@ def status_notes(study: Study, per_trial: pd.DataFrame, stage: str, modes: list[
     else:
         notes.append("No trials.parquet: trial states unknown (the study may still be running or was interrupted).")
     for name in names:
-        space = study.infos.get(name, {}).get("space")
+        space = tables.infos.get(name, {}).get("space")
         if space and stage == "explore":
             planned = len(space.get("modes", [])) * space.get("samples_per_cell", 1) * int(
                 np.prod([len(v) for v in space.get("grid", {}).values()] or [1]))

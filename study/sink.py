@@ -87,7 +87,7 @@ class ParquetSink(Callback):
     def __init__(self, study: Store | str | Path, name: str, base_config: dict, max_epochs: int, names=None,
                  board: Optional[Store] = None):
         self.store = study if isinstance(study, Store) else Store(study)
-        self.study, self.base, self.max_epochs = name, base_config, max_epochs
+        self.study_name, self.base, self.max_epochs = name, base_config, max_epochs
         self.names = names  # study.board.Names: the stage's TensorBoard run names (None: no TensorBoard ending)
         self.board = board or self.store  # whose tensorboard/ holds the runs (the study's, for both stages)
         self.trials: dict[str, dict] = {}
@@ -114,7 +114,7 @@ class ParquetSink(Callback):
 
     def _row(self, trial, **status) -> dict:
         row = self.trials.get(trial.trial_id, {})
-        row.update(study=self.study, trial_id=trial.trial_id, **full_config(self.base, trial.config))
+        row.update(study=self.study_name, trial_id=trial.trial_id, **full_config(self.base, trial.config))
         row.setdefault("status", "pending")
         row.setdefault("stopped_at_epoch", None)
         row.setdefault("last_epoch", 0)
@@ -173,7 +173,7 @@ class ParquetSink(Callback):
             status = "completed" if last_epoch >= self.budget(config) else "stopped"
         metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
                    and not isinstance(v, (dict, list))}
-        self.trials[tid] = {**metrics, "study": self.study, "trial_id": tid, **full_config(self.base, config),
+        self.trials[tid] = {**metrics, "study": self.study_name, "trial_id": tid, **full_config(self.base, config),
                             "status": status, "last_epoch": last_epoch, "error": error,
                             "stopped_at_epoch": last_epoch if status == "stopped" else None,
                             "checkpoint_path": self.checkpoint_file(ckpt)}
@@ -245,7 +245,7 @@ class ParquetSink(Callback):
         # the dataset agrees (an empty list of a non-evaluated epoch would otherwise be list<null>)
         lists = {k: v for k, v in result.items() if k not in RAY_KEYS and isinstance(v, list)
                  and all(isinstance(x, (int, float)) for x in v)}
-        row = {"study": self.study, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
+        row = {"study": self.study_name, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
                **lists, "hostname": result.get("hostname") or socket.gethostname(),
                "timestamp": datetime.now(timezone.utc)}
         self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet",
