@@ -29,8 +29,11 @@ def check_ray() -> None:
 
 def restore_tuner(run_dir: str, trainable: Any, param_space: dict, callbacks_for: Callable[[Any], list],
                   max_failures: int, max_concurrent: Optional[int]):
-    """`Tuner.restore` of a stage (`param_space`: the constants it was started with), with this run's callbacks (`callbacks_for(restored scheduler)`), failure limit and
-    concurrency (the searcher's `max_concurrent`; no Ray ConcurrencyLimiter, whose restored state would win)."""
+    """`Tuner.restore` of a stage (`param_space`: the constants it was started with), with this run's callbacks
+    (`callbacks_for(restored scheduler)`), failure limit and concurrency (the searcher's `max_concurrent`; no Ray
+    ConcurrencyLimiter, whose restored state would win). Finished trials stay finished and errored ones failed
+    (`resume_errored=False`: a trial that raised, e.g. NonFiniteLossError, would raise again, and one whose worker
+    died was already retried `--max-failures` times); interrupted ones continue from their last checkpoint."""
     from ray import tune
 
     tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False,

@@ -74,23 +74,34 @@ def _read_table(store: Store, *parts: str) -> pa.Table:
                             f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
 
 
-def stage_of(path: str | Path) -> tuple[Store, list[tuple[str, ...]], bool]:
-    """(the stage folder, the metrics parts in it, whether the input was one file) of an input: a study (or confirm/) folder, its metrics/ folder, or
-    one parquet file; a local path or a URI (s3://..., any filesystem pyarrow opens), read through study.storage."""
+def locate(path: str | Path) -> tuple[Store, pafs.FileType]:
+    """An input as a Store (a local path or a URI: s3://..., any filesystem pyarrow opens) and what lies there."""
     try:
         store = Store(path)
-        kind = store.fs.get_file_info(store.root).type
+        return store, store.fs.get_file_info(store.root).type
     except (StorageError, OSError) as e:
         raise AnalysisError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def stage_folder(path: str | Path) -> tuple[Store, Optional[tuple[str, ...]]]:
+    """The stage folder of an input (a study or confirm/ folder, its metrics/ folder, or one parquet file) and, when
+    the input is a file, that file's parts in the folder."""
+    store, kind = locate(path)
     if kind == pafs.FileType.NotFound:
         raise AnalysisError(f"{path}: no such study directory or parquet file")
     if kind == pafs.FileType.File:
-        folder, name = store.parent(), store.name
-        if folder.name == "metrics":
-            return folder.parent(), [("metrics", name)], True
-        return folder, [(name,)], True
+        folder = store.parent()
+        return (folder.parent(), ("metrics", store.name)) if folder.name == "metrics" else (folder, (store.name,))
     if store.name == "metrics" and not store.exists("metrics"):
-        store = store.parent()
+        return store.parent(), None
+    return store, None
+
+
+def stage_of(path: str | Path) -> tuple[Store, list[tuple[str, ...]], bool]:
+    """(the stage folder, the metrics parts in it, whether the input was one file) of an input."""
+    store, file = stage_folder(path)
+    if file is not None:
+        return store, [file], True
     mdir = ("metrics",) if store.exists("metrics") else ()
     parts = [(*mdir, n) for n in store.list("/".join(mdir), "*.parquet") if not n.startswith((".", "_"))]
     if not parts:
@@ -100,10 +111,7 @@ def stage_of(path: str | Path) -> tuple[Store, list[tuple[str, ...]], bool]:
 
 def _study_dir(path: str | Path) -> Path:
     """The study directory of a local input (a study dir, its metrics/ folder, or a parquet file)."""
-    path = Path(path)
-    if path.is_file():
-        return path.parent.parent if path.parent.name == "metrics" else path.parent
-    return path.parent if path.name == "metrics" else path
+    return Path(stage_folder(path)[0].root)
 
 
 def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -297,6 +305,12 @@ def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, l
     per_trial["iou_threshold"] = [thresholds[tuple(map(int, key))] for key in per_trial[cell].itertuples(index=False)]
     per_trial["epochs_to_threshold"] = [first[(s, t)] for s, t in zip(per_trial.study, per_trial.trial_id)]
     return per_trial
+
+
+def memory_column(df: pd.DataFrame) -> Optional[str]:
+    """The peak-memory column the trials measured: CUDA's when any trial ran on a GPU, else the CPU one (None:
+    neither was measured)."""
+    return next((c for c in schema.PEAK_MEM.values() if c in df and df[c].notna().any()), None)
 
 
 def stage_summary(stage: Tables, threshold: Optional[float] = None, *, last: bool = False,

@@ -14,8 +14,8 @@ import pandas as pd  # noqa: E402
 
 from study.confirm import in_cell  # noqa: E402
 from study.explore import cell_text  # noqa: E402
-from posesplat.metrics import PEAK_MEM  # noqa: E402
-from study.load import DEFAULT_CELL, modes_of  # noqa: E402
+from posesplat.metrics import PEAK_MEM, label  # noqa: E402
+from study.load import DEFAULT_CELL, memory_column, modes_of  # noqa: E402
 from study.stats import mean_ci, pareto_front  # noqa: E402
 
 CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (valid frames)"),
@@ -94,16 +94,14 @@ def cost_bars(per_trial: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_
     axes[0, 0].legend(fontsize=8)
     path = _save(fig, out / "costs.png")
     return path, ("Training time per epoch (median over a trial's epochs), render time per view and peak memory "
-                  "(max over a trial's epochs: CUDA allocated on GPUs, resident-set growth on CPUs) per cell: mean over trials with a 95% bootstrap "
-                  "interval.")
+                  "(max over a trial's epochs: CUDA allocated on GPUs, resident-set growth on CPUs) per cell: mean "
+                  "over trials with a 95% bootstrap interval.")
 
 
 def memory(per_trial: pd.DataFrame) -> tuple[str, str]:
     """(column, axis label) of the peak memory the trials measured: CUDA's when any trial ran on a GPU."""
-    key = next((c for c in PEAK_MEM.values() if c in per_trial and per_trial[c].notna().any()),
-               PEAK_MEM["cpu_rss_delta"])
-    return key, {"cuda_peak_allocated_mb": "peak CUDA memory (MB)",
-                 "cpu_peak_rss_growth_mb": "peak resident-set growth (MB)"}[key]
+    key = memory_column(per_trial) or PEAK_MEM["cpu_rss_delta"]
+    return key, label(key)
 
 
 def quality_vs_cost(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:

@@ -24,8 +24,8 @@ from posesplat.io import staging_folder, swap_folder
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
-                        load_studies, stage_summary, trial_columns)
-from study.storage import StorageError, Store, join_uri
+                        load_studies, locate, stage_summary, trial_columns)
+from study.storage import Store, join_uri
 
 
 @dataclass
@@ -54,11 +54,8 @@ def read_plan(study: Store) -> Optional[dict]:
 
 def _folder(path: str | Path) -> Optional[Store]:
     """The input as a folder (a study directory, local or a URI), or None when it is a file or does not exist."""
-    try:
-        store = Store(path)
-        return store if store.fs.get_file_info(store.root).type == pafs.FileType.Directory else None
-    except (StorageError, OSError):
-        return None
+    store, kind = locate(path)
+    return store if kind == pafs.FileType.Directory else None
 
 
 def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> Stages:

@@ -116,15 +116,16 @@ def study_peaks(study: Path) -> tuple["object", str]:
     """(rows: gaussian_mode, grid_size, peak_mb = each trial's largest peak, the memory kind they measured) of a
     study's explore and confirm stages; CUDA peaks (cuda_max_allocated) when there are any, else CPU ones."""
     from posesplat.metrics import PEAK_MEM
-    from study.load import load_studies
+    from study.load import load_studies, memory_column
 
     paths = [study] + ([study / "confirm"] if (study / "confirm" / "metrics").is_dir() else [])
     m = load_studies(paths).metrics
-    kind = next((k for k, col in PEAK_MEM.items() if col in m and m[col].notna().any()), None)
-    if kind is None:
+    col = memory_column(m)
+    if col is None:
         raise ValueError(f"{study}: its metrics hold no peak memory ({' or '.join(PEAK_MEM.values())})")
     rows = m.groupby(["study", "trial_id"]).agg(gaussian_mode=("gaussian_mode", "first"),
-                                                grid_size=("grid_size", "first"), peak_mb=(PEAK_MEM[kind], "max"))
+                                                grid_size=("grid_size", "first"), peak_mb=(col, "max"))
+    kind = next(k for k, c in PEAK_MEM.items() if c == col)
     return rows[rows["peak_mb"].notna()].reset_index(drop=True), kind
 
 

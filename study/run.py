@@ -429,7 +429,8 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
     if tune.Tuner.can_restore(run_dir):
         print(f"resuming the {label} stage in {store.uri}", flush=True)
         tuner = check_ray_state(args, store, label, sink, lambda: _ray_compat.restore_tuner(
-            run_dir, trainable, constants(sink.base), lambda scheduler: study_callbacks(sink, scheduler, args.max_failures),
+            run_dir, trainable, constants(sink.base),
+            lambda scheduler: study_callbacks(sink, scheduler, args.max_failures),
             args.max_failures, args.max_concurrent))
     elif sink.evidence():
         check_ray_state(args, store, label, sink, None)

@@ -24,6 +24,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from posesplat.io import strict_dumps
 from study import _ray_compat
 from study.space import MODE_KEY, Space
 
@@ -34,18 +35,14 @@ class StateError(RuntimeError):
     """Saved searcher or scheduler state that this version cannot restore exactly; one line."""
 
 
-def _float(v: Any) -> Optional[float]:
-    """A metric value as strict JSON (NaN and infinities as null)."""
-    return float(v) if v is not None and np.isfinite(v) else None
-
-
 def _unfloat(v: Optional[float]) -> float:
+    """A metric value read back from strict JSON, where a NaN was written as null."""
     return float("nan") if v is None else float(v)
 
 
 def _write_state(state: dict, path: str) -> None:
     with open(path, "w") as f:
-        json.dump(state, f, allow_nan=False)
+        f.write(strict_dumps(state))
 
 
 def _read_state(path: str, kind: str) -> dict:
@@ -142,7 +139,7 @@ class PerModeSearcher(Searcher):
         m = self.trial_mode.get(trial_id)
         if self.algo == "optuna" and m:
             self.inner[m].on_trial_result(trial_id, result)
-            self.calls.append(["result", trial_id, _float(result[self.metric]), int(result["training_iteration"])])
+            self.calls.append(["result", trial_id, float(result[self.metric]), int(result["training_iteration"])])
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         self.live.discard(trial_id)
@@ -262,13 +259,12 @@ class StratifiedASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if not np.isfinite(result.get(self._metric, np.nan)):
             return TrialScheduler.CONTINUE
-        return self._result(trial, self.known.get(trial.trial_id, trial.config[MODE_KEY]),
-                            {k: result[k] for k in ("epoch", self._metric) if k in result})
+        return self._result(trial, self.known.get(trial.trial_id, trial.config[MODE_KEY]), self._scored(result))
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if trial.trial_id in self.known:
             finite = bool(result) and np.isfinite(result.get(self._metric, np.nan))
-            self._end(trial, {k: result[k] for k in ("epoch", self._metric) if k in result} if finite else None)
+            self._end(trial, self._scored(result) if finite else None)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         if trial.trial_id in self.known:
@@ -277,6 +273,11 @@ class StratifiedASHA(FIFOScheduler):
     def on_trial_error(self, tune_controller, trial) -> None:
         self.on_trial_remove(tune_controller, trial)
 
+    def _scored(self, result: dict) -> dict:
+        """What ASHA reads of a result (its epoch and the metric), as JSON numbers: recorded and replayed as is."""
+        return {k: int(result[k]) if k == "epoch" else float(result[k]) for k in ("epoch", self._metric)
+                if k in result}
+
     # the calls into the per-mode schedulers, each recorded; set_state replays them
     def _add(self, trial, m: str) -> None:
         self.by_mode[m].on_trial_add(None, trial)
@@ -284,7 +285,6 @@ class StratifiedASHA(FIFOScheduler):
         self.calls.append(["add", trial.trial_id, m])
 
     def _result(self, trial, m: str, result: dict) -> str:
-        result = {k: (int(v) if k == "epoch" else float(v)) for k, v in result.items()}
         decision = self.by_mode[m].on_trial_result(None, trial, result)
         self.stopped[m] += decision == TrialScheduler.STOP
         self.calls.append(["result", trial.trial_id, m, result, decision])
@@ -296,7 +296,6 @@ class StratifiedASHA(FIFOScheduler):
         if result is None:
             self.by_mode[m].on_trial_remove(None, trial)
         else:
-            result = {k: (int(v) if k == "epoch" else float(v)) for k, v in result.items()}
             self.by_mode[m].on_trial_complete(None, trial, result)
         self.calls.append(["end", trial.trial_id, m, result])
 
