@@ -54,8 +54,15 @@ def machine() -> str:
     gpu = "none"
     if torch.cuda.is_available():
         gpu = f"{torch.cuda.get_device_name(0)} (driver {nvidia_driver()}, torch's CUDA {torch.version.cuda})"
-    return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n- CPU: {cpu}, {os.cpu_count()} cores\n"
+    return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} (of this file; each table says when it was "
+            f"measured)\n- CPU: {cpu}, {os.cpu_count()} cores\n"
             f"- GPU: {gpu}\n- torch {torch.__version__}, gsplat {gsplat.__version__}, Python {platform.python_version()}")
+
+
+def measured(section: str, date: str) -> str:
+    """A table's section with the line saying when it was measured (kept as it is when it has one)."""
+    title, _, body = section.partition("\n\n")
+    return section if body.startswith("Measured ") else f"{title}\n\nMeasured {date}.\n\n{body}"
 
 
 def nvidia_driver() -> str:
@@ -98,6 +105,7 @@ def main(argv=None) -> int:
                                                      "the memory model), 3 study overhead, 4 ASHA savings")
     a = p.parse_args(argv)
     only = {int(x) for x in a.only.split(",")}
+    now = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"
     torch.set_num_threads(os.cpu_count() or 1)
     sections = [f"# Benchmarks\n\nWritten by `python -m bench{' --quick' if a.quick else ''}`.\n\n{machine()}\n"]
     if 1 in only:
@@ -122,10 +130,13 @@ def main(argv=None) -> int:
         sections.append("## 4. ASHA savings\n\nThe smoke-sized study of table 3 with stratified ASHA (grace 1, "
                         "factor 2) against the full budget, same seed and trials.\n\n"
                         + bench_study.savings_table(savings) + "\n")
+    sections[1:] = [measured(sec, now) for sec in sections[1:]]
     out = Path(a.out)
-    if only != {1, 2, 3, 4} and out.exists():  # keep the tables that were not rerun
-        old = out.read_text().split("\n## ")[1:]
-        kept = {int(sec[0]): "## " + sec for sec in old if sec[:1].isdigit() and int(sec[0]) not in only}
+    if only != {1, 2, 3, 4} and out.exists():  # keep the tables that were not rerun, each with its own date
+        text = out.read_text()
+        before = next((line[len("- date: "):] for line in text.splitlines() if line.startswith("- date: ")), "unknown").split(" (")[0]
+        old = text.split("\n## ")[1:]
+        kept = {int(sec[0]): measured("## " + sec, before) for sec in old if sec[:1].isdigit() and int(sec[0]) not in only}
         new = {int(sec[3]): sec for sec in sections[1:]}
         sections = sections[:1] + [{**kept, **new}[k] for k in sorted({**kept, **new})]
     text = "\n".join(sections)

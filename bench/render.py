@@ -19,31 +19,31 @@ import time
 
 import torch
 
-from posesplat.modes import NAMES
+from posesplat.modes import MODES, names
 from posesplat.render import Gaussians, project_any, render, torch_backend
 from posesplat.train import PeakMemory
 
 SIZES = ((64, 64), (128, 128), (256, 288))  # (width, height)
 COUNTS = (1000, 4000, 16000)
-MODES = NAMES
 CUBE, VIEW, DISTANCE = 0.2, 0.4, 0.5  # metres
 
 
 def make_scene(mode: str, n: int, width: int, device: torch.device, seed: int = 0) -> tuple[Gaussians, float]:
-    """n Gaussians on a jittered grid filling the cube, scales about half a voxel; returns them and the focal length."""
+    """n Gaussians of `mode` on a jittered grid filling the cube, their scales around the mode's initial scale
+    (`scale_unit` voxels, or pixels per voxel in the screen frame), random rotations; returns them and the focal
+    length. The fields come from the mode's registry entry, so a new mode is benchmarked without an edit here."""
+    m = MODES[mode]
     g = torch.Generator().manual_seed(seed)
     voxel = CUBE / n ** (1 / 3)
     f = width * DISTANCE / VIEW
+    unit = m.scale_unit * (f * voxel / DISTANCE if m.frame == "screen" else voxel)
+    draw = {"quats": lambda shape: torch.randn(n, *shape, generator=g),
+            "scales": lambda shape: unit * (0.6 + 0.8 * torch.rand(n, *shape, generator=g)),
+            "offsets": lambda shape: torch.zeros(n, *shape),
+            "angles": lambda shape: torch.rand(n, *shape, generator=g) * math.pi}
     kw = dict(means=(torch.rand(n, 3, generator=g) - 0.5) * CUBE, colors=torch.rand(n, 3, generator=g),
               opacities=0.5 + 0.4 * torch.rand(n, generator=g))
-    if mode == "3d":
-        kw.update(quats=torch.randn(n, 4, generator=g), scales=voxel * (0.3 + 0.4 * torch.rand(n, 3, generator=g)))
-    elif mode == "2d":
-        kw.update(quats=torch.randn(n, 4, generator=g), scales=voxel * (0.4 + 0.4 * torch.rand(n, 2, generator=g)))
-    else:
-        px = f * voxel / DISTANCE
-        kw.update(offsets=torch.zeros(n, 2), scales=px * (0.4 + 0.4 * torch.rand(n, 2, generator=g)),
-                  angles=torch.rand(n, generator=g) * math.pi)
+    kw.update({k: draw[k](shape) for k, shape in m.fields.items() if k not in kw})
     return Gaussians(**{k: v.to(device).requires_grad_() for k, v in kw.items()}), f
 
 
@@ -93,7 +93,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for device in devices:
         backends = ("torch", "gsplat") if device.type == "cuda" else ("torch",)
-        for mode in MODES:
+        for mode in names():
             for backend in backends:
                 for size in SIZES[:2] if quick else SIZES:
                     for n in COUNTS[:2] if quick else COUNTS:

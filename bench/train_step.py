@@ -14,14 +14,13 @@ import time
 import torch
 
 from posesplat.config import make_config
-from posesplat.modes import NAMES
+from posesplat.modes import names
 from posesplat.train import PeakMemory, build_model, load_frame, loss_terms, prepare
 from posesplat.render import render
 
 from bench.render import fmt_ms
 
 GRIDS = (32, 48, 64, 112)
-MODES = NAMES
 TARGET_MB = 4096  # 3d at grid 112 must fit in 4 GiB of GPU memory (the hand-run attempt ran out of 11.75 GiB at 64)
 
 
@@ -71,7 +70,7 @@ def run(dataset: str, quick: bool = False, device: str = "auto") -> list[dict]:
     rows = []
     for downsample in downsamples:
         for grid in grids:
-            for mode in MODES:
+            for mode in names():
                 rows.append(measure(dataset, mode, grid, 2 if quick else 5, downsample, device))
                 print(table(rows[-1:], header=len(rows) == 1), flush=True)
     return rows
@@ -90,7 +89,7 @@ def table(rows: list[dict], header: bool = True) -> str:
 def growth(rows: list[dict]) -> str:
     """How peak memory grows from the smallest to the largest grid, against the voxels, per (mode, image)."""
     lines = []
-    for mode in MODES:
+    for mode in dict.fromkeys(r["mode"] for r in rows):
         for image in dict.fromkeys(r["image"] for r in rows):
             rs = sorted((r for r in rows if r["mode"] == mode and r["image"] == image), key=lambda r: r["grid_size"])
             if len(rs) < 2:

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from posesplat.modes import NAMES as MODES, ModeName
+from posesplat.modes import ModeName, names as mode_names
 
 
 
@@ -45,7 +45,8 @@ class Config(BaseModel):
     )
     # --- model ---
     gaussian_mode: ModeName = Field(
-        "3d", description="3D Gaussians, 2D surfels, or the screen-space 2D ablation (rendering.md)")
+        "3d", description="3D Gaussians, 2D surfels, or the screen-space 2D ablation (rendering.md)",
+        json_schema_extra={"allowed": ", ".join(f"`{m}`" for m in mode_names())})
     num_unets: int = Field(1, ge=0, le=4, description="3D U-Nets stacked between carving and head")
     base_filters: int = Field(8, ge=2, le=64, description="channels of the U-Nets' first level (doubled per level)")
     min_n: int = Field(500, ge=1, description="minimum number of Gaussians per frame",

@@ -1,8 +1,10 @@
-"""Per-voxel head: picks voxels by an adaptive threshold and turns each into one Gaussian (per mode).
+"""Per-voxel head: picks voxels by an adaptive threshold and turns each into one Gaussian of the mode.
 
-Parameters per Gaussian: `3d` 14 (mean 3, log-scale 3, quaternion 4, colour 3, opacity 1), `2d` 13 (mean 3,
-log-scale 2, quaternion 4, colour 3, opacity 1), `2d_screen` 9 (pixel offset 2, log-scale 2, angle 1, colour 3,
-opacity 1). Means are voxel centres plus a learned offset of at most one voxel.
+What a Gaussian is made of comes from the mode's registry entry (posesplat.modes: `head` layout, `frame`,
+`scale_unit`): `3d` 14 parameters (offset 3, log-scale 3, quaternion 4, colour 3, opacity 1), `2d` 13 (two
+log-scales), `2d_screen` 9 (pixel offset 2, log-scale 2, angle 1, colour 3, opacity 1). In the world frame means are
+voxel centres plus a learned offset of at most one voxel; in the screen frame the centre is an anchor and the offset
+(at most px_per_voxel pixels) is added after projection.
 """
 
 from __future__ import annotations
@@ -16,21 +18,18 @@ from torch import Tensor
 from posesplat.modes import MODES
 from posesplat.pose import quat_multiply
 
-# head output channels per mode, in order: score, then the mode's layout (posesplat.modes)
-_LAYOUT = {m.name: m.head for m in MODES.values()}
-
 
 @dataclass
 class LocalGaussians:
     """Gaussians in the animal-local frame, before the pose transform. N selected voxels."""
 
-    means: Tensor  # [N, 3] voxel centre (+ offset in 3d/2d)
+    means: Tensor  # [N, 3] voxel centre (+ offset in the world frame)
     colors: Tensor  # [N, 3]
     opacities: Tensor  # [N]
-    scales: Tensor  # [N, 3] or [N, 2]
-    quats: Tensor | None  # [N, 4] (3d, 2d)
-    offsets: Tensor | None  # [N, 2] pixels (2d_screen)
-    angles: Tensor | None  # [N] (2d_screen)
+    scales: Tensor  # [N, S], S the mode's scales
+    quats: Tensor | None  # [N, 4] (modes with a quaternion: 3d, 2d)
+    offsets: Tensor | None  # [N, 2] pixels (screen frame: 2d_screen)
+    angles: Tensor | None  # [N] (modes with an angle: 2d_screen)
     index: Tensor  # [N] flat index of the selected voxels
 
 
@@ -52,8 +51,8 @@ class GaussianHead(nn.Module):
 
     def __init__(self, cin: int, hidden: int, mode: str):
         super().__init__()
-        self.mode = mode
-        self.layout = _LAYOUT[mode]
+        self.spec = MODES[mode]  # the mode's registry entry
+        self.layout = self.spec.head
         cout = 1 + sum(self.layout.values())
         self.mlp = nn.Sequential(nn.Conv3d(cin, hidden, 1), nn.SiLU(), nn.Conv3d(hidden, cout, 1))
         nn.init.zeros_(self.mlp[-1].weight)  # start from the carved volume's own Gaussians
@@ -65,10 +64,10 @@ class GaussianHead(nn.Module):
         carved: Tensor,  # [5, X, Y, Z]: hull, fraction, colour
         centres: Tensor,  # [X, Y, Z, 3] animal-local voxel centres
         voxel: float,  # voxel side (world units)
-        px_per_voxel: float,  # typical pixels per voxel side (2d_screen scale unit)
+        px_per_voxel: float,  # typical pixels per voxel side (the screen frame's unit)
         min_n: int,
         max_n: int,
-        base_quats: Tensor | None = None,  # [P, 4] fixed initial orientations (2d surfels)
+        base_quats: Tensor | None = None,  # [P, 4] fixed initial orientations (Mode.random_rotation)
     ) -> LocalGaussians:
         raw = self.mlp(feats[None])[0].flatten(1).T  # [P, cout]
         hull = carved[0].flatten()
@@ -80,18 +79,17 @@ class GaussianHead(nn.Module):
         colors = torch.sigmoid(torch.logit(rgb0) + parts["colour"])
         opacities = torch.sigmoid(parts["opacity"][:, 0] + 2.0) * score[idx]
         base = centres.reshape(-1, 3)[idx]
-        if self.mode == "2d_screen":
-            return LocalGaussians(
-                means=base, colors=colors, opacities=opacities,
-                scales=0.7 * px_per_voxel * torch.exp(parts["scale"].clamp(-6, 4)),
-                quats=None, offsets=px_per_voxel * torch.tanh(parts["offset"]), angles=parts["rot"][:, 0],
-                index=idx,
-            )
-        means = base + voxel * torch.tanh(parts["offset"])
-        scale_unit = 0.5 if self.mode == "3d" else 0.7
-        scales = scale_unit * voxel * torch.exp(parts["scale"].clamp(-6, 4))
-        identity = torch.tensor([1.0, 0.0, 0.0, 0.0], device=r.device)
-        quats = parts["rot"] + identity
-        if base_quats is not None:
-            quats = quat_multiply(base_quats[idx], quats)
-        return LocalGaussians(means, colors, opacities, scales, quats, None, None, idx)
+        screen = self.spec.frame == "screen"
+        unit = px_per_voxel if screen else voxel
+        offsets = unit * torch.tanh(parts["offset"])
+        scales = self.spec.scale_unit * unit * torch.exp(parts["scale"].clamp(-6, 4))
+        quats = angles = None
+        if "quat" in parts:
+            quats = parts["quat"] + torch.tensor([1.0, 0.0, 0.0, 0.0], device=r.device)
+            if base_quats is not None:
+                quats = quat_multiply(base_quats[idx], quats)
+        if "angle" in parts:
+            angles = parts["angle"][:, 0]
+        if screen:
+            return LocalGaussians(base, colors, opacities, scales, quats, offsets, angles, idx)
+        return LocalGaussians(base + offsets, colors, opacities, scales, quats, None, angles, idx)

@@ -11,6 +11,7 @@ from torch import Tensor
 from posesplat.carve import CARVE_CHANNELS, carve, voxel_centres
 from posesplat.config import Config
 from posesplat.head import GaussianHead, LocalGaussians, random_quats
+from posesplat.modes import MODES
 from posesplat.pose import local_to_world
 from posesplat.render import Gaussians
 from posesplat.unet import UNetStack
@@ -37,7 +38,7 @@ class PoseSplatter(nn.Module):
         centres = voxel_centres(self.grid_size, self.ell, self.volume_idx)
         self.register_buffer("centres", centres, persistent=False)
         n_vox = centres.shape[0] * centres.shape[1] * centres.shape[2]
-        base = random_quats(n_vox, seed=0) if self.mode == "2d" else None
+        base = random_quats(n_vox, seed=0) if MODES[self.mode].random_rotation else None
         self.register_buffer("base_quats", base, persistent=False)
 
     def local_gaussians(

@@ -1,22 +1,35 @@
-"""The Gaussian modes: one entry each, from which config validation, the head, rendering, the study's spaces,
-resources, analysis, plots and benchmarks take their lists.
+"""The Gaussian modes: one entry each, from which config validation, the head, the model, rendering, the study's
+spaces, resources, analysis, plots and benchmarks take what they know of a mode.
 
-Adding a mode: an entry here (its head layout and render fields), its projection in render/project.py (and the
-gsplat path in render/gsplat_backend.py), and its branch in head.Head.forward / render.render where it differs.
+Adding a mode is an entry here and its projection in `render/project.py` (`PROJECTIONS`, under the same name);
+nothing else branches on a mode's name (docs/architecture.md). `tests/test_modes.py` adds one and trains it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, Optional
+
+from pydantic import AfterValidator
 
 
 @dataclass(frozen=True)
 class Mode:
     name: str
+    label: str  # in titles and prose: "2D vs 3D Gaussian splatting"
     summary: str
-    head: dict[str, int]  # head output channels after the score, in order: offset, log-scale, rotation, colour, opacity
-    fields: dict[str, tuple[int, ...]]  # render.Gaussians fields -> trailing shape (N rows each)
+    # head output channels after the score, in order; keys: offset (3 world or 2 pixels), scale (log-scales, one per
+    # axis), quat (4, a rotation) or angle (1, an in-image rotation) or neither (isotropic), colour 3, opacity 1
+    head: dict[str, int]
+    fields: dict[str, tuple[int, ...]]  # render.Gaussians fields the mode sets -> trailing shape (N rows each)
+    # where the head places a Gaussian: "world" (voxel centre + up to one voxel, scales in voxel sides) or "screen"
+    # (the voxel centre is an anchor projected into each camera, + up to px_per_voxel pixels; scales in pixels)
+    frame: Literal["world", "screen"]
+    scale_unit: float  # the scale a zero head output gives, in voxel sides (world) or pixels per voxel (screen)
+    random_rotation: bool  # start from random orientations (surfels that all face one way would miss side views)
+    # gsplat's own rasteriser for the mode (a function of gsplat taking means, quats, [N, 3] scales, ...), or None:
+    # the mode's projection, then gsplat's tile intersection and rasterize_to_pixels (conic projections only)
+    gsplat: Optional[str]
     colour: str  # matplotlib colour of the mode in the study's plots
 
     @property
@@ -24,21 +37,40 @@ class Mode:
         return sum(self.head.values())
 
 
+_GAUSSIAN = {"means": (3,), "colors": (3,), "opacities": ()}
+
 # in display order (tables, plots): the two modes the study compares, then the ablation
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("2d", "2D Gaussian surfels (Huang et al. 2024): a disc with two scales and a normal",
-         {"offset": 3, "scale": 2, "rot": 4, "colour": 3, "opacity": 1},
-         {"means": (3,), "colors": (3,), "opacities": (), "quats": (4,), "scales": (2,)}, "C0"),
-    Mode("3d", "3D Gaussian splatting: an ellipsoid with three scales",
-         {"offset": 3, "scale": 3, "rot": 4, "colour": 3, "opacity": 1},
-         {"means": (3,), "colors": (3,), "opacities": (), "quats": (4,), "scales": (3,)}, "C1"),
-    Mode("2d_screen", "screen-space 2D ablation: a projected anchor with a pixel offset and a pixel-space ellipse",
-         {"offset": 2, "scale": 2, "rot": 1, "colour": 3, "opacity": 1},
-         {"means": (3,), "colors": (3,), "opacities": (), "offsets": (2,), "scales": (2,), "angles": ()}, "C2"),
+    Mode("2d", "2D", "2D Gaussian surfels (Huang et al. 2024): a disc with two scales and a normal",
+         {"offset": 3, "scale": 2, "quat": 4, "colour": 3, "opacity": 1},
+         {**_GAUSSIAN, "quats": (4,), "scales": (2,)}, "world", 0.7, True, "rasterization_2dgs", "C0"),
+    Mode("3d", "3D", "3D Gaussian splatting: an ellipsoid with three scales",
+         {"offset": 3, "scale": 3, "quat": 4, "colour": 3, "opacity": 1},
+         {**_GAUSSIAN, "quats": (4,), "scales": (3,)}, "world", 0.5, False, "rasterization", "C1"),
+    Mode("2d_screen", "screen-space 2D", "screen-space 2D ablation: a projected anchor with a pixel offset and a pixel-space ellipse",
+         {"offset": 2, "scale": 2, "angle": 1, "colour": 3, "opacity": 1},
+         {**_GAUSSIAN, "offsets": (2,), "scales": (2,), "angles": ()}, "screen", 0.7, False, None, "C2"),
 )}
-NAMES = tuple(MODES)
-ModeName = Literal[NAMES]  # for pydantic fields: a value outside NAMES is a one-line validation error
-PARAMS_PER_GAUSSIAN = {m.name: m.params_per_gaussian for m in MODES.values()}
+DEFAULT_PAIR = ("2d", "3d")  # what a space compares when it names no modes: [challenger, reference]
+
+
+def names() -> tuple[str, ...]:
+    """The registered modes, in display order (read at call time, so a mode added to MODES counts)."""
+    return tuple(MODES)
+
+
+def _known(name: str) -> str:
+    if name not in MODES:
+        raise ValueError(f"unknown Gaussian mode {name!r} (choose from {', '.join(MODES)})")
+    return name
+
+
+ModeName = Annotated[str, AfterValidator(_known)]  # for pydantic fields: an unknown mode is a one-line error
+
+
+def label(name: str) -> str:
+    """How a mode is named in titles (an unknown one by its name)."""
+    return MODES[name].label if name in MODES else name
 
 
 def colour(name: str) -> str:

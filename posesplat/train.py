@@ -27,7 +27,7 @@ from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
 from posesplat import metrics as metrics_schema
 from posesplat.io import atomic_file, atomic_write, strict_dumps
-from posesplat.modes import PARAMS_PER_GAUSSIAN
+from posesplat.modes import MODES
 from posesplat.model import PoseSplatter, pixels_per_unit, to_world
 from posesplat.progress import Progress
 from posesplat.render import RenderOut, pick_backend, render
@@ -565,7 +565,7 @@ def train(
             **{col: mem.peak_mb if kind == mem.kind else float("nan")
                for kind, col in metrics_schema.PEAK_MEM.items()},
             "mem_kind": mem.kind,
-            "params_per_gaussian": PARAMS_PER_GAUSSIAN[cfg.gaussian_mode],
+            "params_per_gaussian": MODES[cfg.gaussian_mode].params_per_gaussian,
             "model_params": n_model_params,
             "device": str(setup.device),
             "backend": setup.backend,

@@ -94,7 +94,7 @@ def runs(store: Store) -> dict[str, tuple[str, ...]]:
     (`tensorboard/<trial id>/`) for trials of studies started before runs were named. Files are not runs."""
     out = {}
     for top in store.list("tensorboard", folders_only=True):
-        if not top.startswith(STAGES):  # the old layout: the folder is the trial id
+        if not top.startswith(STAGES):  # one level: the folder is the trial id
             out[top] = ("tensorboard", top)
             continue
         for mode in store.list(f"tensorboard/{top}", folders_only=True):

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from posesplat import metrics as schema
-from posesplat.modes import NAMES
+from posesplat.modes import names as mode_names
 from study.storage import StorageError, Store, join_uri
 
 DEFAULT_CELL = ("grid_size", "max_frames")  # the cell keys of an input without a space's grid (a bare parquet file)
@@ -252,7 +252,7 @@ def compared_modes(tables: "Tables") -> tuple[str, str]:
         if found:
             return next(iter(found.values()))
     known = {m for s in spaces.values() for m in s.get("modes", [])} | set(tables.metrics["gaussian_mode"])
-    pad = [m for m in NAMES if m not in known][: max(0, 2 - len(known))]
+    pad = [m for m in mode_names() if m not in known][: max(0, 2 - len(known))]
     return tuple(mode_order(known | set(pad))[:2])
 
 
@@ -341,12 +341,12 @@ def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float], cell: I
 
 
 def mode_order(names: Iterable[str]) -> list[str]:
-    """Mode names in the order 2d, 3d, 2d_screen, then any other."""
-    names = set(names)
-    return [m for m in NAMES if m in names] + sorted(names - set(NAMES))
+    """Mode names in the registry's order (2d, 3d, 2d_screen), then any other."""
+    names, known = set(names), mode_names()
+    return [m for m in known if m in names] + sorted(names - set(known))
 
 
 def modes_of(per_trial: pd.DataFrame) -> list[str]:
-    """The modes present, in the order 2d, 3d, 2d_screen, then any other."""
+    """The modes present, in the registry's order, then any other."""
     return mode_order(per_trial["gaussian_mode"] if len(per_trial) else ())
 

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from study.confirm import in_cell  # noqa: E402
 from study.explore import cell_text  # noqa: E402
 from posesplat.metrics import PEAK_MEM, label  # noqa: E402
+from posesplat.modes import colour  # noqa: E402
 from study.load import DEFAULT_CELL, memory_column, modes_of  # noqa: E402
 from study.stats import mean_ci, pareto_front  # noqa: E402
 
@@ -23,11 +24,6 @@ CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (
 COSTS = [("epoch_time_s", "training time per epoch (s)"), ("render_ms", "render time per view (ms)")]
 DPI = 80
 
-
-def colour(mode: str) -> str:
-    from posesplat.modes import colour as mode_colour
-
-    return mode_colour(mode)
 
 
 def _cells(df: pd.DataFrame, keys: Sequence[str]) -> list[dict[str, int]]:

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from posesplat.io import staging_folder, swap_folder
+from posesplat.modes import label as mode_label
 from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
@@ -232,7 +233,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         head = [f"**Recommendation: {d.recommendation}** — {d.reason}.", "", *design_lines(d, plan)]
         if depends:
             head += ["", depends]
-        md = ["# 2D vs 3D Gaussian splatting: decision", "", *head]
+        md = [f"# {report_title(modes)}", "", *head]
         if len(ctable):
             md += ["", "## Confirm stage (the decision)", "", ctable.drop(columns="key").to_markdown(index=False)]
         if tables:
@@ -267,6 +268,11 @@ def _md_inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
+def report_title(modes) -> str:
+    """The report's title, from the compared pair: "2D vs 3D Gaussian splatting: decision"."""
+    return f"{mode_label(modes[0])} vs {mode_label(modes[1])} Gaussian splatting: decision"
+
+
 def html_page(d: Decision, head: list[str], ctable: pd.DataFrame, notes: list[str], tables: dict[str, pd.DataFrame],
               multiplicity: str, figures: list[tuple[Path, str]]) -> str:
     """One self-contained page: banner, design, tables, notes and every figure embedded as a data URI."""
@@ -278,12 +284,12 @@ def html_page(d: Decision, head: list[str], ctable: pd.DataFrame, notes: list[st
     )
     paras = [h for h in head if h]
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>2D vs 3D Gaussian splatting: decision"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report_title(d.modes))}"
         "</title><style>body{font-family:system-ui,sans-serif;max-width:1280px;margin:1em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;padding:3px 6px}"
         "th{background:#eee;text-align:left}img{max-width:100%}figure{margin:1.5em 0}.rec{font-size:120%;padding:.6em;"
         "background:#f4f4d0}.explore{color:#555}</style></head><body>",
-        "<h1>2D vs 3D Gaussian splatting: decision</h1>",
+        f"<h1>{html.escape(report_title(d.modes))}</h1>",
         f"<p class='rec'>{_md_inline(paras[0])}</p>", *[f"<p>{_md_inline(p)}</p>" for p in paras[1:]],
     ]
     if len(ctable):

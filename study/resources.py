@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -42,18 +43,23 @@ DEFAULT = MemoryModel(150.0, 0.55, 20.0)  # used only without study/memory_model
 def load_model(path: Path = MODEL_FILE) -> dict[str, MemoryModel]:
     """MemoryModel per mode from `path` (written by `python -m bench`), else DEFAULT for every mode."""
     if not path.exists():
-        from posesplat.modes import NAMES
+        from posesplat.modes import names
 
-        return {m: DEFAULT for m in NAMES}
+        return {m: DEFAULT for m in names()}
     return {m: MemoryModel(c["base_mb"], c["per_kvoxel_mb"], c.get("per_kpixel_mb", 0.0))
             for m, c in json.loads(path.read_text())["modes"].items()}
 
 
 def peak_mb(mode: str, grid_size: int, pixels: int = PAPER_PIXELS,
             model: Optional[dict[str, MemoryModel]] = None) -> float:
-    """Estimated peak memory of one training step (MB), by `model` or the shipped one."""
-    m = (model or load_model())[mode]
-    return m.base_mb + m.per_kvoxel_mb * grid_size**3 / 1000 + m.per_kpixel_mb * pixels / 1000
+    """Estimated peak memory of one training step (MB), by `model` or the shipped one. A mode the model has no
+    coefficients for (added after the fit) gets the largest estimate of the fitted modes, with one warning."""
+    model = model or load_model()
+    fits = [model[mode]] if mode in model else list(model.values())
+    if mode not in model:
+        warnings.warn(f"memory model: no coefficients for mode {mode!r}; sized as the largest fitted mode "
+                      "(fit it: python -m bench)", stacklevel=2)
+    return max(m.base_mb + m.per_kvoxel_mb * grid_size**3 / 1000 + m.per_kpixel_mb * pixels / 1000 for m in fits)
 
 
 def gpu_fraction(mode: str, grid_size: int, gpu_mem_mb: float, pixels: int = PAPER_PIXELS,

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from posesplat.modes import MODES as REGISTRY
 from study.decide import EITHER, INCONCLUSIVE, decide
 
 QUALITY = ("test_heldout_iou", "test_heldout_psnr_fg")
@@ -54,7 +55,7 @@ class Truth:
     wrong: tuple[str, ...]
 
 
-MODES = ("2d", "3d")
+MODES = ("2d", "3d")  # the simulated pair is the default comparison: the truths below name its modes
 TRUTHS = [
     Truth("2D 5% worse", -0.05, 0.0, ("3d",), ("2d", EITHER)),
     Truth("2D 0.5% worse, 30% faster", -0.005, -0.3, ("2d",), ("3d",)),
@@ -112,7 +113,7 @@ def generate(truth: Truth, seeds: int, frames: int, noise: Noise, rng: np.random
                    "lr": 1e-3, "epoch": 8, "selected_epoch": 8, "epochs_run": 8, "valid_heldout_iou": 0.8,
                    "valid_heldout_psnr": 28.0,
                    "epoch_time_s": float(t[m][i]), "cpu_peak_rss_growth_mb": 100.0, "render_ms": 3.0,
-                   "params_per_gaussian": {"2d": 13.0, "3d": 14.0}[m], "test_frames": frame_ids,
+                   "params_per_gaussian": float(REGISTRY[m].params_per_gaussian), "test_frames": frame_ids,
                    "status": "completed"}
             for key, v in per_key.items():
                 row[key] = float(v[m][i].mean())

@@ -9,9 +9,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from posesplat.config import MODES, ConfigError, make_config
+from posesplat.config import ConfigError, make_config
 from posesplat.metrics import METRICS, names
-from posesplat.modes import ModeName
+from posesplat.modes import DEFAULT_PAIR, MODES, ModeName
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -68,8 +68,8 @@ class Confirm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     cell: dict[str, Optional[int]] = Field(description="the primary cell: one value of every grid key")
-    modes: list[ModeName] = Field(["2d", "3d"], min_length=2, max_length=2,
-                                                          description="[challenger, reference]")
+    modes: list[ModeName] = Field(list(DEFAULT_PAIR), min_length=2, max_length=2,
+                                  description="[challenger, reference]")
     margin: float = Field(0.02, gt=0, lt=1, description="equivalence margin, relative")
     quality: list[Literal[QUALITY_KEYS]] = Field(["test_heldout_iou", "test_heldout_psnr_fg"], min_length=1)  # type: ignore[valid-type]
     cost: Literal[COST_KEYS] = "epoch_time_s"  # type: ignore[valid-type]
@@ -110,7 +110,7 @@ class Space(BaseModel):
     name: str
     description: str = ""
     base_config: dict[str, Any] = {}
-    modes: list[ModeName] = ["2d", "3d"]
+    modes: list[ModeName] = list(DEFAULT_PAIR)
     grid: dict[str, list[Optional[int]]] = {"grid_size": [48], "max_frames": [30]}  # max_frames null: all frames
     search: dict[str, Dist] = {}
     samples_per_cell: int = Field(1, ge=1, description="trials per (mode, grid cell)")

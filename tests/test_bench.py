@@ -50,3 +50,22 @@ def test_growth_from_smallest_to_largest_grid():
             step_row(grid=48, voxels=14000, mb=200.0), step_row(mode="2d", grid=32)]  # one grid only: no line
     assert bench_step.growth(rows) == ("- 3d at 288x256: grid 32 -> 112 is 20.0x the voxels and 5.0x the peak memory "
                                        "(80 -> 400 MB, cuda_max_allocated)")
+
+
+def test_tables_not_rerun_are_kept_with_the_date_they_were_measured(tmp_path, monkeypatch):
+    import bench.__main__ as bench_main
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nWritten by `python -m bench`.\n\n- date: 2026-11-25 10:16 UTC\n- CPU: x\n\n"
+                   "## 1. Renderer: forward + backward\n\nold table 1\n\n## 2. One training step against grid_size\n\n"
+                   "old table 2\n")
+    monkeypatch.setattr(bench_main.bench_render, "run", lambda quick: [render_row(device="cpu")])
+    assert bench_main.main(["--only", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    one, two = text.split("\n## ")[1:]
+    assert one.startswith("1. Renderer") and "old table 1" not in one and "| 3d | torch | cpu | 1000 |" in one
+    assert one.split("\n\n")[1].startswith("Measured 20") and "2026-11-25" not in one
+    assert two.startswith("2. One training step") and "old table 2" in two
+    assert two.split("\n\n")[1] == "Measured 2026-11-25 10:16 UTC."
+    assert bench_main.main(["--only", "1", "--out", str(out)]) == 0  # a second rerun keeps table 2's date
+    assert out.read_text().split("\n## ")[2].split("\n\n")[1] == "Measured 2026-11-25 10:16 UTC."

@@ -1,4 +1,4 @@
-"""One rendering interface for the three Gaussian modes, with a gsplat (CUDA) and a pure-PyTorch backend.
+"""One rendering interface for the Gaussian modes (posesplat.modes), with a gsplat (CUDA) and a pure-PyTorch backend.
 
     out = render(gaussians, mode, viewmats [C,4,4], Ks [C,3,3], width, height, backend, background [3])
     out.rgb [C, H, W, 3], out.alpha [C, H, W]
@@ -15,11 +15,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from posesplat.modes import MODES as REGISTRY, NAMES as MODES
-from posesplat.render import project, torch_backend
+from posesplat.modes import MODES
+from posesplat.render import torch_backend
+from posesplat.render.project import PROJECTIONS, Projection
 
 BACKENDS = ("torch", "gsplat")
-FIELDS = {m.name: m.fields for m in REGISTRY.values()}  # per mode: field -> trailing shape (N rows each)
 
 
 class RenderError(ValueError):
@@ -28,7 +28,7 @@ class RenderError(ValueError):
 
 @dataclass
 class Gaussians:
-    """World-space Gaussians; which fields are set depends on the mode (docs/architecture.md)."""
+    """World-space Gaussians; which fields are set depends on the mode (posesplat.modes: `Mode.fields`)."""
 
     means: Tensor  # [N, 3] (2d_screen: world anchors)
     colors: Tensor  # [N, 3] in [0, 1]
@@ -56,12 +56,20 @@ def pick_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
+def projection(mode: str) -> Projection:
+    """The mode's projection (render/project.py PROJECTIONS); an unknown mode, or one without, is one line."""
+    if mode not in MODES:
+        raise RenderError(f"render: unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
+    if mode not in PROJECTIONS:
+        raise RenderError(f"render: mode {mode!r} has no projection (add it to posesplat/render/project.py PROJECTIONS)")
+    return PROJECTIONS[mode]
+
+
 def check_inputs(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor) -> None:
     """Raise RenderError naming the first missing or mis-shaped input (cheap: shapes only)."""
-    if mode not in FIELDS:
-        raise RenderError(f"render: unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
+    projection(mode)
     n = g.means.shape[0] if g.means is not None and g.means.dim() == 2 else None
-    for name, tail in FIELDS[mode].items():
+    for name, tail in MODES[mode].fields.items():
         t = getattr(g, name)
         if t is None:
             raise RenderError(f"render: Gaussians.{name} is required in mode {mode!r}")
@@ -77,13 +85,8 @@ def check_inputs(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor) -> None:
 
 def project_any(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int):
     """(kind, radii, means2d, depths, conics-or-ray-transforms) for the torch rasteriser."""
-    if mode == "3d":
-        return ("conic", *project.project_3d(g.means, g.quats, g.scales, viewmats, Ks, width, height))
-    if mode == "2d":
-        return ("surfel", *project.project_2dgs(g.means, g.quats, g.scales, viewmats, Ks, width, height))
-    if mode == "2d_screen":
-        return ("conic", *project.project_screen(g.means, g.offsets, g.scales, g.angles, viewmats, Ks, width, height))
-    raise RenderError(f"render: unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
+    p = projection(mode)
+    return (p.kind, *p.fn(g, viewmats, Ks, width, height))
 
 
 def render(

@@ -1,5 +1,6 @@
-"""gsplat backend (CUDA): `rasterization` for 3d, `rasterization_2dgs` for 2d, and for 2d_screen our torch
-projection of the anchors followed by gsplat's tile intersection and `rasterize_to_pixels` with our conics."""
+"""gsplat backend (CUDA): a mode's own gsplat rasteriser where its registry entry names one (`rasterization` for 3d,
+`rasterization_2dgs` for 2d), else the mode's projection (ours, as in the torch backend) followed by gsplat's tile
+intersection and `rasterize_to_pixels` with our conics (2d_screen)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,24 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from posesplat.modes import MODES
+
 TILE = 16  # gsplat's default tile size
 
 
-def _render_screen(g, viewmats: Tensor, Ks: Tensor, width: int, height: int, bg: Optional[Tensor]):
-    """2d_screen: projected anchors + pixel offsets, camera-independent conics, gsplat's CUDA rasteriser."""
+def _rasterize_projected(g, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                         bg: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Our projection of the mode (conics), gsplat's CUDA tile intersection and rasteriser."""
     from gsplat import isect_offset_encode, isect_tiles, rasterize_to_pixels
 
-    from posesplat.render.project import project_screen
+    from posesplat.render import RenderError, projection
 
+    p = projection(mode)
+    if p.kind != "conic":
+        raise RenderError(f"render: mode {mode!r} has a {p.kind} projection and no gsplat rasteriser named in "
+                          "posesplat/modes.py; use backend 'torch'")
     C, N = viewmats.shape[0], g.means.shape[0]
-    radii, means2d, depths, conics = project_screen(g.means, g.offsets, g.scales, g.angles, viewmats, Ks,
-                                                    width, height)
+    radii, means2d, depths, conics = p.fn(g, viewmats, Ks, width, height)
     tw, th = math.ceil(width / TILE), math.ceil(height / TILE)
     _, isect_ids, flatten_ids = isect_tiles(means2d, radii, depths, TILE, tw, th)
     offsets = isect_offset_encode(isect_ids, C, tw, th).reshape(C, th, tw)
@@ -38,15 +45,15 @@ def render_gsplat(
 
     C = viewmats.shape[0]
     bg = None if background is None else background.expand(C, 3)
-    if mode == "3d":
-        rgb, alpha, _ = gsplat.rasterization(
-            g.means, g.quats, g.scales, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
-        )
-    elif mode == "2d":  # gsplat takes [N, 3] scales and ignores the third (its CUDA projection uses 1)
-        scales3 = torch.cat([g.scales, torch.ones_like(g.scales[:, :1])], dim=-1)
-        rgb, alpha, *_ = gsplat.rasterization_2dgs(
-            g.means, g.quats, scales3, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
-        )
+    name = MODES[mode].gsplat
+    if name is None:
+        rgb, alpha = _rasterize_projected(g, mode, viewmats, Ks, width, height, bg)
     else:
-        rgb, alpha = _render_screen(g, viewmats, Ks, width, height, bg)
+        # gsplat's rasterisers take [N, 3] scales; a surfel's third is ignored (its CUDA projection uses 1)
+        scales = g.scales
+        if scales.shape[1] == 2:
+            scales = torch.cat([scales, torch.ones_like(scales[:, :1])], dim=-1)
+        rgb, alpha = getattr(gsplat, name)(
+            g.means, g.quats, scales, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
+        )[:2]
     return rgb, alpha[..., 0]

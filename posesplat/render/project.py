@@ -3,9 +3,13 @@
 3d follows `gsplat.cuda._torch_impl._fully_fused_projection` (EWA, eps2d dilation, 3.33-sigma radii),
 2d follows `gsplat.cuda._torch_impl_2dgs._fully_fused_projection_2dgs` (ray-splat transforms),
 2d_screen projects an anchor and uses a camera-independent pixel-space covariance.
+`PROJECTIONS` (at the end) gives each mode of posesplat.modes its projection: adding a mode adds one here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -109,3 +113,21 @@ def project_screen(
     cov2d = (RS @ RS.transpose(-1, -2)).expand(viewmats.shape[0], -1, -1, -1)
     conics, radius, det = _conics_radii(cov2d)
     return _cull(radius, means2d, tz, width, height, det > 0), means2d, tz, conics
+
+
+@dataclass(frozen=True)
+class Projection:
+    """How one mode projects: `kind` picks the rasteriser's alpha ("conic": a pixel-space Gaussian; "surfel": a
+    ray-splat intersection); `fn(g, viewmats, Ks, width, height)` -> radii [C,N,2] int, means2d [C,N,2],
+    depths [C,N], and conics [C,N,3] ("conic") or ray transforms [C,N,3,3] ("surfel"). g: render.Gaussians."""
+
+    kind: Literal["conic", "surfel"]
+    fn: Callable[[Any, Tensor, Tensor, int, int], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+PROJECTIONS: dict[str, Projection] = {
+    "3d": Projection("conic", lambda g, vm, K, w, h: project_3d(g.means, g.quats, g.scales, vm, K, w, h)),
+    "2d": Projection("surfel", lambda g, vm, K, w, h: project_2dgs(g.means, g.quats, g.scales, vm, K, w, h)),
+    "2d_screen": Projection(
+        "conic", lambda g, vm, K, w, h: project_screen(g.means, g.offsets, g.scales, g.angles, vm, K, w, h)),
+}
