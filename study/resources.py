@@ -54,8 +54,8 @@ def peak_mb(mode: str, grid_size: int, pixels: int = PAPER_PIXELS,
             model: Optional[dict[str, MemoryModel]] = None) -> float:
     """Estimated peak memory of one training step (MB), by `model` or the shipped one. A mode the model has no
     coefficients for (added after the fit) gets the largest estimate of the fitted modes, with one warning."""
-    model = model or load_model()
-    fits = [model[mode]] if mode in model else list(model.values())
+    model = load_model() if model is None else model
+    fits = [model[mode]] if mode in model else list(model.values()) or [DEFAULT]
     if mode not in model:
         warnings.warn(f"memory model: no coefficients for mode {mode!r}; sized as the largest fitted mode "
                       "(fit it: python -m bench)", stacklevel=2)
@@ -84,7 +84,7 @@ def refit(rows, pixels: Optional[int] = None, prior: Optional[dict[str, MemoryMo
     `prior` (the shipped model) and its share subtracted first. Modes with fewer than two grid sizes keep `prior`."""
     import numpy as np
 
-    prior = prior or load_model()
+    prior = load_model() if prior is None else prior
     out = dict(prior)
     for mode, g in rows.groupby("gaussian_mode"):
         g = g[np.isfinite(g["peak_mb"].astype(float))]
@@ -102,6 +102,16 @@ def refit(rows, pixels: Optional[int] = None, prior: Optional[dict[str, MemoryMo
                                        rcond=None)
             out[mode] = MemoryModel(float(coef[0]), float(coef[1]), p.per_kpixel_mb)
     return out
+
+
+def change_line(mode: str, old: Optional[MemoryModel], new: MemoryModel) -> str:
+    """One line of the refit's report: a mode's coefficients before and after (a mode the model lacked: "new")."""
+    if old is None:
+        return (f"  {mode}: new, base {new.base_mb:.1f} MB, per kvoxel {new.per_kvoxel_mb:.4f} MB, per kpixel "
+                f"{new.per_kpixel_mb:.4f} MB")
+    return (f"  {mode}: base {old.base_mb:.1f} -> {new.base_mb:.1f} MB, per kvoxel {old.per_kvoxel_mb:.4f} -> "
+            f"{new.per_kvoxel_mb:.4f} MB, per kpixel {new.per_kpixel_mb:.4f} MB"
+            + ("" if new != old else " (unchanged: too few grids)"))
 
 
 def detect_gpu_mem_mb() -> Optional[float]:
@@ -154,9 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     new = refit(rows, pixels, old)
     print(f"memory model refitted from {len(rows)} trials of {study} ({kind} peaks, {pixels} pixels per image):")
     for mode in sorted(new):
-        print(f"  {mode}: base {old[mode].base_mb:.1f} -> {new[mode].base_mb:.1f} MB, per kvoxel "
-              f"{old[mode].per_kvoxel_mb:.4f} -> {new[mode].per_kvoxel_mb:.4f} MB, per kpixel "
-              f"{new[mode].per_kpixel_mb:.4f} MB" + ("" if new[mode] != old[mode] else " (unchanged: too few grids)"))
+        print(change_line(mode, old.get(mode), new[mode]))
     if a.write:
         write_model({m: c._asdict() for m, c in new.items()}, "cuda" if kind.startswith("cuda") else "cpu",
                     f"python -m study.resources {study} ({kind} peaks)")

@@ -9,6 +9,7 @@ import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 from gsplat.cuda._torch_impl_2dgs import _fully_fused_projection_2dgs
 
+from posesplat.modes import MODES
 from posesplat.render import Gaussians, RenderError, pick_backend, project_any, render, torch_backend
 from posesplat.render.project import project_2dgs, project_3d, project_screen
 
@@ -36,13 +37,11 @@ def scene(mode, N=60, seed=0, dtype=torch.float32):
     means = (torch.rand(N, 3, generator=g) - 0.5).to(dtype)
     kw = dict(means=means, colors=torch.rand(N, 3, generator=g).to(dtype),
               opacities=(0.2 + 0.7 * torch.rand(N, generator=g)).to(dtype))
-    if mode == "3d":
-        kw.update(quats=torch.randn(N, 4, generator=g).to(dtype), scales=(0.03 + 0.1 * torch.rand(N, 3, generator=g)).to(dtype))
-    elif mode == "2d":
-        kw.update(quats=torch.randn(N, 4, generator=g).to(dtype), scales=(0.03 + 0.1 * torch.rand(N, 2, generator=g)).to(dtype))
-    else:
-        kw.update(offsets=torch.randn(N, 2, generator=g).to(dtype), scales=(0.5 + 2 * torch.rand(N, 2, generator=g)).to(dtype),
-                  angles=(torch.rand(N, generator=g) * 3).to(dtype))
+    m = MODES[mode]  # the mode's other fields, in its registry order: world scales in metres, screen ones in pixels
+    lo, span = (0.5, 2.0) if m.frame == "screen" else (0.03, 0.1)
+    draw = {"quats": lambda s: torch.randn(N, *s, generator=g), "scales": lambda s: lo + span * torch.rand(N, *s, generator=g),
+            "offsets": lambda s: torch.randn(N, *s, generator=g), "angles": lambda s: torch.rand(N, *s, generator=g) * 3}
+    kw.update({k: draw[k](s).to(dtype) for k, s in m.fields.items() if k not in kw})
     return Gaussians(**kw)
 
 

@@ -6,11 +6,12 @@ Tolerances (docs/rendering.md): images atol 2e-3; gradients within 2 % of gsplat
 import pytest
 import torch
 
+from posesplat.modes import names
 from posesplat.render import Gaussians, render
 from test_render import cameras, scene
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-MODES = ["3d", "2d", "2d_screen"]
+MODES = list(names())
 FIELDS = ("means", "colors", "opacities", "quats", "scales", "offsets", "angles")
 
 

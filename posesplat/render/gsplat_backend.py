@@ -49,11 +49,26 @@ def render_gsplat(
     if name is None:
         rgb, alpha = _rasterize_projected(g, mode, viewmats, Ks, width, height, bg)
     else:
-        # gsplat's rasterisers take [N, 3] scales; a surfel's third is ignored (its CUDA projection uses 1)
-        scales = g.scales
-        if scales.shape[1] == 2:
-            scales = torch.cat([scales, torch.ones_like(scales[:, :1])], dim=-1)
+        quats, scales = native_inputs(g, mode, name)
         rgb, alpha = getattr(gsplat, name)(
-            g.means, g.quats, scales, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
+            g.means, quats, scales, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
         )[:2]
     return rgb, alpha[..., 0]
+
+
+def native_inputs(g, mode: str, name: str) -> tuple[Tensor, Tensor]:
+    """quats [N, 4] and scales [N, 3] as gsplat's own rasterisers take them: identity rotations for a mode without
+    any, one scale repeated on three axes, and a surfel's two scales with a third that `rasterization_2dgs` ignores
+    (its CUDA projection uses 1); two scales for any other rasteriser would be read as a third of 1 world unit."""
+    from posesplat.render import RenderError
+
+    n, k = g.means.shape[0], g.scales.shape[1]
+    quats = g.quats if g.quats is not None else g.means.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4).contiguous()
+    if k == 3:
+        return quats, g.scales
+    if k == 1:
+        return quats, g.scales.expand(n, 3).contiguous()
+    if k == 2 and name == "rasterization_2dgs":
+        return quats, torch.cat([g.scales, torch.ones_like(g.scales[:, :1])], dim=-1)
+    raise RenderError(f"render: mode {mode!r} has {k} scales, which gsplat.{name} cannot take; name "
+                      "rasterization_2dgs (two scales) or none in posesplat/modes.py")
