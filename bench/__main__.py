@@ -40,7 +40,7 @@ STUDY_NOTE = ("Each study runs as a user runs it (`python -m study.run`, one tri
               "for the smoke space's tiny trials and falls below 15% once a study trains for a few minutes.")
 
 
-def machine() -> str:
+def machine(date: str) -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -54,8 +54,7 @@ def machine() -> str:
     gpu = "none"
     if torch.cuda.is_available():
         gpu = f"{torch.cuda.get_device_name(0)} (driver {nvidia_driver()}, torch's CUDA {torch.version.cuda})"
-    return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} (of this file; each table says when it was "
-            f"measured)\n- CPU: {cpu}, {os.cpu_count()} cores\n"
+    return (f"- date: {date} (of this file; each table says when it was measured)\n- CPU: {cpu}, {os.cpu_count()} cores\n"
             f"- GPU: {gpu}\n- torch {torch.__version__}, gsplat {gsplat.__version__}, Python {platform.python_version()}")
 
 
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     only = {int(x) for x in a.only.split(",")}
     now = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"
     torch.set_num_threads(os.cpu_count() or 1)
-    sections = [f"# Benchmarks\n\nWritten by `python -m bench{' --quick' if a.quick else ''}`.\n\n{machine()}\n"]
+    sections = [f"# Benchmarks\n\nWritten by `python -m bench{' --quick' if a.quick else ''}`.\n\n{machine(now)}\n"]
     if 1 in only:
         rows = bench_render.run(a.quick)
         ratios = bench_render.ratio_table(rows)
@@ -134,9 +133,10 @@ def main(argv=None) -> int:
     out = Path(a.out)
     if only != {1, 2, 3, 4} and out.exists():  # keep the tables that were not rerun, each with its own date
         text = out.read_text()
-        before = next((line[len("- date: "):] for line in text.splitlines() if line.startswith("- date: ")), "unknown").split(" (")[0]
-        old = text.split("\n## ")[1:]
-        kept = {int(sec[0]): measured("## " + sec, before) for sec in old if sec[:1].isdigit() and int(sec[0]) not in only}
+        dates = [line[len("- date: "):].split(" (")[0] for line in text.splitlines() if line.startswith("- date: ")]
+        before = dates[0] if dates else "unknown"  # of a file whose tables do not say it themselves
+        kept = {int(sec[0]): measured("## " + sec, before) for sec in text.split("\n## ")[1:]
+                if sec[:1].isdigit() and int(sec[0]) not in only}
         new = {int(sec[3]): sec for sec in sections[1:]}
         sections = sections[:1] + [{**kept, **new}[k] for k in sorted({**kept, **new})]
     text = "\n".join(sections)

@@ -55,10 +55,12 @@ def peak_mb(mode: str, grid_size: int, pixels: int = PAPER_PIXELS,
     """Estimated peak memory of one training step (MB), by `model` or the shipped one. A mode the model has no
     coefficients for (added after the fit) gets the largest estimate of the fitted modes, with one warning."""
     model = load_model() if model is None else model
-    fits = [model[mode]] if mode in model else list(model.values()) or [DEFAULT]
-    if mode not in model:
+    if mode in model:
+        fits = [model[mode]]
+    else:
         warnings.warn(f"memory model: no coefficients for mode {mode!r}; sized as the largest fitted mode "
                       "(fit it: python -m bench)", stacklevel=2)
+        fits = list(model.values()) or [DEFAULT]
     return max(m.base_mb + m.per_kvoxel_mb * grid_size**3 / 1000 + m.per_kpixel_mb * pixels / 1000 for m in fits)
 
 
