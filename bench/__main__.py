@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                         + bench_study.savings_table(savings) + "\n")
     sections[1:] = [measured(sec, now) for sec in sections[1:]]
     out = Path(a.out)
-    if only != {1, 2, 3, 4} and out.exists():  # keep the tables that were not rerun, each with its own date
+    if out.exists():  # keep the tables not rerun (5: bench.reference), each with its own date
         text = out.read_text()
         dates = [line[len("- date: "):].split(" (")[0] for line in text.splitlines() if line.startswith("- date: ")]
         before = dates[0] if dates else "unknown"  # of a file whose tables do not say it themselves

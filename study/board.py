@@ -86,7 +86,7 @@ class Names:
         return ordered + sorted(set(names) - set(ordered))
 
 
-STAGES = ("explore", "confirm")
+STAGES = ("explore", "tune", "confirm")
 
 
 def runs(store: Store) -> dict[str, tuple[str, ...]]:

@@ -85,11 +85,25 @@ def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, key: str) -> tuple[np.ndar
     return m[: len(a)], m[len(a):]
 
 
+def tuned_hparams(tuned: dict[str, dict], select: str) -> dict[str, dict[str, Any]]:
+    """Each mode's hyperparameters from the deciding tuning's outcome (study.tuning.summary)."""
+    out = {}
+    for m, o in tuned.items():
+        c = o["curve"]
+        i = c["values"].index(o["chosen"])
+        out[m] = {o["key"]: o["chosen"], "from_trial": "tuning", select: c["mean"][i], "candidates": len(c["values"])}
+    return out
+
+
 def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[str], epochs: int, test_frames: int,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, tuned: Optional[dict[str, dict]] = None) -> dict[str, Any]:
     """The confirm plan (JSON-ready) from the explore stage's per-trial table (read at each trial's best validation
-    epoch, as study.load.trial_summary gives it)."""
-    hparams = {m: chosen_hparams(per_trial, m, confirm.cell, confirm.select, search_keys) for m in confirm.modes}
+    epoch, as study.load.trial_summary gives it) and, when the space has a deciding tuning, its outcome `tuned`
+    (then each mode's value of the tuned key comes from it and the other keys are fixed by the confirm block)."""
+    if tuned is not None:
+        hparams, search_keys = tuned_hparams(tuned, confirm.select), [confirm.tune.key]
+    else:
+        hparams = {m: chosen_hparams(per_trial, m, confirm.cell, confirm.select, search_keys) for m in confirm.modes}
     target = confirm.margin / 2
     cell_rows = in_cell(per_trial, confirm.cell)
     if "status" in cell_rows:
@@ -126,4 +140,5 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),
             "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "seeds": seeds,
-            "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials}
+            "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials,
+            "tuning": tuned}

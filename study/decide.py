@@ -72,6 +72,18 @@ class Decision:
                 "means": {k: {m: (v if math.isfinite(v) else None) for m, v in d.items()} for k, d in self.means.items()}}
 
 
+ESTIMAND = ("each mode's expected held-out test score at its own optimum of the tuned key (chosen on validation "
+            "by the deciding tuning at the confirm cell), at the space's training budget; the relative difference "
+            "of the two")
+ESTIMAND_FIXED = ("each mode's expected held-out test score at the hyperparameters the explore stage chose (not "
+                  "necessarily its optimum), at the space's training budget; the relative difference of the two")
+
+
+def unbracketed(plan: dict) -> list[str]:
+    """The reasons a verdict cannot be given because a mode's tuned value sits at an edge of its range."""
+    return [o["reason"] for o in (plan.get("tuning") or {}).values() if o.get("reason")]
+
+
 def usable(per_trial: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Confirm trials that finished: failed (or unfinished) trials are excluded from every estimate."""
     if not len(per_trial):
@@ -165,8 +177,12 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     cost = measures.get(plan["cost"])
     n_pairs = min((e.n for e in quality.values()), default=0)
     rec, reason = rule(quality, cost, plan["margin"], plan["cost_margin"], modes)
-    need = seeds_needed(quality, plan["margin"]) if rec == INCONCLUSIVE and n_pairs >= MIN_PAIRS else None
-    if rec == INCONCLUSIVE:
+    edges = unbracketed(plan)
+    if edges:  # the estimand is each mode at its own optimum: an optimum at an edge of the range is not one
+        rec, reason = INCONCLUSIVE, "; ".join(edges) + f" (at the chosen values alone: {reason})"
+    need = (seeds_needed(quality, plan["margin"]) if rec == INCONCLUSIVE and n_pairs >= MIN_PAIRS and not edges
+            else None)
+    if rec == INCONCLUSIVE and not edges:
         if n_pairs < MIN_PAIRS:
             reason += f" — run the study again with at least {max(MIN_PAIRS, plan['min_seeds'])} seeds"
         elif need is not None:
@@ -174,6 +190,7 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
         else:
             reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
     design = {k: plan.get(k) for k in ("cell", "modes", "margin", "quality", "cost", "cost_margin", "epochs",
-                                        "test_frames", "seeds", "hparams", "min_seeds", "max_seeds")}
+                                        "test_frames", "seeds", "hparams", "min_seeds", "max_seeds", "tuning")}
+    design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(plan["seeds"]) - n_pairs, failures(trials, plan), need, design)

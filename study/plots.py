@@ -143,6 +143,31 @@ def intervals(rows: list[tuple[str, float, float, float]], margin: float, title:
                   f"test frames; the grey band is the equivalence margin.")
 
 
+def tuning(tuned: dict[str, dict], select: str, out: Path) -> tuple[Path, str]:
+    """Each mode's validation score against its tuned key from the deciding tuning (study/tuning.py): mean and
+    standard error over seeds per value tried, the chosen value (star) and the first grid's ends (dotted)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    key = next(iter(tuned.values()))["key"]
+    for m, o in tuned.items():
+        c = o["curve"]
+        se = [0 if s is None else s for s in c["se"]]
+        ax.errorbar(c["values"], c["mean"], yerr=se, fmt="-o", color=colour(m), capsize=3, label=f"{m} ({o['edge'] if o['edge'] == 'bracketed' else 'best at the ' + o['edge'] + ' end'})")
+        j = c["values"].index(o["chosen"])
+        ax.plot([o["chosen"]], [c["mean"][j]], "*", color=colour(m), markersize=16, markeredgecolor="k")
+    for end in next(iter(tuned.values()))["first_range"]:
+        ax.axvline(end, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"validation {label(select)} (mean ± s.e. over seeds)")
+    ax.set_title("Deciding tuning at the confirm cell", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path = _save(fig, out / "tuning.png")
+    return path, (f"Deciding tuning: each mode's validation score against {key} at the confirm cell (full budget, "
+                  f"no early stopping), the chosen value starred, the first grid's ends dotted; a choice is bracketed "
+                  f"when a tried value on each side scores worse (docs/analysis.md).")
+
+
 def all_plots(metrics: pd.DataFrame, per_trial: pd.DataFrame, out: Path,
               cell: Sequence[str] = DEFAULT_CELL) -> list[tuple[Path, str]]:
     """Every metrics figure, as (file, caption), per cell of the keys `cell`."""

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from posesplat.io import staging_folder, swap_folder
 from posesplat.modes import label as mode_label
-from study.decide import EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
+from study.decide import ESTIMAND_FIXED, EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
                         load_studies, locate, stage_summary, trial_columns)
@@ -144,24 +144,29 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
     if plan is None:
         return []
     c, r = plan["modes"]
-    hp = "; ".join(f"{m}: " + ", ".join(f"{k} {v:.3g}" for k, v in h.items() if isinstance(v, float)
-                                        and k in plan["trials"][0]) + f" (explore trial {h['from_trial']}, best of {h.get('candidates', '?')} in the cell)"
-                   for m, h in plan["hparams"].items())
+    if plan.get("tuning"):
+        how = "the deciding tuning at this cell on validation data (" + "; ".join(
+            tuning_text(m, o) for m, o in plan["tuning"].items()) + ")"
+    else:
+        how = "the explore stage on validation data (" + explore_choice_text(plan) + ")"
     q = " and ".join(SHORT.get(k, k) for k in plan["quality"])
     lines = [
+        f"Estimand: {d.design.get('estimand') or ESTIMAND_FIXED}.",
+        "",
         f"Design (pre-specified in `confirm/plan.json`, written {plan['written'][:19]} UTC before the confirm trials "
         f"started): {c} vs {r} at {cell_text(plan['cell'])}; {d.n_pairs} pairs of {len(plan['seeds'])} planned "
         f"seeds ({d.dropped_pairs} dropped: a failed or missing member), paired by seed (same initialisation seed "
         f"and frame order, identical train/valid/test frames and held-out views); {plan['epochs']} epochs, no early "
-        f"stopping, scored at the last epoch on {plan['test_frames']} test frames; hyperparameters fixed from the "
-        f"explore stage on validation data ({hp}).",
+        f"stopping, scored at the last epoch on {plan['test_frames']} test frames; hyperparameters fixed from "
+        f"{how}.",
         "",
         f"Rule: relative difference ({c} - {r}) / {r} of {q} against a {100 * plan['margin']:g}% margin "
         f"(non-inferiority, equivalence); primary cost {SHORT.get(plan['cost'], plan['cost'])}, where "
         f"{c} counts as cheaper when its interval lies below -{100 * plan['cost_margin']:g}%. {int(100 * LEVEL)}% "
         f"t intervals over seeds and test frames (two-way random effects, Satterthwaite df); claims of superiority "
         f"within the margin use {100 * SUPERIORITY_LEVEL:g}% intervals. Full-image PSNR and the costs are reported, "
-        f"not decided on. See docs/analysis.md.",
+        f"not decided on. The interval is conditional on the tuned values (it does not include the error of the "
+        f"tuning itself). See docs/analysis.md.",
     ]
     plans = [f"{SHORT.get(k, k)}: expected ±{100 * p['expected_halfwidth']:.2g}% at "
              f"{len(plan['seeds'])} seeds, a true deficit beyond the margin by {100 * p['detectable_beyond_margin']:.2g}"
@@ -171,6 +176,23 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
         lines += ["", "Plan from the explore stage's variance (an upper bound: explore trials differ in their "
                       "hyperparameters): " + "; ".join(plans + plan.get("notes", [])) + "."]
     return lines
+
+
+def explore_choice_text(plan: dict) -> str:
+    """Each mode's hyperparameters as the explore stage chose them, in words."""
+    return "; ".join(f"{m}: " + ", ".join(f"{k} {v:.3g}" for k, v in h.items() if isinstance(v, float)
+                                          and k in plan["trials"][0])
+                     + f" (explore trial {h['from_trial']}, best of {h.get('candidates', '?')} in the cell)"
+                     for m, h in plan["hparams"].items())
+
+
+def tuning_text(mode: str, o: dict) -> str:
+    """One mode's deciding tuning in words."""
+    c = o["curve"]
+    where = ("bracketed: a value on each side scored worse" if o["edge"] == "bracketed"
+             else f"NOT bracketed: best at the {o['edge']} end")
+    return (f"{mode}: {o['key']} {o['chosen']:.3g}, the best mean validation score of {len(c['values'])} values from "
+            f"{c['values'][0]:.3g} to {c['values'][-1]:.3g} ({o['widenings']} widening(s)), {where}")
 
 
 def decision_plot_rows(d: Decision) -> list[tuple[str, float, float, float]]:
@@ -213,6 +235,8 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         if d.quality:
             figures.append(plots.intervals(decision_plot_rows(d), plan["margin"],
                                            f"{modes[0]} vs {modes[1]}, confirm stage", staging))
+        if plan is not None and plan.get("tuning"):
+            figures.append(plots.tuning(plan["tuning"], plan["select"], staging))
         if stages.confirm is not None and len(stages.confirm_trials):
             figures.append(plots.curves(stages.confirm.metrics, staging, list(plan["cell"]), "curves_confirm.png",
                                         "Confirm stage. "))

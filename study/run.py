@@ -22,14 +22,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+import numpy as np
+
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
+from posesplat.metrics import BY_NAME
 from study import _ray_compat
 from study._ray_compat import UnsupportedRay
 from study.board import Names
 from study.search import STATE_FORMAT, StateError
 from study.storage import StorageError, Store, StudyError, StudyLock, join_uri
-from study.space import Space, SpaceError, load_space, with_options
+from study.space import MODE_KEY, Space, SpaceError, confirm_config, load_space, with_options
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -134,7 +137,7 @@ def check_cells(space: Space, base: dict, ds) -> None:
     per cell, at least one observed and one held-out view (the decision is made on held-out views)."""
     cells = [make_config({**base, **cell}, f"grid cell {json.dumps(cell)}") for cell in space.cells()]
     if space.confirm is not None:
-        cells.append(make_config({**base, **space.confirm.base_config, **space.confirm.cell}, "confirm config"))
+        cells.append(make_config(confirm_config(space, base), "confirm config"))
     for cfg in cells:
         ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))
         observed, held = ds.view_split(cfg.holdout_views)
@@ -334,7 +337,8 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
                 study.write_json(info, "study.json")
                 failed = all_failed("explore", ended)
                 if space.confirm is not None and failed is None:
-                    failed = all_failed("confirm", run_confirm(args, space, base, study, trainable))
+                    tuned = run_tuning(args, space, base, study, trainable, info)
+                    failed = all_failed("confirm", run_confirm(args, space, base, study, trainable, tuned))
             finally:
                 info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
                 study.write_json(info, "study.json")
@@ -528,21 +532,95 @@ def study_metrics(space: Space) -> tuple[str, ...]:
     return tuple(dict.fromkeys((space.metric, *confirm)))
 
 
-def confirm_base(space: Space, base: dict) -> dict:
-    """The training config every confirm trial starts from: the study's, the confirm block's keys, full budget."""
-    return {**base, **space.confirm.base_config, "epochs": space.max_epochs}
+TUNE_SEED_OFFSET = 20_000  # tuning seeds: never an explore seed (seed + i) nor a confirm seed (seed + 10_000 + i)
 
 
-def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> dict[str, dict]:
+def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
+               info: dict) -> Optional[dict]:
+    """The deciding tuning at the confirm cell (study/tuning.py), in rounds `<study>/tune/round<r>/`: round 0 is
+    each mode's first log grid, each later round widens the modes whose choice sits at an end. A round's plan is
+    written before its trials and read back on resume; the next round follows from the records alone. Returns the
+    per-mode outcome (also recorded in study.json), or None when the space has no `confirm.tune`."""
+    from study import tuning
+    from study.search import PlannedSearcher
+    from study.sink import ParquetSink
+
+    spec = space.confirm.tune
+    if spec is None:
+        return None
+    cbase, modes = confirm_config(space, base), list(space.confirm.modes)
+    seeds = [args.seed + TUNE_SEED_OFFSET + i for i in range(spec.seeds)]
+    maximize = BY_NAME[space.confirm.select].higher_is_better is not False
+    runs: list[tuning.Run] = []
+    widen: dict[str, int] = {}
+    for r in range(spec.max_widen + 1):
+        store = study.child("tune", f"round{r}")
+        plan = read_record(store, "plan.json", lambda d: isinstance(d.get("trials"), list), "no trials",
+                           args.repair, "run the same command with --repair to plan the round again (kept aside)",
+                           "planning the round again")
+        if plan is None:
+            values = tuning.next_values(spec, modes, runs, widen, maximize)
+            if not values:
+                break
+            plan = {"round": r, "key": spec.key, "values": values, "seeds": seeds,
+                    "trials": [{**space.confirm.cell, MODE_KEY: m, "seed": s, spec.key: v}
+                               for s in seeds for m, vs in values.items() for v in vs]}
+            store.write_json(plan, "plan.json")
+            print(f"tuning round {r}: " + "; ".join(f"{m} {spec.key} {', '.join(f'{v:.3g}' for v in vs)}"
+                                                   for m, vs in values.items())
+                  + f" x {len(seeds)} seeds at {json.dumps(space.confirm.cell)}", flush=True)
+        names = Names("tune", tuple(space.confirm.cell), (spec.key, "seed"), study_metrics(space))
+        sink = ParquetSink(store, study.name, cbase, space.max_epochs, names, study)
+        searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
+        fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, f"tuning round {r}")
+        runs += round_runs(store, plan, space)
+        if r:
+            for m in plan["values"]:
+                widen[m] = widen.get(m, 0) + 1
+    outcome = tuning.summary(spec, modes, runs, widen, maximize)
+    info["tuning"] = {m: {k: o[k] for k in ("key", "chosen", "edge", "widenings", "range")} for m, o in outcome.items()}
+    study.write_json(info, "study.json")
+    print("tuned: " + "; ".join(f"{m} {o['key']} {o['chosen']:.3g}" + ("" if o["reason"] is None else " (at an edge)")
+                                for m, o in outcome.items()), flush=True)
+    return outcome
+
+
+def round_runs(store: Store, plan: dict, space: Space) -> list:
+    """Each planned trial of a finished tuning round with its validation score at the last epoch: NaN where the
+    trial failed, diverged or never scored (a diverged value counts as the worst: study.tuning.curve)."""
+    from study.load import AnalysisError, load_studies, stage_summary
+    from study.tuning import Run
+
+    cell, key, select = space.confirm.cell, plan["key"], space.confirm.select
+    try:
+        per = stage_summary(load_studies([store.uri], grid=cell), last=True, cell=list(cell))
+    except AnalysisError:  # no trial scored at all
+        per = None
+    runs = []
+    for t in plan["trials"]:
+        score = float("nan")
+        if per is not None and len(per):
+            hit = per[(per[MODE_KEY] == t[MODE_KEY]) & (per["seed"] == t["seed"])
+                      & np.isclose(per[key].to_numpy(float), t[key])]
+            if "status" in hit:
+                hit = hit[hit["status"] != "failed"]
+            if len(hit):
+                score = float(hit[select].iloc[-1])
+        runs.append(Run(t[MODE_KEY], float(t[key]), int(t["seed"]), score))
+    return runs
+
+
+def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
+                tuned: Optional[dict] = None) -> dict[str, dict]:
     """Plan the confirm stage once (written before its first trial), then run or resume it."""
     from study.search import PlannedSearcher
     from study.sink import ParquetSink
 
     store = study.child("confirm")
-    cbase = confirm_base(space, base)
+    cbase = confirm_config(space, base)
     plan = read_plan(args, store)
     if plan is None:
-        plan = make_confirm_plan(args, space, cbase, study)
+        plan = make_confirm_plan(args, space, cbase, study, tuned)
         check_replan(store, plan)
         store.write_json(plan, "plan.json")
         print(confirm_plan_text(plan), flush=True)
@@ -578,7 +656,8 @@ def check_replan(store: Store, plan: dict) -> None:
                          f"confirm trials already run (explore records or --seed changed); the old plan is kept aside")
 
 
-def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study: Store) -> dict:
+def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study: Store,
+                      tuned: Optional[dict] = None) -> dict:
     """The confirm plan from the finished explore stage's records (study.confirm.plan_confirm)."""
     from posesplat.train import eval_frames
     from study.confirm import PlanError, plan_confirm
@@ -593,7 +672,7 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
     ds = open_dataset(cfg.dataset)
     n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))
     try:
-        return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, args.seed)
+        return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, args.seed, tuned)
     except PlanError as e:
         raise StudyError(str(e)) from None
 

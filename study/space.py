@@ -59,6 +59,34 @@ QUALITY_KEYS = tuple(names("quality", per_frame=True))
 COST_KEYS = tuple(m.name for m in METRICS if m.group == "cost" and m.over_epochs in ("median", "max"))
 
 
+class Tune(BaseModel):
+    """The deciding tuning (study/tuning.py, docs/analysis.md): before the confirm stage, each mode trains at the
+    confirm cell with the confirm stage's training config over a log grid of `key`, `seeds` paired seeds per value,
+    no early stopping; its choice is the best mean validation score. A choice at an end of the grid widens that end
+    by `widen_points` values, at most `max_widen` times; a hard limit of the key is not an end."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str = "lr"
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    points: int = Field(5, ge=3, description="values of the first round's log grid, both ends included")
+    seeds: int = Field(2, ge=1, description="paired seeds per value, the same for every mode")
+    widen_points: int = Field(2, ge=1)
+    max_widen: int = Field(2, ge=0, description="rounds of widening at most (then the decision is inconclusive)")
+    hard_low: Optional[float] = Field(None, description="a limit of the key below which no value exists")
+    hard_high: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Tune":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+    def trials(self, widen: int) -> int:
+        """Trials per mode at most: the first grid and every widening."""
+        return (self.points + widen * self.widen_points) * self.seeds
+
+
 class Confirm(BaseModel):
     """The comparison the decision rests on, named before any trial runs (docs/search_spaces.md, docs/analysis.md).
 
@@ -78,6 +106,8 @@ class Confirm(BaseModel):
     max_seeds: int = Field(24, ge=3)
     select: str = Field("valid_heldout_iou", description="validation metric that fixes each mode's hyperparameters")
     base_config: dict[str, Any] = Field({}, description="training-config keys for the confirm trials only")
+    tune: Optional[Tune] = Field(None, description="the deciding tuning at the cell (None: hyperparameters from "
+                                                   "the explore stage's best trial in the cell)")
 
     @model_validator(mode="after")
     def _check(self) -> "Confirm":
@@ -139,6 +169,11 @@ class Space(BaseModel):
             missing = [m for m in c.modes if m not in self.modes]
             if missing:
                 raise ValueError(f"confirm.modes: {', '.join(missing)} not among the space's modes")
+            if c.tune is not None:  # the deciding comparison tunes one key; the others it fixes, by design
+                loose = [k for k in self.search if k != c.tune.key and k not in c.base_config]
+                if loose:
+                    raise ValueError(f"confirm.tune tunes '{c.tune.key}': fix {', '.join(loose)} in "
+                                     f"confirm.base_config (the deciding comparison holds the other keys fixed)")
         if self.scheduler.type == "asha":  # Ray's ASHAScheduler asserts grace_period <= max_t
             for where, epochs in (("max_epochs", self.max_epochs), ("cpu.max_epochs", self.cpu.max_epochs)):
                 if epochs is not None and self.scheduler.grace_period > epochs:
@@ -168,6 +203,12 @@ class Space(BaseModel):
 
         keys = sorted(self.grid)
         return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+
+
+def confirm_config(space: Space, base: dict) -> dict:
+    """The training config every confirm-cell trial starts from (the tuning rounds', the confirm stage's and the
+    reference command's): the study's base, the confirm block's keys, the cell, the full epoch budget."""
+    return {**base, **space.confirm.base_config, **space.confirm.cell, "epochs": space.max_epochs}
 
 
 def with_options(space: Space, samples_per_cell: Optional[int] = None,
@@ -272,4 +313,11 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
                             f"{path}: confirm.base_config")
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
+            t = scaled.confirm.tune
+            for end in ("low", "high") if t is not None else ():
+                try:
+                    make_config({**confirm_config(scaled, scaled.base_config), t.key: getattr(t, end)},
+                                f"{path}: confirm.tune.{end} {getattr(t, end):g} ({t.key})")
+                except ConfigError as e:
+                    raise SpaceError(str(e)) from None
     return space

@@ -1,0 +1,161 @@
+"""The deciding tuning: each mode's optimum of a tuned key on a log grid at the confirm cell, and the edge rule.
+
+Pure functions (no Ray, no I/O), shared by the study's tuning rounds (study/run.py), the confirm planner, the
+decision, the planted-truth simulation and the brute-force reference (bench/reference.py).
+
+A mode's choice is the grid value with the best mean validation score over the round's seeds; a diverged trial
+(NaN score) counts as the worst score. The choice is *bracketed* when a tried value on each side of it scores worse,
+or when it sits on a hard limit of the key (an optimum there is an answer). Otherwise it is at an edge: the study
+widens that end of the grid by `widen_points` values at the grid's own log step and tunes again, at most
+`max_widen` times; a choice still at an edge after that makes the decision "inconclusive".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+LOW, HIGH = "low", "high"
+BRACKETED = "bracketed"
+
+
+def log_grid(low: float, high: float, points: int) -> list[float]:
+    """`points` values from low to high, evenly spaced in log (rounded to 4 significant digits, so that a value is
+    the same number in a plan, a trial's config and a table)."""
+    if points < 2 or not 0 < low < high:
+        raise ValueError(f"log grid needs 0 < low < high and at least 2 points (got {low}, {high}, {points})")
+    return [float(f"{v:.4g}") for v in np.geomspace(low, high, points)]
+
+
+def log_step(values: Sequence[float]) -> float:
+    """The grid's ratio between neighbours (the geometric mean of the ratios)."""
+    v = sorted(values)
+    return float(math.exp((math.log(v[-1]) - math.log(v[0])) / (len(v) - 1)))
+
+
+def widened(values: Sequence[float], side: str, points: int, limit: Optional[float] = None) -> list[float]:
+    """`points` new values beyond the `side` end of the grid at its log step, stopping at a hard `limit`."""
+    v, step = sorted(values), log_step(values)
+    new = []
+    for i in range(1, points + 1):
+        x = v[-1] * step ** i if side == HIGH else v[0] / step ** i
+        if limit is not None and (x >= limit if side == HIGH else x <= limit):
+            new.append(float(limit))
+            break
+        new.append(float(f"{x:.4g}"))
+    return sorted(set(new) - set(v))
+
+
+@dataclass
+class Curve:
+    """One mode's validation score against one tuned key: values ascending, the mean and standard error over seeds
+    at each (NaN scores counted as the worst), and the number of finite runs."""
+
+    values: list[float]
+    mean: list[float]
+    se: list[float]
+    runs: list[int]
+    diverged: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {k: [None if isinstance(x, float) and not math.isfinite(x) else x for x in v]
+                for k, v in asdict(self).items()}
+
+
+def curve(values: Sequence[float], scores: Sequence[float], maximize: bool = True) -> Curve:
+    """The curve of a key from one run per (value, score): scores of diverged runs (NaN) count as the worst value
+    seen (and are counted in `diverged`), so a value that diverges never wins."""
+    values, scores = np.asarray(values, float), np.asarray(scores, float)
+    finite = scores[np.isfinite(scores)]
+    worst = (finite.min() if maximize else finite.max()) if finite.size else 0.0
+    filled = np.where(np.isfinite(scores), scores, worst)
+    out = Curve([], [], [], [], [])
+    for v in sorted(set(values.tolist())):
+        s = filled[values == v]
+        out.values.append(float(v))
+        out.mean.append(float(s.mean()))
+        out.se.append(float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("nan"))
+        out.runs.append(int(np.isfinite(scores[values == v]).sum()))
+        out.diverged.append(int((~np.isfinite(scores[values == v])).sum()))
+    return out
+
+
+def best_index(c: Curve, maximize: bool = True) -> int:
+    """Index of the best mean (ties: the lower value)."""
+    m = np.asarray(c.mean, float)
+    return int(np.argmax(m) if maximize else np.argmin(m))
+
+
+def edge(c: Curve, hard_low: Optional[float] = None, hard_high: Optional[float] = None,
+         maximize: bool = True) -> str:
+    """BRACKETED, or the end (LOW / HIGH) the best value sits at: the first or last value tried, unless that is a
+    hard limit of the key (an optimum on a hard limit is an answer, not an edge)."""
+    i = best_index(c, maximize)
+    if i == 0 and not (hard_low is not None and math.isclose(c.values[0], hard_low)):
+        return LOW
+    if i == len(c.values) - 1 and not (hard_high is not None and math.isclose(c.values[-1], hard_high)):
+        return HIGH
+    return BRACKETED
+
+
+def unbracketed_reason(key: str, mode: str, side: str, c: Curve, widenings: int) -> str:
+    """The decision's reason when tuning could not bracket a mode's optimum."""
+    end = c.values[0] if side == LOW else c.values[-1]
+    return (f"tuning did not bracket the optimum of {key} for {mode}: the best value tried is the {side} end of the "
+            f"range ({end:.4g}) after {widenings} widening(s)")
+
+
+@dataclass
+class Run:
+    """One tuning trial's outcome: NaN score when it diverged, failed or has no validation score."""
+
+    mode: str
+    value: float
+    seed: int
+    score: float
+
+
+def tried(runs: Sequence[Run], mode: str) -> list[float]:
+    return sorted({r.value for r in runs if r.mode == mode})
+
+
+def mode_curve(runs: Sequence[Run], mode: str, maximize: bool = True) -> Curve:
+    rows = [r for r in runs if r.mode == mode]
+    return curve([r.value for r in rows], [r.score for r in rows], maximize)
+
+
+def next_values(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[str, int],
+                maximize: bool = True) -> dict[str, list[float]]:
+    """The values each mode trains at in the next round: the first grid when nothing ran yet; then, for each mode
+    whose choice is at an end and that has widened fewer than `spec.max_widen` times, `spec.widen_points` values
+    beyond that end (never past a hard limit). `rounds[mode]`: the widening rounds the mode has had. An empty dict:
+    tuning is done."""
+    if not runs:
+        return {m: log_grid(spec.low, spec.high, spec.points) for m in modes}
+    out = {}
+    for m in modes:
+        side = edge(mode_curve(runs, m, maximize), spec.hard_low, spec.hard_high, maximize)
+        if side == BRACKETED or rounds.get(m, 0) >= spec.max_widen:
+            continue
+        new = widened(tried(runs, m), side, spec.widen_points, spec.hard_high if side == HIGH else spec.hard_low)
+        if new:
+            out[m] = new
+    return out
+
+
+def summary(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[str, int], maximize: bool = True) -> dict:
+    """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed, the widenings, and the
+    reason the decision must be inconclusive when it is not."""
+    out = {}
+    for m in modes:
+        c = mode_curve(runs, m, maximize)
+        side = edge(c, spec.hard_low, spec.hard_high, maximize)
+        i = best_index(c, maximize)
+        out[m] = {"key": spec.key, "chosen": c.values[i], "edge": side, "widenings": rounds.get(m, 0),
+                  "range": [c.values[0], c.values[-1]], "first_range": [spec.low, spec.high],
+                  "curve": c.to_json(),
+                  "reason": None if side == BRACKETED else unbracketed_reason(spec.key, m, side, c, rounds.get(m, 0))}
+    return out

@@ -1,0 +1,154 @@
+"""The deciding tuning and its edge rule (study/tuning.py): pure functions on planted curves, and one real study
+(a local Ray cluster, a cheap planted trial) whose first grid stops below the optimum, is widened and brackets it."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study import tuning
+from study.decide import INCONCLUSIVE, decide
+from study.space import Tune
+
+
+def planted(opt: float, width: float = 1.0):
+    """A validation score peaked at lr = opt (in log10 units)."""
+    return lambda lr: 0.8 - 0.1 * ((math.log10(lr) - math.log10(opt)) / width) ** 2
+
+
+def tune_rounds(spec: Tune, score, modes=("2d", "3d")) -> tuple[dict, list[dict]]:
+    """The study's round loop (study.run.run_tuning) with planted scores instead of trials."""
+    runs, widen, rounds = [], {}, []
+    for r in range(spec.max_widen + 1):
+        values = tuning.next_values(spec, modes, runs, widen)
+        if not values:
+            break
+        rounds.append(values)
+        runs += [tuning.Run(m, v, s, score(v)) for m, vs in values.items() for v in vs for s in range(spec.seeds)]
+        if r:
+            for m in values:
+                widen[m] = widen.get(m, 0) + 1
+    return tuning.summary(spec, modes, runs, widen), rounds
+
+
+def test_log_grid_and_widening():
+    assert tuning.log_grid(1e-3, 1.6e-2, 5) == [0.001, 0.002, 0.004, 0.008, 0.016]
+    assert tuning.widened([0.001, 0.002, 0.004], tuning.HIGH, 2) == [0.008, 0.016]
+    assert tuning.widened([0.001, 0.002, 0.004], tuning.LOW, 1) == [0.0005]
+    assert tuning.widened([0.001, 0.002, 0.004], tuning.HIGH, 3, limit=0.01) == [0.008, 0.01]
+
+
+def test_range_below_the_optimum_is_widened_until_it_brackets():
+    spec = Tune(low=1e-3, high=4e-3, points=3, seeds=2, widen_points=2, max_widen=2)
+    out, rounds = tune_rounds(spec, planted(0.02))
+    assert rounds[1] == {"2d": [0.008, 0.016], "3d": [0.008, 0.016]}
+    assert rounds[2] == {"2d": [0.032, 0.064], "3d": [0.032, 0.064]}
+    for o in out.values():
+        assert o["chosen"] == 0.016 and o["edge"] == tuning.BRACKETED and o["widenings"] == 2 and o["reason"] is None
+
+
+def test_range_above_the_optimum_is_widened_downwards():
+    spec = Tune(low=1e-2, high=4e-2, points=3, seeds=1, widen_points=2, max_widen=1)
+    out, rounds = tune_rounds(spec, planted(4e-3))
+    assert rounds[1]["2d"] == [0.0025, 0.005]
+    assert out["3d"]["chosen"] == 0.005 and out["3d"]["edge"] == tuning.BRACKETED
+
+
+def test_optimum_that_cannot_be_bracketed_is_reported():
+    spec = Tune(low=1e-3, high=4e-3, points=3, seeds=1, widen_points=1, max_widen=1)
+    out, rounds = tune_rounds(spec, planted(1.0))
+    assert len(rounds) == 2
+    for m, o in out.items():
+        assert o["edge"] == tuning.HIGH and o["chosen"] == 0.008
+        assert o["reason"] == (f"tuning did not bracket the optimum of lr for {m}: the best value tried is the high "
+                               f"end of the range (0.008) after 1 widening(s)")
+
+
+def test_optimum_at_a_hard_limit_is_an_answer():
+    spec = Tune(low=1e-3, high=4e-3, points=3, seeds=1, widen_points=2, max_widen=2, hard_high=4e-3)
+    out, rounds = tune_rounds(spec, planted(1.0))
+    assert len(rounds) == 1  # nothing to widen: the high end is the key's limit
+    assert all(o["edge"] == tuning.BRACKETED and o["chosen"] == 4e-3 for o in out.values())
+    spec = Tune(low=1e-3, high=4e-3, points=3, seeds=1, widen_points=3, max_widen=1, hard_high=1e-2)
+    out, rounds = tune_rounds(spec, planted(1.0))
+    assert rounds[1]["2d"] == [0.008, 0.01] and out["2d"]["chosen"] == 0.01 and out["2d"]["edge"] == tuning.BRACKETED
+
+
+def test_a_diverged_value_counts_as_the_score_falling():
+    c = tuning.curve([1e-3, 1e-3, 1e-2, 1e-2, 1e-1, 1e-1], [0.6, 0.62, 0.7, 0.72, float("nan"), 0.9])
+    assert c.diverged == [0, 0, 1] and c.mean[2] == pytest.approx((0.6 + 0.9) / 2)
+    c = tuning.curve([1e-3, 1e-2, 1e-1], [0.6, 0.7, float("nan")])
+    assert tuning.edge(c) == tuning.BRACKETED and c.values[tuning.best_index(c)] == 1e-2
+
+
+def _plan_with(tuned: dict) -> dict:
+    return {"modes": ["2d", "3d"], "quality": ["test_heldout_iou"], "cost": "epoch_time_s", "margin": 0.02,
+            "cost_margin": 0.05, "seeds": list(range(4)), "min_seeds": 4, "tuning": tuned,
+            "trials": [{"gaussian_mode": m, "seed": s, "lr": 0.01} for s in range(4) for m in ("2d", "3d")]}
+
+
+def _confirm_rows(rng, gap: float) -> pd.DataFrame:
+    rows = []
+    for s in range(4):
+        for m in ("2d", "3d"):
+            v = 0.8 * (1 + (gap if m == "2d" else 0)) + rng.normal(0, 0.002, 6)
+            rows.append({"trial_id": f"{m}{s}", "gaussian_mode": m, "seed": s, "test_heldout_iou": float(v.mean()),
+                         "test_heldout_iou_frames": list(v), "test_frames": list(range(6)), "epoch_time_s": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_decision_on_an_edge_optimum_is_inconclusive():
+    rng = np.random.default_rng(0)
+    spec = Tune(low=1e-3, high=4e-3, points=3, seeds=1, widen_points=1, max_widen=1)
+    edge_out, _ = tune_rounds(spec, planted(1.0))
+    per = _confirm_rows(rng, -0.10)  # 2d 10% worse at the (edge) values: a clear "3d" otherwise
+    trials = pd.DataFrame({"trial_id": per["trial_id"], "status": "completed"})
+    d = decide(per, trials, _plan_with(edge_out))
+    assert d.recommendation == INCONCLUSIVE
+    assert d.reason.startswith("tuning did not bracket the optimum of lr for 2d")
+    inside, _ = tune_rounds(Tune(low=1e-3, high=4e-2, points=5, seeds=1), planted(1e-2))
+    assert decide(per, trials, _plan_with(inside)).recommendation == "3d"
+
+
+# ------------------------------------------------------------------------------------ a real study, planted curve
+
+
+def planted_trial_fn(opt: float):
+    """A cheap trial whose validation score peaks at lr = opt (no training: the tuning logic is under test)."""
+
+    def trial(config, base_config=None, study_uri=None):
+        from ray import tune as ray_tune
+
+        score = 0.8 - 0.1 * (math.log10(config["lr"]) - math.log10(opt)) ** 2
+        for epoch in range(1, 3):
+            ray_tune.report({"epoch": epoch, "valid_heldout_iou": score - 0.01 * (2 - epoch)})
+
+    return trial
+
+
+def test_study_widens_its_tuning_range_and_records_it(tmp_path, small_dataset):
+    from study.run import main
+
+    space = json.loads((Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.json").read_text())
+    space.update(name="planted", samples_per_cell=1, max_epochs=2)
+    space["scheduler"]["grace_period"] = 1
+    space["confirm"]["base_config"]["ssim_lambda"] = 0.0
+    space["confirm"]["tune"] = {"key": "lr", "low": 1e-3, "high": 4e-3, "points": 3, "seeds": 1,
+                                "widen_points": 1, "max_widen": 2}
+    (tmp_path / "planted.json").write_text(json.dumps(space))
+    rc = main(["--space", str(tmp_path / "planted.json"), "--storage", str(tmp_path / "studies"), "--dataset",
+               str(small_dataset), "--no-report"], planted_trial_fn(1e-2))
+    assert rc in (0, 1)
+    study = tmp_path / "studies" / "planted"
+    rounds = [json.loads((study / "tune" / f"round{r}" / "plan.json").read_text())["values"] for r in range(3)]
+    assert rounds == [{"2d": [0.001, 0.002, 0.004], "3d": [0.001, 0.002, 0.004]},
+                      {"2d": [0.008], "3d": [0.008]}, {"2d": [0.016], "3d": [0.016]}]
+    info = json.loads((study / "study.json").read_text())
+    assert {m: (t["chosen"], t["edge"], t["widenings"]) for m, t in info["tuning"].items()} == \
+        {"2d": (0.008, "bracketed", 2), "3d": (0.008, "bracketed", 2)}
+    plan = json.loads((study / "confirm" / "plan.json").read_text())
+    assert {t["lr"] for t in plan["trials"]} == {0.008}
+    assert plan["tuning"]["2d"]["curve"]["values"] == [0.001, 0.002, 0.004, 0.008, 0.016]
