@@ -1,0 +1,141 @@
+"""Checkpoints load without unpickling: a hostile checkpoint (a pickled callable that would create a marker file) is
+refused by load_checkpoint, `train --resume` and study.analyze without running it, and the analysis never follows a
+trials.parquet that points outside its study; checkpoints of format 1 convert with `python -m posesplat.checkpoint
+upgrade PATH --trust`, then load and resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from posesplat.config import make_config
+
+
+class Payload:
+    """Unpickling it calls open(marker, "w"): the marker file appears only if a checkpoint was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def hostile(path: Path, marker: Path) -> Path:
+    """A checkpoint of format 1 (the format before this one) that carries the payload."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": 1, "config": {}, "epoch": 1, "payload": Payload(marker)}, path)
+    return path
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_load_checkpoint_refuses_a_pickled_object_without_running_it(tmp_path):
+    from posesplat.train import load_checkpoint
+
+    marker = tmp_path / "marker"
+    ck = hostile(tmp_path / "evil.pt", marker)
+    try:
+        load_checkpoint(ck)
+        err = None
+    except Exception as e:  # checked after the marker: what matters first is that nothing ran
+        err = e
+    assert not marker.exists(), "the checkpoint was unpickled: its payload ran"
+    assert isinstance(err, ValueError), err
+    msg = str(err)
+    assert "\n" not in msg and msg.startswith(f"{ck}: ") and "builtins.open" in msg, msg
+
+
+def test_train_resume_refuses_a_pickled_object_in_one_line(small_dataset, tmp_path, capsys):
+    from posesplat.train import main
+
+    marker = tmp_path / "marker"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"dataset": str(small_dataset), "grid_size": 16, "epochs": 2}))
+    ck = hostile(tmp_path / "run" / "checkpoint.pt", marker)
+    rc = main([str(config), "--out", str(tmp_path / "run"), "--resume"])
+    err = lines(capsys.readouterr().err)
+    assert not marker.exists(), "the checkpoint was unpickled: its payload ran"
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith(f"error: {ck}: "), err
+
+
+def test_analyze_follows_no_checkpoint_outside_the_study_and_unpickles_none(tmp_path, capsys):
+    """The 2d trials' checkpoint lies inside the study and carries the payload; the 3d trials' lies outside it
+    (trials.parquet points there, as a hostile study could): neither runs, the report says why in one line each."""
+    from study.analyze import main
+    from study.simulate import Noise, Truth, generate, make_plan, write_study
+
+    marker = tmp_path / "marker"
+    inside = tmp_path / "s" / "confirm" / "ray" / "t" / "checkpoint_000001" / "checkpoint.pt"
+    outside = tmp_path / "elsewhere" / "checkpoint.pt"
+    per, trials = generate(Truth("t", 0.0, 0.0, (), ()), 3, 10, Noise(), np.random.default_rng(0))
+    study = write_study(tmp_path, per, trials, make_plan(3, 10), "s", {"2d": inside, "3d": outside})
+    hostile(inside, marker)
+    hostile(outside, marker)
+    rc = main([str(study)])
+    cap = capsys.readouterr()
+    assert not marker.exists(), "a checkpoint was unpickled: its payload ran"
+    assert rc == 0, cap.err  # the report itself (parquet and JSON) is written
+    warned = [line for line in lines(cap.err) if line.startswith("warning: ")]
+    assert len(warned) == 2, cap.err
+    md = (study / "report" / "decision.md").read_text()
+    assert f"Qualitative renders of 3d skipped: its checkpoint {outside} lies outside the study" in md
+    assert f"Qualitative renders of 2d skipped: {inside}: " in md and "builtins.open" in md
+    assert not (study / "report" / "qualitative.png").exists()
+
+
+def tiny(dataset, **kw) -> dict:
+    values = dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, num_unets=1, min_n=50,
+                  max_n=2000, max_frames=12, eval_frames=1, steps_per_epoch=1, epochs=2, lr=3e-3, valid_every=5)
+    return {**values, **kw}
+
+
+def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from posesplat.train import load_checkpoint, main, read_checkpoint, train
+
+    cfg = make_config(tiny(small_dataset))
+    out = tmp_path / "run"
+    ck = out / "checkpoint.pt"
+    train(cfg, ckpt_path=ck, progress=False, epochs=1)
+    state = read_checkpoint(ck)
+    # the checkpoint as format 1 wrote it: the config as a dict, pickled by torch.save (an older run's history could
+    # hold numpy numbers)
+    old = {**state, "format": 1, "history": [{**h, "epoch": np.int64(h["epoch"])} for h in state["history"]]}
+    torch.save(old, ck)
+    old_bytes = ck.read_bytes()
+    with pytest.raises(ValueError, match=r"format 1.*python -m posesplat\.checkpoint upgrade .*checkpoint\.pt --trust"):
+        load_checkpoint(ck)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny(small_dataset)))
+    assert main([str(config), "--out", str(out), "--resume"]) == 2
+    err = lines(capsys.readouterr().err)
+    assert len(err) == 1 and "posesplat.checkpoint upgrade" in err[0], err
+
+    def upgrade(*args):
+        return subprocess.run([sys.executable, "-m", "posesplat.checkpoint", "upgrade", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    r = upgrade(ck)  # without --trust: refused, nothing touched
+    assert r.returncode == 2 and len(lines(r.stderr)) == 1 and "--trust" in r.stderr, r.stderr
+    assert ck.read_bytes() == old_bytes and not ck.with_name("checkpoint.pt.format1").exists()
+    r = upgrade(ck, "--trust")
+    assert r.returncode == 0, r.stderr
+    assert ck.with_name("checkpoint.pt.format1").read_bytes() == old_bytes  # the old file is kept beside it
+    new = read_checkpoint(ck)
+    assert new["format"] == 2 and new["config"] == state["config"] and type(new["history"][0]["epoch"]) is int
+    cfg2, model = load_checkpoint(ck)
+    assert cfg2 == cfg
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+    r = upgrade(ck, "--trust")  # already converted: said so, nothing rewritten
+    assert r.returncode == 0 and "already" in r.stdout, r.stdout + r.stderr
+    capsys.readouterr()
+    assert main([str(config), "--out", str(out), "--resume"]) == 0, capsys.readouterr().err
+    assert [h["epoch"] for h in read_checkpoint(ck)["history"]] == [1, 2]
