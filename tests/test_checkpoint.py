@@ -47,7 +47,7 @@ def test_load_checkpoint_refuses_a_pickled_object_without_running_it(tmp_path):
     assert not marker.exists(), "the checkpoint was unpickled: its payload ran"
     assert isinstance(err, ValueError), err
     msg = str(err)
-    assert "\n" not in msg and msg.startswith(f"{ck}: ") and "builtins.open" in msg, msg
+    assert "\n" not in msg and msg.startswith(f"{ck}: ") and "io.open" in msg, msg
 
 
 def test_train_resume_refuses_a_pickled_object_in_one_line(small_dataset, tmp_path, capsys):
@@ -84,8 +84,9 @@ def test_analyze_follows_no_checkpoint_outside_the_study_and_unpickles_none(tmp_
     warned = [line for line in lines(cap.err) if line.startswith("warning: ")]
     assert len(warned) == 2, cap.err
     md = (study / "report" / "decision.md").read_text()
-    assert f"Qualitative renders of 3d skipped: its checkpoint {outside} lies outside the study" in md
-    assert f"Qualitative renders of 2d skipped: {inside}: " in md and "builtins.open" in md
+    assert (f"Qualitative renders of 3d skipped: its checkpoint {outside} lies outside the study {study}; not "
+            f"followed.") in md
+    assert f"Qualitative renders of 2d skipped: {inside}: " in md and "io.open" in md
     assert not (study / "report" / "qualitative.png").exists()
 
 
@@ -111,7 +112,7 @@ def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_
     old = {**state, "format": 1, "history": [{**h, "epoch": np.int64(h["epoch"])} for h in state["history"]]}
     torch.save(old, ck)
     old_bytes = ck.read_bytes()
-    with pytest.raises(ValueError, match=r"format 1.*python -m posesplat\.checkpoint upgrade .*checkpoint\.pt --trust"):
+    with pytest.raises(ValueError, match=r"python -m posesplat\.checkpoint upgrade .*checkpoint\.pt --trust"):
         load_checkpoint(ck)
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny(small_dataset)))
@@ -139,3 +140,17 @@ def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_
     capsys.readouterr()
     assert main([str(config), "--out", str(out), "--resume"]) == 0, capsys.readouterr().err
     assert [h["epoch"] for h in read_checkpoint(ck)["history"]] == [1, 2]
+
+
+def test_inside_resolves_links_and_dots(tmp_path):
+    """A path into the study by name that leads out of it (`..`, a link) is outside; one that stays in is inside."""
+    from study.renders import inside
+
+    study = tmp_path / "s"
+    (study / "ray").mkdir(parents=True)
+    (study / "ray" / "out").symlink_to(tmp_path)
+    assert inside(str(study / "ray" / "checkpoint.pt"), study)
+    assert not inside(str(study / "ray" / ".." / ".." / "x.pt"), study)
+    assert not inside(str(study / "ray" / "out" / "x.pt"), study)
+    assert not inside(str(tmp_path / "s2" / "x.pt"), study)  # a sibling whose name starts the same
+    assert not inside(str(study / "x.pt"), None)  # a study behind a URI: no local file is in it
