@@ -103,6 +103,18 @@ def read(path: str | Path) -> dict:
     return state
 
 
+def needs_upgrade(source: Any) -> bool:
+    """Whether a checkpoint (a path or an open binary file) is of an older format or holds pickled objects, which
+    `read` refuses and `upgrade` converts; a damaged or foreign file is not (read names what is wrong with it)."""
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return True
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("format") in OLD_FORMATS
+
+
 def plain(v: Any) -> Any:
     """v with numpy numbers and arrays as Python numbers and lists (what a format 1 history could hold)."""
     if isinstance(v, dict):

@@ -154,3 +154,63 @@ def test_inside_resolves_links_and_dots(tmp_path):
     assert not inside(str(study / "ray" / "out" / "x.pt"), study)
     assert not inside(str(tmp_path / "s2" / "x.pt"), study)  # a sibling whose name starts the same
     assert not inside(str(study / "x.pt"), None)  # a study behind a URI: no local file is in it
+
+
+def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, small_dataset, capsys):
+    """A study interrupted before format 2: resuming it is refused in one line naming the conversion; after running
+    that command (the shell expands its globs) it resumes, the old files kept beside the new ones. A study started
+    by another user or host is resumed with a note that resuming runs its pickled Ray state."""
+    import re
+    import subprocess
+    import sys
+
+    from study.run import parse_args, study_plan
+    from study.search import STATE_FORMAT
+    from study.storage import StudyError
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"name": "old", "grid": {"grid_size": [16], "max_frames": [12]}}))
+    args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset)])
+    plan = study_plan(args)
+    study = tmp_path / "s" / "old"
+    files = [study / stage / f"explore_{mode}-1" / "checkpoint_000001" / "checkpoint.pt"
+             for stage in ("ray", "confirm/ray") for mode in ("2d", "3d")]
+    for ck in files:
+        ck.parent.mkdir(parents=True)
+        torch.save({"format": 1, "config": {"lr": 1e-3}, "epoch": 1, "history": [{"epoch": np.int64(1)}]}, ck)
+    held = {"space": plan.space.model_dump(mode="json"), "options": vars(args), "base_config": plan.base,
+            "state_format": STATE_FORMAT, "user": "someone-else", "host": "elsewhere"}
+    (study / "study.json").write_text(json.dumps(held))
+    with pytest.raises(StudyError) as err:
+        study_plan(args)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{study}: 4 of its trials' checkpoints are of format 1"), msg
+    command = re.search(r"`(python -m posesplat\.checkpoint upgrade [^`]+ --trust)`", msg).group(1)
+    r = subprocess.run(command.replace("python", sys.executable, 1), shell=True, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and len(lines(r.stdout)) == 4, r.stderr
+    capsys.readouterr()
+    assert study_plan(args).info == held
+    assert all(ck.with_name("checkpoint.pt.format1").is_file() for ck in files)
+    note = [line for line in lines(capsys.readouterr().out) if line.startswith("note: ")]
+    assert len(note) == 1 and "started by someone-else@elsewhere" in note[0] and "resume only studies you made" in note[0]
+
+
+def test_a_dataset_with_a_pickle_codec_is_refused_without_running_it(tmp_path):
+    """A zarr v2 store (which zarr 3 still opens) whose array decodes through numcodecs' pickle filter: zarr refuses
+    its data type, so open_dataset fails and nothing is unpickled."""
+    import pickle
+
+    from posesplat.data import open_dataset
+
+    marker = tmp_path / "marker"
+    store = tmp_path / "d.zarr"
+    (store / "intrinsics").mkdir(parents=True)
+    (store / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (store / "intrinsics" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [1], "chunks": [1], "dtype": "|O", "compressor": None, "fill_value": None,
+        "filters": [{"id": "pickle", "protocol": 5}], "order": "C"}))
+    (store / "intrinsics" / "0").write_bytes(pickle.dumps(np.array([Payload(marker)], dtype=object)))
+    with pytest.raises(Exception):
+        open_dataset(store)
+    assert not marker.exists()
