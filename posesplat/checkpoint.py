@@ -148,6 +148,10 @@ def upgrade(path: str | Path) -> Optional[Path]:
     if kept.exists():
         raise CheckpointError(f"{kept}: already exists; move it away to upgrade {path}")
     new = {k: plain(v) if k in ("history", "volume_idx", "epoch") else v for k, v in old.items() if k != "format"}
+    try:  # before anything is written
+        _check_plain(new, "state")
+    except TypeError as e:
+        raise CheckpointError(f"{path}: cannot be upgraded: {e}, which format {FORMAT} cannot hold") from None
     with open(path, "rb") as src, atomic_file(kept, fsync=True) as dst:
         shutil.copyfileobj(src, dst)
     write(path, new)
