@@ -2,7 +2,7 @@
 
 `train(cfg, ...)` is the loop the study calls: it reports an `EpochReport` (metrics, checkpoint file, image panels)
 after every epoch. Checkpoints hold the config, learnable state, optimiser, scheduler, epoch, RNG states, grid crop
-and the metrics history: nothing derived.
+and the metrics history: nothing derived (file I/O: posesplat.checkpoint, which never unpickles).
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from tqdm.auto import tqdm
 
 from posesplat.carve import carve, find_volume_idx
+from posesplat.checkpoint import read as read_checkpoint
+from posesplat.checkpoint import write as write_checkpoint
 from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
 from posesplat import metrics as metrics_schema
-from posesplat.io import atomic_file, atomic_write, strict_dumps
+from posesplat.io import atomic_write, strict_dumps
 from posesplat.modes import MODES
 from posesplat.model import PoseSplatter, pixels_per_unit, to_world
 from posesplat.progress import Progress
 from posesplat.render import RenderOut, pick_backend, render
 
-CHECKPOINT_FORMAT = 1
 EVAL_KEYS = [f"{split}_{k}" for split in metrics_schema.SPLITS for k in metrics_schema.IMAGE]  # image metrics
 FRAME_KEYS = metrics_schema.names(per_frame=True)  # also reported per test frame, as `<key>_frames`
 
@@ -381,7 +382,6 @@ def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model,
                     history: list, device: torch.device) -> int:
     """Write the checkpoint atomically (temporary name, then rename); returns its size in bytes."""
     state = {
-        "format": CHECKPOINT_FORMAT,
         "config": cfg.model_dump(mode="json"),
         "epoch": epoch,
         "model": model.state_dict(),
@@ -391,11 +391,7 @@ def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model,
         **rng_state(device),
         "history": history,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, fsync=True) as f:
-        torch.save(state, f)
-    return path.stat().st_size
+    return write_checkpoint(path, state)
 
 
 def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tuple[str, str]:
@@ -412,20 +408,9 @@ def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tupl
     return cause, f"lower lr or {clip}"
 
 
-def read_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable posesplat checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a posesplat checkpoint of format {CHECKPOINT_FORMAT}")
-    return state
-
-
 def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config, PoseSplatter]:
-    """A trained model from a checkpoint (for rendering and analysis)."""
+    """A trained model from a checkpoint (for rendering and analysis); the file is read without unpickling
+    (posesplat.checkpoint.read: one line naming it when refused)."""
     state = read_checkpoint(Path(path))
     cfg = make_config(state["config"], str(path))
     if device:

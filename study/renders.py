@@ -1,12 +1,15 @@
 """Qualitative figures from checkpoints: held-out renders beside ground truth, and a turntable GIF per mode.
 
 Needs `posesplat.train.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
-is reported as a note and the figure skipped, never a crash of the analysis.
+is reported as a note and the figure skipped, never a crash of the analysis. Only checkpoints inside the study are
+read (its trials.parquet may point anywhere), and they load without unpickling (posesplat.checkpoint).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -18,9 +21,22 @@ CHUNK = 8  # views rendered per call
 TURN_PX = 256  # the turntable is rendered at least this tall (the model is 3D: no upsampling of pixels)
 
 
-def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict) -> tuple[dict, list[str]]:
+def inside(path: str, root: Optional[Path]) -> bool:
+    """The local file `path`, links and `..` resolved, lies in the folder `root` (None: a study behind a URI, whose
+    checkpoints stay remote)."""
+    return root is not None and "://" not in path and Path(path).resolve().is_relative_to(root.resolve())
+
+
+def warn(note: str) -> str:
+    """A note that a study's input was not trusted, also printed as one line on stderr."""
+    print(f"warning: {note}", file=sys.stderr)
+    return note
+
+
+def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
+                     root: Optional[Path]) -> tuple[dict, list[str]]:
     """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}) whose checkpoint file
-    exists."""
+    exists in the study folder `root`; a mode whose trials point outside it is skipped with a warning."""
     from study.confirm import in_cell
 
     if not len(trials) or "checkpoint_path" not in trials:
@@ -32,6 +48,10 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict)
         rows = rows.sort_values(["valid_heldout_iou", "valid_heldout_psnr"], ascending=False)
         for _, r in rows.iterrows():
             p = paths.get((r["study"], r["trial_id"]))
+            if isinstance(p, str) and "://" not in p and not inside(p, root):
+                notes.append(warn(f"Qualitative renders of {mode} skipped: its checkpoint {p} lies outside the study "
+                                  f"{root or '(behind a URI)'}; not followed."))
+                break
             if isinstance(p, str) and Path(p).is_file():
                 picked[mode] = (r, Path(p))
                 break
@@ -163,12 +183,15 @@ def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int 
                   f"observed views and rendered from {n_views} cameras circling the animal.")
 
 
-def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path) -> tuple[list, list[str]]:
-    """The qualitative panel and turntables, with notes on whatever had to be skipped and why."""
-    picked, notes = pick_checkpoints(per_trial, trials, cells)
+def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path,
+                   root: Optional[Path]) -> tuple[list, list[str]]:
+    """The qualitative panel and turntables from the checkpoints in the study folder `root`, with notes on whatever
+    had to be skipped and why."""
+    picked, notes = pick_checkpoints(per_trial, trials, cells, root)
     if not picked:
         return [], notes
     try:
+        from posesplat.checkpoint import CheckpointError
         from posesplat.train import load_checkpoint
     except ImportError as e:
         return [], notes + [f"Qualitative renders skipped: posesplat.train is not importable ({e})."]
@@ -178,7 +201,9 @@ def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
             cfg, model = load_checkpoint(path, device=_device())
             models[mode] = (cfg, model, row)
         except Exception as e:  # a foreign checkpoint, a dataset that moved: say so and go on
-            notes.append(f"Qualitative renders of {mode} skipped: {path}: {str(e).splitlines()[0]}")
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            note = f"Qualitative renders of {mode} skipped: {why if why.startswith(f'{path}:') else f'{path}: {why}'}"
+            notes.append(warn(note) if isinstance(e, CheckpointError) else note)
     figs = []
     if models:
         try:

@@ -40,6 +40,7 @@ class Stages:
     plan: Optional[dict]
     cell: list[str]  # the cell keys: the space's grid keys
     modes: tuple[str, str]  # (challenger, reference): the confirm plan's, else the space's
+    folder: Optional[Path] = None  # the local study folder holding the confirm stage (renders read checkpoints there)
 
 
 def read_plan(study: Store) -> Optional[dict]:
@@ -82,7 +83,8 @@ def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> S
         if cdir.list("metrics", "*.parquet"):
             confirm = load_studies([cdir.uri], grid=plan["cell"])
             cper = stage_summary(confirm, threshold, last=True, cell=list(plan["cell"]), modes=modes)
-    return Stages(explore, per, confirm, cper, plan, cell, modes)
+    folder = Path(with_confirm[0].root) if with_confirm and with_confirm[0].local else None
+    return Stages(explore, per, confirm, cper, plan, cell, modes, folder)
 
 
 def no_decision(reason: str, modes: list[str]) -> Decision:
@@ -247,7 +249,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
             from study import renders as rd
 
             made, why = rd.render_figures(stages.confirm_trials, stages.confirm.trials,
-                                          {m: plan["cell"] for m in modes}, staging)
+                                          {m: plan["cell"] for m in modes}, staging, stages.folder)
             figures += made
             render_notes += why + (["Renders show each mode's confirm trial with the best validation score, from "
                                     "its last checkpoint: the epoch that was scored."] if made else [])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
+import io
 import json
 import os
 import signal
@@ -23,7 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
+import pyarrow.fs as pafs
 
+from posesplat import checkpoint
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
 from posesplat.metrics import BY_NAME
@@ -124,12 +128,46 @@ def study_plan(args: argparse.Namespace) -> Plan:
             raise StudyError(f"{study.uri}: this study was started by an earlier posesplat-study, which saved its "
                              f"scheduler and searcher state as pickles of Ray objects (this one saves format "
                              f"{STATE_FORMAT}); finish it with that version, or use --name for a new study")
+        if held.get("checkpoint_format") != checkpoint.FORMAT and "finished" not in held:
+            check_checkpoints(study)
+        if any(held.get(k, v) != v for k, v in owner().items()):
+            print(f"note: {study.uri} was started by {held.get('user')}@{held.get('host')}; resuming runs Ray's pickled "
+                  f"experiment state in it, so resume only studies you made", flush=True)
     ds = open_dataset(dataset)  # DatasetError names the store and the array
     check_cells(space, base, ds)
     for note in notes:
         print(note, flush=True)
     d = make_config(base, "base_config").image_downsample
     return Plan(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held)
+
+
+def owner() -> dict[str, str]:
+    """Who runs the driver where: study.json records it when a study starts."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname()}
+
+
+def check_checkpoints(study: Store) -> None:
+    """Refuse to resume a study whose trials' checkpoints posesplat.checkpoint.read refuses (format 1, written before
+    checkpoints loaded without unpickling), naming the conversion; read once for a study that does not record the
+    current checkpoint format."""
+    files = [i.path for stage in ("ray", "confirm/ray") for i in study.fs.get_file_info(
+        pafs.FileSelector(study.path(stage), recursive=True, allow_not_found=True)) if i.base_name == "checkpoint.pt"]
+    old = []
+    for path in files:
+        with study.fs.open_input_file(path) as f:
+            if checkpoint.needs_upgrade(io.BytesIO(f.read())):
+                old.append(path)
+    if old:
+        where = " ".join(f"{study.uri}/{stage}/*/checkpoint_*/checkpoint.pt" for stage in ("ray", "confirm/ray")
+                         if any(p.startswith(study.path(stage) + "/") for p in old))
+        raise StudyError(f"{study.uri}: {len(old)} of its trials' checkpoints are of format 1, which loading would "
+                         f"unpickle; if this is your study, convert them with `python -m posesplat.checkpoint upgrade "
+                         f"{where} --trust`{'' if study.local else ' (on a copy: the command takes local files)'}, "
+                         f"then resume")
 
 
 def check_cells(space: Space, base: dict, ds) -> None:
@@ -322,8 +360,10 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
         t0 = time.time()
         info = held or {
             "space": space.model_dump(mode="json"), "options": vars(args), "base_config": base,
-            "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu, "state_format": STATE_FORMAT,
+            "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu, "state_format": STATE_FORMAT, **owner(),
         }
+        if "finished" not in info:  # a new study, or one whose checkpoints study_plan checked
+            info["checkpoint_format"] = checkpoint.FORMAT
         info["runs"] = info.get("runs", 0) + 1
         study.write_json(info, "study.json")
         connect_ray(args.address)

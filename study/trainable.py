@@ -80,7 +80,7 @@ def run_trial(config: dict, base_config: dict, study_uri: str, names: Optional[N
         train(cfg, ckpt_path=ckpt_file, resume_from=resume, on_epoch=report, progress=False)
     except ValueError as e:  # an unreadable checkpoint is named by the study's file, not the worker's copy
         if source and str(e).startswith(str(ckpt_file)):
-            raise ValueError(source + str(e)[len(str(ckpt_file)):]) from None
+            raise ValueError(str(e).replace(str(ckpt_file), source)) from None
         raise
     finally:
         board.close()

@@ -482,7 +482,12 @@ def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, che
     import imageio.v3 as iio
 
     study = make_study(tmp_path, effect=0.0, seeds=range(3), cells=CELLS[:1])
-    add_confirm(study, 0.0, checkpoints=checkpoints)
+    inside = {}  # the analysis reads checkpoints only inside the study
+    for mode, path in checkpoints.items():
+        inside[mode] = study / "confirm" / "ray" / mode / "checkpoint.pt"
+        inside[mode].parent.mkdir(parents=True)
+        shutil.copy(path, inside[mode])
+    add_confirm(study, 0.0, checkpoints=inside)
     rc = main([str(study)])
     assert rc == 0, capsys.readouterr().err
     report = study / "report"
@@ -501,7 +506,7 @@ def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, che
 
 def test_renders_skipped_with_a_note_when_checkpoints_are_gone(tmp_path, capsys):
     study = make_study(tmp_path, seeds=range(3), cells=CELLS[:1])
-    add_confirm(study, 0.0, checkpoints={"2d": tmp_path / "gone.pt"})
+    add_confirm(study, 0.0, checkpoints={"2d": study / "gone.pt"})
     assert main([str(study)]) == 0
     md = (study / "report" / "decision.md").read_text()
     assert "Qualitative renders of 2d skipped: no checkpoint file" in md

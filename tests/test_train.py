@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import posesplat.train
+from posesplat.checkpoint import write as write_checkpoint
 from posesplat.config import load_config, make_config
 from posesplat.metrics import PEAK_MEM
 from posesplat.model import PoseSplatter
@@ -81,7 +82,7 @@ def test_non_finite_loss_names_epoch_and_step(small_dataset, tmp_path):
     for k, v in state["model"].items():  # a diverged run: the head's weights have blown up
         if k.startswith("head."):
             v.fill_(float("nan"))
-    torch.save(state, tmp_path / "c.pt")
+    write_checkpoint(tmp_path / "c.pt", state)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1"):
         train(cfg, resume_from=tmp_path / "c.pt", progress=False)
 
@@ -178,7 +179,7 @@ def test_cli_run_failures_are_one_line(small_dataset, tmp_path, monkeypatch, cap
     for k, v in state["model"].items():
         if k.startswith("head."):
             v.fill_(float("nan"))
-    torch.save(state, out / "checkpoint.pt")
+    write_checkpoint(out / "checkpoint.pt", state)
     capsys.readouterr()
     assert main([str(config), "--out", str(out), "--resume"]) == 1
     err = capsys.readouterr().err
