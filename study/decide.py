@@ -24,15 +24,17 @@ claim a difference that is not there at most 2.5% of the time. Simulated error r
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from study.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.load import COST, FRAME_VALUES, QUALITY, SHORT
 from study.stats import Crossed, crossed_diff, seeds_for
+from study.tuning import tuning_error
 
 MIN_PAIRS = 3
 LEVEL = 0.95
@@ -114,13 +116,27 @@ def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str]) -> tup
     return crossed_diff(x, y, level=LEVEL), means
 
 
-def seeds_needed(quality: dict[str, Crossed], margin: float) -> Optional[int]:
-    """Seeds that would bring every quality interval clear of -margin at the present estimates and variances."""
+def with_tuning_error(e: Crossed, sd: float, df: float) -> Crossed:
+    """The estimate with the deciding tuning's error (sd relative, on df: study.tuning.tuning_error) added to its
+    variance, with Satterthwaite's degrees of freedom for the sum: the interval then covers the difference at the
+    optima, not only at the chosen values."""
+    if not (sd > 0 and math.isfinite(e.se) and math.isfinite(e.df)):
+        return e
+    se = math.sqrt(e.se ** 2 + sd ** 2)
+    df = se ** 4 / (e.se ** 4 / e.df + sd ** 4 / df)
+    h = float(stats.t.ppf(0.5 + e.level / 2, df)) * se
+    return replace(e, lo=e.mean - h, hi=e.mean + h, se=se, df=df)
+
+
+def seeds_needed(quality: dict[str, Crossed], margin: float, tuning_sd: float = 0.0) -> Optional[int]:
+    """Seeds that would bring every quality interval clear of -margin at the present estimates and variances (None
+    when no number does: the tuning's error alone, which confirm seeds do not lower, reaches the margin)."""
     need = []
     for e in quality.values():
         gap = abs(e.mean + margin)
         if not (math.isfinite(e.se) and e.lo <= -margin <= e.hi):
             continue
+        gap = math.sqrt(max(gap ** 2 - (1.96 * tuning_sd) ** 2, 0.0))  # what the confirm seeds must bring
         n = seeds_for(e.var_seed, e.var_frame, e.var_resid, e.n_frames, gap) if gap > 0 else None
         if n is None:
             return None
@@ -173,6 +189,10 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     for key in keys:
         if key in rows:
             measures[key], means[key] = measure(a, b, key, modes)
+    tuning_sd, tuning_df = tuning_error(plan["tuning"], modes) if plan.get("tuning") else (0.0, math.inf)
+    for k in plan["quality"]:  # the estimand is the difference at the optima: the tuning's error is part of it
+        if k in measures:
+            measures[k] = with_tuning_error(measures[k], tuning_sd, tuning_df)
     quality = {k: measures[k] for k in plan["quality"] if k in measures}
     cost = measures.get(plan["cost"])
     n_pairs = min((e.n for e in quality.values()), default=0)
@@ -180,7 +200,7 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     edges = unbracketed(plan)
     if edges:  # the estimand is each mode at its own optimum: an optimum at an edge of the range is not one
         rec, reason = INCONCLUSIVE, "; ".join(edges) + f" (at the chosen values alone: {reason})"
-    need = (seeds_needed(quality, plan["margin"]) if rec == INCONCLUSIVE and n_pairs >= MIN_PAIRS and not edges
+    need = (seeds_needed(quality, plan["margin"], tuning_sd) if rec == INCONCLUSIVE and n_pairs >= MIN_PAIRS and not edges
             else None)
     if rec == INCONCLUSIVE and not edges:
         if n_pairs < MIN_PAIRS:
@@ -192,5 +212,6 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     design = {k: plan.get(k) for k in ("cell", "modes", "margin", "quality", "cost", "cost_margin", "epochs",
                                         "test_frames", "seeds", "hparams", "min_seeds", "max_seeds", "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
+    design["tuning_error"] = {"sd": tuning_sd, "df": tuning_df} if plan.get("tuning") else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(plan["seeds"]) - n_pairs, failures(trials, plan), need, design)

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from posesplat.io import atomic_write
 from posesplat.modes import MODES as REGISTRY
 from study.decide import EITHER, INCONCLUSIVE, decide
 
@@ -140,6 +141,100 @@ def rates(truth: Truth, seeds: int, frames: int, noise: Noise = Noise(), n: int 
             "coverage": float(np.mean(covered))}
 
 
+@dataclass(frozen=True)
+class Landscape:
+    """A planted truth for the whole procedure (tuning included): each mode's expected score against lr,
+    level * (1 - curvature * (log10 lr - log10 opt)^2), with each mode's optimum `at` a multiple of the centre of
+    the design's first tuning grid, and its primary cost relative to the reference's. The estimand is the relative
+    difference at each mode's own optimum: level[2d] / level[3d] - 1."""
+
+    name: str
+    at: tuple[float, float]  # (2d, 3d) optimum / the first grid's geometric centre
+    level: tuple[float, float]  # (2d, 3d) score at the optimum
+    curvature: tuple[float, float] = (0.12, 0.12)  # measured at the CPU confirm cell: about 4% lost 0.6 decades away
+    cost: float = 0.0
+    right: tuple[str, ...] = ()
+    wrong: tuple[str, ...] = ()
+
+    def score(self, mode: str, lr: float, centre: float) -> float:
+        i = MODES.index(mode)
+        return self.level[i] * (1 - self.curvature[i] * (math.log10(lr) - math.log10(self.at[i] * centre)) ** 2)
+
+    @property
+    def estimand(self) -> float:
+        return self.level[0] / self.level[1] - 1
+
+
+L = LEVELS["test_heldout_iou"]
+LANDSCAPES = [
+    Landscape("2D 5% worse at both optima", (1, 1), (0.95 * L, L), right=("3d",), wrong=("2d", EITHER)),
+    Landscape("equal at the optima, 2D 4% worse at 3D's optimum", (2.5, 1), (L, L), (0.25, 0.12),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+    Landscape("2D 0.5% worse and 30% faster at the optima", (1, 1), (0.995 * L, L), cost=-0.3,
+              right=("2d",), wrong=("3d",)),
+    Landscape("2D 3% worse and 30% faster at the optima", (1, 1), (0.97 * L, L), cost=-0.3,
+              right=("3d",), wrong=("2d", EITHER)),
+    Landscape("identical (null)", (1, 1), (L, L), right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+    Landscape("identical, 2D's optimum near the range's top end", (3.2, 1), (L, L),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+    Landscape("identical, both optima beyond the first range", (12, 12), (L, L),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+]
+TUNE_NOISE = (0.005, 0.015)  # relative sd of a tuning run's validation score: shared by a seed's pair, its own
+# (table 5 of docs/benchmarks.md: 0.6% to 2.7% per seed at the CPU confirm cell's values near the optimum)
+
+
+def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
+                    noise: tuple[float, float] = TUNE_NOISE) -> dict:
+    """The deciding tuning's rounds (study.tuning, the same loop as study.run.run_tuning) on planted scores; its
+    outcome (study.tuning.summary)."""
+    from study import tuning
+
+    runs: list = []
+    widen: dict[str, int] = {}
+    centre = math.sqrt(spec.low * spec.high)
+    seed_luck = rng.normal(0, noise[0], spec.seeds)
+    for r in range(spec.max_widen + 1):
+        values = tuning.next_values(spec, MODES, runs, widen)
+        if not values:
+            break
+        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + rng.normal(0, noise[1])))
+                 for m, vs in values.items() for v in vs for s in range(spec.seeds)]
+        if r:
+            for m in values:
+                widen[m] = widen.get(m, 0) + 1
+    return tuning.summary(spec, MODES, runs, widen)
+
+
+def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise = Noise(), n: int = 200,
+                    seed: int = 0, conditional: bool = False) -> dict:
+    """The whole procedure on a planted landscape, n times: the deciding tuning (real selection and widening), the
+    confirm stage at the chosen values (simulated as in `rates`), the real decision (with the tuning's error in its
+    intervals). Rates of each call, the coverage of the IoU interval for the estimand (the difference at the
+    optima), and the mean trials of the tuning and of the whole tuning + confirm procedure. `conditional`: decide
+    as if the chosen values were given (no tuning error in the intervals, no edge rule), as before the estimand."""
+    rng = np.random.default_rng(seed)
+    base = make_plan(seeds, frames)
+    centre = math.sqrt(spec.low * spec.high)
+    calls, covered, trials = [], [], []
+    for _ in range(n):
+        tuned = simulate_tuning(spec, land, rng)
+        at = land.score("2d", tuned["2d"]["chosen"], centre) / land.score("3d", tuned["3d"]["chosen"], centre) - 1
+        per, tt = generate(Truth(land.name, at, land.cost, land.right, land.wrong), seeds, frames, noise, rng)
+        d = decide(per, tt, base if conditional else {**base, "tuning": tuned}, report_all=False)
+        calls.append(d.recommendation)
+        e = d.quality["test_heldout_iou"]
+        covered.append(e.lo <= land.estimand <= e.hi)
+        trials.append(sum(sum(o["curve"]["runs"]) + sum(o["curve"]["diverged"]) for o in tuned.values()))
+    c = pd.Series(calls).value_counts(normalize=True)
+    return {"truth": land.name, "seeds": seeds, "frames": frames, "n": n,
+            **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
+            "right": float(sum(c.get(k, 0.0) for k in land.right)),
+            "wrong": float(sum(c.get(k, 0.0) for k in land.wrong)),
+            "coverage": float(np.mean(covered)), "tuning_trials": float(np.mean(trials)),
+            "trials": float(np.mean(trials)) + 2 * seeds}
+
+
 def write_study(root: Path, per: pd.DataFrame, trials: pd.DataFrame, plan: dict, name: str = "sim",
                 checkpoints: Optional[dict[str, Path]] = None) -> Path:
     """A study folder with a confirm stage, as study.run writes it: confirm/metrics parts (one per trial at its
@@ -194,6 +289,40 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 MARK_BEGIN, MARK_END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
+PROC_BEGIN, PROC_END = "<!-- simulate-procedure:begin -->", "<!-- simulate-procedure:end -->"
+
+
+def procedure_designs() -> list[tuple[str, object, int, int]]:
+    """(label, tuning spec, confirm seeds, test frames) of the shipped comparison space at both scales."""
+    from study.space import load_space
+
+    space = load_space("comparison")
+    cpu, gpu = space.scaled(False).confirm, space.confirm
+    return [(f"CPU comparison (tuning {cpu.tune.points} x {cpu.tune.seeds} seeds, {cpu.min_seeds} pairs x 33 frames)",
+             cpu.tune, cpu.min_seeds, 33),
+            (f"GPU comparison (tuning {gpu.tune.points} x {gpu.tune.seeds} seeds, {gpu.min_seeds} pairs x 100 frames)",
+             gpu.tune, gpu.min_seeds, 100)]
+
+
+def procedure_table(n: int, designs=None, landscapes=LANDSCAPES) -> pd.DataFrame:
+    out = []
+    for label, spec, s, f in designs or procedure_designs():
+        for i, land in enumerate(landscapes):
+            out.append({"design": label, **procedure_rates(land, spec, s, f, n=n, seed=i)})
+    return pd.DataFrame(out)
+
+
+def procedure_markdown(df: pd.DataFrame) -> str:
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    shown = df.assign(**{k: df[k].map(pct) for k in ("2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage")},
+                      trials=df["trials"].map(lambda v: f"{v:.0f}"))
+    return shown[["design", "truth", "2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage", "trials"]
+                 ].to_markdown(index=False)
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    i, j = text.index(begin), text.index(end)
+    return text[: i + len(begin)] + f"\n{body}\n" + text[j:]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -201,15 +330,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--studies", type=int, default=1000, help="simulated studies per (design, truth)")
     p.add_argument("--write", action="store_true", help="replace the table in docs/analysis.md")
+    p.add_argument("--procedure-studies", type=int, default=400,
+                   help="simulated whole procedures (tuning included) per (design, landscape)")
     a = p.parse_args(argv)
     md = markdown(table(a.studies))
     print(md)
+    proc = procedure_markdown(procedure_table(a.procedure_studies))
+    print(proc)
     if a.write:
         doc = Path(__file__).resolve().parents[1] / "docs" / "analysis.md"
-        text = doc.read_text()
-        i, j = text.index(MARK_BEGIN), text.index(MARK_END)
-        text = text[: i + len(MARK_BEGIN)] + f"\n{md}\n" + text[j:]
-        doc.write_text(text)
+        text = replace_between(doc.read_text(), MARK_BEGIN, MARK_END, md)
+        atomic_write(doc, replace_between(text, PROC_BEGIN, PROC_END, proc))
     return 0
 
 

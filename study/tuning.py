@@ -159,3 +159,63 @@ def summary(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[str, i
                   "curve": c.to_json(),
                   "reason": None if side == BRACKETED else unbracketed_reason(spec.key, m, side, c, rounds.get(m, 0))}
     return out
+
+
+NEAR = 5  # values around the choice whose run-to-run noise decides the selection
+
+
+def pooled_sd(c: dict, maximize: bool = True) -> float:
+    """The run-to-run standard deviation of a curve's scores (JSON curve of `summary`), pooled over its NEAR best
+    values with replicates (the noise where the selection happens; far values score lower and may vary less);
+    without replicates, the residual sd of a quadratic in log(value) (NaN with fewer than 4 values)."""
+    order = np.argsort(-np.asarray(c["mean"], float) if maximize else np.asarray(c["mean"], float))[:NEAR]
+    pairs = [(c["se"][i] ** 2 * c["runs"][i], c["runs"][i] - 1) for i in order
+             if c["se"][i] is not None and c["runs"][i] > 1]
+    if pairs:
+        return math.sqrt(sum(v * d for v, d in pairs) / sum(d for _, d in pairs))
+    x, y = np.log(np.asarray(c["values"], float)), np.asarray(c["mean"], float)
+    if len(x) < 4:
+        return float("nan")
+    resid = y - np.polyval(np.polyfit(x, y, 2), x)
+    return float(np.sqrt((resid ** 2).sum() / (len(x) - 3)))
+
+
+def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True) -> np.ndarray:
+    """Relative score lost by re-running this mode's tuning (parametric bootstrap): the curve's means, smoothed by a
+    quadratic in log(value), stand for the truth; each draw adds the selection's noise (pooled sd / sqrt(runs)) to
+    every value's mean, picks the best, and records (optimum - picked) / optimum, the optimum being the quadratic's
+    peak where it lies inside the values tried (the loss of a grid's coarseness counts too). Shape [draws]."""
+    x = np.log(np.asarray(c["values"], float))
+    y = np.asarray(c["mean"], float)
+    n = np.maximum(np.asarray(c["runs"], float) + np.asarray(c.get("diverged") or [0] * len(x), float), 1)
+    sd = pooled_sd(c, maximize)
+    if len(x) < 3 or not math.isfinite(sd):
+        return np.zeros(draws)
+    coef = np.polyfit(x, y, 2)
+    truth = np.polyval(coef, x)  # a smooth truth: noise in the means is what the draws add
+    sign = 1 if maximize else -1
+    noisy = truth[None, :] + rng.normal(0, 1, (draws, len(x))) * (sd / np.sqrt(n))[None, :]
+    pick = np.argmax(sign * noisy, axis=1)
+    best = truth[np.argmax(sign * truth)]
+    vertex = -coef[1] / (2 * coef[0]) if coef[0] else np.nan
+    if sign * coef[0] < 0 and x[0] <= vertex <= x[-1]:  # the optimum between two values tried: its score
+        best = np.polyval(coef, vertex)
+    return sign * (best - truth[pick]) / abs(best)
+
+
+def noise_df(c: dict, maximize: bool = True) -> int:
+    """Degrees of freedom of pooled_sd: (runs - 1) summed over the NEAR best values (with no replicates, values - 3)."""
+    order = np.argsort(-np.asarray(c["mean"], float) if maximize else np.asarray(c["mean"], float))[:NEAR]
+    df = sum(c["runs"][i] - 1 for i in order if c["runs"][i] > 1)
+    return int(df) if df else max(len(c["values"]) - 3, 1)
+
+
+def tuning_error(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000,
+                 seed: int = 0) -> tuple[float, float]:
+    """(root mean square, degrees of freedom) of the error the deciding tuning adds to the relative difference of
+    modes[0] vs modes[1]: each mode's loss at a re-run's choice, from regret_draws (its bias counts as error, since an
+    interval cannot know the sign of the loss the present choice has); the df are those of the two pooled noise
+    estimates it rests on, for a Satterthwaite combination with the confirm interval."""
+    rng = np.random.default_rng(seed)
+    a, b = (regret_draws(tuned[m]["curve"], draws, rng) for m in modes)
+    return float(np.sqrt(np.mean((b - a) ** 2))), float(sum(noise_df(tuned[m]["curve"]) for m in modes))

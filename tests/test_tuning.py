@@ -152,3 +152,53 @@ def test_study_widens_its_tuning_range_and_records_it(tmp_path, small_dataset):
     plan = json.loads((study / "confirm" / "plan.json").read_text())
     assert {t["lr"] for t in plan["trials"]} == {0.008}
     assert plan["tuning"]["2d"]["curve"]["values"] == [0.001, 0.002, 0.004, 0.008, 0.016]
+
+
+# ------------------------------------------------------------------- the whole procedure on planted landscapes
+
+
+@pytest.fixture(scope="module")
+def cpu_design():
+    from study.simulate import procedure_designs
+
+    return procedure_designs()[0]
+
+
+def _landscape(name_start: str):
+    from study.simulate import LANDSCAPES
+
+    return next(land for land in LANDSCAPES if land.name.startswith(name_start))
+
+
+def test_conditional_intervals_miss_the_difference_at_the_optima(cpu_design):
+    """Without the tuning's error, identical modes are often called significantly different: the old design."""
+    from study.simulate import procedure_rates
+
+    _, spec, seeds, frames = cpu_design
+    r = procedure_rates(_landscape("identical (null)"), spec, seeds, frames, n=150, conditional=True)
+    assert r["wrong"] > 0.1 and r["coverage"] < 0.85
+
+
+@pytest.mark.parametrize("name, right_at_least", [("identical (null)", 0.9), ("2D 5% worse", 0.9),
+                                                  ("equal at the optima", 0.9), ("identical, both optima", 0.9)])
+def test_whole_procedure_is_rarely_wrong(cpu_design, name, right_at_least):
+    from study.simulate import procedure_rates
+
+    _, spec, seeds, frames = cpu_design
+    r = procedure_rates(_landscape(name), spec, seeds, frames, n=150)
+    assert r["wrong"] <= 0.025 and r["right"] >= right_at_least
+    if name == "identical (null)":
+        assert 0.93 <= r["coverage"] <= 0.98
+
+
+def test_tuning_error_grows_with_the_selection_noise():
+    rng = np.random.default_rng(0)
+    values = tuning.log_grid(4e-3, 6.4e-2, 5)
+
+    def outcome(sd: float) -> dict:
+        runs = [tuning.Run(m, v, s, planted(1.6e-2)(v) + rng.normal(0, sd)) for m in ("2d", "3d") for v in values
+                for s in range(2)]
+        return tuning.summary(Tune(low=4e-3, high=6.4e-2), ("2d", "3d"), runs, {})
+
+    quiet, noisy = (tuning.tuning_error(outcome(sd), ("2d", "3d"))[0] for sd in (1e-4, 2e-2))
+    assert quiet < 1e-3 < noisy < 0.05
