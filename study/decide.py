@@ -24,17 +24,16 @@ claim a difference that is not there at most 2.5% of the time. Simulated error r
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from study.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.load import COST, FRAME_VALUES, QUALITY, SHORT
-from study.stats import Crossed, crossed_diff, seeds_for
-from study.tuning import tuning_error
+from study.stats import Crossed, crossed_diff, seeds_for, with_tuning
+from study.tuning import tuning_draws
 
 MIN_PAIRS = 3
 LEVEL = 0.95
@@ -64,6 +63,7 @@ class Decision:
             if e is None:
                 return None
             d = asdict(e)
+            d.pop("tuning", None)  # the tuning's error draws: `design.tuning_error` summarises them
             return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in d.items()}
 
         return {"recommendation": self.recommendation, "reason": self.reason, "modes": self.modes,
@@ -114,18 +114,6 @@ def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str]) -> tup
     keep = np.isfinite(x).all(1) & np.isfinite(y).all(1) if x.size else np.zeros(0, dtype=bool)
     means = {m: float(v[keep].mean()) if keep.any() else float("nan") for m, v in zip(modes, (x, y))}
     return crossed_diff(x, y, level=LEVEL), means
-
-
-def with_tuning_error(e: Crossed, sd: float, df: float) -> Crossed:
-    """The estimate with the deciding tuning's error (sd relative, on df: study.tuning.tuning_error) added to its
-    variance, with Satterthwaite's degrees of freedom for the sum: the interval then covers the difference at the
-    optima, not only at the chosen values."""
-    if not (sd > 0 and math.isfinite(e.se) and math.isfinite(e.df)):
-        return e
-    se = math.sqrt(e.se ** 2 + sd ** 2)
-    df = se ** 4 / (e.se ** 4 / e.df + sd ** 4 / df)
-    h = float(stats.t.ppf(0.5 + e.level / 2, df)) * se
-    return replace(e, lo=e.mean - h, hi=e.mean + h, se=se, df=df)
 
 
 def seeds_needed(quality: dict[str, Crossed], margin: float, tuning_sd: float = 0.0) -> Optional[int]:
@@ -189,10 +177,11 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     for key in keys:
         if key in rows:
             measures[key], means[key] = measure(a, b, key, modes)
-    tuning_sd, tuning_df = tuning_error(plan["tuning"], modes) if plan.get("tuning") else (0.0, math.inf)
+    draws = tuning_draws(plan["tuning"], modes) if plan.get("tuning") else np.zeros(0)
+    tuning_sd = float(np.sqrt(np.mean(draws ** 2))) if len(draws) else 0.0
     for k in plan["quality"]:  # the estimand is the difference at the optima: the tuning's error is part of it
         if k in measures:
-            measures[k] = with_tuning_error(measures[k], tuning_sd, tuning_df)
+            measures[k] = with_tuning(measures[k], draws)
     quality = {k: measures[k] for k in plan["quality"] if k in measures}
     cost = measures.get(plan["cost"])
     n_pairs = min((e.n for e in quality.values()), default=0)
@@ -212,6 +201,6 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     design = {k: plan.get(k) for k in ("cell", "modes", "margin", "quality", "cost", "cost_margin", "epochs",
                                         "test_frames", "seeds", "hparams", "min_seeds", "max_seeds", "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
-    design["tuning_error"] = {"sd": tuning_sd, "df": tuning_df} if plan.get("tuning") else None
+    design["tuning_error"] = {"rms": tuning_sd, "mean": float(np.mean(draws))} if len(draws) else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(plan["seeds"]) - n_pairs, failures(trials, plan), need, design)

@@ -182,19 +182,21 @@ def pooled_sd(c: dict, maximize: bool = True) -> float:
 
 def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True) -> np.ndarray:
     """Relative score lost by re-running this mode's tuning (parametric bootstrap): the curve's means, smoothed by a
-    quadratic in log(value), stand for the truth; each draw adds the selection's noise (pooled sd / sqrt(runs)) to
-    every value's mean, picks the best, and records (optimum - picked) / optimum, the optimum being the quadratic's
-    peak where it lies inside the values tried (the loss of a grid's coarseness counts too). Shape [draws]."""
+    quadratic in log(value), stand for the truth; each draw takes a run-to-run sd from the pooled estimate's
+    sampling distribution (sd x sqrt(df / chi2(df))), adds the selection's noise (that sd / sqrt(runs)) to every
+    value's mean, picks the best, and records (optimum - picked) / optimum, the optimum being the quadratic's peak
+    where it lies inside the values tried (the loss of a grid's coarseness counts too). Shape [draws]."""
     x = np.log(np.asarray(c["values"], float))
     y = np.asarray(c["mean"], float)
     n = np.maximum(np.asarray(c["runs"], float) + np.asarray(c.get("diverged") or [0] * len(x), float), 1)
-    sd = pooled_sd(c, maximize)
+    sd, df = pooled_sd(c, maximize), noise_df(c, maximize)
     if len(x) < 3 or not math.isfinite(sd):
         return np.zeros(draws)
     coef = np.polyfit(x, y, 2)
     truth = np.polyval(coef, x)  # a smooth truth: noise in the means is what the draws add
     sign = 1 if maximize else -1
-    noisy = truth[None, :] + rng.normal(0, 1, (draws, len(x))) * (sd / np.sqrt(n))[None, :]
+    sds = sd * np.sqrt(df / rng.chisquare(df, draws))  # the noise itself is estimated, on df degrees of freedom
+    noisy = truth[None, :] + rng.normal(0, 1, (draws, len(x))) * sds[:, None] / np.sqrt(n)[None, :]
     pick = np.argmax(sign * noisy, axis=1)
     best = truth[np.argmax(sign * truth)]
     vertex = -coef[1] / (2 * coef[0]) if coef[0] else np.nan
@@ -210,12 +212,9 @@ def noise_df(c: dict, maximize: bool = True) -> int:
     return int(df) if df else max(len(c["values"]) - 3, 1)
 
 
-def tuning_error(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000,
-                 seed: int = 0) -> tuple[float, float]:
-    """(root mean square, degrees of freedom) of the error the deciding tuning adds to the relative difference of
-    modes[0] vs modes[1]: each mode's loss at a re-run's choice, from regret_draws (its bias counts as error, since an
-    interval cannot know the sign of the loss the present choice has); the df are those of the two pooled noise
-    estimates it rests on, for a Satterthwaite combination with the confirm interval."""
+def tuning_draws(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000, seed: int = 0) -> np.ndarray:
+    """Draws of the error the deciding tuning adds to the estimated relative difference modes[0] vs modes[1]: a
+    re-run's loss of modes[1] minus that of modes[0] (regret_draws). Shape [draws]."""
     rng = np.random.default_rng(seed)
     a, b = (regret_draws(tuned[m]["curve"], draws, rng) for m in modes)
-    return float(np.sqrt(np.mean((b - a) ** 2))), float(sum(noise_df(tuned[m]["curve"]) for m in modes))
+    return b - a

@@ -200,5 +200,6 @@ def test_tuning_error_grows_with_the_selection_noise():
                 for s in range(2)]
         return tuning.summary(Tune(low=4e-3, high=6.4e-2), ("2d", "3d"), runs, {})
 
-    quiet, noisy = (tuning.tuning_error(outcome(sd), ("2d", "3d"))[0] for sd in (1e-4, 2e-2))
+    quiet, noisy = (float(np.sqrt(np.mean(tuning.tuning_draws(outcome(sd), ("2d", "3d")) ** 2)))
+                    for sd in (1e-4, 2e-2))
     assert quiet < 1e-3 < noisy < 0.05
