@@ -104,8 +104,10 @@ class MultiViewDataset:
             self._check_background(img[int(f)], m, int(f))
         self.ell = float(self.attrs["ell"]) if "ell" in self.attrs else None
         self.has_gt = "gt" in set(self.root.group_keys())
+        self.geometry_note: Optional[str] = "no ground-truth geometry (an imported recording)"
         if self.has_gt:
             self._check_gt(F_)
+            self.geometry_note = self._check_gt_geometry(F_, C, H, W)
 
     def _attr_err(self, key: str, problem: str) -> DatasetError:
         return DatasetError(f"{self.path}: attribute '{key}': {problem}")
@@ -176,6 +178,23 @@ class MultiViewDataset:
             ell, cap = prims[kind == 0, 7:10], prims[kind == 1, 7:9]
             if (ell <= 0).any() or (cap[:, 0] < 0).any() or (cap[:, 1] <= 0).any():
                 raise self._err("gt/params", f"frame {f}: sizes (columns 7-9) must be positive (capsule length >= 0)")
+
+    def _check_gt_geometry(self, n_frames: int, n_views: int, height: int, width: int) -> Optional[str]:
+        """`gt/depth` float [F, C, H, W] and `gt/normal` float [F, C, H, W, 3] (format 2): None when present, else
+        the one line saying why the geometry metrics are NaN."""
+        arrays = set(self.root["gt"].array_keys())
+        if not {"depth", "normal"} & arrays:
+            version = self.attrs.get("format_version", 1)
+            return (f"{self.path}: format_version {version} has no gt/depth and gt/normal (added in format 2): geometry "
+                    f"metrics are NaN; regenerate it with `python -m posesplat.synth --force`")
+        want = {"depth": (n_frames, n_views, height, width), "normal": (n_frames, n_views, height, width, 3)}
+        for name, shape in want.items():
+            if name not in arrays:
+                raise self._err(f"gt/{name}", "missing (gt/depth and gt/normal come together)")
+            a = self.root["gt"][name]
+            if tuple(a.shape) != shape or not np.issubdtype(a.dtype, np.floating):
+                raise self._err(f"gt/{name}", f"must be float {list(shape)}, got {a.dtype} {list(a.shape)}")
+        return None
 
     def _check_mask(self, m: np.ndarray, frame: int) -> None:
         bad = (m != 0) & (m != 1)
@@ -251,6 +270,22 @@ class MultiViewDataset:
         if not self.has_gt:
             return None
         return np.asarray(self.root["gt"]["params"][frame])
+
+    def gt_geometry(self, frame: int, views: Sequence[int], downsample: int = 1) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """True z-depth [V, H, W] (m, 0 off the body) and outward world normals [V, H, W, 3] of a frame's views, box-
+        downsampled over the body's pixels like `load` (normals renormalised); None without them (geometry_note)."""
+        if self.geometry_note is not None:
+            return None
+        views = self._check_views(views, "gt/depth")
+        depth = torch.from_numpy(np.asarray(self.root["gt"]["depth"][frame][views], dtype=np.float32))
+        normal = torch.from_numpy(np.asarray(self.root["gt"]["normal"][frame][views], dtype=np.float32))
+        if downsample > 1:
+            on = (depth > 0).float()[:, None]  # [V, 1, H, W]
+            share = F.avg_pool2d(on, downsample).clamp_min(1e-12)
+            depth = (F.avg_pool2d(depth[:, None] * on, downsample) / share)[:, 0]
+            normal = F.avg_pool2d(normal.permute(0, 3, 1, 2) * on, downsample).permute(0, 2, 3, 1)
+            normal = F.normalize(normal, dim=-1)
+        return depth, normal
 
     def gt_kinds(self) -> Optional[np.ndarray]:
         return np.asarray(self.root["gt"]["kind"][:]) if self.has_gt else None

@@ -40,6 +40,13 @@ IMAGE = {  # per view, from posesplat.train.image_metrics: (unit, label, what)
 }
 
 
+GEOMETRY = {  # per view, from posesplat.geometry.view_errors over the true mask's pixels: (unit, label, what)
+    "depth_err": ("m", "depth error", "mean |expected depth - true depth| (camera z)"),
+    "depth_err_rel": ("", "relative depth error", "mean |expected depth - true depth| / true depth"),
+    "normal_err": ("deg", "normal error", "mean angle between the rendered depth's normals and the true normals"),
+}
+
+
 def _image_metrics() -> list[Metric]:
     return [Metric(f"{split}_{k}", "quality", unit, True, f"{what} on {where}", label=label,
                    per_frame=split == "test_heldout", evaluated=True)
@@ -49,6 +56,13 @@ def _image_metrics() -> list[Metric]:
 METRICS: tuple[Metric, ...] = (
     Metric("epoch", "info", "", None, "the epoch (1-based)", kind="int"),
     *_image_metrics(),
+    *(Metric(f"test_heldout_{k}", "quality", unit, False, f"{what} on {SPLITS['test_heldout']} (synthetic data "
+             "with gt/depth and gt/normal only; NaN elsewhere)", label=label, per_frame=True, evaluated=True)
+      for k, (unit, label, what) in GEOMETRY.items()),
+    Metric("test_surface_dist", "quality", "m", False, "Chamfer-style distance between the rendered depth of every "
+           "view (held-out and observed) back-projected to points and the true body surface (the true depth maps' "
+           "points), mean of both directions, test frames (synthetic data with gt/depth only)",
+           label="surface distance", per_frame=True, evaluated=True),
     Metric("gt_iou3d", "quality", "", True, "volumetric IoU of the cells that became Gaussians against the true body "
            "(synthetic data only), test frames", label="3D IoU", evaluated=True),
     Metric("gt_mass_inside", "quality", "", True, "share of the Gaussians' opacity inside the true body (synthetic "

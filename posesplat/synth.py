@@ -22,8 +22,8 @@ from posesplat.gt import CAPSULE, ELLIPSOID, quat_to_rotmat
 from posesplat.io import staging_folder, swap_folder
 from posesplat.progress import Progress
 
-GENERATOR_VERSION = "1.0"
-FORMAT_VERSION = 1
+GENERATOR_VERSION = "1.1"
+FORMAT_VERSION = 2  # 2: gt/depth and gt/normal (docs/dataset.md)
 # GT columns per primitive: centre 3, quaternion wxyz 4, size 3 (ellipsoid semi-axes; capsule half-length, radius,
 # radius)
 GT_COLUMNS = ["cx", "cy", "cz", "qw", "qx", "qy", "qz", "s0", "s1", "s2"]
@@ -253,8 +253,10 @@ def surface_pattern(part: int, p: np.ndarray, prim: np.ndarray) -> np.ndarray:
 
 
 @np.errstate(over="ignore", invalid="ignore", divide="ignore")  # rays that miss give inf/nan, masked out below
-def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shaded RGB [R, 3] in [0, 1] and mask [R] of one camera's rays."""
+def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shaded RGB [R, 3] in [0, 1], mask [R], hit distance along the ray [R] (inf where it misses) and outward world
+    normals [R, 3] (0 where it misses) of one camera's unit rays."""
     best = np.full(d.shape[0], np.inf)
     normal = np.zeros_like(d)
     part = np.full(d.shape[0], -1)
@@ -275,7 +277,7 @@ def render_view(prims: np.ndarray, o: np.ndarray, d: np.ndarray) -> tuple[np.nda
             sel = part[mask] == k
             pattern[sel] = surface_pattern(k, hit[sel], prims[k])
         rgb[mask] = np.clip(albedo * pattern[:, None] * shade[:, None], 0, 1)
-    return rgb, mask
+    return rgb, mask, best, np.where(mask[:, None], normal, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------- the store
@@ -294,7 +296,8 @@ def check_holdout(holdout: Optional[Sequence[int]], views: int) -> list[int]:
 
 
 def render_frames(frames: int, views: int, height: int, width: int, seed: int, progress: bool):
-    """Scene arrays (dict) and a generator of (frame, primitives [P, 10], images [C,H,W,3] uint8, masks [C,H,W])."""
+    """Scene arrays (dict) and a generator of (frame, primitives [P, 10], images [C,H,W,3] uint8, masks [C,H,W],
+    true z-depth [C,H,W] float32 (m, 0 off the body), true outward world normals [C,H,W,3] float32 (0 off it))."""
     rng = np.random.default_rng(seed)
     centre, heading, bend = trajectory(frames, rng)
     tail_phase = 2 * np.pi * rng.uniform(0.8, 1.5) * np.arange(frames) / 30.0
@@ -306,14 +309,19 @@ def render_frames(frames: int, views: int, height: int, width: int, seed: int, p
             prims = animal_primitives(centre[f], heading[f], bend[f], tail_phase[f])
             img = np.zeros((views, height, width, 3), dtype=np.uint8)
             msk = np.zeros((views, height, width), dtype=np.uint8)
+            depth = np.zeros((views, height, width), dtype=np.float32)
+            normal = np.zeros((views, height, width, 3), dtype=np.float32)
             lo, hi = bounding_box(prims)
             for c, (o, d) in enumerate(rays):
                 r0, r1, c0, c1 = pixel_window(Ks[c], Es[c], lo, hi, height, width)
                 win = d.reshape(height, width, 3)[r0:r1, c0:c1].reshape(-1, 3)
-                rgb, m = render_view(prims, o, win)
+                rgb, m, t, n = render_view(prims, o, win)
                 img[c, r0:r1, c0:c1] = np.round(rgb * 255).astype(np.uint8).reshape(r1 - r0, c1 - c0, 3)
                 msk[c, r0:r1, c0:c1] = m.reshape(r1 - r0, c1 - c0)
-            yield f, prims, img, msk
+                z = np.where(m, np.nan_to_num(t, posinf=0.0) * (win @ Es[c][2, :3]), 0.0)  # camera z of the hit
+                depth[c, r0:r1, c0:c1] = z.reshape(r1 - r0, c1 - c0)
+                normal[c, r0:r1, c0:c1] = n.reshape(r1 - r0, c1 - c0, 3)
+            yield f, prims, img, msk, depth, normal
 
     return {"centre": centre, "heading": heading, "intrinsics": Ks, "extrinsics": Es}, frames_iter()
 
@@ -339,15 +347,21 @@ def make_dataset(
     params = gt.create_array("params", shape=(frames, len(PARTS), len(GT_COLUMNS)),
                              chunks=(min(frames, 1024), len(PARTS), len(GT_COLUMNS)), dtype="float32")
     gt.create_array("kind", data=KINDS)
+    gt_depth = gt.create_array("depth", shape=(frames, views, height, width), chunks=(1, views, height, width),
+                               dtype="float32")
+    gt_normal = gt.create_array("normal", shape=(frames, views, height, width, 3),
+                                chunks=(1, views, height, width, 3), dtype="float32")
     gt.attrs.update({"columns": GT_COLUMNS, "parts": PARTS, "kinds": {"0": "ellipsoid", "1": "capsule"}})
     for name in ("intrinsics", "extrinsics", "centre", "heading"):
         root.create_array(name, data=scene[name])
     root.create_array("holdout_views", data=np.array(holdout, dtype=np.int64))
     all_params = np.zeros((frames, len(PARTS), len(GT_COLUMNS)), dtype=np.float32)
-    for f, prims, img, msk in rendered:
+    for f, prims, img, msk, depth, normal in rendered:
         all_params[f] = prims
         images[f] = img
         masks[f] = msk
+        gt_depth[f] = depth
+        gt_normal[f] = normal
     params[:] = all_params
     root.attrs.update({
         "generator": "posesplat.synth", "generator_version": GENERATOR_VERSION, "format_version": FORMAT_VERSION,
@@ -419,7 +433,7 @@ def make_raw(
         w.send(None)
     backgrounds = [raw_background(height, width, c) for c in range(views)]
     params = np.zeros((frames, len(PARTS), len(GT_COLUMNS)), dtype=np.float32)
-    for f, prims, img, msk in rendered:
+    for f, prims, img, msk, _, _ in rendered:
         params[f] = prims
         for c in range(views):
             m = msk[c, ..., None].astype(bool)

@@ -27,6 +27,7 @@ from posesplat.checkpoint import read as read_checkpoint
 from posesplat.checkpoint import write as write_checkpoint
 from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
+from posesplat import geometry
 from posesplat import metrics as metrics_schema
 from posesplat.io import atomic_write, strict_dumps
 from posesplat.modes import MODES
@@ -158,6 +159,8 @@ def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
     height, width = b["masks"].shape[1:]
     ppu = pixels_per_unit(b["Ks"], b["viewmats"], b["centre"])
     background = torch.tensor(ds.background, dtype=torch.float32, device=device)
+    if ds.has_gt and ds.geometry_note:  # a synthetic store from before format 2: said once, here
+        print(f"warning: {ds.geometry_note}", file=sys.stderr)
     return Setup(
         ds, frames, observed, heldout, float(ell), volume_idx, ppu * ell / cfg.grid_size, int(width), int(height),
         background, device, pick_backend(cfg.backend, device),
@@ -242,6 +245,20 @@ def panel(gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     return (row * 255).round().byte().cpu().numpy()
 
 
+def geometry_panel(out: RenderOut, depth_gt: torch.Tensor, normal_gt: torch.Tensor, masks: torch.Tensor
+                   ) -> np.ndarray:
+    """True depth | rendered depth | true normals | rendered normals of the first view, uint8 [H, 4W, 3]: depth
+    grey from near (white) to far over the true depth's range, normals (n + 1) / 2 in world axes."""
+    m = masks[0] > 0.5
+    z = depth_gt[0][m]
+    lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)
+    grey = lambda d, keep: ((1 - (d - lo) / max(hi - lo, 1e-9)).clamp(0, 1) * keep)[..., None].expand(*d.shape, 3)
+    shown = out.alpha[0] > 0.5
+    row = torch.cat([grey(depth_gt[0], m), grey(out.depth[0], shown), (normal_gt[0] + 1) / 2 * m[..., None],
+                     (out.normals[0] + 1) / 2 * shown[..., None]], dim=1)
+    return (row * 255).round().byte().cpu().numpy()
+
+
 def eval_frames(cfg: Config, frames: np.ndarray, split: str = "test") -> np.ndarray:
     """Evenly spaced subset of at most cfg.eval_frames frames (cfg.eval_valid_frames for the valid split, if set)."""
     cap = cfg.eval_valid_frames if split == "valid" and cfg.eval_valid_frames is not None else cfg.eval_frames
@@ -270,6 +287,8 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
     per_frame: dict[str, list[float]] = {k: [] for k in FRAME_KEYS}
     test_frames: list[int] = []
     render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
+    geo: dict[str, list[float]] = {k: [] for k in metrics_schema.GEOMETRY}  # per held-out test view
+    surface: list[float] = []  # per test frame
     for split in ("valid", "test"):
         for f in Progress(eval_frames(cfg, setup.frames[split], split), desc=f"evaluating {split} frames",
                           unit="frame", leave=False, disable=not progress):
@@ -296,6 +315,16 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
                         per_frame[f"{name}_{k}"].append(_nanmean(vals))
                 if name == "test_heldout":
                     test_frames.append(int(f))
+                    errs, dist = geometry_errors(setup, model.mode, f, views, out, g, cfg.image_downsample)
+                    for k, vals in errs.items():
+                        geo[k] += vals
+                        per_frame[f"test_heldout_{k}"].append(_nanmean(vals))
+                    per_frame["test_surface_dist"].append(dist)
+                    surface.append(dist)
+                    if np.isfinite(dist) and "geometry" not in images:
+                        d_gt, n_gt = setup.ds.gt_geometry(int(f), views, cfg.image_downsample)
+                        images["geometry"] = geometry_panel(out, d_gt.to(setup.device), n_gt.to(setup.device),
+                                                            t["masks"])
                 if name == "valid_heldout" and "heldout" not in images:
                     images["heldout"] = panel(t["images"][0], out.rgb[0])
             if split == "test" and setup.ds.has_gt:
@@ -306,11 +335,35 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
     metrics = {k: _nanmean(v) for k, v in acc.items()}
     metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
     metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
+    metrics.update({f"test_heldout_{k}": _nanmean(v) for k, v in geo.items()})
+    metrics["test_surface_dist"] = _nanmean(surface)
     metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
     metrics["gaussians_per_frame"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
     metrics.update({metrics_schema.frame_column(k): v for k, v in per_frame.items()})
     metrics[metrics_schema.FRAMES] = test_frames
     return metrics, images
+
+
+def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int], out: RenderOut, g, downsample: int
+                    ) -> tuple[dict[str, list[float]], float]:
+    """Depth and normal errors per held-out view (posesplat.geometry.view_errors) and the frame's surface distance
+    over every view (the observed ones rendered here); NaN without true geometry (MultiViewDataset.geometry_note)."""
+    truth = setup.ds.gt_geometry(int(frame), list(heldout), downsample)
+    if truth is None:
+        return {k: [float("nan")] * len(heldout) for k in metrics_schema.GEOMETRY}, float("nan")
+    t = load_frame(setup, frame, heldout, downsample)
+    depth_gt, normal_gt = (x.to(setup.device) for x in truth)
+    errs = geometry.view_errors(out.depth, out.normals, depth_gt, normal_gt, t["masks"])
+    pred = [geometry.surface_points(out.depth, out.alpha > 0.5, t["viewmats"], t["Ks"])]
+    true = [geometry.surface_points(depth_gt, t["masks"], t["viewmats"], t["Ks"])]
+    if setup.observed:
+        o = load_frame(setup, frame, setup.observed, downsample)
+        seen = render(g, mode, o["viewmats"], o["Ks"], setup.width, setup.height, setup.backend,
+                      setup.background)
+        d_obs = setup.ds.gt_geometry(int(frame), setup.observed, downsample)[0].to(setup.device)
+        pred.append(geometry.surface_points(seen.depth, seen.alpha > 0.5, o["viewmats"], o["Ks"]))
+        true.append(geometry.surface_points(d_obs, o["masks"], o["viewmats"], o["Ks"]))
+    return errs, geometry.surface_distance(torch.cat(pred), torch.cat(true))
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -162,7 +162,11 @@ def hparams_summaries(hparams: dict[str, Any], metrics: list[str], group: str):
             summary(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))]
 
 
-def labelled(panel: np.ndarray, labels: tuple[str, ...] = ("ground truth", "render", "|error|")) -> np.ndarray:
+PANELS = {"heldout": ("ground truth", "render", "|error|"),  # posesplat.train's panels -> their captions
+          "geometry": ("true depth", "rendered depth", "true normals", "normals of the depth")}
+
+
+def labelled(panel: np.ndarray, labels: tuple[str, ...] = PANELS["heldout"]) -> np.ndarray:
     """A render panel [H, k W, 3] with a caption strip above each of its k images."""
     from PIL import Image, ImageDraw
 
@@ -209,7 +213,8 @@ class TrialBoard:
             self.writer.file_writer.add_summary(_scalar_summary(tag, v, describe(k), tag not in self.seen), step)
             self.seen.add(tag)
         for name, img in images.items():
-            self.writer.add_image(f"renders/{name}", labelled(img), step, dataformats="HWC")
+            self.writer.add_image(f"renders/{name}", labelled(img, PANELS.get(name, PANELS["heldout"])), step,
+                                  dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:

@@ -17,6 +17,10 @@ test frames and the primary cost's over seeds (study.stats.crossed_diff), then a
    quality metric                                                     -> reference
 7. otherwise                                                          -> either (equivalent within the margin)
 
+A quality metric where lower is better (an error: posesplat.metrics' direction) enters the rule as its relative
+reduction (reference - challenger) / reference, so that + is better on every quality metric and a growing error is a
+deficit; `Decision.quality` holds these, `Decision.measures` the plain differences.
+
 Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together
 claim a difference that is not there at most 2.5% of the time. Simulated error rates: docs/analysis.md.
 """
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from study.confirm import MODE_KEY, pair_rows, paired_matrices
-from study.load import COST, FRAME_VALUES, QUALITY, SHORT
+from study.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.stats import Crossed, crossed_diff, seeds_for, with_tuning
 from study.tuning import tuning_draws
 
@@ -179,10 +183,11 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
             measures[key], means[key] = measure(a, b, key, modes)
     draws = tuning_draws(plan["tuning"], modes) if plan.get("tuning") else np.zeros(0)
     tuning_sd = float(np.sqrt(np.mean(draws ** 2))) if len(draws) else 0.0
-    for k in plan["quality"]:  # the estimand is the difference at the optima: the tuning's error is part of it
-        if k in measures:
-            measures[k] = with_tuning(measures[k], draws)
-    quality = {k: measures[k] for k in plan["quality"] if k in measures}
+    # an error metric decides by its reduction (turned); then the estimand is the difference at the optima, so the
+    # tuning's error (a loss of the tuned score, on the higher-is-better scale) is part of every quality interval
+    quality = {k: with_tuning(measures[k] if HIGHER[k] else measures[k].turned(), draws) for k in plan["quality"]
+               if k in measures}
+    measures.update({k: e for k, e in quality.items() if HIGHER[k]})  # the table shows an error metric unturned
     cost = measures.get(plan["cost"])
     n_pairs = min((e.n for e in quality.values()), default=0)
     rec, reason = rule(quality, cost, plan["margin"], plan["cost_margin"], modes)

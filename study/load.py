@@ -32,6 +32,10 @@ _LABELS = {
     "test_heldout_psnr": "held-out PSNR, dB, full image (test frames)",
     "test_heldout_psnr_fg": "held-out foreground PSNR, dB (test frames; pixels where either mask is set)",
     "test_heldout_ssim": "held-out SSIM (test frames)",
+    "test_heldout_depth_err": "held-out depth error, m (test frames; true-mask pixels)",
+    "test_heldout_depth_err_rel": "held-out depth error relative to the camera distance (test frames)",
+    "test_heldout_normal_err": "held-out normal error, degrees (test frames; from the rendered depth)",
+    "test_surface_dist": "surface distance to the true body, m (test frames; every view's rendered depth)",
     "gt_iou3d": "3D IoU vs ground-truth body (test frames)",
     "epoch_time_s": "training time per epoch, s (median over epochs)",
     "render_ms": "render time per frame and view, ms (median over evaluated epochs)",
@@ -40,7 +44,8 @@ _LABELS = {
     "params_per_gaussian": "parameters per Gaussian",
     "gaussians_per_frame": "Gaussians per frame",
 }
-QUALITY = [(k, _LABELS[k], True) for k in (*schema.names("quality", per_frame=True), "gt_iou3d")]
+QUALITY = [(k, _LABELS[k], bool(schema.BY_NAME[k].higher_is_better))
+           for k in (*schema.names("quality", per_frame=True), "gt_iou3d")]
 COST = [(k, _LABELS[k], bool(schema.BY_NAME[k].higher_is_better)) for k in
         ("epoch_time_s", "render_ms", *schema.PEAK_MEM.values(), "params_per_gaussian", "gaussians_per_frame")] + [
     ("checkpoint_mb", "checkpoint size, MB", False),

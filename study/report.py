@@ -24,7 +24,7 @@ from posesplat.io import staging_folder, swap_folder
 from posesplat.modes import label as mode_label
 from study.decide import ESTIMAND_FIXED, EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
-from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
+from study.load import (DEFAULT_CELL, LABELS, QUALITY, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
                         load_studies, locate, stage_summary, trial_columns)
 from study.storage import Store, join_uri
 
@@ -376,6 +376,10 @@ def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: lis
     for mode in modes:
         if mode not in set(per_trial.gaussian_mode):
             notes.append(f"{stage}: mode {mode} has no trial with a validation epoch.")
+    geometry = [k for k, _, higher in QUALITY if not higher and k in per_trial]  # the geometry errors
+    if geometry and len(per_trial) and not np.isfinite(per_trial[geometry].to_numpy(float)).any():
+        notes.append(f"{stage}: no ground-truth geometry (an imported recording, or a synthetic store from before "
+                     f"format 2): depth, normal and surface metrics are NaN.")
     for col in ("device", "mem_kind"):
         kinds = sorted(set(per_trial[col]))
         if len(kinds) > 1:

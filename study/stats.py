@@ -299,6 +299,11 @@ class Crossed(Estimate):
     n_frames: int = 0
     level: float = 0.95
 
+    def turned(self) -> "Crossed":
+        """The same estimate with its sign turned (-mean, [-hi, -lo]): a lower-is-better metric's reduction."""
+        return Crossed(-self.mean, -self.hi, -self.lo, self.n, self.se, self.df, self.var_seed, self.var_frame,
+                       self.var_resid, self.n_frames, self.level)
+
     def with_level(self, level: float) -> "Crossed":
         """The same estimate with a `level` interval (e.g. 0.975 for a test at half the error rate)."""
         if not (math.isfinite(self.se) and math.isfinite(self.df)):

@@ -303,7 +303,7 @@ def test_default_holdout_adapts_to_the_rig(store):
     del zarr.open_group(str(store), mode="r+")["holdout_views"]
     assert open_dataset(store).holdout_views == [1, 4]
     root = zarr.open_group(str(store), mode="r+")  # a 4-camera rig without holdout_views
-    for name in ("images", "masks", "intrinsics", "extrinsics"):
-        rewrite(store, name, root[name][:, :4] if name in ("images", "masks") else root[name][:4])
+    for name in ("images", "masks", "intrinsics", "extrinsics", "gt/depth", "gt/normal"):
+        rewrite(store, name, root[name][:, :4] if name in ("images", "masks", "gt/depth", "gt/normal") else root[name][:4])
     ds = open_dataset(store)
     assert ds.n_views == 4 and ds.holdout_views == [1] and ds.view_split() == ([0, 2, 3], [1])

@@ -190,3 +190,25 @@ def test_study_folder_through_the_cli_matches_the_decision(tmp_path, capsys):
     assert "cpu_peak_rss_growth_mb" not in csv.index  # the same in both modes: no information, no row
     assert "cuda_peak_allocated_mb" not in csv.index  # not measured (CPU trials)
     assert math.isfinite(got["cost"]["hi"]) and got["cost"]["hi"] < -0.05
+
+
+def test_a_growing_error_is_a_deficit():
+    """A plan that lists a lower-is-better metric (depth error) among its quality metrics decides on it: the
+    challenger, as good and cheaper on the image metrics, with a depth error 30% larger loses; 30% smaller, it
+    stays the choice; the decision's quality estimate is the error's reduction, the measure the plain difference."""
+    rng = np.random.default_rng(7)
+    per, trials = generate(Truth("x", 0.0, -0.3, ("2d",), ()), 8, 20, Noise(), rng)
+    plan = make_plan(8, 20)
+    assert decide(per, trials, plan).recommendation == "2d"
+    plan["quality"] = [*plan["quality"], "test_heldout_depth_err"]
+    frames = np.random.default_rng(8).uniform(0.004, 0.006, (1, 20))
+    for factor, call in ((1.3, "3d"), (0.7, "2d")):
+        err = {"3d": frames * 1.0, "2d": frames * factor}
+        per["test_heldout_depth_err_frames"] = [
+            (err[m][0] * (1 + 0.01 * np.random.default_rng(i).normal(size=20))).tolist()
+            for i, m in enumerate(per["gaussian_mode"])]
+        per["test_heldout_depth_err"] = [float(np.mean(v)) for v in per["test_heldout_depth_err_frames"]]
+        d = decide(per, trials, plan)
+        assert d.recommendation == call, (factor, d.reason)
+        assert d.measures["test_heldout_depth_err"].mean == pytest.approx(factor - 1, abs=0.01)
+        assert d.quality["test_heldout_depth_err"].mean == pytest.approx(1 - factor, abs=0.01)

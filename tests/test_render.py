@@ -175,7 +175,7 @@ def test_saturated_pixels_across_chunks_equal_dense(monkeypatch):
         g.opacities = 0.95 + 0.04 * torch.rand(400, generator=torch.Generator().manual_seed(1))
         g.scales = g.scales * 2
         kind, radii, m2, d, shape = project_any(g, mode, vm, K, W, H)
-        packed = torch_backend._pack(m2, shape, g.opacities, g.colors)
+        packed = torch_backend._pack(m2, shape, d, g.opacities, g.colors)
         boxes = torch_backend._boxes(kind, radii, d, packed, W, H)
         n_pairs = int(((boxes[2] - boxes[1]) * (boxes[4] - boxes[3])).sum())
         assert n_pairs > 20 * 256  # many chunks

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from posesplat.data import inside_body, open_dataset
@@ -207,3 +208,28 @@ def test_read_only_folder_is_one_line(tmp_path, capsys):
     rc = main(["--out", str(parent / "a.zarr"), "--frames", "4", "--height", "32", "--width", "32"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and str(parent) in err, err
+
+
+def test_true_depth_and_normals_lie_on_the_body_surface(small_dataset):
+    """gt/depth is set exactly on the mask; its back-projected points lie on the body's surface (just outside along
+    the ray: outside, 0.2 mm further: inside), and gt/normal is the unit outward normal there, facing the camera."""
+    from posesplat.render.project import depth_to_points
+
+    ds = open_dataset(small_dataset)
+    assert ds.attrs["format_version"] == 2 and ds.geometry_note is None
+    f = 5
+    depth, normal = ds.gt_geometry(f, range(ds.n_views))
+    masks = ds.root["masks"][f].astype(bool)
+    assert np.array_equal(depth.numpy() > 0, masks)
+    vm, K = torch.from_numpy(ds.extrinsics), torch.from_numpy(ds.intrinsics)
+    pts = depth_to_points(depth.double(), vm, K)[torch.from_numpy(masks)].numpy()  # [N, 3]
+    n = normal[torch.from_numpy(masks)].double().numpy()
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1, atol=1e-5)
+    cams = -np.einsum("cji,cj->ci", ds.extrinsics[:, :3, :3], ds.extrinsics[:, :3, 3])
+    cam = np.broadcast_to(cams[:, None, None], masks.shape + (3,))[masks]
+    ray = (pts - cam) / np.linalg.norm(pts - cam, axis=1, keepdims=True)
+    assert ((n * ray).sum(1) < 1e-6).all()  # outward normals face the camera that sees them
+    gt, kinds = ds.gt(f), ds.gt_kinds()
+    assert inside_body(gt, pts + 2e-4 * ray, kinds).mean() > 0.99
+    assert inside_body(gt, pts - 2e-4 * ray, kinds).mean() < 0.01
+    assert inside_body(gt, pts - 2e-4 * n, kinds).mean() > 0.99  # stepping against the normal goes in

@@ -208,3 +208,36 @@ def test_rng_state_round_trip(device):
     set_rng_state(saved, dev)
     again = (torch.rand(5), torch.rand(5, device=dev))
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_geometry_metrics_and_an_older_store(small_dataset, tmp_path, capsys):
+    """On the synthetic store the geometry metrics are finite and plausible (millimetres to centimetres, degrees,
+    with a geometry panel); on a copy without gt/depth and gt/normal (format 1) they are NaN, said in one line."""
+    import shutil
+
+    import zarr
+
+    from posesplat import metrics as schema
+
+    cfg = tiny(small_dataset, epochs=1, steps_per_epoch=2)
+    reports = []
+    last = train(cfg, progress=False, on_epoch=reports.append)[-1]
+    assert 0 < last["test_heldout_depth_err"] < 0.1 and 0 < last["test_heldout_depth_err_rel"] < 0.2
+    assert 0 < last["test_heldout_normal_err"] < 90 and 0 < last["test_surface_dist"] < 0.1
+    assert len(last["test_surface_dist_frames"]) == len(last["test_frames"]) == cfg.eval_frames
+    assert reports[-1].images["geometry"].shape == (64, 4 * 64, 3)
+    old = tmp_path / "old.zarr"
+    shutil.copytree(small_dataset, old)
+    for name in ("depth", "normal"):
+        shutil.rmtree(old / "gt" / name)
+    root = zarr.open_group(str(old), mode="r+")
+    root.attrs["format_version"] = 1
+    capsys.readouterr()
+    last = train(tiny(old, epochs=1, steps_per_epoch=2), progress=False)[-1]
+    geo = [k for k in schema.names("quality", per_frame=True) if schema.BY_NAME[k].higher_is_better is False]
+    assert len(geo) == 4 and all(math.isnan(last[k]) for k in geo)
+    assert all(math.isnan(v) for k in geo for v in last[schema.frame_column(k)])
+    assert math.isfinite(last["test_heldout_iou"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "gt/depth" in line]
+    assert err == [f"warning: {old}: format_version 1 has no gt/depth and gt/normal (added in format 2): geometry "
+                   f"metrics are NaN; regenerate it with `python -m posesplat.synth --force`"]

@@ -1,7 +1,8 @@
 """One rendering interface for the Gaussian modes (posesplat.modes), with a gsplat (CUDA) and a pure-PyTorch backend.
 
     out = render(gaussians, mode, viewmats [C,4,4], Ks [C,3,3], width, height, backend, background [3])
-    out.rgb [C, H, W, 3], out.alpha [C, H, W]
+    out.rgb [C, H, W, 3], out.alpha [C, H, W], out.depth [C, H, W] (expected z-depth), out.normals [C, H, W, 3]
+    (world, from the depth), out.surfel_normals [C, H, W, 3] (2d only: the surfels' own normals, composited)
 
 backend: "torch" (any device, torch_backend.py), "gsplat" (CUDA, gsplat_backend.py) or "auto" (see pick_backend).
 The maths of each mode and the agreement between backends: docs/rendering.md.
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from posesplat.modes import MODES
 from posesplat.render import torch_backend
-from posesplat.render.project import PROJECTIONS, Projection
+from posesplat.render.project import PROJECTIONS, Projection, depth_to_normal, surfel_normals
 
 BACKENDS = ("torch", "gsplat")
 
@@ -43,6 +44,9 @@ class Gaussians:
 class RenderOut:
     rgb: Tensor  # [C, H, W, 3]
     alpha: Tensor  # [C, H, W]
+    depth: Tensor  # [C, H, W] expected camera z: sum(w z) / alpha (0 where alpha is 0)
+    normals: Tensor  # [C, H, W, 3] world unit normals of the depth map (finite differences; 0 on the border)
+    surfel_normals: Optional[Tensor] = None  # [C, H, W, 3] world, sum(w n) of the surfels' own normals (2d only)
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
@@ -98,9 +102,10 @@ def render(
     if pick_backend(backend, g.means.device) == "gsplat":
         from posesplat.render.gsplat_backend import render_gsplat
 
-        rgb, alpha = render_gsplat(g, mode, viewmats, Ks, width, height, background)
-        return RenderOut(rgb, alpha)
-    kind, radii, means2d, depths, shape = project_any(g, mode, viewmats, Ks, width, height)
-    rgb, alpha = torch_backend.rasterize(kind, radii, means2d, depths, shape, g.colors, g.opacities, width, height,
-                                         background)
-    return RenderOut(rgb, alpha)
+        rgb, alpha, depth, snormals = render_gsplat(g, mode, viewmats, Ks, width, height, background)
+    else:
+        kind, radii, means2d, depths, shape = project_any(g, mode, viewmats, Ks, width, height)
+        n = surfel_normals(g.quats, g.means, viewmats) if kind == "surfel" else None  # [C, N, 3]
+        rgb, alpha, depth, snormals = torch_backend.rasterize(kind, radii, means2d, depths, shape, g.colors,
+                                                              g.opacities, width, height, background, n)
+    return RenderOut(rgb, alpha, depth, depth_to_normal(depth, viewmats, Ks), snormals)

@@ -17,7 +17,8 @@ TILE = 16  # gsplat's default tile size
 
 def _rasterize_projected(g, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int,
                          bg: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Our projection of the mode (conics), gsplat's CUDA tile intersection and rasteriser."""
+    """Our projection of the mode (conics), gsplat's CUDA tile intersection and rasteriser: colour and centre
+    depth [C, H, W, 4] (depth accumulated, not normalised; background depth 0), alpha [C, H, W, 1]."""
     from gsplat import isect_offset_encode, isect_tiles, rasterize_to_pixels
 
     from posesplat.render import RenderError, projection
@@ -31,29 +32,41 @@ def _rasterize_projected(g, mode: str, viewmats: Tensor, Ks: Tensor, width: int,
     tw, th = math.ceil(width / TILE), math.ceil(height / TILE)
     _, isect_ids, flatten_ids = isect_tiles(means2d, radii, depths, TILE, tw, th)
     offsets = isect_offset_encode(isect_ids, C, tw, th).reshape(C, th, tw)
+    colors = torch.cat([g.colors.expand(C, N, 3), depths[..., None]], dim=-1).contiguous()  # [C, N, 4]
+    bg = None if bg is None else torch.cat([bg, torch.zeros_like(bg[:, :1])], dim=-1)
     return rasterize_to_pixels(
-        means2d, conics, g.colors.expand(C, N, 3).contiguous(), g.opacities.expand(C, N).contiguous(),
+        means2d, conics, colors, g.opacities.expand(C, N).contiguous(),
         width, height, TILE, offsets, flatten_ids, backgrounds=bg,
     )
 
 
 def render_gsplat(
     g, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Optional[Tensor] = None
-) -> tuple[Tensor, Tensor]:
-    """rgb [C, H, W, 3], alpha [C, H, W] from gsplat's CUDA rasterisers."""
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """rgb [C, H, W, 3], alpha [C, H, W], expected depth [C, H, W] and, from `rasterization_2dgs`, the surfels'
+    composited world normals [C, H, W, 3] (else None), from gsplat's CUDA rasterisers (render_mode "RGB+ED").
+
+    gsplat composites each Gaussian's centre depth, also in rasterization_2dgs: there it differs from the torch
+    backend's ray-surfel intersection depth except where surfels face the camera (docs/rendering.md)."""
     import gsplat
 
     C = viewmats.shape[0]
     bg = None if background is None else background.expand(C, 3)
     name = MODES[mode].gsplat
+    snormals = None
     if name is None:
-        rgb, alpha = _rasterize_projected(g, mode, viewmats, Ks, width, height, bg)
+        colors, alpha = _rasterize_projected(g, mode, viewmats, Ks, width, height, bg)
+        colors = torch.cat([colors[..., :3], colors[..., 3:] / alpha.clamp_min(1e-10)], dim=-1)
     else:
         quats, scales = native_inputs(g, mode, name)
-        rgb, alpha = getattr(gsplat, name)(
+        out = getattr(gsplat, name)(
             g.means, quats, scales, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
-        )[:2]
-    return rgb, alpha[..., 0]
+            render_mode="RGB+ED",
+        )
+        colors, alpha = out[:2]
+        if name == "rasterization_2dgs":
+            snormals = out[2]
+    return colors[..., :3], alpha[..., 0], colors[..., 3], snormals
 
 
 def native_inputs(g, mode: str, name: str) -> tuple[Tensor, Tensor]:

@@ -115,6 +115,39 @@ def project_screen(
     return _cull(radius, means2d, tz, width, height, det > 0), means2d, tz, conics
 
 
+def surfel_normals(quats: Tensor, means: Tensor, viewmats: Tensor) -> Tensor:
+    """World normals [C, N, 3] of surfels (their rotation's third axis), each turned to face the camera (2DGS)."""
+    from posesplat.pose import quat_to_rotmat
+
+    n = quat_to_rotmat(quats)[:, :, 2]  # [N, 3]
+    cam = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # camera centres [C, 3]
+    facing = ((means[None] - cam[:, None]) * n[None]).sum(-1, keepdim=True)  # [C, N, 1]; > 0: faces away
+    return torch.where(facing > 0, -n[None], n[None])
+
+
+def depth_to_points(depth: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
+    """World points [C, H, W, 3] at z-depth [C, H, W] through the pixel centres (u = j + 0.5, v = i + 0.5)."""
+    C, H, W = depth.shape
+    i, j = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
+                          torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5, indexing="ij")
+    K = Ks.to(depth.dtype)
+    x = (j - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]  # [C, H, W]
+    y = (i - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    cam = torch.stack([x, y, torch.ones_like(x)], -1) * depth[..., None]  # camera coordinates [C, H, W, 3]
+    R, t = viewmats[:, :3, :3].to(depth.dtype), viewmats[:, :3, 3].to(depth.dtype)
+    return torch.einsum("cji,chwj->chwi", R, cam - t[:, None, None])  # R^T (x_cam - t)
+
+
+def depth_to_normal(depth: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
+    """World normals [C, H, W, 3] of a z-depth map [C, H, W] by central differences of its back-projected points
+    (gsplat's `depth_to_normal`): facing the camera, 0 on the image border."""
+    P = depth_to_points(depth, viewmats, Ks)
+    down = P[:, 2:, 1:-1] - P[:, :-2, 1:-1]  # [C, H-2, W-2, 3]
+    right = P[:, 1:-1, 2:] - P[:, 1:-1, :-2]
+    n = torch.nn.functional.normalize(torch.linalg.cross(down, right, dim=-1), dim=-1)
+    return torch.nn.functional.pad(n, (0, 0, 1, 1, 1, 1))
+
+
 @dataclass(frozen=True)
 class Projection:
     """How one mode projects: `kind` picks the rasteriser's alpha ("conic": a pixel-space Gaussian; "surfel": a

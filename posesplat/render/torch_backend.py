@@ -9,7 +9,8 @@ Algorithm (differentiable end to end, no Python loop over Gaussians or pixels):
    is exactly the set of pairs with a non-zero weight, often a small fraction of the boxes in dense scenes.
 3. With gradients, on the surviving pairs only: one gather of the packed per-Gaussian parameters, alpha,
    transmittance by the same segmented cumulative sum (float64), weights alpha * T, and one index_add of
-   (w * colour, w) into the pixels.
+   (w * colour, w * depth, w, w * normal) into the pixels. Depth is each pair's camera z: the Gaussian's centre
+   (conic) or the ray-surfel intersection (surfel, 2DGS's rule: the centre where the low-pass floor wins).
 """
 
 from __future__ import annotations
@@ -27,14 +28,37 @@ CHUNK_PIXEL_PAIRS = 32  # chunks of about this many candidate pairs per pixel, s
 CHUNK_MIN_PAIRS = 1 << 16  # but not smaller than this (per-chunk overhead)
 
 
-def _pack(means2d: Tensor, shape: Tensor, opacities: Tensor, colors: Tensor) -> Tensor:
-    """Per (camera, Gaussian) parameters in one [C*N, K] tensor: means2d 2 | conic 3 or ray transform 9 | opacity 1 |
-    colour 3, so that pairs need one gather (and the backward one index_add)."""
+def _pack(means2d: Tensor, shape: Tensor, depths: Tensor, opacities: Tensor, colors: Tensor) -> Tensor:
+    """Per (camera, Gaussian) parameters in one [C*N, K] tensor: means2d 2 | conic 3 or ray transform 9 | depth 1 |
+    opacity 1 | colour 3, so that pairs need one gather (and the backward one index_add)."""
     C, N = means2d.shape[:2]
     return torch.cat(
-        [means2d.reshape(C * N, 2), shape.reshape(C * N, -1),
+        [means2d.reshape(C * N, 2), shape.reshape(C * N, -1), depths.reshape(C * N, 1),
          opacities.expand(C, N).reshape(C * N, 1), colors.expand(C, N, 3).reshape(C * N, 3)], dim=1,
     )
+
+
+def _pair_depth(kind: str, q: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
+    """Camera z [P] of pairs: the centre's (conic); for surfels the ray-surfel intersection z = u M[2][0] +
+    v M[2][1] + M[2][2], or the centre's where the low-pass floor sets alpha (2DGS's CUDA rule)."""
+    if kind == "conic":
+        return q[-5]
+    us, vs, floor = _surfel_uv(q, px + 0.5, py + 0.5)
+    return torch.where(floor, q[10], us * q[8] + vs * q[9] + q[10])
+
+
+def _surfel_uv(q: tuple[Tensor, ...], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Surfel-plane coordinates (u, v) [P] where pixel centres (x, y) [P] meet the surfel (the cross product of the
+    two pixel planes), and whether the screen-space low-pass floor 2 |x - mu|^2 is below u^2 + v^2 [P] bool."""
+    m = q[2:11]  # ray transform M row-major: M[i][j] = m[3 i + j]
+    hu = [m[6 + j] * x - m[j] for j in range(3)]
+    hv = [m[6 + j] * y - m[3 + j] for j in range(3)]
+    t0 = hu[1] * hv[2] - hu[2] * hv[1]
+    t1 = hu[2] * hv[0] - hu[0] * hv[2]
+    t2 = hu[0] * hv[1] - hu[1] * hv[0]
+    us, vs = t0 / t2, t1 / t2
+    dx, dy = x - q[0], y - q[1]
+    return us, vs, 2 * (dx * dx + dy * dy) < us * us + vs * vs
 
 
 def _alpha(kind: str, q: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
@@ -45,13 +69,7 @@ def _alpha(kind: str, q: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
     if kind == "conic":  # 3d and 2d_screen: conic (a, b, c)
         sigma = 0.5 * (q[2] * dx * dx + q[4] * dy * dy) + q[3] * dx * dy
     else:  # 2d surfels: ray-splat intersection (u, v) = cross(h_u, h_v), with the screen-space low-pass floor
-        m = q[2:11]  # ray transform M row-major: M[i][j] = m[3 i + j]
-        hu = [m[6 + j] * x - m[j] for j in range(3)]
-        hv = [m[6 + j] * y - m[3 + j] for j in range(3)]
-        t0 = hu[1] * hv[2] - hu[2] * hv[1]
-        t1 = hu[2] * hv[0] - hu[0] * hv[2]
-        t2 = hu[0] * hv[1] - hu[1] * hv[0]
-        us, vs = t0 / t2, t1 / t2
+        us, vs, _ = _surfel_uv(q, x, y)
         sigma = 0.5 * torch.minimum(us * us + vs * vs, 2 * (dx * dx + dy * dy))
     alpha = torch.clamp_max(q[-4] * torch.exp(-sigma), ALPHA_MAX)
     return torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
@@ -190,19 +208,27 @@ def rasterize(
     width: int,
     height: int,
     background: Tensor | None = None,  # [3]
-) -> tuple[Tensor, Tensor]:
-    """Composite front to back: rgb [C, H, W, 3], alpha [C, H, W]."""
+    normals: Tensor | None = None,  # [C, N, 3] world normals to composite (surfels), or None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Composite front to back: rgb [C, H, W, 3], alpha [C, H, W], expected depth [C, H, W] (sum w z / alpha, 0
+    where alpha is 0) and, given `normals`, their weighted sum [C, H, W, 3] (not normalised, as gsplat's)."""
     C = depths.shape[0]
-    packed = _pack(means2d, shape, opacities, colors)  # [C*N, K]
+    packed = _pack(means2d, shape, depths, opacities, colors)  # [C*N, K]
     ids, pix = contributing_pairs(kind, radii, depths, packed, width, height)
     # K columns [P]; unbind's backward is one stack, where column slices would each zero-fill a [P, K] gradient
     q = packed.index_select(0, ids).unbind(1)
     alpha = _alpha(kind, q, (pix % width).to(packed.dtype), ((pix // width) % height).to(packed.dtype))
     T = torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha), pix)).to(alpha.dtype)
     w = alpha * T  # [P]
-    out = torch.zeros(C * height * width, 4, device=packed.device, dtype=packed.dtype)
-    out = out.index_add(0, pix, torch.stack([w * c for c in q[-3:]] + [w], dim=1))
+    z = _pair_depth(kind, q, (pix % width).to(packed.dtype), ((pix // width) % height).to(packed.dtype))
+    cols = [w * c for c in q[-3:]] + [w, w * z]
+    if normals is not None:
+        cols += (w[:, None] * normals.reshape(-1, 3).index_select(0, ids)).unbind(1)
+    out = torch.zeros(C * height * width, len(cols), device=packed.device, dtype=packed.dtype)
+    out = out.index_add(0, pix, torch.stack(cols, dim=1))
     rgb, acc = out[:, :3], out[:, 3]
     if background is not None:
         rgb = rgb + (1 - acc)[:, None] * background
-    return rgb.reshape(C, height, width, 3), acc.reshape(C, height, width)
+    depth = out[:, 4] / acc.clamp_min(1e-10)
+    normal = out[:, 5:8].reshape(C, height, width, 3) if normals is not None else None
+    return rgb.reshape(C, height, width, 3), acc.reshape(C, height, width), depth.reshape(C, height, width), normal
