@@ -20,7 +20,16 @@ from study.space import MODE_KEY, Confirm
 from study.stats import crossed_diff, detectable, halfwidth, seeds_for
 
 PLAN_FORMAT = 1
-SEED_OFFSET = 10_000  # confirm seeds are seed + SEED_OFFSET + i: never an explore seed (seed + i, i < samples)
+CONFIRM_SEEDS, TUNE_SEEDS, SEED_STRIDE = 1_000_000, 2_000_000, 1000
+
+
+def stage_seeds(stage: int, seed: int, n: int) -> list[int]:
+    """The trial seeds of the confirm stage (stage CONFIRM_SEEDS) or the deciding tuning (TUNE_SEEDS) of a study run
+    with `--seed seed`: stage + SEED_STRIDE x seed + i. Never an explore seed (seed + i, i < samples), never another
+    stage's, and disjoint between `--seed` values, so studies run with different --seed are independent replicates."""
+    if not 0 <= seed < stage // SEED_STRIDE or n > SEED_STRIDE:
+        raise ValueError(f"--seed {seed}: must be in [0, {stage // SEED_STRIDE}) for disjoint stage seeds")
+    return [stage + SEED_STRIDE * seed + i for i in range(n)]
 
 
 class PlanError(ValueError):
@@ -135,7 +144,7 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
             comps = (p["var_seed"], p["var_frame"], p["var_resid"])
             p["expected_halfwidth"] = halfwidth(*comps, n_seeds, test_frames)
             p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
-    seeds = [seed + SEED_OFFSET + i for i in range(n_seeds)]
+    seeds = stage_seeds(CONFIRM_SEEDS, seed, n_seeds)
     trials = [{**confirm.cell, MODE_KEY: m, "seed": s, **{k: hparams[m][k] for k in search_keys}}
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),

@@ -290,6 +290,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Refuse numeric options Ray would reject later with a traceback (or silently misread)."""
     bad = [(f"--{k.replace('_', '-')}", v, need) for k, v, need, ok in (
         ("max_concurrent", args.max_concurrent, "at least 1", lambda v: v >= 1),
+        ("seed", args.seed, "in [0, 1000) (each --seed gets its own disjoint tuning and confirm seeds)",
+         lambda v: 0 <= v < 1000),
         ("max_failures", args.max_failures, "at least 0 (or -1: retry without limit)", lambda v: v >= -1),
         ("cpus_per_trial", args.cpus_per_trial, "above 0", lambda v: v > 0),
         ("gpu_mem_mb", args.gpu_mem_mb, "above 0", lambda v: v > 0),
@@ -572,9 +574,6 @@ def study_metrics(space: Space) -> tuple[str, ...]:
     return tuple(dict.fromkeys((space.metric, *confirm)))
 
 
-TUNE_SEED_OFFSET = 20_000  # tuning seeds: never an explore seed (seed + i) nor a confirm seed (seed + 10_000 + i)
-
-
 def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
                info: dict) -> Optional[dict]:
     """The deciding tuning at the confirm cell (study/tuning.py), in rounds `<study>/tune/round<r>/`: round 0 is
@@ -582,6 +581,7 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
     written before its trials and read back on resume; the next round follows from the records alone. Returns the
     per-mode outcome (also recorded in study.json), or None when the space has no `confirm.tune`."""
     from study import tuning
+    from study.confirm import TUNE_SEEDS, stage_seeds
     from study.search import PlannedSearcher
     from study.sink import ParquetSink
 
@@ -589,7 +589,7 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
     if spec is None:
         return None
     cbase, modes = confirm_config(space, base), list(space.confirm.modes)
-    seeds = [args.seed + TUNE_SEED_OFFSET + i for i in range(spec.seeds)]
+    seeds = stage_seeds(TUNE_SEEDS, args.seed, spec.seeds)
     maximize = BY_NAME[space.confirm.select].higher_is_better is not False
     runs: list[tuning.Run] = []
     widen: dict[str, int] = {}

@@ -203,3 +203,20 @@ def test_tuning_error_grows_with_the_selection_noise():
     quiet, noisy = (float(np.sqrt(np.mean(tuning.tuning_draws(outcome(sd), ("2d", "3d")) ** 2)))
                     for sd in (1e-4, 2e-2))
     assert quiet < 1e-3 < noisy < 0.05
+
+
+def test_studies_with_different_seeds_share_no_tuning_or_confirm_seed():
+    from study.confirm import CONFIRM_SEEDS, TUNE_SEEDS, stage_seeds
+
+    used = [set(stage_seeds(stage, s, 24)) for s in range(3) for stage in (CONFIRM_SEEDS, TUNE_SEEDS)]
+    assert sum(map(len, used)) == len(set().union(*used))  # disjoint across --seed values and stages
+    assert min(min(u) for u in used) > 1000  # above every explore seed (--seed + i)
+    with pytest.raises(ValueError):
+        stage_seeds(CONFIRM_SEEDS, 1000, 3)
+
+
+def test_seed_out_of_range_is_refused_before_anything_runs(capsys):
+    from study.run import main
+
+    assert main(["--space", "smoke", "--seed", "1000"]) == 2
+    assert "--seed 1000: must be in [0, 1000)" in capsys.readouterr().err
