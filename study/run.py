@@ -240,6 +240,7 @@ def connect_ray(address: Optional[str]) -> None:
         TERMINATED.set()
         raise KeyboardInterrupt from None
     signal.signal(signal.SIGTERM, driver_sigterm)  # the driver's (signals_as_interrupt), not Ray's sys.exit
+    RAY_GCS[:] = [ray.get_runtime_context().gcs_address]
 
 
 def dict_diff(held: dict, new: dict, prefix: str = "") -> list[str]:
@@ -368,6 +369,33 @@ def all_failed(stage: str, statuses: dict[str, dict]) -> Optional[str]:
 
 TERMINATED = threading.Event()  # set by SIGTERM: the interrupted run exits 143 instead of 130
 INTERRUPTED = threading.Event()  # set by Ctrl-C or SIGTERM: a stage's Tuner returned early because of it
+SAID = threading.Event()  # the driver printed its last line ("interrupted: ..." or "terminated: ...")
+RAY_GCS: list[str] = []  # the address of the GCS of the Ray the driver runs on (connect_ray)
+RESUME = "run the same command again to resume the study"
+
+
+def exit_when_ray_is_gone(rc: int, grace_s: float = 10.0) -> None:
+    """SIGTERM to the whole process group ends Ray's own processes too (they ignore only SIGINT): Tune still saves
+    its snapshot, but its clean-up and ray.shutdown then wait a minute for the GCS and abort the driver. A watcher
+    thread ends the driver with `rc` (and the usual line) once the GCS stops answering and `grace_s` has passed."""
+
+    def answers(address: str) -> bool:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def watch():
+        deadline = time.time() + grace_s
+        while not RAY_GCS or answers(RAY_GCS[0]) or time.time() < deadline:
+            time.sleep(0.5)
+        if not SAID.is_set():
+            print(f"terminated: {RESUME}", file=sys.stderr, flush=True)
+        os._exit(rc)
+
+    threading.Thread(target=watch, daemon=True, name="exit-when-ray-is-gone").start()
 
 
 @contextlib.contextmanager
@@ -382,6 +410,8 @@ def signals_as_interrupt():
         INTERRUPTED.set()
         if signum == signal.SIGTERM:
             TERMINATED.set()
+            if not again:
+                exit_when_ray_is_gone(143)
         tune_handler = signal.getsignal(signal.SIGUSR1)  # Tune's, installed for the duration of a fit
         if callable(tune_handler) and not again:
             tune_handler(signal.SIGUSR1, frame)
@@ -722,8 +752,8 @@ def main(argv: Optional[list[str]] = None, trial_fn: Optional[Callable] = None) 
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(("terminated" if TERMINATED.is_set() else "interrupted")
-              + ": run the same command again to resume the study", file=sys.stderr)
+        print(("terminated" if TERMINATED.is_set() else "interrupted") + f": {RESUME}", file=sys.stderr, flush=True)
+        SAID.set()
         return 143 if TERMINATED.is_set() else 130
 
 
