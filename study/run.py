@@ -229,17 +229,22 @@ def connect_ray(address: Optional[str]) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # "local": a fresh instance even when another Ray runs on this machine (ray.init() would join it)
+    # SIGTERM blocked in this thread while Ray starts: the processes it starts inherit the mask, so SIGTERM to the
+    # driver's process group reaches the driver alone (as Ray does for SIGINT)
     driver_sigterm = signal.getsignal(signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
-    except SystemExit as e:  # ray.init's own SIGTERM handler, in place while it starts: sys.exit(SIGTERM)
+        signal.signal(signal.SIGTERM, driver_sigterm)  # the driver's (signals_as_interrupt), not Ray's sys.exit
+    except SystemExit as e:  # ray.init's own SIGTERM handler ran (another thread took the signal): sys.exit(15)
         if e.code != signal.SIGTERM:
             raise
         INTERRUPTED.set()
         TERMINATED.set()
         raise KeyboardInterrupt from None
-    signal.signal(signal.SIGTERM, driver_sigterm)  # the driver's (signals_as_interrupt), not Ray's sys.exit
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     RAY_GCS[:] = [ray.get_runtime_context().gcs_address]
 
 
@@ -375,9 +380,10 @@ RESUME = "run the same command again to resume the study"
 
 
 def exit_when_ray_is_gone(rc: int, grace_s: float = 10.0) -> None:
-    """SIGTERM to the whole process group ends Ray's own processes too (they ignore only SIGINT): Tune still saves
-    its snapshot, but its clean-up and ray.shutdown then wait a minute for the GCS and abort the driver. A watcher
-    thread ends the driver with `rc` (and the usual line) once the GCS stops answering and `grace_s` has passed."""
+    """Should Ray's GCS die with a SIGTERM (Ray's processes block it only when connect_ray started them), Tune still
+    saves its snapshot, but its clean-up and ray.shutdown would wait a minute for the GCS and abort the driver. A
+    watcher thread ends the driver with `rc` (and the usual line) once the GCS stops answering and `grace_s` has
+    passed."""
 
     def answers(address: str) -> bool:
         host, _, port = address.rpartition(":")
