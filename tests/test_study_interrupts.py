@@ -155,15 +155,15 @@ def test_sigterm_while_a_confirm_trial_is_pending(reference, small_dataset, tmp_
     check_case(reference, small_dataset, tmp_path, "first_confirm_trial", "SIGTERM", "driver")
 
 
-WALK = [
-    ("ray_start", "SIGTERM", "driver"), ("ray_start", "SIGINT", "group"), ("ray_start", "SIGKILL", "group"),
-    ("mid_explore", "SIGKILL", "driver"), ("mid_explore", "SIGTERM", "group"), ("mid_explore", "SIGINT", "group"),
-    ("end_explore", "SIGKILL", "group"), ("end_explore", "SIGTERM", "driver"),
-    ("plan", "SIGKILL", "group"), ("plan", "SIGINT", "group"), ("plan", "SIGTERM", "group"),
-    ("first_confirm_trial", "SIGKILL", "driver"), ("first_confirm_trial", "SIGTERM", "group"),
-    ("mid_confirm", "SIGKILL", "driver"), ("mid_confirm", "SIGINT", "group"), ("mid_confirm", "SIGTERM", "group"),
-    ("mid_confirm", "SIGTERM", "driver"),
-    ("report", "SIGKILL", "group"), ("report", "SIGTERM", "driver"), ("report", "SIGINT", "group"),
+WALK = [  # ordered so that a prefix of the walk covers every moment
+    ("ray_start", "SIGTERM", "driver"), ("mid_explore", "SIGTERM", "group"), ("end_explore", "SIGKILL", "group"),
+    ("plan", "SIGINT", "group"), ("first_confirm_trial", "SIGKILL", "driver"), ("mid_confirm", "SIGTERM", "group"),
+    ("report", "SIGTERM", "driver"),
+    ("ray_start", "SIGINT", "group"), ("mid_explore", "SIGKILL", "driver"), ("end_explore", "SIGTERM", "driver"),
+    ("plan", "SIGKILL", "group"), ("first_confirm_trial", "SIGTERM", "group"), ("mid_confirm", "SIGINT", "group"),
+    ("report", "SIGKILL", "group"),
+    ("ray_start", "SIGKILL", "group"), ("mid_explore", "SIGINT", "group"), ("plan", "SIGTERM", "group"),
+    ("mid_confirm", "SIGKILL", "driver"), ("mid_confirm", "SIGTERM", "driver"), ("report", "SIGINT", "group"),
 ]
 
 
