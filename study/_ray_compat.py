@@ -4,7 +4,10 @@ tested with (pinned in pyproject.toml). Everything else in `study` uses Ray's do
 What is private here, and why there is no public way:
 - a restored Tuner keeps the run options of the study's first run (callbacks, failure config, concurrency) in its
   pickle, and `Tuner.restore` takes no new ones: `restore_tuner` replaces them on the Tuner's local driver;
-- a trial's retry limit is fixed when Ray creates it: `set_max_failures` applies a resumed run's `--max-failures`.
+- a trial's retry limit is fixed when Ray creates it: `set_max_failures` applies a resumed run's `--max-failures`;
+- `Tuner.can_restore` looks only for `tuner.pkl`, written before Ray's first experiment snapshot; a run killed in
+  between restores as a new experiment of one trial (Ray's restore passes no `num_samples`): `can_resume` also
+  asks for that snapshot.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ def restore_tuner(run_dir: str, trainable: Any, param_space: dict, callbacks_for
     if local._tune_config.search_alg is not None:
         local._tune_config.search_alg.max_concurrent = max_concurrent
     return tuner
+
+
+def can_resume(run_dir: str) -> bool:
+    """Is there a Tune experiment in `run_dir` (a path or URI) that Ray can continue: its Tuner and at least one
+    experiment snapshot? Without a snapshot Ray recorded no trial, and the stage starts afresh."""
+    from ray import tune
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    return tune.Tuner.can_restore(run_dir) and _find_newest_experiment_checkpoint(run_dir) is not None
 
 
 def result_keys() -> frozenset[str]:

@@ -270,8 +270,23 @@ def connect_ray(address: Optional[str]) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # "local": a fresh instance even when another Ray runs on this machine (ray.init() would join it)
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             **({} if address else {"num_cpus": os.cpu_count()}))
+    # SIGTERM blocked in this thread while Ray starts: the processes it starts inherit the mask, so SIGTERM to the
+    # driver's process group reaches the driver alone (as Ray does for SIGINT)
+    driver_sigterm = signal.getsignal(signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+        signal.signal(signal.SIGTERM, driver_sigterm)  # the driver's (signals_as_interrupt), not Ray's sys.exit
+    except SystemExit as e:  # ray.init's own SIGTERM handler ran (another thread took the signal): sys.exit(15)
+        if e.code != signal.SIGTERM:
+            raise
+        INTERRUPTED.set()
+        TERMINATED.set()
+        raise KeyboardInterrupt from None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    RAY_GCS[:] = [ray.get_runtime_context().gcs_address]
 
 
 def dict_diff(held: dict, new: dict, prefix: str = "") -> list[str]:
@@ -353,10 +368,12 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
 
     Explore: per-mode Optuna and stratified ASHA over every cell (`<study>/ray`, `<study>/metrics`). Confirm, when the
     space has a `confirm` block: the plan written to `<study>/confirm/plan.json`, then its trials with no early
-    stopping (`<study>/confirm/ray`, `<study>/confirm/metrics`). A stage whose trials have not all ended in a state
-    the study recorded raises KeyboardInterrupt (the study is left resumable); so do SIGTERM and Ctrl-C."""
+    stopping (`<study>/confirm/ray`, `<study>/confirm/metrics`). A stage that SIGTERM or Ctrl-C interrupted raises
+    KeyboardInterrupt (the study is left resumable); one that Ray ended unfinished otherwise, StudyError."""
     from study.trainable import clean_scratch
 
+    INTERRUPTED.clear()
+    TERMINATED.clear()
     space, base, study, gpu, gpu_mem, pixels, held = study_plan(args)
     with StudyLock(study):
         t0 = time.time()
@@ -372,7 +389,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
         clean_scratch()
         trainable = trainable_factory(args, space, gpu, gpu_mem, pixels, trial_fn)
         failed = None
-        with sigterm_as_interrupt():
+        with signals_as_interrupt():
             try:
                 ended = run_explore(args, space, base, study, trainable)
                 info.setdefault("explore_finished", datetime.now(timezone.utc).isoformat())
@@ -402,27 +419,70 @@ def all_failed(stage: str, statuses: dict[str, dict]) -> Optional[str]:
 
 
 TERMINATED = threading.Event()  # set by SIGTERM: the interrupted run exits 143 instead of 130
+INTERRUPTED = threading.Event()  # set by Ctrl-C or SIGTERM: a stage's Tuner returned early because of it
+SAID = threading.Event()  # the driver printed its last line ("interrupted: ..." or "terminated: ...")
+RAY_GCS: list[str] = []  # the address of the GCS of the Ray the driver runs on (connect_ray)
+RESUME = "run the same command again to resume the study"
+
+
+def exit_when_ray_is_gone(rc: int, grace_s: float = 10.0) -> None:
+    """Should Ray's GCS die with a SIGTERM (Ray's processes block it only when connect_ray started them), Tune still
+    saves its snapshot, but its clean-up and ray.shutdown would wait a minute for the GCS and abort the driver. A
+    watcher thread ends the driver with `rc` (and the usual line) once the GCS stops answering and `grace_s` has
+    passed."""
+
+    def answers(address: str) -> bool:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def watch():
+        deadline = time.time() + grace_s
+        while not RAY_GCS or answers(RAY_GCS[0]) or time.time() < deadline:
+            time.sleep(0.5)
+        if not SAID.is_set():
+            print(f"terminated: {RESUME}", file=sys.stderr, flush=True)
+        os._exit(rc)
+
+    threading.Thread(target=watch, daemon=True, name="exit-when-ray-is-gone").start()
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (what a cluster scheduler sends) handled like Ctrl-C: while a Tuner runs, Tune's own interrupt
-    handler (it saves the experiment's state and returns); otherwise KeyboardInterrupt. Installed after ray.init,
-    which sets a SIGTERM handler of its own."""
+def signals_as_interrupt():
+    """Ctrl-C (SIGINT) and SIGTERM (what a cluster scheduler sends) recorded, then handled alike: while a Tuner
+    runs, by Tune's own interrupt handler (SIGUSR1's: it saves the experiment's state and returns); otherwise, or on
+    a second signal, KeyboardInterrupt. Tune's SIGINT handler is off, so that the driver knows a stage that returned
+    unfinished was interrupted (fit_stage). connect_ray puts SIGTERM's back after ray.init."""
 
     def handler(signum, frame):
-        TERMINATED.set()
+        again = INTERRUPTED.is_set()
+        INTERRUPTED.set()
+        if signum == signal.SIGTERM:
+            TERMINATED.set()
+            if not again:
+                exit_when_ray_is_gone(143)
         tune_handler = signal.getsignal(signal.SIGUSR1)  # Tune's, installed for the duration of a fit
-        if callable(tune_handler):
+        if callable(tune_handler) and not again:
             tune_handler(signal.SIGUSR1, frame)
         else:
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if tune_sigint is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
+
 
 
 def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem: Optional[float], pixels: int,
@@ -463,16 +523,16 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
               label: str) -> dict[str, dict]:
     """Run (or resume) one stage's Tuner in `<store>/ray`; returns the stage's trial rows. The study's own records
     decide: a stage whose trials all ended (completed, stopped by the scheduler, or failed) is not run again; one
-    that is not finished afterwards raises KeyboardInterrupt. Ray's state must agree with the records: missing,
-    damaged or foreign state is refused (`--repair` sets the stage aside and runs it again) before Ray could start
-    over and the sink drop the records."""
+    that a signal interrupted raises KeyboardInterrupt; one that Ray ended unfinished without a signal is refused
+    like damaged state. Ray's state must agree with the records: missing, damaged or foreign state is refused
+    (`--repair` sets the stage aside and runs it again) before Ray could start over and the sink drop the records."""
     from ray import tune
 
     if len(sink.ended()) >= searcher.total:
         return sink.trials
     run_dir = join_uri(store.uri, "ray")
     tuner = None
-    if tune.Tuner.can_restore(run_dir):
+    if _ray_compat.can_resume(run_dir):  # not tune.Tuner.can_restore: see _ray_compat
         print(f"resuming the {label} stage in {store.uri}", flush=True)
         tuner = check_ray_state(args, store, label, sink, lambda: _ray_compat.restore_tuner(
             run_dir, trainable, constants(sink.base),
@@ -480,6 +540,7 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
             args.max_failures, args.max_concurrent))
     elif sink.evidence():
         check_ray_state(args, store, label, sink, None)
+    restored = tuner is not None  # else our searcher and scheduler run; a restored Tuner has its own
     if tuner is None:
         print(f"{label} stage: {searcher.total} trials", flush=True)
         tuner = tune.Tuner(
@@ -505,8 +566,15 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
         for sig, h in handlers.items():
             signal.signal(sig, h)
     sink.fill_from(results)
-    if TERMINATED.is_set() or len(sink.ended()) < searcher.total:
+    if INTERRUPTED.is_set():
         raise KeyboardInterrupt
+    if len(sink.ended()) < searcher.total:  # Ray's experiment ended by its own count, short of the study's plan
+        problem = f"ended the stage with {len(sink.ended())} of its {searcher.total} trials ended, uninterrupted"
+        if not (args.repair and restored):
+            raise StudyError(f"{run_dir}: Ray's experiment {problem}; to run the {label} stage again from scratch, "
+                             f"run the same command with --repair (its records are kept aside, nothing is deleted)")
+        set_stage_aside(store, label, sink, problem)
+        return fit_stage(args, store, trainable, sink, searcher, scheduler, label)
     return sink.trials
 
 
@@ -520,8 +588,6 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
     """The restored Tuner, when Ray's experiment state agrees with the study's records; otherwise a refusal naming
     the damage, or with --repair the stage's Ray state and records set aside (never deleted) and None (the stage
     runs again). Ray restarts an experiment whose state file is truncated; that must not happen over records."""
-    from study.storage import set_aside
-
     evidence, problem, tuner = sink.evidence(), None, None
     if restore is None:
         problem = "is missing"
@@ -543,15 +609,23 @@ def check_ray_state(args: argparse.Namespace, store: Store, label: str, sink, re
         raise StudyError(f"{where}: Ray's experiment state {problem}, while {store.uri} records "
                          f"{len(evidence)} ended trials; to run the {label} stage again from scratch, run the same "
                          f"command with --repair (its records are kept aside, nothing is deleted)")
+    set_stage_aside(store, label, sink, f"state {problem}")
+    return None
+
+
+def set_stage_aside(store: Store, label: str, sink, problem: str) -> None:
+    """--repair: the stage's Ray state, records and TensorBoard runs set aside (never deleted); the stage runs
+    again."""
+    from study.storage import set_aside
+
     moved = [set_aside(store, name) for name in ("ray", "metrics", "tensorboard", "trials.parquet", "confirm")
              if store.exists(name) and not (label == "confirm" and name == "confirm")]
     if label == "confirm" and sink.board.exists("tensorboard", "confirm"):  # its runs, in the study's tensorboard/
         moved.append(set_aside(sink.board, "tensorboard/confirm"))
-    print(f"note: {label} stage: Ray's experiment state {problem}; set aside {', '.join(moved)}; running the stage "
+    print(f"note: {label} stage: Ray's experiment {problem}; set aside {', '.join(moved)}; running the stage "
           f"again", flush=True)
     sink.trials.clear()
     sink.damaged = None
-    return None
 
 
 def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> dict[str, dict]:
@@ -797,13 +871,14 @@ def main(argv: Optional[list[str]] = None, trial_fn: Optional[Callable] = None) 
     args = parse_args(argv)
     TERMINATED.clear()
     try:
-        return run_study(args, trial_fn).rc
+        with signals_as_interrupt():  # also while the study is planned and Ray starts (run_study's own: the stages)
+            return run_study(args, trial_fn).rc
     except (SpaceError, ConfigError, DatasetError, StudyError, StorageError, UnsupportedRay, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(("terminated" if TERMINATED.is_set() else "interrupted")
-              + ": run the same command again to resume the study", file=sys.stderr)
+        print(("terminated" if TERMINATED.is_set() else "interrupted") + f": {RESUME}", file=sys.stderr, flush=True)
+        SAID.set()
         return 143 if TERMINATED.is_set() else 130
 
 

@@ -158,8 +158,11 @@ class ParquetSink(Callback):
 
     def fill_from(self, results) -> None:
         """Rows of trials Ray's results hold and the study has none of (a finished stage whose trials.parquet was
-        damaged: no step runs, so on_step_begin never sees its trials)."""
-        missing = [r for r in results if r.metrics.get("trial_id") and r.metrics["trial_id"] not in self.trials]
+        damaged: no step runs, so on_step_begin never sees its trials). A result without a config is a trial that
+        never reported (created, not started, when the run was interrupted): nothing to record, Ray runs it on
+        resume."""
+        missing = [r for r in results if r.metrics.get("trial_id") and r.metrics["trial_id"] not in self.trials
+                   and r.config is not None]
         for r in missing:
             self.add_row(r.metrics["trial_id"], r.config, r.metrics, "failed" if r.error else "ended",
                          str(r.error).strip().splitlines()[-1][:2000] if r.error else None, r.checkpoint)

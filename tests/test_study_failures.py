@@ -177,7 +177,7 @@ def test_resume_applies_max_failures_and_max_concurrent_given_again(ray_local, t
         if (config["gaussian_mode"], config["seed"]) != ("3d", 0):
             return
         if attempt == 1 and epoch == 2:
-            os.kill(driver, signal.SIGUSR1)  # Tune's interrupt: it saves its state and returns (like Ctrl-C)
+            os.kill(driver, signal.SIGINT)  # Ctrl-C: Tune saves its state and returns
             time.sleep(60)
         if attempt in (2, 3) and epoch == 3:
             os._exit(1)  # the worker process dies (run 2, twice)

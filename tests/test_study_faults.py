@@ -327,3 +327,41 @@ def test_damaged_confirm_plan_is_refused_then_planned_again(ray_local, tmp_path,
     assert again["trials"] == plan["trials"] and again["seeds"] == plan["seeds"]
     assert len(list(plan_file.parent.glob("plan.json.damaged-*"))) == 1
     assert {p.name: p.read_text().count("start") for p in log.iterdir()} == runs  # no trial ran again
+
+
+@pytest.mark.slow
+def test_stage_that_ray_ended_short_of_the_plan_is_refused_then_repaired(tmp_path, small_dataset):
+    """Issue 28: a study stuck by an earlier version (killed between confirm/ray/tuner.pkl and Ray's first snapshot,
+    then resumed through Tuner.can_restore: Ray restarted the stage as an experiment of one trial) is not reported
+    as interrupted on every run: one line naming the stage's Ray state and --repair, exit 2; --repair sets the stage
+    aside and runs it again."""
+    space = {**FAKE_SPACE, "name": "fakec", "confirm": {"cell": {"grid_size": 16, "max_frames": 12},
+                                                         "min_seeds": 3, "max_seeds": 3}}
+    args = argv(tmp_path, small_dataset)
+    Path(args[1]).write_text(json.dumps(space))
+    study = tmp_path / "studies" / "fakec"
+    env = {**os.environ, "FAKE_EPOCH_S": "0.2"}
+    root = Path(__file__).parent.parent
+    proc = subprocess.Popen([sys.executable, str(FAKE_STUDY), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, cwd=root, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (study / "confirm" / "ray" / "tuner.pkl").exists():
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((study / "confirm" / "ray").glob("experiment_state-*.json"))
+    earlier = ("import sys; sys.path.insert(0, 'tests'); from ray import tune; from study import _ray_compat; "
+               "_ray_compat.can_resume = tune.Tuner.can_restore; import fake_study; from study.run import main; "
+               "sys.exit(main(sys.argv[1:], fake_study.trial))")  # the earlier version's test for a Ray folder
+    for cmd in ([sys.executable, "-c", earlier, *args], [sys.executable, str(FAKE_STUDY), *args]):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        err = r.stderr.strip().splitlines()[-1]
+        assert err.startswith(f"error: {study / 'confirm' / 'ray'}: Ray's experiment ended the stage with 1 of its 6 "
+                              f"trials ended, uninterrupted") and "--repair" in err, err
+    r = subprocess.run([sys.executable, str(FAKE_STUDY), *args, "--repair"], capture_output=True, text=True, env=env,
+                       cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [t["status"] for t in trials(study / "confirm").values()] == ["completed"] * 6
+    assert {p.name.split(".damaged-")[0] for p in (study / "confirm").glob("*.damaged-*")} >= {"ray", "trials.parquet"}
+    assert "finished" in json.loads((study / "study.json").read_text())
