@@ -59,7 +59,7 @@ def camera(f: float, width: int, height: int, device: torch.device) -> tuple[tor
 def composited_pairs_per_pixel(g: Gaussians, mode: str, vm, K, width: int, height: int) -> float:
     """The scene's depth complexity: pairs the renderer composites, per pixel."""
     kind, radii, means2d, depths, shape = project_any(g, mode, vm, K, width, height)
-    packed = torch_backend._pack(means2d, shape, g.opacities, g.colors)
+    packed = torch_backend._pack(means2d, shape, depths, g.opacities, g.colors)
     ids, _ = torch_backend.contributing_pairs(kind, radii, depths, packed, width, height)
     return ids.numel() / (width * height)
 
