@@ -205,7 +205,7 @@ def test_smoke_confirm_stage_follows_its_plan(smoke_study):
 
     plan = json.loads((smoke_study / "confirm" / "plan.json").read_text())
     explore = pq.read_table(smoke_study / "trials.parquet").to_pandas()
-    assert plan["seeds"] == [10001, 10002, 10003]  # --seed 1: never an explore seed
+    assert plan["seeds"] == [1_001_000, 1_001_001, 1_001_002]  # --seed 1: never an explore seed
     assert not set(plan["seeds"]) & set(explore["seed"])
     metrics = pd.read_parquet(smoke_study / "metrics")
     for mode, hp in plan["hparams"].items():
@@ -284,7 +284,8 @@ def test_every_cell_crossed_with_every_mode():
     cells = {}
     for c in configs:
         cells.setdefault((c["grid_size"], c["max_frames"], c["seed"]), []).append(c["gaussian_mode"])
-        assert 3e-5 <= c["lr"] <= 1e-3 and 0 <= c["ssim_lambda"] <= 0.2
+        lr = space.search["lr"]
+        assert lr.low <= c["lr"] <= lr.high and 0 <= c["ssim_lambda"] <= 0.2
     assert len(cells) == 9 * 2 and all(sorted(m) == ["2d", "3d"] for m in cells.values())
 
 
