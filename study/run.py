@@ -666,14 +666,13 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
     seeds = stage_seeds(TUNE_SEEDS, args.seed, spec.seeds)
     maximize = BY_NAME[space.confirm.select].higher_is_better is not False
     runs: list[tuning.Run] = []
-    widen: dict[str, int] = {}
     for r in range(spec.max_widen + 1):
         store = study.child("tune", f"round{r}")
         plan = read_record(store, "plan.json", lambda d: isinstance(d.get("trials"), list), "no trials",
                            args.repair, "run the same command with --repair to plan the round again (kept aside)",
                            "planning the round again")
         if plan is None:
-            values = tuning.next_values(spec, modes, runs, widen, maximize)
+            values = tuning.next_values(spec, modes, runs, maximize)
             if not values:
                 break
             plan = {"round": r, "key": spec.key, "values": values, "seeds": seeds,
@@ -688,10 +687,7 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
         searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
         fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, f"tuning round {r}")
         runs += round_runs(store, plan, space)
-        if r:
-            for m in plan["values"]:
-                widen[m] = widen.get(m, 0) + 1
-    outcome = tuning.summary(spec, modes, runs, widen, maximize)
+    outcome = tuning.summary(spec, modes, runs, maximize)
     info["tuning"] = {m: {k: o[k] for k in ("key", "chosen", "edge", "widenings", "range")} for m, o in outcome.items()}
     study.write_json(info, "study.json")
     print("tuned: " + "; ".join(f"{m} {o['key']} {o['chosen']:.3g}" + ("" if o["reason"] is None else " (at an edge)")
@@ -720,7 +716,7 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
                 hit = hit[hit["status"] != "failed"]
             if len(hit):
                 score = float(hit[select].iloc[-1])
-        runs.append(Run(t[MODE_KEY], float(t[key]), int(t["seed"]), score))
+        runs.append(Run(t[MODE_KEY], float(t[key]), int(t["seed"]), score, plan["round"]))
     return runs
 
 

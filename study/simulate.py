@@ -191,19 +191,15 @@ def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
     from study import tuning
 
     runs: list = []
-    widen: dict[str, int] = {}
     centre = math.sqrt(spec.low * spec.high)
     seed_luck = rng.normal(0, noise[0], spec.seeds)
     for r in range(spec.max_widen + 1):
-        values = tuning.next_values(spec, MODES, runs, widen)
+        values = tuning.next_values(spec, MODES, runs)
         if not values:
             break
-        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + rng.normal(0, noise[1])))
+        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + rng.normal(0, noise[1])), r)
                  for m, vs in values.items() for v in vs for s in range(spec.seeds)]
-        if r:
-            for m in values:
-                widen[m] = widen.get(m, 0) + 1
-    return tuning.summary(spec, MODES, runs, widen)
+    return tuning.summary(spec, MODES, runs)
 
 
 def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise = Noise(), n: int = 200,

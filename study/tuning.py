@@ -74,12 +74,13 @@ def curve(values: Sequence[float], scores: Sequence[float], maximize: bool = Tru
     filled = np.where(np.isfinite(scores), scores, worst)
     out = Curve([], [], [], [], [])
     for v in sorted(set(values.tolist())):
-        s = filled[values == v]
+        at = values == v
+        s, ok = filled[at], np.isfinite(scores[at])
         out.values.append(float(v))
         out.mean.append(float(s.mean()))
         out.se.append(float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("nan"))
-        out.runs.append(int(np.isfinite(scores[values == v]).sum()))
-        out.diverged.append(int((~np.isfinite(scores[values == v])).sum()))
+        out.runs.append(int(ok.sum()))
+        out.diverged.append(int((~ok).sum()))
     return out
 
 
@@ -116,6 +117,12 @@ class Run:
     value: float
     seed: int
     score: float
+    round: int = 0  # 0: the first grid; r > 0: the r-th widening round
+
+
+def widenings(runs: Sequence[Run], mode: str) -> int:
+    """Widening rounds `mode` has had: the rounds it trained in after the first."""
+    return max(len({r.round for r in runs if r.mode == mode}) - 1, 0)
 
 
 def tried(runs: Sequence[Run], mode: str) -> list[float]:
@@ -127,18 +134,16 @@ def mode_curve(runs: Sequence[Run], mode: str, maximize: bool = True) -> Curve:
     return curve([r.value for r in rows], [r.score for r in rows], maximize)
 
 
-def next_values(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[str, int],
-                maximize: bool = True) -> dict[str, list[float]]:
+def next_values(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool = True) -> dict[str, list[float]]:
     """The values each mode trains at in the next round: the first grid when nothing ran yet; then, for each mode
     whose choice is at an end and that has widened fewer than `spec.max_widen` times, `spec.widen_points` values
-    beyond that end (never past a hard limit). `rounds[mode]`: the widening rounds the mode has had. An empty dict:
-    tuning is done."""
+    beyond that end (never past a hard limit). An empty dict: tuning is done."""
     if not runs:
         return {m: log_grid(spec.low, spec.high, spec.points) for m in modes}
     out = {}
     for m in modes:
         side = edge(mode_curve(runs, m, maximize), spec.hard_low, spec.hard_high, maximize)
-        if side == BRACKETED or rounds.get(m, 0) >= spec.max_widen:
+        if side == BRACKETED or widenings(runs, m) >= spec.max_widen:
             continue
         new = widened(tried(runs, m), side, spec.widen_points, spec.hard_high if side == HIGH else spec.hard_low)
         if new:
@@ -146,7 +151,7 @@ def next_values(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[st
     return out
 
 
-def summary(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[str, int], maximize: bool = True) -> dict:
+def summary(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool = True) -> dict:
     """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed, the widenings, and the
     reason the decision must be inconclusive when it is not."""
     out = {}
@@ -154,22 +159,28 @@ def summary(spec, modes: Sequence[str], runs: Sequence[Run], rounds: dict[str, i
         c = mode_curve(runs, m, maximize)
         side = edge(c, spec.hard_low, spec.hard_high, maximize)
         i = best_index(c, maximize)
-        out[m] = {"key": spec.key, "chosen": c.values[i], "edge": side, "widenings": rounds.get(m, 0),
+        w = widenings(runs, m)
+        out[m] = {"key": spec.key, "chosen": c.values[i], "edge": side, "widenings": w,
                   "range": [c.values[0], c.values[-1]], "first_range": [spec.low, spec.high],
                   "curve": c.to_json(),
-                  "reason": None if side == BRACKETED else unbracketed_reason(spec.key, m, side, c, rounds.get(m, 0))}
+                  "reason": None if side == BRACKETED else unbracketed_reason(spec.key, m, side, c, w)}
     return out
 
 
 NEAR = 5  # values around the choice whose run-to-run noise decides the selection
 
 
+def near_best(c: dict, maximize: bool = True) -> np.ndarray:
+    """Indices of a JSON curve's NEAR best values, best first."""
+    m = np.asarray(c["mean"], float)
+    return np.argsort(-m if maximize else m)[:NEAR]
+
+
 def pooled_sd(c: dict, maximize: bool = True) -> float:
     """The run-to-run standard deviation of a curve's scores (JSON curve of `summary`), pooled over its NEAR best
     values with replicates (the noise where the selection happens; far values score lower and may vary less);
     without replicates, the residual sd of a quadratic in log(value) (NaN with fewer than 4 values)."""
-    order = np.argsort(-np.asarray(c["mean"], float) if maximize else np.asarray(c["mean"], float))[:NEAR]
-    pairs = [(c["se"][i] ** 2 * c["runs"][i], c["runs"][i] - 1) for i in order
+    pairs = [(c["se"][i] ** 2 * c["runs"][i], c["runs"][i] - 1) for i in near_best(c, maximize)
              if c["se"][i] is not None and c["runs"][i] > 1]
     if pairs:
         return math.sqrt(sum(v * d for v, d in pairs) / sum(d for _, d in pairs))
@@ -207,8 +218,7 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
 
 def noise_df(c: dict, maximize: bool = True) -> int:
     """Degrees of freedom of pooled_sd: (runs - 1) summed over the NEAR best values (with no replicates, values - 3)."""
-    order = np.argsort(-np.asarray(c["mean"], float) if maximize else np.asarray(c["mean"], float))[:NEAR]
-    df = sum(c["runs"][i] - 1 for i in order if c["runs"][i] > 1)
+    df = sum(c["runs"][i] - 1 for i in near_best(c, maximize) if c["runs"][i] > 1)
     return int(df) if df else max(len(c["values"]) - 3, 1)
 
 

@@ -21,17 +21,14 @@ def planted(opt: float, width: float = 1.0):
 
 def tune_rounds(spec: Tune, score, modes=("2d", "3d")) -> tuple[dict, list[dict]]:
     """The study's round loop (study.run.run_tuning) with planted scores instead of trials."""
-    runs, widen, rounds = [], {}, []
+    runs, rounds = [], []
     for r in range(spec.max_widen + 1):
-        values = tuning.next_values(spec, modes, runs, widen)
+        values = tuning.next_values(spec, modes, runs)
         if not values:
             break
         rounds.append(values)
-        runs += [tuning.Run(m, v, s, score(v)) for m, vs in values.items() for v in vs for s in range(spec.seeds)]
-        if r:
-            for m in values:
-                widen[m] = widen.get(m, 0) + 1
-    return tuning.summary(spec, modes, runs, widen), rounds
+        runs += [tuning.Run(m, v, s, score(v), r) for m, vs in values.items() for v in vs for s in range(spec.seeds)]
+    return tuning.summary(spec, modes, runs), rounds
 
 
 def test_log_grid_and_widening():
@@ -198,7 +195,7 @@ def test_tuning_error_grows_with_the_selection_noise():
     def outcome(sd: float) -> dict:
         runs = [tuning.Run(m, v, s, planted(1.6e-2)(v) + rng.normal(0, sd)) for m in ("2d", "3d") for v in values
                 for s in range(2)]
-        return tuning.summary(Tune(low=4e-3, high=6.4e-2), ("2d", "3d"), runs, {})
+        return tuning.summary(Tune(low=4e-3, high=6.4e-2), ("2d", "3d"), runs)
 
     quiet, noisy = (float(np.sqrt(np.mean(tuning.tuning_draws(outcome(sd), ("2d", "3d")) ** 2)))
                     for sd in (1e-4, 2e-2))
