@@ -197,8 +197,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     done = {(r[MODE_KEY], float(r["lr"]), r["seed"]) for r in read_runs(log)}
     todo = [{**cbase, MODE_KEY: m, "lr": lr, "seed": s} for s in seeds for lr in lrs for m in modes
             if (m, float(lr), s) not in done]
-    for cfg in todo[:1]:
-        make_config(cfg, "reference config")  # refuse a bad config before any process starts
+    if todo:
+        make_config(todo[0], "reference config")  # refuse a bad config before any process starts
     print(f"reference: {space.name} at {json.dumps(space.confirm.cell)}, {len(modes)} modes x {len(lrs)} lrs x "
           f"{len(seeds)} seeds = {len(modes) * len(lrs) * len(seeds)} runs ({len(todo)} to go), {args.jobs} at once; "
           f"runs in {log}", flush=True)

@@ -152,6 +152,15 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
     else:
         how = "the explore stage on validation data (" + explore_choice_text(plan) + ")"
     q = " and ".join(SHORT.get(k, k) for k in plan["quality"])
+    te = d.design.get("tuning_error")
+    if te:
+        errors = (f"The quality intervals include the deciding tuning's error (a re-run of the tuning would move the "
+                  f"difference by {100 * te['rms']:.2g}% root mean square), so they are about the difference at each "
+                  f"mode's optimum. ")
+    elif not plan.get("tuning"):
+        errors = "The intervals are conditional on the chosen hyperparameters: the tuning's own error is not in them. "
+    else:
+        errors = ""
     lines = [
         f"Estimand: {d.design.get('estimand') or ESTIMAND_FIXED}.",
         "",
@@ -167,17 +176,8 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
         f"{c} counts as cheaper when its interval lies below -{100 * plan['cost_margin']:g}%. {int(100 * LEVEL)}% "
         f"t intervals over seeds and test frames (two-way random effects, Satterthwaite df); claims of superiority "
         f"within the margin use {100 * SUPERIORITY_LEVEL:g}% intervals. Full-image PSNR and the costs are reported, "
-        f"not decided on. See docs/analysis.md.",
+        f"not decided on. {errors}See docs/analysis.md.",
     ]
-    te = d.design.get("tuning_error")
-    if te:
-        lines[-1] = lines[-1].replace(" See docs/analysis.md.", (
-            f" The quality intervals include the deciding tuning's error (a re-run of the tuning would move the "
-            f"difference by {100 * te['rms']:.2g}% root mean square), so they are about the difference at each "
-            f"mode's optimum. See docs/analysis.md."))
-    elif not plan.get("tuning"):
-        lines[-1] = lines[-1].replace(" See docs/analysis.md.", " The intervals are conditional on the chosen "
-                                      "hyperparameters: the tuning's own error is not in them. See docs/analysis.md.")
     plans = [f"{SHORT.get(k, k)}: expected ±{100 * p['expected_halfwidth']:.2g}% at "
              f"{len(plan['seeds'])} seeds, a true deficit beyond the margin by {100 * p['detectable_beyond_margin']:.2g}"
              f" points is called with 80% power (explore variance from {p['pairs']} pairs)"

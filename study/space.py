@@ -82,10 +82,6 @@ class Tune(BaseModel):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
 
-    def trials(self, widen: int) -> int:
-        """Trials per mode at most: the first grid and every widening."""
-        return (self.points + widen * self.widen_points) * self.seeds
-
 
 class Confirm(BaseModel):
     """The comparison the decision rests on, named before any trial runs (docs/search_spaces.md, docs/analysis.md).
