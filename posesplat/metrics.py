@@ -47,6 +47,9 @@ GEOMETRY = {  # per view, from posesplat.geometry.view_errors over the true mask
 }
 
 
+GEOMETRY_NAMES = (*(f"test_heldout_{k}" for k in GEOMETRY), "test_surface_dist")  # NaN without true geometry
+
+
 def _image_metrics() -> list[Metric]:
     return [Metric(f"{split}_{k}", "quality", unit, True, f"{what} on {where}", label=label,
                    per_frame=split == "test_heldout", evaluated=True)

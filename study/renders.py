@@ -97,6 +97,26 @@ def orbit(extrinsics: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
     return look_at(ring, np.asarray(centre, dtype=float))
 
 
+def test_picks(models: dict) -> dict:
+    """Per mode: (dataset, up to N_FRAMES evenly spaced test frames, the first held-out view); the frames are the
+    ones every mode tests when their splits share any (so the modes are shown side by side), else each mode's own."""
+    from posesplat.data import open_dataset
+
+    tests = {}
+    for mode, (cfg, model, _) in models.items():
+        ds = open_dataset(cfg.dataset)
+        tests[mode] = (ds, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"])
+    common = sorted(set.intersection(*(set(map(int, t)) for _, t in tests.values())))
+    picked = {}
+    for mode, (cfg, _, _) in models.items():
+        ds, frames = tests[mode]
+        pool = common or sorted(map(int, frames))
+        picks = [pool[i] for i in np.linspace(0, len(pool) - 1, min(N_FRAMES, len(pool))).round().astype(int)]
+        _, held = ds.view_split(cfg.holdout_views)
+        picked[mode] = (ds, picks, held[0] if held else ds.n_views - 1)
+    return picked
+
+
 def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     """Rows: test frames; per mode: ground truth | held-out render | |error| (shared colour scale)."""
     import matplotlib
@@ -104,21 +124,13 @@ def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from posesplat.data import open_dataset
     from posesplat.train import render_frame
 
-    tests = {}
-    for mode, (cfg, model, _) in models.items():
-        ds = open_dataset(cfg.dataset)
-        tests[mode] = (ds, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"])
-    common = sorted(set.intersection(*(set(map(int, t)) for _, t in tests.values())))
+    picked = test_picks(models)
+    common = len({tuple(p) for _, p, _ in picked.values()}) == 1
     panels = []  # (frame, mode, gt, render) as float [H,W,3]
     for mode, (cfg, model, _) in tqdm(models.items(), desc="qualitative renders", leave=False):
-        ds, frames = tests[mode]
-        pool = common or sorted(map(int, frames))
-        picks = [pool[i] for i in np.linspace(0, len(pool) - 1, min(N_FRAMES, len(pool))).round().astype(int)]
-        _, held = ds.view_split(cfg.holdout_views)
-        view = held[0] if held else ds.n_views - 1
+        ds, picks, view = picked[mode]
         for f in picks:
             gt = ds.load(f, [view], cfg.image_downsample)
             h, w = gt["images"].shape[1:3]
@@ -152,6 +164,70 @@ def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     same = "the same test frames for every mode" if common else "each mode's own test frames (their splits differ)"
     return path, (f"Held-out view of {same}: ground truth, each mode's best trial's render and its absolute error "
                   f"(shared colour scale). {what}.")
+
+
+def crop(keep: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
+    """The rows and columns [H, W] of the pixels set in keep, with a margin (the whole image when none is set)."""
+    ys, xs = np.nonzero(keep)
+    if not len(ys):
+        return slice(None), slice(None)
+    return (slice(max(ys.min() - margin, 0), ys.max() + margin + 1),
+            slice(max(xs.min() - margin, 0), xs.max() + margin + 1))
+
+
+def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
+    """Rows: test frames; columns: true depth, each mode's rendered depth, true normals, each mode's normals of the
+    rendered depth (the definition the metrics compare), held-out view. None when the dataset has no true geometry
+    (an imported recording, a synthetic store before format 2) or the modes test different frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from posesplat.train import render_frame
+
+    picked = test_picks(models)
+    (ds, picks, view), modes = next(iter(picked.values())), list(models)
+    if (ds.geometry_note is not None or len({(tuple(p), v) for _, p, v in picked.values()}) > 1
+            or len({cfg.image_downsample for cfg, _, _ in models.values()}) > 1):
+        return None
+    ncols = 2 * (1 + len(modes))
+    fig, axes = plt.subplots(len(picks), ncols, figsize=(2.0 * ncols + 1, 2.1 * len(picks)), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    truth = {f: [x[0].numpy() for x in ds.gt_geometry(f, [view], models[modes[0]][0].image_downsample)] for f in picks}
+    z = np.concatenate([d[d > 0] for d, _ in truth.values()])
+    lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)  # one depth scale for the figure
+    for row, f in enumerate(tqdm(picks, desc="geometry renders", leave=False)):
+        depth_gt, normal_gt = truth[f]
+        on = depth_gt > 0
+        depths, normals = [("truth", depth_gt, on)], [("truth", normal_gt, on)]
+        for mode in modes:
+            cfg, model, _ = models[mode]
+            gt = ds.load(f, [view], cfg.image_downsample)
+            h, w = gt["images"].shape[1:3]
+            r = render_frame(model, cfg, f, gt["viewmats"], gt["Ks"], w, h)
+            shown = (r.alpha[0] > 0.5).cpu().numpy()
+            d = r.depth[0].cpu().numpy()
+            err = float(np.abs(d - depth_gt)[on].mean()) * 1000 if on.any() else float("nan")
+            depths.append((f"{mode} ({err:.1f} mm)", d, shown))
+            normals.append((mode, r.normals[0].cpu().numpy(), shown))
+        box = crop(np.logical_or.reduce([keep for _, _, keep in depths]))
+        for col, (name, d, keep) in enumerate(depths):
+            im = axes[row, col].imshow(np.where(keep, d, np.nan)[box], cmap="viridis_r", vmin=lo, vmax=hi)
+            axes[row, col].set_title(f"frame {f}: {name} depth" if col == 0 else f"{name} depth", fontsize=8)
+        for col, (name, n, keep) in enumerate(normals, start=len(depths)):
+            axes[row, col].imshow((np.clip((n + 1) / 2, 0, 1) * keep[..., None])[box])
+            axes[row, col].set_title(f"{name} normals", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="z-depth (m)")
+    path = out / "geometry.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path, (f"Held-out view {view} of test frames {', '.join(map(str, picks))}: the true depth and each mode's "
+                  f"expected depth (alpha-weighted, over pixels with alpha > 0.5, cropped to the body; its mean |error| over the true mask "
+                  f"in mm), then the true normals and each mode's normals of its rendered depth, (n + 1) / 2 in world "
+                  f"axes. Same checkpoints as the qualitative panel.")
 
 
 def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int = N_TURN,
@@ -210,6 +286,11 @@ def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
             figs.append(qualitative_panel(models, out))
         except Exception as e:
             notes.append(f"Qualitative panel skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+        try:
+            geo = geometry_figure(models, out)
+            figs += [geo] if geo else []
+        except Exception as e:
+            notes.append(f"Geometry panel skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
     for mode, (cfg, model, row) in models.items():
         try:
             figs.append(turntable(mode, cfg, model, row, out))

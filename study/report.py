@@ -21,10 +21,11 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from posesplat.io import staging_folder, swap_folder
+from posesplat.metrics import GEOMETRY_NAMES
 from posesplat.modes import label as mode_label
 from study.decide import ESTIMAND_FIXED, EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
-from study.load import (DEFAULT_CELL, LABELS, QUALITY, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
+from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
                         load_studies, locate, stage_summary, trial_columns)
 from study.storage import Store, join_uri
 
@@ -263,7 +264,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
                                     "its last checkpoint: the epoch that was scored."] if made else [])
         elif not renders:
             render_notes.append("Renders skipped (--no-renders).")
-        notes = dnotes + confirm_notes + explore_notes + render_notes
+        notes = dnotes + geometry_note([stages.confirm_trials, per]) + confirm_notes + explore_notes + render_notes
         head = [f"**Recommendation: {d.recommendation}** — {d.reason}.", "", *design_lines(d, plan)]
         if depends:
             head += ["", depends]
@@ -376,10 +377,6 @@ def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: lis
     for mode in modes:
         if mode not in set(per_trial.gaussian_mode):
             notes.append(f"{stage}: mode {mode} has no trial with a validation epoch.")
-    geometry = [k for k, _, higher in QUALITY if not higher and k in per_trial]  # the geometry errors
-    if geometry and len(per_trial) and not np.isfinite(per_trial[geometry].to_numpy(float)).any():
-        notes.append(f"{stage}: no ground-truth geometry (an imported recording, or a synthetic store from before "
-                     f"format 2): depth, normal and surface metrics are NaN.")
     for col in ("device", "mem_kind"):
         kinds = sorted(set(per_trial[col]))
         if len(kinds) > 1:
@@ -387,6 +384,16 @@ def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: lis
                          f"roughly.")
     return notes
 
+
+
+def geometry_note(per_trials: list[pd.DataFrame]) -> list[str]:
+    """One note for the whole report when no trial of any stage measured geometry (posesplat.metrics.GEOMETRY_NAMES):
+    its rows are NaN because the dataset has no true depth and normals, not because a mode scored 0."""
+    rows = [t[[k for k in GEOMETRY_NAMES if k in t]] for t in per_trials if len(t)]
+    if not rows or not any(r.shape[1] for r in rows) or any(np.isfinite(r.to_numpy(float)).any() for r in rows):
+        return []
+    return ["No ground-truth geometry: the dataset has no true depth and normal maps (an imported recording, or a "
+            "synthetic store from before format 2), so the depth, normal and surface metrics are NaN in every row."]
 
 
 def prepare_out(out: Path) -> Path:

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 from posesplat import checkpoint
 from posesplat.config import ConfigError, make_config
 from posesplat.data import DatasetError, open_dataset
+from posesplat.metrics import GEOMETRY_NAMES
 from posesplat.metrics import BY_NAME
 from study import _ray_compat
 from study._ray_compat import UnsupportedRay
@@ -135,6 +136,7 @@ def study_plan(args: argparse.Namespace) -> Plan:
                   f"experiment state in it, so resume only studies you made", flush=True)
     ds = open_dataset(dataset)  # DatasetError names the store and the array
     check_cells(space, base, ds)
+    check_geometry(space, ds)
     for note in notes:
         print(note, flush=True)
     d = make_config(base, "base_config").image_downsample
@@ -183,6 +185,17 @@ def check_cells(space: Space, base: dict, ds) -> None:
             where = "base_config.holdout_views" if cfg.holdout_views is not None else "the dataset's holdout_views"
             raise StudyError(f"{ds.path}: no held-out view ({where} is empty); the study compares modes on "
                              f"held-out views: set holdout_views in the space's base_config")
+
+
+def check_geometry(space: Space, ds) -> None:
+    """A confirm stage that decides on a geometry metric needs true depth and normals: on a dataset without them
+    (an imported recording) every estimate would be missing and the verdict inconclusive by construction."""
+    wanted = [k for k in (space.confirm.quality if space.confirm is not None else []) if k in GEOMETRY_NAMES]
+    if wanted and ds.geometry_note is not None:
+        note = ds.geometry_note if ds.geometry_note.startswith(f"{ds.path}:") else f"{ds.path}: {ds.geometry_note}"
+        raise StudyError(f"{note}; but the space's confirm.quality decides on "
+                         f"{', '.join(wanted)}: remove them from confirm.quality (the report shows geometry wherever "
+                         f"the dataset has it)")
 
 
 def read_study_json(study: Store, repair: bool) -> Optional[dict]:

@@ -469,6 +469,9 @@ def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints):
     panel = iio.imread(path)
     assert panel.shape[0] > 200 and panel[..., :3].std() > 10
     assert "the same test frames for every mode" in caption
+    path, caption = renders.geometry_figure(models, tmp_path)
+    fig = iio.imread(path)[..., :3]
+    assert fig.shape[0] > 200 and fig.std() > 10 and "mm" in caption and "normals of its rendered depth" in caption
     cfg, model, _ = models["3d"]
     gif, caption = renders.turntable("3d", cfg, model, row, tmp_path, n_views=6, px=64)
     frames = iio.imread(gif)
@@ -500,8 +503,48 @@ def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, che
         assert gif[0].max() > 50  # the animal is in view
     page = (report / "report.html").read_text()
     assert page.count("data:image/gif;base64,") == 2 and "qualitative" in page
-    if CHROMIUM:  # the renders decode in a browser too: 5 plots, the panel, 2 turntables
-        assert open_in_chromium(report / "report.html", tmp_path)[:2] == (8, 8)
+    assert "geometry" in page
+    if CHROMIUM:  # the renders decode in a browser too: 5 plots, the panel, the geometry panel, 2 turntables
+        assert open_in_chromium(report / "report.html", tmp_path)[:2] == (9, 9)
+
+
+def test_geometry_figure_skipped_without_true_geometry(tmp_path, checkpoints, small_dataset):
+    """A dataset without true depth and normals (a format-1 copy; an imported recording alike) gets no geometry
+    panel: there is no truth to draw beside the renders."""
+    import zarr
+
+    from posesplat.train import load_checkpoint
+    from study import renders
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(small_dataset, old)
+    for name in ("depth", "normal"):
+        shutil.rmtree(old / "gt" / name)
+    zarr.open_group(str(old), mode="r+").attrs["format_version"] = 1
+    row = pd.Series({"trial_id": "t", "lr": 3e-3, "epochs_run": 1})
+    cfg, model = load_checkpoint(checkpoints["3d"], device="cpu")
+    assert renders.geometry_figure({"3d": (cfg.model_copy(update={"dataset": str(old)}), model, row)}, tmp_path) is None
+
+
+@pytest.mark.parametrize("measured", [False, True], ids=["no-truth", "synthetic"])
+def test_no_ground_truth_geometry_is_said_once(tmp_path, capsys, measured):
+    """Rows without geometry (NaN depth, normal and surface metrics in every stage, as an imported recording trains)
+    get one note in the report, not one per stage, and no row reads as 0; with geometry measured, no note."""
+    from posesplat.metrics import GEOMETRY_NAMES
+
+    study = make_study(tmp_path, effect=0.0, seeds=range(3), cells=CELLS[:1])
+    add_confirm(study, 0.0)
+    for part in sorted(study.rglob("part-*.parquet")):
+        t = pq.read_table(part).to_pandas()
+        for k in GEOMETRY_NAMES:
+            t[k] = 0.005 if measured else float("nan")
+        pq.write_table(pa.Table.from_pandas(t, preserve_index=False), part)
+    rc, _, err = run([study], capsys)
+    assert rc == 0, err
+    md = (study / "report" / "decision.md").read_text()
+    assert md.count("No ground-truth geometry") == (0 if measured else 1)
+    means = json.loads((study / "report" / "decision.json").read_text())["means"]
+    assert all((means[k]["2d"] == pytest.approx(0.005)) if measured else k not in means for k in GEOMETRY_NAMES)
 
 
 def test_renders_skipped_with_a_note_when_checkpoints_are_gone(tmp_path, capsys):

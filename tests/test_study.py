@@ -105,7 +105,10 @@ def test_smoke_tensorboard_read_back(smoke_study):
         assert all(tag.split("/")[0] in ("quality", "loss", "cost", "trial") for tag in scalar_tags), scalar_tags
         assert len(scalars(run, "loss/train_loss")) == t["last_epoch"]
         assert "held-out views" in acc.SummaryMetadata("quality/valid_heldout_iou").summary_description
-        assert plugins["renders/heldout"] == "images"
+        assert plugins["renders/heldout"] == "images" and plugins["renders/geometry"] == "images"
+        assert {"quality/test_heldout_depth_err", "quality/test_heldout_normal_err",
+                "quality/test_surface_dist"} <= scalar_tags
+        assert all(math.isfinite(v) for _, v in scalars(run, "quality/test_heldout_depth_err"))
         ended = scalars(run, "trial/stopped_early")[-1][1], scalars(run, "trial/failed")[-1][1]
         assert ended == (float(t["status"] == "stopped"), float(t["status"] == "failed"))
         hp = {tag: plugin_data_pb2.HParamsPluginData.FromString(v) for tag, v in acc.PluginTagToContent("hparams").items()}
@@ -140,9 +143,16 @@ def test_smoke_report_written(smoke_study):
     assert {"test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_time_s"} <= set(table["key"])
     d = json.loads((report / "decision.json").read_text())
     assert d["n_pairs"] == 3 and d["design"]["cell"] == {"grid_size": 16, "max_frames": 12}
+    # geometry is reported beside the deciding metrics, with intervals, and decides nothing in the shipped spaces
+    geometry = ("test_heldout_depth_err", "test_heldout_normal_err", "test_surface_dist")
+    assert set(geometry) <= set(table["key"]) and not set(geometry) & set(d["design"]["quality"])
+    for k in geometry:
+        e = d["measures"][k]
+        assert e["lo"] is not None and e["lo"] <= e["mean"] <= e["hi"] and all(v > 0 for v in d["means"][k].values())
+    assert "depth error" in md and "No ground-truth geometry" not in md
     html = (report / "report.html").read_text()
     pngs = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert {"decision", "curves_confirm", "curves", "costs", "pareto"} <= {name for name, _ in pngs}
+    assert {"decision", "curves_confirm", "curves", "costs", "pareto", "geometry"} <= {name for name, _ in pngs}
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in pngs)
 
 
@@ -372,6 +382,32 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys, small_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
     assert not storage.exists()  # nothing half-written
+
+
+def test_deciding_on_geometry_without_true_geometry_is_refused(tmp_path, capsys, small_dataset):
+    """A space whose confirm stage decides on depth error, on a store without true depth and normals (here a
+    format-1 copy; an imported recording is the same): one line naming the store and the metric, nothing written.
+    On the store with them the same space passes the checks."""
+    import zarr
+
+    from study.run import parse_args, study_plan
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(small_dataset, old)
+    for name in ("depth", "normal"):
+        shutil.rmtree(old / "gt" / name)
+    zarr.open_group(str(old), mode="r+").attrs["format_version"] = 1
+    space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [12]},
+                        confirm={"cell": {"grid_size": 16, "max_frames": 12},
+                                 "quality": ["test_heldout_iou", "test_heldout_depth_err"]})
+    storage = tmp_path / "studies"
+    argv = ["--space", str(space), "--storage", str(storage)]
+    assert main(argv + ["--dataset", str(old)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(old) in err and "has no gt/depth" in err, err
+    assert "confirm.quality decides on test_heldout_depth_err" in err and not storage.exists()
+    assert study_plan(parse_args(argv + ["--dataset", str(small_dataset)])).space.confirm.quality[-1] == \
+        "test_heldout_depth_err"
 
 
 def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
