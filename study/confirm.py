@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from study.looks import looks_json, looks_of, plan_looks
 from study.space import MODE_KEY, Confirm
 from study.stats import crossed_diff, detectable, halfwidth, seeds_for
 
@@ -145,9 +146,24 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
             p["expected_halfwidth"] = halfwidth(*comps, n_seeds, test_frames)
             p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
     seeds = stage_seeds(CONFIRM_SEEDS, seed, n_seeds)
+    looks = plan_looks(n_seeds, confirm.looks)
     trials = [{**confirm.cell, MODE_KEY: m, "seed": s, **{k: hparams[m][k] for k in search_keys}}
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),
             "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "seeds": seeds,
             "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials,
-            "tuning": tuned}
+            "tuning": tuned, "looks": looks_json(looks)}
+
+
+def look_folder(k: int) -> tuple[str, ...]:
+    """Where look k (0-based) keeps its records inside confirm/: the first in confirm/ itself (the fixed design's
+    layout, so a one-look study reads as before), look k + 1 in confirm/look<k + 1>/, each with its own Ray
+    experiment, metrics and trials table."""
+    return () if k == 0 else (f"look{k + 1}",)
+
+
+def look_trials(plan: dict, k: int) -> list[dict]:
+    """The planned trials look k (0-based) adds: those of the seeds after the previous look's, up to its own."""
+    looks = looks_of(plan)
+    seeds = set(plan["seeds"][looks[k - 1].pairs if k else 0: looks[k].pairs])
+    return [t for t in plan["trials"] if t["seed"] in seeds]

@@ -22,7 +22,9 @@ reduction (reference - challenger) / reference, so that + is better on every qua
 deficit; `Decision.quality` holds these, `Decision.measures` the plain differences.
 
 Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together
-claim a difference that is not there at most 2.5% of the time. Simulated error rates: docs/analysis.md.
+claim a difference that is not there at most 2.5% of the time. With sequential looks (study.looks: the plan names
+them) an interim look applies the same rule at its stricter level to the first pairs, and decides when its verdict
+is settled; otherwise the last look decides. Simulated error rates: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ import pandas as pd
 
 from study.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
+from study.looks import LEVEL, MIN_PAIRS, Look, looks_of, settled, superiority
 from study.stats import Crossed, crossed_diff, seeds_for, with_tuning
 from study.tuning import tuning_draws
 
-MIN_PAIRS = 3
-LEVEL = 0.95
-SUPERIORITY_LEVEL = 0.975
+SUPERIORITY_LEVEL = superiority(LEVEL)
+ENDED = ("completed", "stopped", "failed")  # a trial in one of these states has all the epochs it will have
 EITHER, INCONCLUSIVE = "either", "inconclusive"
 
 
@@ -109,15 +111,16 @@ def failures(trials: pd.DataFrame, plan: dict) -> dict[str, dict[str, int]]:
     return {m: {"failed": int(failed.get(m, 0)), "trials": int(planned.get(m, 0))} for m in plan["modes"]}
 
 
-def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str]) -> tuple[Crossed, dict[str, float]]:
+def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str], level: float = LEVEL
+            ) -> tuple[Crossed, dict[str, float]]:
     """Relative difference of `key` for aligned pair rows (over seeds and test frames where per-frame values exist,
-    over seeds otherwise) and each mode's mean over the same pairs."""
+    over seeds otherwise), its `level` interval, and each mode's mean over the same pairs."""
     x, y = paired_matrices(a, b, key) if key in FRAME_VALUES else (np.empty((0, 0)),) * 2
     if not x.size:
         x, y = a[key].to_numpy(float)[:, None], b[key].to_numpy(float)[:, None]
     keep = np.isfinite(x).all(1) & np.isfinite(y).all(1) if x.size else np.zeros(0, dtype=bool)
     means = {m: float(v[keep].mean()) if keep.any() else float("nan") for m, v in zip(modes, (x, y))}
-    return crossed_diff(x, y, level=LEVEL), means
+    return crossed_diff(x, y, level=level), means
 
 
 def seeds_needed(quality: dict[str, Crossed], margin: float, tuning_sd: float = 0.0) -> Optional[int]:
@@ -137,15 +140,16 @@ def seeds_needed(quality: dict[str, Crossed], margin: float, tuning_sd: float = 
 
 
 def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, cost_margin: float,
-         modes: list[str]) -> tuple[str, str]:
-    """(recommendation, reason) by the rule in this module's docstring."""
+         modes: list[str], level: float = LEVEL) -> tuple[str, str]:
+    """(recommendation, reason) by the rule in this module's docstring, its intervals at `level` (the estimates'
+    own: an interim look's is stricter)."""
     c, r = modes
     m = f"{100 * margin:g}%"
     shown = ", ".join(f"{SHORT.get(k, k)} {e.pct()}" for k, e in quality.items())
     n = min((e.n for e in quality.values()), default=0)
     if not quality or n < MIN_PAIRS or not all(e.has_ci for e in quality.values()):
         return INCONCLUSIVE, f"only {n} complete pair(s) of {c} and {r} (at least {MIN_PAIRS} are needed)"
-    per_metric = 1 - (1 - LEVEL) / len(quality)  # Bonferroni: "worse on some metric" is a union over the metrics
+    per_metric = 1 - (1 - level) / len(quality)  # Bonferroni: "worse on some metric" is a union over the metrics
     worse = [k for k, e in quality.items() if e.with_level(per_metric).hi < -margin]
     if worse:
         return r, f"{c} is worse than {r} by more than the {m} margin ({shown})"
@@ -154,7 +158,7 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
     if cost is not None and cost.has_ci and cost.hi < -cost_margin:
         return c, (f"{c} is within the {m} margin of {r} or better ({shown}) and cheaper on the primary cost "
                    f"({cost.pct()}, more than the {100 * cost_margin:g}% that counts)")
-    strict = {k: e.with_level(SUPERIORITY_LEVEL) for k, e in quality.items()}
+    strict = {k: e.with_level(superiority(level)) for k, e in quality.items()}
     if all(e.lo > 0 for e in strict.values()):
         return c, f"{c} is significantly better than {r} on every quality metric ({shown}), though not cheaper"
     if all(e.hi < 0 for e in strict.values()):
@@ -168,19 +172,59 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
                     f"it is not significantly better on every one, and {costs}")
 
 
+def ended_seeds(trials: pd.DataFrame, plan: dict) -> set[int]:
+    """The planned seeds whose trials of both modes have ended (completed, stopped or failed): a look can be taken
+    once all of its seeds have."""
+    if not len(trials) or not {"status", "seed", MODE_KEY} <= set(trials):
+        return set()
+    done = trials[trials["status"].isin(ENDED) & trials[MODE_KEY].isin(plan["modes"])]
+    per_seed = done.groupby("seed")[MODE_KEY].nunique()
+    return {int(s) for s, n in per_seed.items() if n == len(plan["modes"])}
+
+
 def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_all: bool = True) -> Decision:
     """The decision from the confirm stage's per-trial table (each trial at its last evaluated epoch), its trials
-    table and the plan written before it ran; `report_all=False` estimates only the measures that decide."""
+    table and the plan written before it ran; `report_all=False` estimates only the measures that decide.
+
+    With looks, the first interim look whose seeds have all ended and whose verdict is settled decides (the stage
+    stopped there); else the last look, with whatever pairs there are (a running study's report is provisional)."""
+    looks = looks_of(plan)
+    ended = ended_seeds(trials, plan)
+    for k, look in enumerate(looks[:-1]):
+        seeds = plan["seeds"][: look.pairs]
+        if not set(seeds) <= ended:
+            break
+        d = decide_pairs(per_trial, trials, plan, seeds, look.level, report_all)
+        if settled(d.quality, d.cost, plan["margin"], plan["cost_margin"], look.level):
+            return at_look(d, looks, k, stopped=True)
+    return at_look(decide_pairs(per_trial, trials, plan, plan["seeds"], looks[-1].level, report_all), looks,
+                   len(looks) - 1, stopped=False)
+
+
+def at_look(d: Decision, looks: list[Look], k: int, stopped: bool) -> Decision:
+    """`d` with the look it was taken at in its design (and its reason, when the stage stopped early)."""
+    d.design["looks"] = [{"pairs": x.pairs, "level": x.level} for x in looks]
+    d.design["look"] = {"index": k + 1, "of": len(looks), "pairs": looks[k].pairs, "level": looks[k].level,
+                        "stopped_early": stopped}
+    if stopped:
+        d.reason += (f" — settled at look {k + 1} of {len(looks)} ({looks[k].pairs} pairs, "
+                     f"{100 * looks[k].level:g}% intervals): the remaining pairs were not run")
+    return d
+
+
+def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seeds: list[int], level: float,
+                 report_all: bool = True) -> Decision:
+    """The rule on the planned `seeds` only, its intervals at `level`."""
     modes = list(plan["modes"])
     rows = usable(per_trial, trials)
-    rows = rows[rows[MODE_KEY].isin(modes)] if len(rows) else rows
+    rows = rows[rows[MODE_KEY].isin(modes) & rows["seed"].isin(seeds)] if len(rows) else rows
     keys = [k for k, _, _ in QUALITY + COST if k in rows and np.isfinite(rows[k].to_numpy(float)).any()]
     keys = list(dict.fromkeys([*plan["quality"], plan["cost"], *(keys if report_all else [])]))
     measures, means = {}, {}
     a, b = pair_rows(rows, modes) if len(rows) else (rows, rows)
     for key in keys:
         if key in rows:
-            measures[key], means[key] = measure(a, b, key, modes)
+            measures[key], means[key] = measure(a, b, key, modes, level)
     draws = tuning_draws(plan["tuning"], modes) if plan.get("tuning") else np.zeros(0)
     tuning_sd = float(np.sqrt(np.mean(draws ** 2))) if len(draws) else 0.0
     # an error metric decides by its reduction (turned); then the estimand is the difference at the optima, so the
@@ -190,7 +234,7 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     measures.update({k: e for k, e in quality.items() if HIGHER[k]})  # the table shows an error metric unturned
     cost = measures.get(plan["cost"])
     n_pairs = min((e.n for e in quality.values()), default=0)
-    rec, reason = rule(quality, cost, plan["margin"], plan["cost_margin"], modes)
+    rec, reason = rule(quality, cost, plan["margin"], plan["cost_margin"], modes, level)
     edges = unbracketed(plan)
     if edges:  # the estimand is each mode at its own optimum: an optimum at an edge of the range is not one
         rec, reason = INCONCLUSIVE, "; ".join(edges) + f" (at the chosen values alone: {reason})"
@@ -208,4 +252,4 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
     design["tuning_error"] = {"rms": tuning_sd, "mean": float(np.mean(draws))} if len(draws) else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
-                    len(plan["seeds"]) - n_pairs, failures(trials, plan), need, design)
+                    len(seeds) - n_pairs, failures(trials, plan), need, design)

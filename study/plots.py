@@ -122,9 +122,10 @@ def quality_vs_cost(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
                   "lines: each mode's Pareto front (no other trial of the mode is both cheaper and better).")
 
 
-def intervals(rows: list[tuple[str, float, float, float]], margin: float, title: str, out: Path) -> tuple[Path, str]:
-    """The decision at a glance: each measure's relative difference with its 95% interval against the +-margin band.
-    rows: (label, estimate, lo, hi) as fractions."""
+def intervals(rows: list[tuple[str, float, float, float]], margin: float, title: str, out: Path,
+              level: float = 0.95) -> tuple[Path, str]:
+    """The decision at a glance: each measure's relative difference with its `level` interval against the +-margin
+    band. rows: (label, estimate, lo, hi) as fractions."""
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.4))
     y = np.arange(len(rows))[::-1]
     ax.axvspan(-100 * margin, 100 * margin, color="0.85", label=f"±{100 * margin:g}% margin")
@@ -134,12 +135,12 @@ def intervals(rows: list[tuple[str, float, float, float]], margin: float, title:
             ax.errorbar(100 * est, yi, xerr=[[100 * max(est - lo, 0)], [100 * max(hi - est, 0)]] if np.isfinite(lo)
                         else None, fmt="o", color="C3", capsize=4)
     ax.set_yticks(y, [r[0] for r in rows], fontsize=9)
-    ax.set_xlabel("relative difference, % (95% interval)")
+    ax.set_xlabel(f"relative difference, % ({100 * level:.3g}% interval)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     path = _save(fig, out / "decision.png")
-    return path, (f"{title}: the relative difference of each decision measure with its 95% interval over seeds and "
+    return path, (f"{title}: the relative difference of each decision measure with its {100 * level:.3g}% interval over seeds and "
                   f"test frames; the grey band is the equivalence margin.")
 
 

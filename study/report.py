@@ -23,8 +23,10 @@ import pyarrow.fs as pafs
 from posesplat.io import staging_folder, swap_folder
 from posesplat.metrics import GEOMETRY_NAMES
 from posesplat.modes import label as mode_label
+from study.confirm import look_folder
 from study.decide import ESTIMAND_FIXED, EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
+from study.looks import looks_of
 from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
                         load_studies, locate, stage_summary, trial_columns)
 from study.storage import Store, join_uri
@@ -81,8 +83,10 @@ def read_stages(paths: list[str | Path], threshold: Optional[float] = None) -> S
     confirm, cper = None, pd.DataFrame()
     if plan is not None:
         cdir = with_confirm[0].child("confirm")
-        if cdir.list("metrics", "*.parquet"):
-            confirm = load_studies([cdir.uri], grid=plan["cell"])
+        looks = [cdir.child(*look_folder(k)) for k in range(len(looks_of(plan)))]  # each look's records
+        found = [s.uri for s in looks if s.list("metrics", "*.parquet")]
+        if found:
+            confirm = load_studies(found, grid=plan["cell"])
             cper = stage_summary(confirm, threshold, last=True, cell=list(plan["cell"]), modes=modes)
     folder = Path(with_confirm[0].root) if with_confirm and with_confirm[0].local else None
     return Stages(explore, per, confirm, cper, plan, cell, modes, folder)
@@ -120,9 +124,16 @@ def fmt_mean(v: float, key: str) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.4g}"
 
 
+def level_of(d: Decision) -> float:
+    """The level of the decision's intervals: 95%, or the level of the look it was taken at (study.looks)."""
+    return float((d.design.get("look") or {}).get("level", LEVEL))
+
+
 def confirm_table(d: Decision, plan: dict) -> pd.DataFrame:
-    """One row per measure: each mode's mean over the pairs, the relative difference [95%], what it decides."""
+    """One row per measure: each mode's mean over the pairs, the relative difference [its interval at the decision's
+    level: 95% without looks], what it decides."""
     c, r = d.modes
+    head = f"{c} vs {r} ({100 * level_of(d):.3g}%)"
     rows = []
     for key, e in d.measures.items():
         role = ("decides (quality)" if key in plan["quality"] else "decides (primary cost)" if key == plan["cost"]
@@ -132,11 +143,11 @@ def confirm_table(d: Decision, plan: dict) -> pd.DataFrame:
                 and not (e.has_ci and e.lo != e.hi):
             continue  # the same value in both modes carries no information
         rows.append({"measure": LABELS.get(key, key), "key": key, c: fmt_mean(vals.get(c, math.nan), key),
-                     r: fmt_mean(vals.get(r, math.nan), key), f"{c} vs {r} (95%)": e.pct(), "pairs": e.n,
+                     r: fmt_mean(vals.get(r, math.nan), key), head: e.pct(), "pairs": e.n,
                      "test frames": e.n_frames if e.n_frames > 1 else "-", "role": role})
     for m, f in d.failures.items():
         rows.append({"measure": f"failed trials of {m}", "key": f"failed_{m}", c: "", r: "",
-                     f"{c} vs {r} (95%)": f"{f['failed']} of {f['trials']}" + (
+                     head: f"{f['failed']} of {f['trials']}" + (
                          f" ({100 * f['failed'] / f['trials']:.0f}%)" if f["trials"] else ""),
                      "pairs": "", "test frames": "", "role": "excluded from the estimates"})
     return pd.DataFrame(rows)
@@ -179,6 +190,16 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
         f"within the margin use {100 * SUPERIORITY_LEVEL:g}% intervals. Full-image PSNR and the costs are reported, "
         f"not decided on. {errors}See docs/analysis.md.",
     ]
+    look = d.design.get("look")
+    if look and look["of"] > 1:
+        at = ", ".join(f"look {i + 1} at {x['pairs']} pairs ({100 * x['level']:.4g}%)"
+                       for i, x in enumerate(d.design["looks"]))
+        lines += ["", f"Sequential looks, named in the plan (O'Brien-Fleming boundaries: the rule at each look with "
+                      f"its intervals at the level given): {at}. " + (
+                          f"**The stage stopped at look {look['index']} of {look['of']}**: its verdict was settled, so "
+                          f"the remaining pairs were not run; the intervals shown are that look's."
+                          if look["stopped_early"] else f"No interim look settled it: the last look ({look['pairs']} "
+                                                        f"planned pairs) decides.")]
     plans = [f"{SHORT.get(k, k)}: expected ±{100 * p['expected_halfwidth']:.2g}% at "
              f"{len(plan['seeds'])} seeds, a true deficit beyond the margin by {100 * p['detectable_beyond_margin']:.2g}"
              f" points is called with 80% power (explore variance from {p['pairs']} pairs)"
@@ -245,7 +266,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         figures = []
         if d.quality:
             figures.append(plots.intervals(decision_plot_rows(d), plan["margin"],
-                                           f"{modes[0]} vs {modes[1]}, confirm stage", staging))
+                                           f"{modes[0]} vs {modes[1]}, confirm stage", staging, level_of(d)))
         if plan is not None and plan.get("tuning"):
             figures.append(plots.tuning(plan["tuning"], plan["select"], staging))
         if stages.confirm is not None and len(stages.confirm_trials):

@@ -735,7 +735,10 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
 
 def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
                 tuned: Optional[dict] = None) -> dict[str, dict]:
-    """Plan the confirm stage once (written before its first trial), then run or resume it."""
+    """Plan the confirm stage once (written before its first trial), then run or resume it look by look, stopping
+    at the first look whose verdict is settled (study.looks). Returns the trial rows of the looks that ran."""
+    from study.confirm import look_folder, look_trials
+    from study.looks import looks_of
     from study.search import PlannedSearcher
     from study.sink import ParquetSink
 
@@ -748,9 +751,35 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
         store.write_json(plan, "plan.json")
         print(confirm_plan_text(plan), flush=True)
     names = Names("confirm", tuple(space.confirm.cell), ("seed",), study_metrics(space))
-    sink = ParquetSink(store, study.name, cbase, plan["epochs"], names, study)
-    searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
-    return fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, "confirm")
+    looks, ended = looks_of(plan), {}
+    for k, look in enumerate(looks):  # each look its own stage (study.confirm.look_folder); a settled one ends it
+        lstore = store.child(*look_folder(k))
+        label = "confirm" if k == 0 else f"confirm look {k + 1}"
+        sink = ParquetSink(lstore, study.name, cbase, plan["epochs"], names, study)
+        searcher = PlannedSearcher(look_trials(plan, k), space.metric, space.metric_mode, args.max_concurrent)
+        if len(looks) > 1 and len(sink.ended()) < searcher.total:
+            first = looks[k - 1].pairs + 1 if k else 1
+            print(f"confirm look {k + 1} of {len(looks)}: pairs {first}-{look.pairs} of {len(plan['seeds'])}, the rule "
+                  f"at {100 * look.level:.4g}% intervals", flush=True)
+        ended.update(fit_stage(args, lstore, trainable(cbase, lstore, names, study), sink, searcher, None, label))
+        if k < len(looks) - 1 and stopped_early(study):
+            print(f"confirm stage settled at look {k + 1} of {len(looks)} ({look.pairs} of {len(plan['seeds'])} "
+                  f"pairs): the remaining pairs are not run", flush=True)
+            break
+    return ended
+
+
+def stopped_early(study: Store) -> bool:
+    """Whether the confirm stage's records settle the decision at an interim look (study.decide, the analysis's own
+    rule: a pure function of the ended trials' records, so a resumed study stops at the same look)."""
+    from study.load import AnalysisError
+    from study.report import decision_of, read_stages
+
+    try:
+        d, _ = decision_of(read_stages([study.uri]), None)
+    except AnalysisError:  # nothing scored yet
+        return False
+    return bool((d.design.get("look") or {}).get("stopped_early"))
 
 
 def read_plan(args: argparse.Namespace, store: Store) -> Optional[dict]:
@@ -765,13 +794,17 @@ def read_plan(args: argparse.Namespace, store: Store) -> Optional[dict]:
 def check_replan(store: Store, plan: dict) -> None:
     """A plan made again (--repair) must contain every confirm trial already recorded, else the stage's records
     would mix two designs."""
+    from study.confirm import look_folder
+    from study.looks import looks_of
     from study.search import MODE_KEY
 
-    try:
-        rows = store.read_table("trials.parquet").to_pylist() if store.exists("trials.parquet") else []
-    except Exception:  # a damaged trials table (the sink sets it aside next): every metrics part names its config
-        rows = [r for part in store.list("metrics", "part-*.parquet")
-                for r in store.read_table("metrics", part).to_pylist()]
+    rows = []
+    for look in (store.child(*look_folder(k)) for k in range(len(looks_of(plan)))):
+        try:
+            rows += look.read_table("trials.parquet").to_pylist() if look.exists("trials.parquet") else []
+        except Exception:  # a damaged trials table (the sink sets it aside next): every metrics part names its config
+            rows += [r for part in look.list("metrics", "part-*.parquet")
+                     for r in look.read_table("metrics", part).to_pylist()]
     planned = {(t[MODE_KEY], t["seed"], round(t["lr"], 12)) for t in plan["trials"]}
     ran = {(r[MODE_KEY], r["seed"], round(r["lr"], 12)) for r in rows}
     if ran - planned:
@@ -812,6 +845,9 @@ def confirm_plan_text(plan: dict) -> str:
              f"{len(plan['seeds'])} seeds x {plan['epochs']} epochs, {plan['test_frames']} test frames ({hp})"]
     if widths:
         lines.append(f"  expected 95% half-widths: {widths} (target ±{100 * plan['target_halfwidth']:g}%)")
+    if len(plan.get("looks") or []) > 1:
+        lines.append("  sequential looks: " + ", ".join(f"{x['pairs']} pairs ({100 * x['level']:.4g}%)"
+                                                     for x in plan["looks"]) + "; a settled look ends the stage")
     lines += [f"  note: {n}" for n in plan["notes"]]
     return "\n".join(lines)
 

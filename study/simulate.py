@@ -22,6 +22,7 @@ import pandas as pd
 from posesplat.io import atomic_write
 from posesplat.modes import MODES as REGISTRY
 from study.decide import EITHER, INCONCLUSIVE, decide
+from study.looks import looks_json, plan_looks
 
 QUALITY = ("test_heldout_iou", "test_heldout_psnr_fg")
 LEVELS = {"test_heldout_iou": 0.82, "test_heldout_psnr_fg": 16.5, "test_heldout_psnr": 29.0}
@@ -203,16 +204,17 @@ def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
 
 
 def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise = Noise(), n: int = 200,
-                    seed: int = 0, conditional: bool = False) -> dict:
+                    seed: int = 0, conditional: bool = False, looks: int = 1) -> dict:
     """The whole procedure on a planted landscape, n times: the deciding tuning (real selection and widening), the
     confirm stage at the chosen values (simulated as in `rates`), the real decision (with the tuning's error in its
     intervals). Rates of each call, the coverage of the IoU interval for the estimand (the difference at the
     optima), and the mean trials of the tuning and of the whole tuning + confirm procedure. `conditional`: decide
-    as if the chosen values were given (no tuning error in the intervals, no edge rule), as before the estimand."""
+    as if the chosen values were given (no tuning error in the intervals, no edge rule), as before the estimand.
+    `looks`: sequential looks (study.looks.plan_looks); a study that stops at an interim look uses only its pairs."""
     rng = np.random.default_rng(seed)
-    base = make_plan(seeds, frames)
+    base = {**make_plan(seeds, frames), "looks": looks_json(plan_looks(seeds, looks))}
     centre = math.sqrt(spec.low * spec.high)
-    calls, covered, trials = [], [], []
+    calls, covered, trials, pairs = [], [], [], []
     for _ in range(n):
         tuned = simulate_tuning(spec, land, rng)
         at = land.score("2d", tuned["2d"]["chosen"], centre) / land.score("3d", tuned["3d"]["chosen"], centre) - 1
@@ -222,13 +224,15 @@ def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise
         e = d.quality["test_heldout_iou"]
         covered.append(e.lo <= land.estimand <= e.hi)
         trials.append(sum(sum(o["curve"]["runs"]) + sum(o["curve"]["diverged"]) for o in tuned.values()))
+        pairs.append(d.design["look"]["pairs"])
     c = pd.Series(calls).value_counts(normalize=True)
     return {"truth": land.name, "seeds": seeds, "frames": frames, "n": n,
             **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
             "right": float(sum(c.get(k, 0.0) for k in land.right)),
             "wrong": float(sum(c.get(k, 0.0) for k in land.wrong)),
             "coverage": float(np.mean(covered)), "tuning_trials": float(np.mean(trials)),
-            "trials": float(np.mean(trials)) + 2 * seeds}
+            "confirm_trials": 2 * float(np.mean(pairs)), "trials": float(np.mean(trials)) + 2 * float(np.mean(pairs)),
+            "looks": looks}
 
 
 def write_study(root: Path, per: pd.DataFrame, trials: pd.DataFrame, plan: dict, name: str = "sim",
@@ -288,32 +292,35 @@ MARK_BEGIN, MARK_END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
 PROC_BEGIN, PROC_END = "<!-- simulate-procedure:begin -->", "<!-- simulate-procedure:end -->"
 
 
-def procedure_designs() -> list[tuple[str, object, int, int]]:
-    """(label, tuning spec, confirm seeds, test frames) of the shipped comparison space at both scales."""
+def procedure_designs() -> list[tuple[str, object, int, int, int]]:
+    """(label, tuning spec, confirm seeds, test frames, looks) of the shipped comparison space at both scales."""
     from study.space import load_space
 
     space = load_space("comparison")
     cpu, gpu = space.scaled(False).confirm, space.confirm
-    return [(f"CPU comparison (tuning {cpu.tune.points} x {cpu.tune.seeds} seeds, {cpu.min_seeds} pairs x 33 frames)",
-             cpu.tune, cpu.min_seeds, 33),
-            (f"GPU comparison (tuning {gpu.tune.points} x {gpu.tune.seeds} seeds, {gpu.min_seeds} pairs x 100 frames)",
-             gpu.tune, gpu.min_seeds, 100)]
+    return [(f"{name} comparison (tuning {c.tune.points} x {c.tune.seeds} seeds, {c.min_seeds} pairs x {f} frames, "
+             f"{c.looks} looks)", c.tune, c.min_seeds, f, c.looks) for name, c, f in (("CPU", cpu, 33), ("GPU", gpu, 100))]
 
 
-def procedure_table(n: int, designs=None, landscapes=LANDSCAPES) -> pd.DataFrame:
+def procedure_table(n: int, designs=None, landscapes=LANDSCAPES, fixed: bool = True) -> pd.DataFrame:
+    """Rates of the whole procedure per (design, landscape); `fixed` adds each design's one-look variant, so the
+    table shows what the looks save."""
     out = []
-    for label, spec, s, f in designs or procedure_designs():
-        for i, land in enumerate(landscapes):
-            out.append({"design": label, **procedure_rates(land, spec, s, f, n=n, seed=i)})
+    for label, spec, s, f, looks in designs or procedure_designs():
+        variants = [(label, looks)] + ([(label.replace(f"{looks} looks", "fixed design"), 1)] if fixed and looks > 1
+                                       else [])
+        for name, k in variants:
+            for i, land in enumerate(landscapes):
+                out.append({"design": name, **procedure_rates(land, spec, s, f, n=n, seed=i, looks=k)})
     return pd.DataFrame(out)
 
 
 def procedure_markdown(df: pd.DataFrame) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     shown = df.assign(**{k: df[k].map(pct) for k in ("2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage")},
-                      trials=df["trials"].map(lambda v: f"{v:.0f}"))
-    return shown[["design", "truth", "2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage", "trials"]
-                 ].to_markdown(index=False)
+                      **{k: df[k].map(lambda v: f"{v:.1f}") for k in ("confirm_trials", "trials")})
+    return shown[["design", "truth", "2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage", "confirm_trials",
+                  "trials"]].to_markdown(index=False)
 
 
 def replace_between(text: str, begin: str, end: str, body: str) -> str:
@@ -326,7 +333,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--studies", type=int, default=1000, help="simulated studies per (design, truth)")
     p.add_argument("--write", action="store_true", help="replace the table in docs/analysis.md")
-    p.add_argument("--procedure-studies", type=int, default=400,
+    p.add_argument("--procedure-studies", type=int, default=300,
                    help="simulated whole procedures (tuning included) per (design, landscape)")
     a = p.parse_args(argv)
     md = markdown(table(a.studies))

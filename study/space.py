@@ -104,6 +104,8 @@ class Confirm(BaseModel):
     base_config: dict[str, Any] = Field({}, description="training-config keys for the confirm trials only")
     tune: Optional[Tune] = Field(None, description="the deciding tuning at the cell (None: hyperparameters from "
                                                    "the explore stage's best trial in the cell)")
+    looks: int = Field(1, ge=1, le=5, description="sequential looks over the planned pairs, O'Brien-Fleming "
+                                                 "boundaries (study.looks); 1: the fixed design")
 
     @model_validator(mode="after")
     def _check(self) -> "Confirm":
