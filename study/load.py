@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
-from tqdm import tqdm
 
 from posesplat import metrics as schema
 from posesplat.modes import names as mode_names
+from posesplat.progress import Progress
 from study.storage import StorageError, Store, join_uri
 
 DEFAULT_CELL = ("grid_size", "max_frames")  # the cell keys of an input without a space's grid (a bare parquet file)
@@ -122,7 +122,7 @@ def _study_dir(path: str | Path) -> Path:
 def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(metrics rows, trials table, study.json) of one study directory, its metrics/ folder or a parquet file."""
     store, parts, a_file = stage_of(path)
-    tables = [_read_table(store, *p) for p in tqdm(parts, desc=f"reading {store.name}", leave=False,
+    tables = [_read_table(store, *p) for p in Progress(parts, desc=f"reading {store.name}", leave=False,
                                                     disable=len(parts) < 500)]
     try:
         metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()

@@ -13,7 +13,8 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+
+from posesplat.progress import Progress
 
 N_FRAMES = 3  # test frames in the qualitative panel
 N_TURN = 24  # views of the turntable
@@ -129,7 +130,7 @@ def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     picked = test_picks(models)
     common = len({tuple(p) for _, p, _ in picked.values()}) == 1
     panels = []  # (frame, mode, gt, render) as float [H,W,3]
-    for mode, (cfg, model, _) in tqdm(models.items(), desc="qualitative renders", leave=False):
+    for mode, (cfg, model, _) in Progress(models.items(), desc="qualitative renders", leave=False):
         ds, picks, view = picked[mode]
         for f in picks:
             gt = ds.load(f, [view], cfg.image_downsample)
@@ -199,7 +200,7 @@ def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
     truth = {f: [x[0].numpy() for x in ds.gt_geometry(f, [view], models[modes[0]][0].image_downsample)] for f in picks}
     z = np.concatenate([d[d > 0] for d, _ in truth.values()])
     lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)  # one depth scale for the figure
-    for row, f in enumerate(tqdm(picks, desc="geometry renders", leave=False)):
+    for row, f in enumerate(Progress(picks, desc="geometry renders", leave=False)):
         depth_gt, normal_gt = truth[f]
         on = depth_gt > 0
         depths, normals = [("truth", depth_gt, on)], [("truth", normal_gt, on)]

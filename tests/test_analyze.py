@@ -456,8 +456,9 @@ def checkpoints(small_dataset, tmp_path_factory):
     return out
 
 
-def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints):
-    """The figures themselves, small: truth | render | error per test frame, and a moving camera that sees the animal."""
+def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints, capfd):
+    """The figures themselves, small: truth | render | error per test frame, and a moving camera that sees the animal.
+    Their progress, piped (as here), is one line when a stage starts and one when it ends, no carriage returns."""
     import imageio.v3 as iio
 
     from posesplat.train import load_checkpoint
@@ -472,6 +473,8 @@ def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints):
     path, caption = renders.geometry_figure(models, tmp_path)
     fig = iio.imread(path)[..., :3]
     assert fig.shape[0] > 200 and fig.std() > 10 and "mm" in caption and "normals of its rendered depth" in caption
+    err = capfd.readouterr().err
+    assert "\r" not in err and "qualitative renders: started (2 it)" in err and "geometry renders: done in" in err, err
     cfg, model, _ = models["3d"]
     gif, caption = renders.turntable("3d", cfg, model, row, tmp_path, n_views=6, px=64)
     frames = iio.imread(gif)
