@@ -530,6 +530,7 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
 
     if len(sink.ended()) >= searcher.total:
         return sink.trials
+    _ray_compat.defer_checkpoint_deletion()
     run_dir = join_uri(store.uri, "ray")
     tuner = None
     if _ray_compat.can_resume(run_dir):  # not tune.Tuner.can_restore: see _ray_compat
