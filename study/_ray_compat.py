@@ -107,18 +107,22 @@ def defer_checkpoint_deletion() -> None:
     def sync_up_then_delete(self, save_fn, force: bool = False, wait: bool = False) -> None:
         root = self._storage.experiment_fs_path.rstrip("/") + "/"
         due = [path for path in RELEASED if path.startswith(root)]  # dropped before the snapshot saved now
+        if not due:
+            return sync_up(self, save_fn, force=force, wait=wait)
         launched = self._last_sync_time
-        sync_up(self, save_fn, force=force, wait=wait and not due)
-        if not due or self._last_sync_time == launched:  # no snapshot sent to storage (throttled, or one in flight)
+        sync_up(self, save_fn, force=force, wait=False)
+        sent = self._last_sync_time != launched  # this snapshot's upload started (else throttled, or one in flight)
+        if not (sent or wait):
             return
         try:
-            self._storage.syncer.wait()
+            self._storage.syncer.wait()  # Ray's own wait=True, or this snapshot's upload before the deletions
         except Exception:  # not stored: the checkpoints wait for the next snapshot
             logging.getLogger(__name__).error("Saving experiment state to storage at '%s' failed with exception: ",
                                               self._storage.experiment_fs_path, exc_info=True)
             return
-        for path in due:
-            delete_if_present(RELEASED.pop(path), path)
+        if sent:
+            for path in due:
+                delete_if_present(RELEASED.pop(path), path)
 
     sync_up_then_delete.deletes_released = True
     checkpoint_manager._delete_fs_path = release
