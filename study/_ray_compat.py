@@ -7,14 +7,21 @@ What is private here, and why there is no public way:
 - a trial's retry limit is fixed when Ray creates it: `set_max_failures` applies a resumed run's `--max-failures`;
 - `Tuner.can_restore` looks only for `tuner.pkl`, written before Ray's first experiment snapshot; a run killed in
   between restores as a new experiment of one trial (Ray's restore passes no `num_samples`): `can_resume` also
-  asks for that snapshot.
+  asks for that snapshot;
+- Ray deletes a trial's checkpoint beyond `CheckpointConfig.num_to_keep` the moment the trial registers a newer one,
+  while its stored experiment snapshot (taken every 10 s or so) still lists it; a driver killed in between resumes
+  from that snapshot and restores the trial from the deleted checkpoint (the trial fails) or deletes it again (a
+  traceback, and the rest of Ray's checkpoint bookkeeping skipped). No setting orders the two (num_to_keep=None
+  keeps every epoch's checkpoint): `defer_checkpoint_deletion` deletes only once a snapshot without it is stored.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Optional
 
 TESTED_RAY = "2.60"  # major.minor; the private fields below are this version's
+RELEASED: dict[str, Any] = {}  # checkpoint path -> its filesystem: dropped by Ray's bookkeeping, not yet deleted
 
 
 class UnsupportedRay(RuntimeError):
@@ -81,3 +88,52 @@ def replay_trial(trial_id: str) -> Any:
     from ray.tune.experiment import Trial
 
     return Trial("replay", trial_id=trial_id, stub=True)
+
+
+def defer_checkpoint_deletion() -> None:
+    """Delete the checkpoints Ray's bookkeeping drops (num_to_keep) only once an experiment snapshot saved after
+    the drop is stored, so that no stored snapshot ever lists a deleted checkpoint (module docstring). Installed
+    once per process; a kill in between leaves the checkpoint behind, unlisted, rather than missing."""
+    from ray.train._internal import checkpoint_manager
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    sync_up = _ExperimentCheckpointManager.sync_up_experiment_state
+    if getattr(sync_up, "deletes_released", False):
+        return
+
+    def release(fs, fs_path: str) -> None:  # in place of the deletion in _CheckpointManager.register_checkpoint
+        RELEASED[fs_path] = fs
+
+    def sync_up_then_delete(self, save_fn, force: bool = False, wait: bool = False) -> None:
+        root = self._storage.experiment_fs_path.rstrip("/") + "/"
+        due = [path for path in RELEASED if path.startswith(root)]  # dropped before the snapshot saved now
+        if not due:
+            return sync_up(self, save_fn, force=force, wait=wait)
+        launched = self._last_sync_time
+        sync_up(self, save_fn, force=force, wait=False)
+        sent = self._last_sync_time != launched  # this snapshot's upload started (else throttled, or one in flight)
+        if not (sent or wait):
+            return
+        try:
+            self._storage.syncer.wait()  # Ray's own wait=True, or this snapshot's upload before the deletions
+        except Exception:  # not stored: the checkpoints wait for the next snapshot
+            logging.getLogger(__name__).error("Saving experiment state to storage at '%s' failed with exception: ",
+                                              self._storage.experiment_fs_path, exc_info=True)
+            return
+        if sent:
+            for path in due:
+                delete_if_present(RELEASED.pop(path), path)
+
+    sync_up_then_delete.deletes_released = True
+    checkpoint_manager._delete_fs_path = release
+    _ExperimentCheckpointManager.sync_up_experiment_state = sync_up_then_delete
+
+
+def delete_if_present(fs, fs_path: str) -> None:
+    """Ray's deletion of a checkpoint folder, skipped when it is gone (a snapshot of a study run by an earlier
+    version can list a checkpoint Ray already deleted)."""
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _delete_fs_path
+
+    if fs.get_file_info(fs_path).type != pafs.FileType.NotFound:
+        _delete_fs_path(fs=fs, fs_path=fs_path)

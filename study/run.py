@@ -152,11 +152,17 @@ def owner() -> dict[str, str]:
     return {"user": user, "host": socket.gethostname()}
 
 
+def ray_folders(study: Store) -> list[str]:
+    """The folders of the study's Ray experiments: the explore stage, each tuning round, the confirm stage."""
+    return ["ray", *(f"tune/{r}/ray" for r in study.list("tune", "round*", folders_only=True)), "confirm/ray"]
+
+
 def check_checkpoints(study: Store) -> None:
     """Refuse to resume a study whose trials' checkpoints posesplat.checkpoint.read refuses (format 1, written before
     checkpoints loaded without unpickling), naming the conversion; read once for a study that does not record the
     current checkpoint format."""
-    files = [i.path for stage in ("ray", "confirm/ray") for i in study.fs.get_file_info(
+    stages = ray_folders(study)
+    files = [i.path for stage in stages for i in study.fs.get_file_info(
         pafs.FileSelector(study.path(stage), recursive=True, allow_not_found=True)) if i.base_name == "checkpoint.pt"]
     old = []
     for path in files:
@@ -164,7 +170,7 @@ def check_checkpoints(study: Store) -> None:
             if checkpoint.needs_upgrade(io.BytesIO(f.read())):
                 old.append(path)
     if old:
-        where = " ".join(f"{study.uri}/{stage}/*/checkpoint_*/checkpoint.pt" for stage in ("ray", "confirm/ray")
+        where = " ".join(f"{study.uri}/{stage}/*/checkpoint_*/checkpoint.pt" for stage in stages
                          if any(p.startswith(study.path(stage) + "/") for p in old))
         raise StudyError(f"{study.uri}: {len(old)} of its trials' checkpoints are of format 1, which loading would "
                          f"unpickle; if this is your study, convert them with `python -m posesplat.checkpoint upgrade "
@@ -543,6 +549,7 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
 
     if len(sink.ended()) >= searcher.total:
         return sink.trials
+    _ray_compat.defer_checkpoint_deletion()
     run_dir = join_uri(store.uri, "ray")
     tuner = None
     if _ray_compat.can_resume(run_dir):  # not tune.Tuner.can_restore: see _ray_compat

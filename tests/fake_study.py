@@ -1,5 +1,6 @@
 """`python tests/fake_study.py ARGS...`: `python -m study.run ARGS...` with a cheap stand-in trial (3 epochs of
-FAKE_EPOCH_S seconds each, checkpointed), for tests that signal or kill a real driver process."""
+FAKE_EPOCH_S seconds each, checkpointed; validation IoU 0.1 x epoch, or the comma-separated FAKE_IOU per epoch), for
+tests that signal or kill a real driver process."""
 
 import json
 import os
@@ -16,11 +17,12 @@ def trial(config, base_config=None, study_uri=None):
     if tune.get_checkpoint() is not None:
         with tune.get_checkpoint().as_directory() as d:
             start = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
+    ious = [float(v) for v in os.environ.get("FAKE_IOU", "0.1,0.2,0.3").split(",")]
     for epoch in range(start, 4):
         time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0.5")))
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            tune.report({"epoch": epoch, "valid_heldout_iou": 0.1 * epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({"epoch": epoch, "valid_heldout_iou": ious[epoch - 1]}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 if __name__ == "__main__":

@@ -173,8 +173,9 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
     args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset)])
     plan = study_plan(args)
     study = tmp_path / "s" / "old"
+    stages = ("ray", "tune/round0/ray", "tune/round1/ray", "confirm/ray")  # every stage's Ray folder is read
     files = [study / stage / f"explore_{mode}-1" / "checkpoint_000001" / "checkpoint.pt"
-             for stage in ("ray", "confirm/ray") for mode in ("2d", "3d")]
+             for stage in stages for mode in ("2d", "3d")]
     for ck in files:
         ck.parent.mkdir(parents=True)
         torch.save({"format": 1, "config": {"lr": 1e-3}, "epoch": 1, "history": [{"epoch": np.int64(1)}]}, ck)
@@ -184,11 +185,11 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
     with pytest.raises(StudyError) as err:
         study_plan(args)
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(f"{study}: 4 of its trials' checkpoints are of format 1"), msg
+    assert "\n" not in msg and msg.startswith(f"{study}: 8 of its trials' checkpoints are of format 1"), msg
     command = re.search(r"`(python -m posesplat\.checkpoint upgrade [^`]+ --trust)`", msg).group(1)
     r = subprocess.run(command.replace("python", sys.executable, 1), shell=True, capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and len(lines(r.stdout)) == 4, r.stderr
+    assert r.returncode == 0 and len(lines(r.stdout)) == 8, r.stderr
     capsys.readouterr()
     assert study_plan(args).info == held
     assert all(ck.with_name("checkpoint.pt.format1").is_file() for ck in files)

@@ -176,6 +176,9 @@ def test_ray_results_api_reads_the_study(smoke_study):
         kept = {m["epoch"] for _, m in result.best_checkpoints}
         assert max(kept) == curve.index.max() and curve[sorted(kept)].max() == curve.max(), (tid, kept, curve)
         assert result.get_best_checkpoint("valid_heldout_iou", "max") is not None
+        # the checkpoints Ray dropped were deleted (after its next snapshot: study._ray_compat), and only those
+        assert {Path(c.path).name for c, _ in result.best_checkpoints} == \
+            {p.name for p in Path(result.path).glob("checkpoint_*")}, tid
     confirm = tune.Tuner.restore(str(smoke_study / "confirm" / "ray"), trainable=run_trial).get_results()
     assert len(confirm) == 6 and confirm.get_best_result().metrics["epoch"] >= 1
     # result.config is the whole training config of the trial: it retrains it, and equals trials.parquet's row

@@ -264,6 +264,44 @@ def test_sigterm_is_an_interruption_with_exit_143(tmp_path, small_dataset):
     assert [t["status"] for t in trials(study).values()] == STATUS
 
 
+def checkpoint_deleted(ray_dir: Path) -> bool:
+    """Has Ray deleted one of a trial's first two checkpoints (num_to_keep=2) after the trial saved its third?"""
+    return any((d / "checkpoint_000002").exists() and not all((d / f"checkpoint_00000{i}").exists() for i in (0, 1))
+               for d in ray_dir.glob("explore_*"))
+
+
+@pytest.mark.parametrize("ious,deleted", [
+    ("0.3,0.2,0.4", "the snapshot's latest checkpoint"),  # epoch 2 is the worst: the checkpoint to resume from
+    pytest.param("0.1,0.2,0.3", "an older checkpoint", marks=pytest.mark.slow),  # epoch 1: deleted again on resume
+], ids=["latest", "older"])
+def test_kill_after_ray_deleted_a_checkpoint(tmp_path, small_dataset, ious, deleted):
+    """Item 1 of issue 28's second part: Ray deletes a checkpoint beyond num_to_keep when it registers a newer one,
+    before its experiment snapshot stops listing it. The group killed then, the resume used to restore from the
+    deleted checkpoint (the trial failed: "does not exist on storage anymore") or delete it again (a traceback).
+    Now every trial completes with all its epochs, and the resume prints no traceback."""
+    args = argv(tmp_path, small_dataset)
+    study = tmp_path / "studies" / "fake"
+    env = {**os.environ, "FAKE_EPOCH_S": "0.5", "FAKE_IOU": ious}
+    root = Path(__file__).parent.parent
+    cmd = [sys.executable, str(FAKE_STUDY), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=root,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not checkpoint_deleted(study / "ray"):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint_deleted(study / "ray"), f"no checkpoint was deleted before the study ended ({deleted})"
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    rows = pq.read_table(study / "trials.parquet").to_pylist()
+    assert sorted((t["status"], t["last_epoch"]) for t in rows) == [("completed", 3)] * 4, rows
+    parts = [p for part in (study / "metrics").glob("part-*.parquet") for p in pq.read_table(part).to_pylist()]
+    assert sorted((p["trial_id"], p["epoch"]) for p in parts) == sorted((t["trial_id"], e) for t in rows
+                                                                        for e in (1, 2, 3))
+
+
 @pytest.mark.slow
 def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, small_dataset):
     """Item 12: the real trainable restores from a checkpoint that was damaged in the study; the trial's error

@@ -1,10 +1,12 @@
 """Issue 28: the smoke study (`python -m study.run --space smoke --max-concurrent 1`) interrupted at each of its
 stage boundaries by SIGKILL, SIGINT or SIGTERM, to the driver or to its whole process group, then run again once.
 Each case checks: the documented exit status (130 SIGINT, 143 SIGTERM, killed by SIGKILL), no traceback from the
-driver, that one further run finishes the study (exit 0), no (trial, epoch) row duplicated or lost in either stage,
-and decision.json's recommendation, plan, hyperparameters and quality estimates equal to an uninterrupted run's.
-Moments are found from the study's own files. Real local Ray, real zarr store, parquet read back. The whole walk
-is `slow`; the two cases of the issue's defects run in the default suite. Results: docs/study.md."""
+driver, that one further run finishes the study (exit 0, no traceback), no (trial, epoch) row duplicated or lost in
+any stage, and decision.json's recommendation, plan, hyperparameters, tuning choice and quality estimates equal to an
+uninterrupted run's. Moments are found from the study's own files. Real local Ray, real zarr store, parquet read
+back. The whole walk is `slow` and runs the smoke space with a tiny deciding tuning (TUNED: 3 lr values x 1 seed per
+mode, whose best sits at the high end, so each mode widens once: tune/round0 and tune/round1); the two cases of the
+issue's defects run in the default suite on the smoke space itself. Results: docs/study.md."""
 
 import json
 import os
@@ -13,17 +15,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from test_study_resume import outcomes
+from test_study_resume import outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 RC = {"SIGKILL": -signal.SIGKILL, "SIGINT": 130, "SIGTERM": 143}
+TUNE = {"key": "lr", "low": 0.0005, "high": 0.002, "points": 3, "seeds": 1, "widen_points": 1, "max_widen": 1}
 
 
-def command(storage: Path, dataset: Path) -> list[str]:
-    return [sys.executable, "-m", "study.run", "--space", "smoke", "--storage", str(storage), "--dataset",
+def tuned_space(folder: Path) -> Path:
+    """The smoke space with TUNE as its deciding tuning (which fixes ssim_lambda in the confirm config)."""
+    space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
+    space["name"] = "smoketune"
+    space["confirm"]["tune"] = TUNE
+    space["confirm"]["base_config"]["ssim_lambda"] = 0.0
+    path = folder / "smoketune.json"
+    path.write_text(json.dumps(space))
+    return path
+
+
+def command(space: str, storage: Path, dataset: Path) -> list[str]:
+    return [sys.executable, "-m", "study.run", "--space", space, "--storage", str(storage), "--dataset",
             str(dataset), "--max-concurrent", "1"]
 
 
@@ -42,6 +57,10 @@ MOMENTS = {  # moment -> is it here (read from the study's files)
     "ray_start": lambda s: (s / "study.json").exists(),  # written just before the driver starts Ray
     "mid_explore": lambda s: parts(s / "metrics") >= 5,
     "end_explore": lambda s: "explore_finished" in info(s),
+    "tune_plan": lambda s: (s / "tune" / "round0" / "plan.json").exists(),  # written before the round's trials
+    "mid_tune": lambda s: parts(s / "tune" / "round0" / "metrics") >= 9,  # of 18 (6 trials x 3 epochs)
+    "widen_plan": lambda s: (s / "tune" / "round1" / "plan.json").exists(),
+    "mid_widen": lambda s: parts(s / "tune" / "round1" / "metrics") >= 3,  # of 6 (2 trials x 3 epochs)
     "plan": lambda s: (s / "confirm" / "plan.json").exists(),
     "confirm_tuner": lambda s: (s / "confirm" / "ray" / "tuner.pkl").exists(),  # before Ray's first snapshot
     "first_confirm_trial": lambda s: any((s / "confirm" / "ray").glob("confirm_*")),  # created, not yet started
@@ -51,8 +70,8 @@ MOMENTS = {  # moment -> is it here (read from the study's files)
 
 
 def decision(study: Path) -> dict:
-    """What must not depend on an interruption: the recommendation, the plan, the hyperparameters and the quality
-    estimates (costs are wall-clock; trial ids are random)."""
+    """What must not depend on an interruption: the recommendation, the plan (the tuning's choices and curves
+    included), the hyperparameters and the quality estimates (costs are wall-clock; trial ids are random)."""
     d = json.loads((study / "report" / "decision.json").read_text())
     design = {k: v for k, v in d["design"].items() if k != "hparams"}
     hparams = {m: {k: v for k, v in h.items() if k != "from_trial"} for m, h in d["design"]["hparams"].items()}
@@ -61,23 +80,62 @@ def decision(study: Path) -> dict:
             "n_pairs": d["n_pairs"], "failures": d["failures"]}
 
 
+def leaves(d, path: str = "") -> dict:
+    """A nested JSON value as {path: leaf}, so that numbers can be compared with a tolerance at any depth."""
+    if isinstance(d, dict):
+        return {k: v for key, value in d.items() for k, v in leaves(value, f"{path}/{key}").items()}
+    if isinstance(d, list):
+        return {k: v for i, value in enumerate(d) for k, v in leaves(value, f"{path}[{i}]").items()}
+    return {path: d}
+
+
 def same_decision(got: dict, ref: dict) -> None:
-    assert {k: got[k] for k in ("recommendation", "design", "n_pairs", "failures")} == \
-        {k: ref[k] for k in ("recommendation", "design", "n_pairs", "failures")}
-    assert got["hparams"].keys() == ref["hparams"].keys()
-    for m, h in ref["hparams"].items():
-        assert got["hparams"][m] == pytest.approx(h, rel=1e-6), m
-    for k, e in ref["quality"].items():
-        assert got["quality"][k] == pytest.approx(e, rel=1e-5), k
+    """Equal, numbers to 1e-5 relative (the recommendation and every text exactly)."""
+    got, ref = leaves(got), leaves(ref)
+    assert got.keys() == ref.keys(), sorted(got.keys() ^ ref.keys())
+    for k, v in ref.items():
+        if isinstance(v, float):
+            assert got[k] == pytest.approx(v, rel=1e-5, nan_ok=True), k
+        else:
+            assert got[k] == v, k
+
+
+def stages(study: Path) -> dict[str, tuple[dict, dict]]:
+    """outcome() (rows by (config, epoch), trials by config; no duplicate row, no gap) of every stage present."""
+    folders = [study, *sorted((study / "tune").glob("round*")), study / "confirm"]
+    return {str(f.relative_to(study)): outcome(f) for f in folders if (f / "trials.parquet").exists()}
+
+
+class Reference(NamedTuple):
+    """The uninterrupted study of a space: the command's --space, the study's folder name, its stages, its
+    decision."""
+
+    space: str
+    name: str
+    stages: dict
+    decision: dict
+
+
+def reference_of(space: str, name: str, root: Path, dataset: Path) -> Reference:
+    r = subprocess.run(command(space, root, dataset), capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return Reference(space, name, stages(root / name), decision(root / name))
 
 
 @pytest.fixture(scope="module")
 def reference(small_dataset, tmp_path_factory):
-    """The uninterrupted study: its rows per stage and its decision."""
-    root = tmp_path_factory.mktemp("ref")
-    r = subprocess.run(command(root, small_dataset), capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return outcomes(root / "smoke"), decision(root / "smoke")
+    """The uninterrupted smoke study (explore and confirm)."""
+    return reference_of("smoke", "smoke", tmp_path_factory.mktemp("ref"), small_dataset)
+
+
+@pytest.fixture(scope="module")
+def reference_tuned(small_dataset, tmp_path_factory):
+    """The uninterrupted smoke study with TUNE: explore, two tuning rounds, confirm."""
+    root = tmp_path_factory.mktemp("ref_tuned")
+    ref = reference_of(str(tuned_space(root)), "smoketune", root, small_dataset)
+    assert set(ref.stages) == {".", "tune/round0", "tune/round1", "confirm"}, sorted(ref.stages)
+    assert {m: o["widenings"] for m, o in ref.decision["design"]["tuning"].items()} == {"2d": 1, "3d": 1}
+    return ref
 
 
 def group_alive(pgid: int) -> bool:
@@ -121,26 +179,31 @@ def no_traceback(err: str) -> None:
     assert "Traceback (most recent call last)" not in err, err[-3000:]
 
 
-def check_case(reference, small_dataset, tmp_path, moment: str, sig: str, target: str) -> None:
-    (ref_explore, ref_confirm), ref_decision = reference
-    cmd = command(tmp_path, small_dataset)
-    study = tmp_path / "smoke"
+def finishes_as_uninterrupted(ref: Reference, cmd: list[str], study: Path) -> None:
+    """One more run of the same command finishes (exit 0, no traceback in its output) with every stage's rows and
+    trial outcomes, and the decision, of the uninterrupted study."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    no_traceback(r.stdout + r.stderr)
+    got = stages(study)  # asserts no duplicate and no gap in any trial's epochs
+    assert got.keys() == ref.stages.keys()
+    for stage, (rows, trials) in ref.stages.items():
+        assert got[stage][0].keys() == rows.keys(), stage
+        assert {k: (t["status"], t["last_epoch"]) for k, t in got[stage][1].items()} == \
+            {k: (t["status"], t["last_epoch"]) for k, t in trials.items()}, stage
+    same_decision(decision(study), ref.decision)
+
+
+def check_case(ref: Reference, small_dataset, tmp_path, moment: str, sig: str, target: str) -> None:
+    cmd = command(ref.space, tmp_path, small_dataset)
+    study = tmp_path / ref.name
     rc, err = interrupt(cmd, study, moment, sig, target, tmp_path / "interrupted")
     assert rc == RC[sig], err[-3000:]
     no_traceback(err)
     if sig != "SIGKILL":
         assert err.strip().splitlines()[-1] == ("terminated" if sig == "SIGTERM" else "interrupted") + \
             ": run the same command again to resume the study", err[-3000:]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    no_traceback(r.stderr)
-    explore, confirm = outcomes(study)  # asserts no duplicate and no gap in any trial's epochs
-    assert explore[0].keys() == ref_explore[0].keys()
-    assert confirm[0].keys() == ref_confirm[0].keys()
-    assert {k: (t["status"], t["last_epoch"]) for k, t in explore[1].items()} == \
-        {k: (t["status"], t["last_epoch"]) for k, t in ref_explore[1].items()}
-    assert {t["status"] for t in confirm[1].values()} == {"completed"}
-    same_decision(decision(study), ref_decision)
+    finishes_as_uninterrupted(ref, cmd, study)
 
 
 def test_sigkill_before_rays_first_snapshot_of_the_confirm_stage(reference, small_dataset, tmp_path):
@@ -157,38 +220,39 @@ def test_sigterm_while_a_confirm_trial_is_pending(reference, small_dataset, tmp_
 
 WALK = [  # ordered so that a prefix of the walk covers every moment
     ("ray_start", "SIGTERM", "driver"), ("mid_explore", "SIGTERM", "group"), ("end_explore", "SIGKILL", "group"),
+    ("tune_plan", "SIGKILL", "group"), ("mid_tune", "SIGINT", "group"), ("widen_plan", "SIGTERM", "driver"),
+    ("mid_widen", "SIGKILL", "group"),
     ("plan", "SIGINT", "group"), ("first_confirm_trial", "SIGKILL", "driver"), ("mid_confirm", "SIGTERM", "group"),
     ("report", "SIGTERM", "driver"),
     ("ray_start", "SIGINT", "group"), ("mid_explore", "SIGKILL", "driver"), ("end_explore", "SIGTERM", "driver"),
+    ("tune_plan", "SIGINT", "group"), ("mid_tune", "SIGTERM", "driver"), ("widen_plan", "SIGKILL", "group"),
+    ("mid_widen", "SIGINT", "group"),
     ("plan", "SIGKILL", "group"), ("first_confirm_trial", "SIGTERM", "group"), ("mid_confirm", "SIGINT", "group"),
     ("report", "SIGKILL", "group"),
-    ("ray_start", "SIGKILL", "group"), ("mid_explore", "SIGINT", "group"), ("plan", "SIGTERM", "group"),
-    ("mid_confirm", "SIGKILL", "driver"), ("mid_confirm", "SIGTERM", "driver"), ("report", "SIGINT", "group"),
+    ("ray_start", "SIGKILL", "group"), ("mid_explore", "SIGINT", "group"), ("tune_plan", "SIGTERM", "driver"),
+    ("mid_tune", "SIGKILL", "group"), ("widen_plan", "SIGINT", "group"), ("mid_widen", "SIGTERM", "driver"),
+    ("plan", "SIGTERM", "group"), ("mid_confirm", "SIGKILL", "driver"), ("mid_confirm", "SIGTERM", "driver"),
+    ("report", "SIGINT", "group"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment,sig,target", WALK, ids=[f"{m}-{s}-{t}" for m, s, t in WALK])
-def test_walk(reference, small_dataset, tmp_path, moment, sig, target):
-    check_case(reference, small_dataset, tmp_path, moment, sig, target)
+def test_walk(reference_tuned, small_dataset, tmp_path, moment, sig, target):
+    check_case(reference_tuned, small_dataset, tmp_path, moment, sig, target)
 
 
 @pytest.mark.slow
-def test_second_signal_during_the_resume(reference, small_dataset, tmp_path):
+def test_second_signal_during_the_resume(reference_tuned, small_dataset, tmp_path):
     """SIGTERM mid-explore, then SIGINT to the group while the resume runs the confirm stage: each exits as
     documented; the third run finishes with the uninterrupted decision."""
-    (ref_explore, ref_confirm), ref_decision = reference
-    cmd = command(tmp_path, small_dataset)
-    study = tmp_path / "smoke"
+    cmd = command(reference_tuned.space, tmp_path, small_dataset)
+    study = tmp_path / reference_tuned.name
     rc, err = interrupt(cmd, study, "mid_explore", "SIGTERM", "driver", tmp_path / "first")
     assert rc == 143, err[-3000:]
     no_traceback(err)
     rc, err = interrupt(cmd, study, "mid_confirm", "SIGINT", "group", tmp_path / "second")
     assert rc == 130, err[-3000:]
     no_traceback(err)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    explore, confirm = outcomes(study)
-    assert (explore[0].keys(), confirm[0].keys()) == (ref_explore[0].keys(), ref_confirm[0].keys())
-    same_decision(decision(study), ref_decision)
+    finishes_as_uninterrupted(reference_tuned, cmd, study)
     assert info(study)["runs"] == 3
