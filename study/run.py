@@ -153,8 +153,9 @@ def owner() -> dict[str, str]:
 
 
 def ray_folders(study: Store) -> list[str]:
-    """The folders of the study's Ray experiments: the explore stage, each tuning round, the confirm stage."""
-    return ["ray", *(f"tune/{r}/ray" for r in study.list("tune", "round*", folders_only=True)), "confirm/ray"]
+    """The folders of the study's Ray experiments: the explore stage, each tuning round, the confirm stage's looks."""
+    return ["ray", *(f"tune/{r}/ray" for r in study.list("tune", "round*", folders_only=True)), "confirm/ray",
+            *(f"confirm/{k}/ray" for k in study.list("confirm", "look*", folders_only=True))]
 
 
 def check_checkpoints(study: Store) -> None:
