@@ -147,6 +147,9 @@ class Space(BaseModel):
     resources: Resources = Resources()
     cpu: Scale = Scale()
     confirm: Optional[Confirm] = None  # None: explore only, and the analysis makes no decision
+    # training-config keys fixed for one mode's trials in every stage (e.g. 2DGS's terms for 2d, which the config
+    # refuses for 3d): part of each trial's own config, like its mode
+    mode_config: dict[ModeName, dict[str, Any]] = {}
 
     @model_validator(mode="after")
     def _check(self) -> "Space":
@@ -155,6 +158,16 @@ class Space(BaseModel):
                 raise ValueError(f"grid must list '{key}'")
         if not self.modes:
             raise ValueError("modes is empty")
+        varied = {MODE_KEY, "seed", *self.grid, *self.search, *self.cpu.grid, *self.cpu.search}
+        if self.confirm is not None and self.confirm.tune is not None:
+            varied.add(self.confirm.tune.key)
+        for m, keys in self.mode_config.items():
+            if m not in self.modes:
+                raise ValueError(f"mode_config: mode '{m}' is not among the space's modes ({', '.join(self.modes)})")
+            clash = sorted(set(keys) & varied)
+            if clash:
+                raise ValueError(f"mode_config.{m}: {', '.join(clash)} varies between trials (mode, seed, grid, "
+                                 f"search or tuning), so it cannot be fixed for a mode")
         if self.confirm is not None:
             c = self.confirm
             if sorted(c.cell) != sorted(self.grid):
@@ -192,6 +205,14 @@ class Space(BaseModel):
         if self.confirm is not None:
             upd["confirm"] = {**self.confirm.model_dump(), **self.cpu.confirm}
         return Space.model_validate({**self.model_dump(), **upd})  # validated again, unlike model_copy
+
+    def mode_keys(self, mode: str) -> dict[str, Any]:
+        """The training-config keys the space fixes for `mode`'s trials (mode_config; {} for most modes)."""
+        return dict(self.mode_config.get(mode, {}))
+
+    def fixed_keys(self) -> tuple[str, ...]:
+        """Every key some mode's trials fix (the HParams columns that tell modes' settings apart)."""
+        return tuple(sorted({k for keys in self.mode_config.values() for k in keys}))
 
     def cells(self) -> list[dict[str, int]]:
         """Every (grid_size, max_frames, ...) combination of the grid."""
@@ -293,6 +314,9 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
         for cell in scaled.cells():
             try:
                 make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
+                for m in scaled.modes:  # each mode's trials, with the keys the space fixes for it
+                    make_config({**scaled.base_config, **cell, MODE_KEY: m, **scaled.mode_keys(m)},
+                                f"{path}: grid cell {json.dumps(cell)}, mode {m}")
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
         cell = scaled.cells()[0]
