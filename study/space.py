@@ -281,6 +281,13 @@ def find_space(name_or_path: str) -> Path:
     return cand
 
 
+def each_mode(space: Space, values: dict[str, Any], source: str, modes: Optional[list[str]] = None) -> None:
+    """Validate `values` as the trials of each mode (default: the space's) get them: with the mode and the keys the
+    space fixes for it (a key a mode cannot have, such as 2DGS's normal term for 3d, is refused in one line)."""
+    for m in modes or space.modes:
+        make_config({**values, MODE_KEY: m, **space.mode_keys(m)}, source)
+
+
 def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space:
     """Read and validate a space; its base config must itself be a valid training config."""
     path = find_space(name_or_path)
@@ -314,30 +321,28 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
         for cell in scaled.cells():
             try:
                 make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
-                for m in scaled.modes:  # each mode's trials, with the keys the space fixes for it
-                    make_config({**scaled.base_config, **cell, MODE_KEY: m, **scaled.mode_keys(m)},
-                                f"{path}: grid cell {json.dumps(cell)}, mode {m}")
+                each_mode(scaled, {**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
         cell = scaled.cells()[0]
-        for key, d in scaled.search.items():  # both ends of every range must be valid config values
+        for key, d in scaled.search.items():  # both ends of every range must be valid config values, in every mode
             for end in ("low", "high"):
                 try:
-                    make_config({**scaled.base_config, **cell, key: getattr(d, end)},
-                                f"{path}: search.{key}.{end} {getattr(d, end):g}{'' if gpu else ' (cpu scale)'}")
+                    each_mode(scaled, {**scaled.base_config, **cell, key: getattr(d, end)},
+                              f"{path}: search.{key}.{end} {getattr(d, end):g}{'' if gpu else ' (cpu scale)'}")
                 except ConfigError as e:
                     raise SpaceError(str(e)) from None
         if scaled.confirm is not None:
             try:
-                make_config({**scaled.base_config, **scaled.confirm.base_config, **scaled.confirm.cell},
-                            f"{path}: confirm.base_config")
+                each_mode(scaled, {**scaled.base_config, **scaled.confirm.base_config, **scaled.confirm.cell},
+                          f"{path}: confirm.base_config", scaled.confirm.modes)
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
             t = scaled.confirm.tune
             for end in ("low", "high") if t is not None else ():
                 try:
-                    make_config({**confirm_config(scaled, scaled.base_config), t.key: getattr(t, end)},
-                                f"{path}: confirm.tune.{end} {getattr(t, end):g} ({t.key})")
+                    each_mode(scaled, {**confirm_config(scaled, scaled.base_config), t.key: getattr(t, end)},
+                              f"{path}: confirm.tune.{end} {getattr(t, end):g} ({t.key})", scaled.confirm.modes)
                 except ConfigError as e:
                     raise SpaceError(str(e)) from None
     return space

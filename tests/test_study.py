@@ -308,6 +308,17 @@ def test_keys_fixed_for_a_mode_are_in_its_trials_only():
     assert space.fixed_keys() == ("dist_lambda", "normal_lambda") and load_space("comparison").fixed_keys() == ()
 
 
+def test_a_term_is_searchable_where_every_mode_can_have_it(tmp_path):
+    """2DGS's weights are config keys like any other: a space of 2d alone may search them (one of both modes may
+    not: the bad-input case searched_term_the_mode_cannot_have)."""
+    path = _space_file(tmp_path, modes=["2d"], search={"dist_lambda": {"type": "loguniform", "low": 0.1, "high": 10},
+                                                      "normal_lambda": {"type": "uniform", "low": 0.0, "high": 1.0}})
+    space = load_space(str(path))
+    s = PerModeSearcher(space, "valid_heldout_iou", "max", algo="random", seed=0)
+    c = s.suggest("t0")
+    assert c["gaussian_mode"] == "2d" and 0.1 <= c["dist_lambda"] <= 10 and 0 <= c["normal_lambda"] <= 1
+
+
 @pytest.fixture(scope="module")
 def invalid_dataset(small_dataset, tmp_path_factory):
     """A copy of the small dataset whose centre track has a NaN: it fails validation."""
@@ -374,7 +385,10 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
     "gpu_mem_zero": (lambda t, d: ["--space", "smoke", "--gpu-mem-mb", "0"], "--gpu-mem-mb 0.0: must be above 0"),
     "mode_config_term_the_mode_cannot_have": (lambda t, d: ["--space", str(_space_file(
         t, grid={"grid_size": [16], "max_frames": [12]}, mode_config={"3d": {"normal_lambda": 0.1}}))],
-        "mode 3d: normal_lambda 0.1 needs surfel normals (2DGS's normal consistency), which mode '3d' has not"),
+        "normal_lambda 0.1 needs surfel normals (2DGS's normal consistency), which mode '3d' has not"),
+    "searched_term_the_mode_cannot_have": (lambda t, d: ["--space", str(_space_file(
+        t, search={"dist_lambda": {"type": "uniform", "low": 0.1, "high": 1.0}}))],
+        "search.dist_lambda.low 0.1: dist_lambda 0.1 needs ray-primitive intersection depths"),
     "mode_config_mode_not_compared": (lambda t, d: ["--space", str(_space_file(
         t, mode_config={"2d_screen": {"max_n": 100}}))], "mode_config: mode '2d_screen' is not among the space's modes"),
     "mode_config_key_varied": (lambda t, d: ["--space", str(_space_file(
