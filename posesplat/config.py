@@ -14,8 +14,13 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from posesplat.modes import ModeName, names as mode_names
+from posesplat.modes import MODES, TERMS, ModeName, names as mode_names, with_term
 
+
+
+def _term_allowed(key: str) -> str:
+    """The config table's 'allowed' text of a 2DGS term's weight, from the mode registry."""
+    return "0 unless gaussian_mode is " + " or ".join(f"`{m}`" for m in with_term(key))
 
 
 class ConfigError(ValueError):
@@ -60,6 +65,16 @@ class Config(BaseModel):
         "cosine", description="cosine: down to 5% of lr over epochs x steps_per_epoch")
     img_lambda: float = Field(0.5, ge=0, description="weight of the RGB L1 term")
     ssim_lambda: float = Field(0.0, ge=0, description="weight of the 1 - SSIM term (0: not computed)")
+    dist_lambda: float = Field(0.0, ge=0, description="weight of 2DGS's depth distortion, per metre of depth (0: "
+                               "not computed; modes with surfels only)",
+                               json_schema_extra={"allowed": _term_allowed("dist_lambda")})
+    normal_lambda: float = Field(0.0, ge=0, description="weight of 2DGS's normal consistency (0: not computed; "
+                                 "modes with surfels only)",
+                                 json_schema_extra={"allowed": _term_allowed("normal_lambda")})
+    dist_start: float = Field(0.1, ge=0, le=1, description="the distortion term is on after this fraction of the "
+                              "training steps (2DGS: 3000 of 30000)")
+    normal_start: float = Field(0.2333, ge=0, le=1, description="the normal term is on after this fraction of the "
+                                "training steps (2DGS: 7000 of 30000)")
     grad_clip: Optional[float] = Field(1.0, gt=0, description="gradient-norm clip; null: no clipping")
     epochs: int = Field(10, ge=1, description="epochs (also the horizon of the cosine schedule)")
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="null: one step per training frame")
@@ -76,6 +91,11 @@ class Config(BaseModel):
             raise ValueError(f"min_n ({self.min_n}) is larger than max_n ({self.max_n})")
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
             raise ValueError(f"split {self.split} must be three positive fractions summing to 1")
+        for key, needs in TERMS.items():  # the mode registry says which of 2DGS's terms a mode can have
+            if getattr(self, key) > 0 and key not in MODES[self.gaussian_mode].terms:
+                able = ", ".join(with_term(key)) or "none"
+                raise ValueError(f"{key} {getattr(self, key):g} needs {needs}, which mode '{self.gaussian_mode}' "
+                                 f"has not (modes that have it: {able}); set {key} to 0 for this mode")
         if self.volume_idx is not None:
             ok = len(self.volume_idx) == 3 and all(
                 len(r) == 2 and 0 <= r[0] < r[1] <= self.grid_size for r in self.volume_idx

@@ -74,6 +74,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("train_iou_loss", "loss", "", False, "1 - soft mask IoU, mean over the epoch"),
     Metric("train_l1", "loss", "", False, "L1 image error, mean over the epoch"),
     Metric("train_ssim_loss", "loss", "", False, "1 - SSIM, mean over the epoch (NaN when ssim_lambda is 0)"),
+    Metric("train_dist_loss", "loss", "m", False, "2DGS's depth distortion (unweighted), mean over the epoch's steps "
+           "where it was on (NaN when dist_lambda is 0 or during its warm-up)"),
+    Metric("train_normal_loss", "loss", "", False, "2DGS's normal consistency (unweighted), mean over the epoch's "
+           "steps where it was on (NaN when normal_lambda is 0 or during its warm-up)"),
     Metric("current_lr", "loss", "", None, "the learning rate at the end of the epoch"),
     Metric("epoch_time_s", "cost", "s", False, "seconds of training in the epoch (evaluation excluded)",
            label="time per epoch", over_epochs="median"),

@@ -31,6 +31,8 @@ class Mode:
     # the mode's projection, then gsplat's tile intersection and rasterize_to_pixels (conic projections only)
     gsplat: Optional[str]
     colour: str  # matplotlib colour of the mode in the study's plots
+    # 2DGS's training terms the mode can have (config keys of TERMS); the config refuses the others for it
+    terms: tuple[str, ...] = ()
 
     @property
     def params_per_gaussian(self) -> int:
@@ -39,11 +41,17 @@ class Mode:
 
 _GAUSSIAN = {"means": (3,), "colors": (3,), "opacities": ()}
 
+# 2DGS's training terms: config key -> what a mode needs for it (docs/training.md says why 3d has neither: a 3D
+# Gaussian's centre depth is no point where the ray meets it, and gsplat renders the distortion for surfels only)
+TERMS = {"dist_lambda": "ray-primitive intersection depths (2DGS's depth distortion)",
+         "normal_lambda": "surfel normals (2DGS's normal consistency)"}
+
 # in display order (tables, plots): the two modes the study compares, then the ablation
 MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("2d", "2D", "2D Gaussian surfels (Huang et al. 2024): a disc with two scales and a normal",
          {"offset": 3, "scale": 2, "quat": 4, "colour": 3, "opacity": 1},
-         {**_GAUSSIAN, "quats": (4,), "scales": (2,)}, "world", 0.7, True, "rasterization_2dgs", "C0"),
+         {**_GAUSSIAN, "quats": (4,), "scales": (2,)}, "world", 0.7, True, "rasterization_2dgs", "C0",
+         terms=tuple(TERMS)),
     Mode("3d", "3D", "3D Gaussian splatting: an ellipsoid with three scales",
          {"offset": 3, "scale": 3, "quat": 4, "colour": 3, "opacity": 1},
          {**_GAUSSIAN, "quats": (4,), "scales": (3,)}, "world", 0.5, False, "rasterization", "C1"),
@@ -57,6 +65,11 @@ DEFAULT_PAIR = ("2d", "3d")  # what a space compares when it names no modes: [ch
 def names() -> tuple[str, ...]:
     """The registered modes, in display order (read at call time, so a mode added to MODES counts)."""
     return tuple(MODES)
+
+
+def with_term(key: str) -> list[str]:
+    """The modes that can have the 2DGS term `key` (a key of TERMS), read at call time."""
+    return [m for m, e in MODES.items() if key in e.terms]
 
 
 def _known(name: str) -> str:

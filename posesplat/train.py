@@ -183,8 +183,14 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int):
 # ----------------------------------------------------------------------------------------------- loss and metrics
 
 
-def loss_terms(out: RenderOut, images: torch.Tensor, masks: torch.Tensor, ssim_lambda: float) -> dict[str, torch.Tensor]:
-    """1 - soft IoU on masks, L1 on RGB normalised by foreground area, and 1 - SSIM (only if used)."""
+WEIGHTS = {"l1": "img_lambda", "ssim_loss": "ssim_lambda", "dist_loss": "dist_lambda",
+           "normal_loss": "normal_lambda"}  # a loss term (after the IoU term, whose weight is 1) -> its config weight
+
+
+def loss_terms(out: RenderOut, images: torch.Tensor, masks: torch.Tensor, ssim_lambda: float, dist: bool = False,
+               normal: bool = False) -> dict[str, torch.Tensor]:
+    """1 - soft IoU on masks, L1 on RGB normalised by foreground area, 1 - SSIM (only if used) and, when on, 2DGS's
+    depth distortion and normal consistency (means over every pixel of the views, as 2DGS's train.py)."""
     a, m = out.alpha, masks  # [V, H, W]
     inter = (a * m).sum()
     iou = inter / (a.sum() + m.sum() - inter).clamp_min(1e-6)
@@ -192,7 +198,39 @@ def loss_terms(out: RenderOut, images: torch.Tensor, masks: torch.Tensor, ssim_l
     terms = {"iou_loss": 1.0 - iou, "l1": l1}
     if ssim_lambda > 0:
         terms["ssim_loss"] = 1.0 - ssim_fn(out.rgb.permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0)
+    if dist:
+        terms["dist_loss"] = out.distortion.mean()
+    if normal:
+        terms["normal_loss"] = normal_error(out).mean()
     return terms
+
+
+def training_loss(cfg: Config, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The objective: the IoU term plus each other term times its weight (WEIGHTS), summed in loss_terms' order."""
+    loss = terms["iou_loss"]
+    for k, t in terms.items():
+        if k != "iou_loss":
+            loss = loss + getattr(cfg, WEIGHTS[k]) * t
+    return loss
+
+
+def normal_error(out: RenderOut) -> torch.Tensor:
+    """2DGS's normal consistency per pixel [V, H, W]: 1 - <sum_i w_i n_i, alpha n_d>, the surfels' composited normals
+    (not normalised) against the unit normals n_d of the rendered depth weighted by the accumulated alpha, which is
+    not differentiated (2DGS's train.py and renderer: 0 where nothing is drawn, 1 - alpha^2 cos elsewhere)."""
+    return 1 - (out.surfel_normals * out.normals * out.alpha.detach()[..., None]).sum(-1)
+
+
+def term_on(start: float, step: int, total: int) -> bool:
+    """2DGS's warm-up: a term is on at the 1-based training step `step` of `total` once more than the fraction
+    `start` of them is done (2DGS: from iteration 3001 of 30000 for the distortion, 7001 for the normal term)."""
+    return step > start * total
+
+
+def geometry_terms(cfg: Config, step: int, total: int) -> tuple[bool, bool]:
+    """(distortion on, normal term on) at the 1-based training step `step` of `total` (off while the weight is 0)."""
+    return (cfg.dist_lambda > 0 and term_on(cfg.dist_start, step, total),
+            cfg.normal_lambda > 0 and term_on(cfg.normal_start, step, total))
 
 
 @torch.no_grad()
@@ -453,8 +491,10 @@ def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tupl
     bad_terms = [k for k, t in terms.items() if not bool(torch.isfinite(t).all())]
     bad_fields = [k for k in ("means", "opacities", "colors", "scales") if not bool(torch.isfinite(getattr(g, k)).all())]
     if not bad_terms and not bad_fields:
-        return (f"non-finite loss {loss.item()} from finite terms (img_lambda {cfg.img_lambda:g}, ssim_lambda "
-                f"{cfg.ssim_lambda:g})", "lower img_lambda or ssim_lambda (the weighted sum overflows)")
+        weights = ["img_lambda", "ssim_lambda"] + [w for w in ("dist_lambda", "normal_lambda") if getattr(cfg, w) > 0]
+        return (f"non-finite loss {loss.item()} from finite terms ("
+                + ", ".join(f"{w} {getattr(cfg, w):g}" for w in weights) + ")",
+                f"lower {', '.join(weights[:-1])} or {weights[-1]} (the weighted sum overflows)")
     cause = (f"non-finite Gaussian {', '.join(bad_fields)}" if bad_fields
              else f"non-finite loss term {', '.join(bad_terms)} (loss {loss.item()})")
     clip = f"lower grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "enable grad_clip"
@@ -546,6 +586,7 @@ def train(
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n_train, generator=gen)
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # steps each term was computed in (2DGS's terms are off during their warm-up)
         bar = Progress(range(steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress, leave=False)
         with PeakMemory(setup.device) as mem:
             t0 = time.perf_counter()
@@ -555,14 +596,13 @@ def train(
                 try:
                     b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
                     g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+                    dist_on, normal_on = geometry_terms(cfg, (epoch - 1) * steps + step + 1, cfg.epochs * steps)
                     out = render(
                         g, cfg.gaussian_mode, b["viewmats"][pick], b["Ks"][pick], setup.width, setup.height,
-                        setup.backend, setup.background,
+                        setup.backend, setup.background, distortion=dist_on,
                     )
-                    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda)
-                    loss = terms["iou_loss"] + cfg.img_lambda * terms["l1"]
-                    if "ssim_loss" in terms:
-                        loss = loss + cfg.ssim_lambda * terms["ssim_loss"]
+                    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda, dist_on, normal_on)
+                    loss = training_loss(cfg, terms)
                     finite = bool(torch.isfinite(loss)) and all(
                         bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
                     )  # the renderer drops NaN-opacity pairs, so a diverged model can still give a finite loss
@@ -588,6 +628,7 @@ def train(
                     raise _oom_error(cfg, setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
                 for k, v in {"loss": loss, **terms}.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    counts[k] = counts.get(k, 0) + 1
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if setup.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -598,7 +639,8 @@ def train(
             "train_loss": sums["loss"] / steps,
             "train_iou_loss": sums["iou_loss"] / steps,
             "train_l1": sums["l1"] / steps,
-            "train_ssim_loss": sums.get("ssim_loss", float("nan")) / steps,
+            **{f"train_{k}": sums[k] / counts[k] if k in sums else float("nan")
+               for k in ("ssim_loss", "dist_loss", "normal_loss")},
             "epoch_time_s": epoch_time,
             **{col: mem.peak_mb if kind == mem.kind else float("nan")
                for kind, col in metrics_schema.PEAK_MEM.items()},

@@ -57,6 +57,7 @@ class Names:
     cell_keys: tuple[str, ...]
     label_keys: tuple[str, ...]
     metrics: tuple[str, ...] = ()  # the study's own metrics, first in HParams
+    fixed_keys: tuple[str, ...] = ()  # keys the space fixes per mode (Space.mode_config), HParams columns too
 
     def run(self, config: dict, trial_id: str) -> str:
         mode = config.get("gaussian_mode", "mode")
@@ -65,8 +66,9 @@ class Names:
         return f"{self.stage}/{mode}/{cell}/{label}-{trial_id}"
 
     def keys(self) -> tuple[str, ...]:
-        """What tells a stage's trials apart (the HParams columns besides the metrics): mode, cell, label, seed."""
-        return tuple(dict.fromkeys(("gaussian_mode", *self.cell_keys, *self.label_keys, "seed")))
+        """What tells a stage's trials apart (the HParams columns besides the metrics): mode, cell, label, seed and
+        the keys the space fixes per mode (2DGS's term weights, say)."""
+        return tuple(dict.fromkeys(("gaussian_mode", *self.cell_keys, *self.label_keys, "seed", *self.fixed_keys)))
 
     def dirname(self, trial) -> str:
         """Ray's folder of a trial (`TuneConfig.trial_dirname_creator`): its run name in one level, e.g.

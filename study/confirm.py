@@ -106,10 +106,13 @@ def tuned_hparams(tuned: dict[str, dict], select: str) -> dict[str, dict[str, An
 
 
 def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[str], epochs: int, test_frames: int,
-                 seed: int, tuned: Optional[dict[str, dict]] = None) -> dict[str, Any]:
+                 seed: int, tuned: Optional[dict[str, dict]] = None,
+                 mode_config: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """The confirm plan (JSON-ready) from the explore stage's per-trial table (read at each trial's best validation
     epoch, as study.load.trial_summary gives it) and, when the space has a deciding tuning, its outcome `tuned`
-    (then each mode's value of the tuned key comes from it and the other keys are fixed by the confirm block)."""
+    (then each mode's value of the tuned key comes from it and the other keys are fixed by the confirm block).
+    `mode_config`: the keys the space fixes per mode (Space.mode_keys), in each trial and recorded in the plan."""
+    mode_config = {m: dict((mode_config or {}).get(m, {})) for m in confirm.modes}
     if tuned is not None:
         hparams, search_keys = tuned_hparams(tuned, confirm.select), [confirm.tune.key]
     else:
@@ -147,12 +150,18 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
             p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
     seeds = stage_seeds(CONFIRM_SEEDS, seed, n_seeds)
     looks = plan_looks(n_seeds, confirm.looks)
-    trials = [{**confirm.cell, MODE_KEY: m, "seed": s, **{k: hparams[m][k] for k in search_keys}}
+    trials = [{**confirm.cell, MODE_KEY: m, "seed": s, **{k: hparams[m][k] for k in search_keys}, **mode_config[m]}
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),
-            "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "seeds": seeds,
-            "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials,
+            "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "mode_config": mode_config,
+            "seeds": seeds, "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials,
             "tuning": tuned, "looks": looks_json(looks)}
+
+
+def mode_config_text(plan: dict) -> str:
+    """The keys the plan fixes per mode, in words ('' when none): '2d dist_lambda 0.32, normal_lambda 0.8'."""
+    return "; ".join(f"{m} " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in keys.items())
+                     for m, keys in (plan.get("mode_config") or {}).items() if keys)
 
 
 def look_folder(k: int) -> tuple[str, ...]:

@@ -248,7 +248,8 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
         else:
             reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
     design = {k: plan.get(k) for k in ("cell", "modes", "margin", "quality", "cost", "cost_margin", "epochs",
-                                        "test_frames", "seeds", "hparams", "min_seeds", "max_seeds", "tuning")}
+                                        "test_frames", "seeds", "hparams", "mode_config", "min_seeds", "max_seeds",
+                                        "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
     design["tuning_error"] = {"rms": tuning_sd, "mean": float(np.mean(draws))} if len(draws) else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 from posesplat.io import staging_folder, swap_folder
 from posesplat.metrics import GEOMETRY_NAMES
 from posesplat.modes import label as mode_label
-from study.confirm import look_folder
+from study.confirm import look_folder, mode_config_text
 from study.decide import ESTIMAND_FIXED, EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
 from study.explore import breakdown, cell_dependence, cell_text
 from study.looks import looks_of
@@ -181,7 +181,8 @@ def design_lines(d: Decision, plan: Optional[dict]) -> list[str]:
         f"seeds ({d.dropped_pairs} dropped: a failed or missing member), paired by seed (same initialisation seed "
         f"and frame order, identical train/valid/test frames and held-out views); {plan['epochs']} epochs, no early "
         f"stopping, scored at the last epoch on {plan['test_frames']} test frames; hyperparameters fixed from "
-        f"{how}.",
+        f"{how}" + (f"; fixed per mode by the space: {mode_config_text(plan)}" if mode_config_text(plan) else "")
+        + ".",
         "",
         f"Rule: relative difference ({c} - {r}) / {r} of {q} against a {100 * plan['margin']:g}% margin "
         f"(non-inferiority, equivalence); primary cost {SHORT.get(plan['cost'], plan['cost'])}, where "

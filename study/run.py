@@ -658,7 +658,7 @@ def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store
     scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
                                 space.scheduler.reduction_factor, space.metric, space.metric_mode)
                  if space.scheduler.type == "asha" else None)
-    names = Names("explore", tuple(space.grid), tuple(space.search), study_metrics(space))
+    names = Names("explore", tuple(space.grid), tuple(space.search), study_metrics(space), space.fixed_keys())
     sink = ParquetSink(study, study.name, base, space.max_epochs, names, study)
     return fit_stage(args, study, trainable(base, study, names, study), sink, searcher, scheduler, "explore")
 
@@ -697,13 +697,13 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
             if not values:
                 break
             plan = {"round": r, "key": spec.key, "values": values, "seeds": seeds,
-                    "trials": [{**space.confirm.cell, MODE_KEY: m, "seed": s, spec.key: v}
+                    "trials": [{**space.confirm.cell, MODE_KEY: m, "seed": s, spec.key: v, **space.mode_keys(m)}
                                for s in seeds for m, vs in values.items() for v in vs]}
             store.write_json(plan, "plan.json")
             print(f"tuning round {r}: " + "; ".join(f"{m} {spec.key} {', '.join(f'{v:.3g}' for v in vs)}"
                                                    for m, vs in values.items())
                   + f" x {len(seeds)} seeds at {json.dumps(space.confirm.cell)}", flush=True)
-        names = Names("tune", tuple(space.confirm.cell), (spec.key, "seed"), study_metrics(space))
+        names = Names("tune", tuple(space.confirm.cell), (spec.key, "seed"), study_metrics(space), space.fixed_keys())
         sink = ParquetSink(store, study.name, cbase, space.max_epochs, names, study)
         searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
         fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, f"tuning round {r}")
@@ -758,7 +758,7 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
         check_replan(store, plan)
         store.write_json(plan, "plan.json")
         print(confirm_plan_text(plan), flush=True)
-    names = Names("confirm", tuple(space.confirm.cell), ("seed",), study_metrics(space))
+    names = Names("confirm", tuple(space.confirm.cell), ("seed",), study_metrics(space), space.fixed_keys())
     looks, ended = looks_of(plan), {}
     for k, look in enumerate(looks):  # each look its own stage (study.confirm.look_folder); a settled one ends it
         lstore = store.child(*look_folder(k))
@@ -836,21 +836,25 @@ def make_confirm_plan(args: argparse.Namespace, space: Space, cbase: dict, study
     ds = open_dataset(cfg.dataset)
     n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))
     try:
-        return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, args.seed, tuned)
+        return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, args.seed, tuned,
+                            {m: space.mode_keys(m) for m in space.confirm.modes})
     except PlanError as e:
         raise StudyError(str(e)) from None
 
 
 def confirm_plan_text(plan: dict) -> str:
     """The confirm plan in a few lines, for the terminal."""
+    from study.confirm import mode_config_text
     from study.explore import cell_text
 
     hp = "; ".join(f"{m} lr {h['lr']:.3g}" + (f", ssim_lambda {h['ssim_lambda']:.3g}" if "ssim_lambda" in h else "")
                    for m, h in plan["hparams"].items())
     widths = ", ".join(f"{k} ±{100 * p['expected_halfwidth']:.2g}%" for k, p in plan["planning"].items()
                        if p.get("expected_halfwidth") is not None)
+    fixed = mode_config_text(plan)
     lines = [f"confirm stage planned: {' vs '.join(plan['modes'])} at {cell_text(plan['cell'])}, "
-             f"{len(plan['seeds'])} seeds x {plan['epochs']} epochs, {plan['test_frames']} test frames ({hp})"]
+             f"{len(plan['seeds'])} seeds x {plan['epochs']} epochs, {plan['test_frames']} test frames ({hp}"
+             + (f"; fixed per mode: {fixed}" if fixed else "") + ")"]
     if widths:
         lines.append(f"  expected 95% half-widths: {widths} (target ±{100 * plan['target_halfwidth']:g}%)")
     if len(plan.get("looks") or []) > 1:

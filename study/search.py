@@ -85,7 +85,7 @@ class PerModeSearcher(Searcher):
         self.max_concurrent = max_concurrent  # most live trials; not part of the saved state (a resume may change it)
         self.live: set[str] = set()
         self.plan = [
-            {**cell, MODE_KEY: m, "seed": seed + s}
+            {**cell, MODE_KEY: m, "seed": seed + s, **space.mode_keys(m)}
             for cell in space.cells() for s in range(space.samples_per_cell) for m in space.modes
         ]
         self.next_index = 0

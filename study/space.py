@@ -149,6 +149,9 @@ class Space(BaseModel):
     resources: Resources = Resources()
     cpu: Scale = Scale()
     confirm: Optional[Confirm] = None  # None: explore only, and the analysis makes no decision
+    # training-config keys fixed for one mode's trials in every stage (e.g. 2DGS's terms for 2d, which the config
+    # refuses for 3d): part of each trial's own config, like its mode
+    mode_config: dict[ModeName, dict[str, Any]] = {}
 
     @model_validator(mode="after")
     def _check(self) -> "Space":
@@ -157,6 +160,16 @@ class Space(BaseModel):
                 raise ValueError(f"grid must list '{key}'")
         if not self.modes:
             raise ValueError("modes is empty")
+        varied = {MODE_KEY, "seed", *self.grid, *self.search, *self.cpu.grid, *self.cpu.search}
+        if self.confirm is not None and self.confirm.tune is not None:
+            varied.add(self.confirm.tune.key)
+        for m, keys in self.mode_config.items():
+            if m not in self.modes:
+                raise ValueError(f"mode_config: mode '{m}' is not among the space's modes ({', '.join(self.modes)})")
+            clash = sorted(set(keys) & varied)
+            if clash:
+                raise ValueError(f"mode_config.{m}: {', '.join(clash)} varies between trials (mode, seed, grid, "
+                                 f"search or tuning), so it cannot be fixed for a mode")
         if self.confirm is not None:
             c = self.confirm
             if sorted(c.cell) != sorted(self.grid):
@@ -194,6 +207,14 @@ class Space(BaseModel):
         if self.confirm is not None:
             upd["confirm"] = {**self.confirm.model_dump(), **self.cpu.confirm}
         return Space.model_validate({**self.model_dump(), **upd})  # validated again, unlike model_copy
+
+    def mode_keys(self, mode: str) -> dict[str, Any]:
+        """The training-config keys the space fixes for `mode`'s trials (mode_config; {} for most modes)."""
+        return dict(self.mode_config.get(mode, {}))
+
+    def fixed_keys(self) -> tuple[str, ...]:
+        """Every key some mode's trials fix (the HParams columns that tell modes' settings apart)."""
+        return tuple(sorted({k for keys in self.mode_config.values() for k in keys}))
 
     def cells(self) -> list[dict[str, int]]:
         """Every (grid_size, max_frames, ...) combination of the grid."""
@@ -262,6 +283,13 @@ def find_space(name_or_path: str) -> Path:
     return cand
 
 
+def each_mode(space: Space, values: dict[str, Any], source: str, modes: Optional[list[str]] = None) -> None:
+    """Validate `values` as the trials of each mode (default: the space's) get them: with the mode and the keys the
+    space fixes for it (a key a mode cannot have, such as 2DGS's normal term for 3d, is refused in one line)."""
+    for m in modes or space.modes:
+        make_config({**values, MODE_KEY: m, **space.mode_keys(m)}, source)
+
+
 def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space:
     """Read and validate a space; its base config must itself be a valid training config."""
     path = find_space(name_or_path)
@@ -295,27 +323,28 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
         for cell in scaled.cells():
             try:
                 make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
+                each_mode(scaled, {**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
         cell = scaled.cells()[0]
-        for key, d in scaled.search.items():  # both ends of every range must be valid config values
+        for key, d in scaled.search.items():  # both ends of every range must be valid config values, in every mode
             for end in ("low", "high"):
                 try:
-                    make_config({**scaled.base_config, **cell, key: getattr(d, end)},
-                                f"{path}: search.{key}.{end} {getattr(d, end):g}{'' if gpu else ' (cpu scale)'}")
+                    each_mode(scaled, {**scaled.base_config, **cell, key: getattr(d, end)},
+                              f"{path}: search.{key}.{end} {getattr(d, end):g}{'' if gpu else ' (cpu scale)'}")
                 except ConfigError as e:
                     raise SpaceError(str(e)) from None
         if scaled.confirm is not None:
             try:
-                make_config({**scaled.base_config, **scaled.confirm.base_config, **scaled.confirm.cell},
-                            f"{path}: confirm.base_config")
+                each_mode(scaled, {**scaled.base_config, **scaled.confirm.base_config, **scaled.confirm.cell},
+                          f"{path}: confirm.base_config", scaled.confirm.modes)
             except ConfigError as e:
                 raise SpaceError(str(e)) from None
             t = scaled.confirm.tune
             for end in ("low", "high") if t is not None else ():
                 try:
-                    make_config({**confirm_config(scaled, scaled.base_config), t.key: getattr(t, end)},
-                                f"{path}: confirm.tune.{end} {getattr(t, end):g} ({t.key})")
+                    each_mode(scaled, {**confirm_config(scaled, scaled.base_config), t.key: getattr(t, end)},
+                              f"{path}: confirm.tune.{end} {getattr(t, end):g} ({t.key})", scaled.confirm.modes)
                 except ConfigError as e:
                     raise SpaceError(str(e)) from None
     return space

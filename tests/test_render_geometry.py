@@ -13,14 +13,15 @@ from posesplat.render import Gaussians, project_any, render
 from test_render import cameras, scene
 
 
-def dense_depth(g, mode, vm, K, W, H):
-    """Reference expected depth [C, H, W] and surfel normals [C, H, W, 3] from world geometry: every Gaussian at
-    every pixel (gsplat's skip rules); a conic pair's depth is its centre's camera z, a surfel pair's the z where
-    the pixel's ray meets the surfel's plane (the centre's where the screen-space floor sets alpha)."""
+def dense_pairs(g, mode, vm, K, W, H):
+    """Per camera, from world geometry: every visible Gaussian's weight w [G, H*W] and depth z [G, H*W] at every
+    pixel (gsplat's skip rules) and its normal n [G, 3]; a conic pair's depth is its centre's camera z, a surfel
+    pair's the z where the pixel's ray meets the surfel's plane (the centre's where the screen-space floor sets
+    alpha)."""
     kind, radii, m2, _, shape = project_any(g, mode, vm, K, W, H)
     ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
     x, y = xs.reshape(1, -1), ys.reshape(1, -1)
-    depths, normals = [], []
+    pairs = []
     for c in range(vm.shape[0]):
         R, t = vm[c, :3, :3], vm[c, :3, 3]
         z_centre = (g.means @ R.T + t)[:, 2]  # [N]
@@ -52,8 +53,15 @@ def dense_depth(g, mode, vm, K, W, H):
         a = a * (a >= 1 / 255)
         T = torch.cumprod(torch.cat([torch.ones_like(a[:1]), 1 - a[:-1]]), 0)
         w = a * T * (T * (1 - a) > 1e-4)
-        depths.append(((w * z).sum(0) / w.sum(0).clamp_min(1e-10)).reshape(H, W))
-        normals.append((w[..., None] * n[:, None]).sum(0).reshape(H, W, 3))
+        pairs.append((w, z, n))
+    return pairs
+
+
+def dense_depth(g, mode, vm, K, W, H):
+    """Reference expected depth [C, H, W] and surfel normals [C, H, W, 3] from world geometry (dense_pairs)."""
+    pairs = dense_pairs(g, mode, vm, K, W, H)
+    depths = [((w * z).sum(0) / w.sum(0).clamp_min(1e-10)).reshape(H, W) for w, z, _ in pairs]
+    normals = [(w[..., None] * n[:, None]).sum(0).reshape(H, W, 3) for w, _, n in pairs]
     return torch.stack(depths), torch.stack(normals)
 
 

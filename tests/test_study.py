@@ -118,6 +118,10 @@ def test_smoke_tensorboard_read_back(smoke_study):
         assert start.hparams["trial_id"].string_value == t["trial_id"]
         assert int(start.hparams["model_params"].string_value) > 0 and start.hparams["backend"].string_value == "torch"
         assert start.hparams["grid_size"].string_value == str(t["grid_size"])  # integers as text: `16`, not 16.000
+        two_dgs = t["gaussian_mode"] == "2d"  # the smoke space trains 2d with 2DGS's terms (mode_config)
+        assert start.hparams["dist_lambda"].number_value == t["dist_lambda"] == (0.32 if two_dgs else 0.0)
+        assert start.hparams["normal_lambda"].number_value == t["normal_lambda"] == (0.8 if two_dgs else 0.0)
+        assert ("loss/train_dist_loss" in scalar_tags) == two_dgs  # NaN (never on) is not written
         experiment = next(d.experiment for d in hp.values() if d.HasField("experiment"))
         metrics = [m.name.tag for m in experiment.metric_infos]
         assert metrics[0] == "quality/valid_heldout_iou" and {"trial/stopped_early", "trial/failed"} <= set(metrics)
@@ -150,6 +154,8 @@ def test_smoke_report_written(smoke_study):
         e = d["measures"][k]
         assert e["lo"] is not None and e["lo"] <= e["mean"] <= e["hi"] and all(v > 0 for v in d["means"][k].values())
     assert "depth error" in md and "No ground-truth geometry" not in md
+    assert d["design"]["mode_config"] == {"2d": {"dist_lambda": 0.32, "normal_lambda": 0.8}, "3d": {}}
+    assert "fixed per mode by the space: 2d dist_lambda 0.32, normal_lambda 0.8" in md
     html = (report / "report.html").read_text()
     pngs = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert {"decision", "curves_confirm", "curves", "costs", "pareto", "geometry"} <= {name for name, _ in pngs}
@@ -229,6 +235,8 @@ def test_smoke_confirm_stage_follows_its_plan(smoke_study):
     for mode, rows in trials.groupby("gaussian_mode"):
         assert sorted(rows["seed"]) == plan["seeds"]
         assert rows["lr"].tolist() == pytest.approx([plan["hparams"][mode]["lr"]] * 3)
+        assert rows["dist_lambda"].tolist() == [plan["mode_config"][mode].get("dist_lambda", 0.0)] * 3
+    assert plan["mode_config"] == {"2d": {"dist_lambda": 0.32, "normal_lambda": 0.8}, "3d": {}}
     rows = pd.read_parquet(smoke_study / "confirm" / "metrics")
     assert len(rows) == 18 and not rows.duplicated(["trial_id", "epoch"]).any()
     assert rows["timestamp"].min() > pd.Timestamp(plan["written"])
@@ -302,6 +310,28 @@ def test_every_cell_crossed_with_every_mode():
     assert len(cells) == 9 * 2 and all(sorted(m) == ["2d", "3d"] for m in cells.values())
 
 
+def test_keys_fixed_for_a_mode_are_in_its_trials_only():
+    """The geometry space trains 2d with 2DGS's terms: every explore suggestion for 2d carries them, none for 3d."""
+    space = load_space("geometry")
+    s = PerModeSearcher(space, "valid_heldout_iou", "max", algo="random", seed=0)
+    configs = [s.suggest(f"t{i}") for i in range(s.total)]
+    for c in configs:
+        want = {"dist_lambda": 0.32, "normal_lambda": 0.8} if c["gaussian_mode"] == "2d" else {}
+        assert {k: c[k] for k in ("dist_lambda", "normal_lambda") if k in c} == want, c
+    assert space.fixed_keys() == ("dist_lambda", "normal_lambda") and load_space("comparison").fixed_keys() == ()
+
+
+def test_a_term_is_searchable_where_every_mode_can_have_it(tmp_path):
+    """2DGS's weights are config keys like any other: a space of 2d alone may search them (one of both modes may
+    not: the bad-input case searched_term_the_mode_cannot_have)."""
+    path = _space_file(tmp_path, modes=["2d"], search={"dist_lambda": {"type": "loguniform", "low": 0.1, "high": 10},
+                                                      "normal_lambda": {"type": "uniform", "low": 0.0, "high": 1.0}})
+    space = load_space(str(path))
+    s = PerModeSearcher(space, "valid_heldout_iou", "max", algo="random", seed=0)
+    c = s.suggest("t0")
+    assert c["gaussian_mode"] == "2d" and 0.1 <= c["dist_lambda"] <= 10 and 0 <= c["normal_lambda"] <= 1
+
+
 @pytest.fixture(scope="module")
 def invalid_dataset(small_dataset, tmp_path_factory):
     """A copy of the small dataset whose centre track has a NaN: it fails validation."""
@@ -366,6 +396,17 @@ BAD_INPUTS = {  # case -> (argv after --storage, expected text in the one line)
     "max_concurrent_zero": (lambda t, d: ["--space", "smoke", "--max-concurrent", "0"],
                             "--max-concurrent 0: must be at least 1"),
     "gpu_mem_zero": (lambda t, d: ["--space", "smoke", "--gpu-mem-mb", "0"], "--gpu-mem-mb 0.0: must be above 0"),
+    "mode_config_term_the_mode_cannot_have": (lambda t, d: ["--space", str(_space_file(
+        t, grid={"grid_size": [16], "max_frames": [12]}, mode_config={"3d": {"normal_lambda": 0.1}}))],
+        "normal_lambda 0.1 needs surfel normals (2DGS's normal consistency), which mode '3d' has not"),
+    "searched_term_the_mode_cannot_have": (lambda t, d: ["--space", str(_space_file(
+        t, search={"dist_lambda": {"type": "uniform", "low": 0.1, "high": 1.0}}))],
+        "search.dist_lambda.low 0.1: dist_lambda 0.1 needs ray-primitive intersection depths"),
+    "mode_config_mode_not_compared": (lambda t, d: ["--space", str(_space_file(
+        t, mode_config={"2d_screen": {"max_n": 100}}))], "mode_config: mode '2d_screen' is not among the space's modes"),
+    "mode_config_key_varied": (lambda t, d: ["--space", str(_space_file(
+        t, search={"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}, mode_config={"2d": {"lr": 1e-3}}))],
+        "mode_config.2d: lr varies between trials"),
     "space_grace_above_budget": (lambda t, d: ["--space", str(_space_file(
         t, max_epochs=3, scheduler={"grace_period": 5}))], "scheduler.grace_period (5) exceeds max_epochs (3)"),
     "space_grace_above_cpu_budget": (lambda t, d: ["--space", str(_space_file(

@@ -2,7 +2,8 @@
 
     out = render(gaussians, mode, viewmats [C,4,4], Ks [C,3,3], width, height, backend, background [3])
     out.rgb [C, H, W, 3], out.alpha [C, H, W], out.depth [C, H, W] (expected z-depth), out.normals [C, H, W, 3]
-    (world, from the depth), out.surfel_normals [C, H, W, 3] (2d only: the surfels' own normals, composited)
+    (world, from the depth), out.surfel_normals [C, H, W, 3] (2d only: the surfels' own normals, composited),
+    out.distortion [C, H, W] (2DGS's depth distortion, with distortion=True)
 
 backend: "torch" (any device, torch_backend.py), "gsplat" (CUDA, gsplat_backend.py) or "auto" (see pick_backend).
 The maths of each mode and the agreement between backends: docs/rendering.md.
@@ -47,6 +48,7 @@ class RenderOut:
     depth: Tensor  # [C, H, W] expected camera z: sum(w z) / alpha (0 where alpha is 0)
     normals: Tensor  # [C, H, W, 3] world unit normals of the depth map (finite differences; 0 on the border)
     surfel_normals: Optional[Tensor] = None  # [C, H, W, 3] world, sum(w n) of the surfels' own normals (2d only)
+    distortion: Optional[Tensor] = None  # [C, H, W] sum_ij w_i w_j |z_i - z_j| (render(..., distortion=True))
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
@@ -96,16 +98,19 @@ def project_any(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: in
 def render(
     g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int,
     backend: str = "torch", background: Optional[Tensor] = None,  # backend: torch | gsplat | auto
+    distortion: bool = False,
 ) -> RenderOut:
-    """Render Gaussians into C cameras; differentiable with respect to every Gaussian field."""
+    """Render Gaussians into C cameras; differentiable with respect to every Gaussian field. `distortion` also
+    renders 2DGS's depth distortion (an extra sort of the pairs: only when a loss needs it)."""
     check_inputs(g, mode, viewmats, Ks)
     if pick_backend(backend, g.means.device) == "gsplat":
         from posesplat.render.gsplat_backend import render_gsplat
 
-        rgb, alpha, depth, snormals = render_gsplat(g, mode, viewmats, Ks, width, height, background)
+        rgb, alpha, depth, snormals, dist = render_gsplat(g, mode, viewmats, Ks, width, height, background,
+                                                          distortion)
     else:
         kind, radii, means2d, depths, shape = project_any(g, mode, viewmats, Ks, width, height)
         n = surfel_normals(g.quats, g.means, viewmats) if kind == "surfel" else None  # [C, N, 3]
-        rgb, alpha, depth, snormals = torch_backend.rasterize(kind, radii, means2d, depths, shape, g.colors,
-                                                              g.opacities, width, height, background, n)
-    return RenderOut(rgb, alpha, depth, depth_to_normal(depth, viewmats, Ks), snormals)
+        rgb, alpha, depth, snormals, dist = torch_backend.rasterize(
+            kind, radii, means2d, depths, shape, g.colors, g.opacities, width, height, background, n, distortion)
+    return RenderOut(rgb, alpha, depth, depth_to_normal(depth, viewmats, Ks), snormals, dist)

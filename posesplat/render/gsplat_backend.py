@@ -41,32 +41,42 @@ def _rasterize_projected(g, mode: str, viewmats: Tensor, Ks: Tensor, width: int,
 
 
 def render_gsplat(
-    g, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Optional[Tensor] = None
-) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    g, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Optional[Tensor] = None,
+    distortion: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     """rgb [C, H, W, 3], alpha [C, H, W], expected depth [C, H, W] and, from `rasterization_2dgs`, the surfels'
-    composited world normals [C, H, W, 3] (else None), from gsplat's CUDA rasterisers (render_mode "RGB+ED").
+    composited world normals [C, H, W, 3] (else None) and, if asked, its depth distortion `render_distort`
+    [C, H, W] (else None), from gsplat's CUDA rasterisers (render_mode "RGB+ED").
 
-    gsplat composites each Gaussian's centre depth, also in rasterization_2dgs: there it differs from the torch
-    backend's ray-surfel intersection depth except where surfels face the camera (docs/rendering.md)."""
+    gsplat composites each Gaussian's centre depth, also in rasterization_2dgs (its distortion too): there it
+    differs from the torch backend's ray-surfel intersection depth except where surfels face the camera
+    (docs/rendering.md)."""
     import gsplat
+
+    from posesplat.render import RenderError
 
     C = viewmats.shape[0]
     bg = None if background is None else background.expand(C, 3)
     name = MODES[mode].gsplat
-    snormals = None
+    if distortion and name != "rasterization_2dgs":
+        raise RenderError(f"render: the gsplat backend renders the depth distortion with rasterization_2dgs only, "
+                          f"not for mode {mode!r}; use backend 'torch'")
+    snormals = dist = None
     if name is None:
         colors, alpha = _rasterize_projected(g, mode, viewmats, Ks, width, height, bg)
         colors = torch.cat([colors[..., :3], colors[..., 3:] / alpha.clamp_min(1e-10)], dim=-1)
     else:
         quats, scales = native_inputs(g, mode, name)
+        extra = {"distloss": True} if distortion else {}
         out = getattr(gsplat, name)(
             g.means, quats, scales, g.opacities, g.colors, viewmats, Ks, width, height, backgrounds=bg,
-            render_mode="RGB+ED",
+            render_mode="RGB+ED", **extra,
         )
         colors, alpha = out[:2]
-        if name == "rasterization_2dgs":
+        if name == "rasterization_2dgs":  # colours, alphas, normals, normals from depth, distortion, median, meta
             snormals = out[2]
-    return colors[..., :3], alpha[..., 0], colors[..., 3], snormals
+            dist = out[4][..., 0] if distortion else None
+    return colors[..., :3], alpha[..., 0], colors[..., 3], snormals, dist
 
 
 def native_inputs(g, mode: str, name: str) -> tuple[Tensor, Tensor]:
