@@ -38,7 +38,7 @@ import pandas as pd
 
 from study.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
-from study.looks import LEVEL, MIN_PAIRS, Look, looks_of, settled, superiority
+from study.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
 from study.stats import Crossed, crossed_diff, seeds_for, with_tuning
 from study.tuning import tuning_draws
 
@@ -203,7 +203,7 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
 
 def at_look(d: Decision, looks: list[Look], k: int, stopped: bool) -> Decision:
     """`d` with the look it was taken at in its design (and its reason, when the stage stopped early)."""
-    d.design["looks"] = [{"pairs": x.pairs, "level": x.level} for x in looks]
+    d.design["looks"] = looks_json(looks)
     d.design["look"] = {"index": k + 1, "of": len(looks), "pairs": looks[k].pairs, "level": looks[k].level,
                         "stopped_early": stopped}
     if stopped:

@@ -24,6 +24,7 @@ from ray.tune import Callback
 from posesplat.config import make_config
 from posesplat.metrics import BY_NAME, FRAMES
 from study import _ray_compat
+from study.decide import ENDED  # the final trial states, one definition for the runner and the analysis
 from study.storage import Store, set_aside
 
 RAY_KEYS = _ray_compat.result_keys()  # Tune's bookkeeping in every result: everything else a trial reports is kept
@@ -287,7 +288,6 @@ class ParquetSink(Callback):
             write_end(self.board, self.names.folder(trial.config, trial.trial_id), status, epoch)
 
 
-ENDED = ("completed", "stopped", "failed")
 RAY_STATUS = {"TERMINATED": "ended", "ERROR": "failed", "RUNNING": "running", "PAUSED": "running",
               "PENDING": "pending"}
 
