@@ -36,6 +36,7 @@ train: setup data
 	$(BIN)/python -m posesplat.train configs/2d_3d_comparison_3d_debug.json $(ARGS)
 
 test: setup
+	$(BIN)/lint-imports --no-cache  # the import rules of docs/architecture.md (contracts in pyproject.toml)
 	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

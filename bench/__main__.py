@@ -26,7 +26,7 @@ from bench import render as bench_render
 from bench import study_overhead as bench_study
 from bench import train_step as bench_step
 from posesplat.io import atomic_write
-from study.resources import write_model
+from study.runner.resources import write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_NOTE = ("Each study runs as a user runs it (`python -m study.run`, one trial at a time, one CPU per trial). The "
@@ -75,7 +75,8 @@ def nvidia_driver() -> str:
 
 
 def fit_memory_model(rows: list[dict]) -> dict:
-    """Per mode, least squares of peak MB against grid_size**3 / 1000 and image pixels / 1000 (study/resources.py).
+    """Per mode, least squares of peak MB against grid_size**3 / 1000 and image pixels / 1000
+    (study/runner/resources.py).
 
     With a single image size the pixel term cannot be told from the base and is left at 0."""
     model = {}
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         sections.append("## 2. One training step against grid_size\n\n" + bench_step.table(rows) + "\n\n"
                         + bench_step.growth(rows) + "\n\n" + bench_step.target(rows) +
                         "\n\nMemory model fitted (peak MB = base + per_kvoxel x grid^3/1000 + per_kpixel x pixels/1000), written to "
-                        f"`study/memory_model.json` for the study's GPU fractions:\n\n```\n{json.dumps(model, indent=1)}\n```\n")
+                        f"`study/runner/memory_model.json` for the study's GPU fractions:\n\n```\n{json.dumps(model, indent=1)}\n```\n")
     if {3, 4} & only:
         rows, savings = bench_study.run(a.dataset, a.quick)
         sections.append("## 3. Study overhead\n\n" + STUDY_NOTE + "\n\n" + bench_study.overhead_table(rows) + "\n")

@@ -1,12 +1,11 @@
 """Brute force at one cell: `python -m bench.reference --space comparison [--lrs ...] [--seeds N] [--write]`.
 
 Trains each mode of the space's confirm block at its confirm cell, with exactly the confirm stage's training config
-(study.space.confirm_config), over a log grid of learning rates and several seeds, outside the study's search and
-without Ray. Prints each mode's validation and test curve against lr, each mode's optimum (chosen on the mean
-validation score, as the study chooses) and the difference of the two modes at their optima with its interval
-(paired by seed, over seeds and test frames: study.stats.crossed_diff). It is how a user checks a study's verdict
-against brute force. Runs are appended to `<out>/runs.jsonl` as they finish: running the command again resumes.
-"""
+(study.base.space.confirm_config), over a log grid of learning rates and several seeds, outside the study's search and
+without Ray. Prints each mode's validation and test curve against lr, each mode's optimum (chosen on the mean validation
+score, as the study chooses) and the difference of the two modes at their optima with its interval (paired by seed, over
+seeds and test frames: study.analysis.stats.crossed_diff). It is how a user checks a study's verdict against brute
+force. Runs are appended to `<out>/runs.jsonl` as they finish: running the command again resumes."""
 
 from __future__ import annotations
 
@@ -28,9 +27,9 @@ from posesplat.config import make_config
 from posesplat.io import atomic_write
 from posesplat.metrics import FRAMES, frame_column
 from posesplat.progress import Progress
-from study.space import MODE_KEY, load_space, confirm_config
-from study.stats import crossed_diff
-from study.tuning import BRACKETED, best_index, curve, edge, log_grid
+from study.base.space import MODE_KEY, confirm_trial_config, load_space
+from study.analysis.stats import crossed_diff
+from study.analysis.tuning import BRACKETED, best_index, curve, edge, log_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_OFFSET = 50_000  # reference seeds never equal a study's trial seeds
@@ -187,7 +186,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     base = {**space.base_config, "dataset": str(Path(args.dataset).resolve()), "epochs": space.max_epochs,
             "device": "cuda" if args.gpu else "cpu"}
-    cbase = confirm_config(space, base)
     lrs = args.lrs or log_grid(args.low, args.high, args.points)
     seeds = [SEED_OFFSET + i for i in range(args.seeds)]
     modes = list(space.confirm.modes)
@@ -195,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
     done = {(r[MODE_KEY], float(r["lr"]), r["seed"]) for r in read_runs(log)}
-    todo = [{**cbase, MODE_KEY: m, "lr": lr, "seed": s} for s in seeds for lr in lrs for m in modes
+    todo = [confirm_trial_config(space, base, m, s, {"lr": lr}) for s in seeds for lr in lrs for m in modes
             if (m, float(lr), s) not in done]
     if todo:
         make_config(todo[0], "reference config")  # refuse a bad config before any process starts

@@ -27,6 +27,7 @@ import torch
 
 from posesplat.config import Config, make_config
 from posesplat.train import train
+from study.base.space import MODE_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def comparison_cell_space(epochs: int, samples: int) -> dict:
 
 def run_study(space: dict, storage: Path, dataset: str) -> dict:
     """Run `python -m study.run` on `space`; its wall times, metrics and trials."""
-    from study.load import load_study
+    from study.analysis.load import load_study
 
     path = storage / f"{space['name']}.json"
     path.write_text(json.dumps(space))
@@ -93,9 +94,9 @@ def sequential_baseline(configs: list[tuple[Config, int]]) -> float:
 
 def best_per_mode(metrics: pd.DataFrame) -> dict[str, tuple[float, int]]:
     """(lr, seed) of each mode's trial with the highest held-out validation IoU at its last epoch."""
-    from study.load import trial_summary
+    from study.analysis.load import trial_summary
 
-    best = {m: r.sort_values("valid_heldout_iou").iloc[-1] for m, r in trial_summary(metrics).groupby("gaussian_mode")}
+    best = {m: r.sort_values("valid_heldout_iou").iloc[-1] for m, r in trial_summary(metrics).groupby(MODE_KEY)}
     return {m: (round(float(b["lr"]), 6), int(b["seed"])) for m, b in best.items()}
 
 
@@ -137,7 +138,7 @@ def run(dataset: str, quick: bool = False) -> tuple[list[dict], dict]:
 
 
 def overhead_table(rows: list[dict]) -> str:
-    lines = ["| study | trials | epochs | baseline s (sequential `train`) | per trial s | wall s (`study.run`) | "
+    lines = ["| study | trials | epochs | baseline s (sequential `train`) | per trial s | wall s (`study.runner.run`) | "
              "overhead | wall s (`Tuner.fit`) | overhead inside Tune | added per epoch ms | added per trial s | "
              "fixed s (the rest) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['study']} | {r['trials']} | {r['epochs']} | {r['baseline']:.1f} | {r['per_trial']:.1f} | "

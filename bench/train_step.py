@@ -2,7 +2,7 @@
 
 `python -m bench.train_step [--quick] [--dataset PATH]` prints a Markdown table. Peak memory is CUDA
 max_memory_allocated on a GPU, and on CPU the resident-set high-water mark of the step (see docs/training.md).
-The study's GPU-fraction memory model is fitted to these rows (study/resources.py).
+The study's GPU-fraction memory model is fitted to these rows (study/runner/resources.py).
 """
 
 from __future__ import annotations

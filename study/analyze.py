@@ -1,60 +1,8 @@
-"""The 2D-vs-3D decision report: `python -m study.analyze <study-dir>... [--margin M] [--out DIR]`.
+"""`python -m study.analyze STUDY...`: the decision report (study.analysis.analyze)."""
 
-The decision comes from the study's confirm stage alone (study.decide: equivalence and non-inferiority against the
-margin its plan fixed in advance); the explore stage's tables follow, marked exploratory (study.explore). Loading is
-study.load, writing study.report. Writes `<study>/report/`: decision.md, decision.json, decision.csv, explore.csv,
-trials.csv, PNG figures, renders and a self-contained report.html. Exit 0 only when decision.md and decision.json
-were written. See docs/analysis.md.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
-from typing import Optional
 
-from study.load import AnalysisError, _study_dir, load_study, load_studies  # noqa: F401  (the public loading API)
-from study.report import write_report
-
-
-def default_out(paths: list[str]) -> Path:
-    """`<study>/report` of a single local input; a combined report or a study behind a URI needs --out."""
-    if len(paths) > 1:
-        raise AnalysisError("several inputs: give --out DIR for the combined report")
-    if "://" in str(paths[0]):
-        raise AnalysisError(f"{paths[0]}: a study behind a URI is read where it lies; give --out DIR for the report "
-                            f"(written on this machine)")
-    return _study_dir(paths[0]) / "report"
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.analyze", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="STUDY", help="study directories, metrics/ folders or parquet files")
-    p.add_argument("--margin", type=float, help="replace the margin the confirm plan fixed (the report says so: it "
-                                                "is then no longer the planned test)")
-    p.add_argument("--out", help="report directory (default <study>/report)")
-    p.add_argument("--threshold", type=float, help="validation held-out IoU that counts as converged in the "
-                                                   "explore tables (default: 90%% of the lower of the compared modes' "
-                                                   "median best, per cell)")
-    p.add_argument("--no-renders", action="store_true", help="skip the qualitative panel and turntables")
-    a = p.parse_args(argv)
-    try:
-        if a.margin is not None and not 0 < a.margin < 1:
-            raise AnalysisError(f"--margin {a.margin}: must be a fraction in (0, 1), e.g. 0.02 for 2%")
-        out = Path(a.out) if a.out else default_out(a.inputs)
-        d = write_report(a.inputs, out, a.margin, a.threshold, renders=not a.no_renders)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not ((out / "decision.md").is_file() and (out / "decision.json").is_file()):
-        print(f"error: {out}: the report was not written", file=sys.stderr)
-        return 1
-    print(f"recommendation: {d.recommendation} — {d.reason}\nreport: {out / 'report.html'}  "
-          f"table: {out / 'decision.md'}  machine-readable: {out / 'decision.json'}")
-    return 0
-
+from study.analysis.analyze import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,6 @@ def trial(config, base_config=None, study_uri=None):
 
 
 if __name__ == "__main__":
-    from study.run import main
+    from study.runner.run import main
 
     sys.exit(main(sys.argv[1:], trial))

@@ -16,7 +16,7 @@ FRAMES = 12  # test frames each trial reports
 
 
 def planted_confirm(effect: float, cost: float = 0.0):
-    """The trial function (study.run.main's trial_fn)."""
+    """The trial function (study.runner.run.main's trial_fn)."""
 
     def trial(config, base_config=None, study_uri=None):
         from ray import tune as ray_tune
@@ -40,7 +40,7 @@ def planted_confirm(effect: float, cost: float = 0.0):
     return trial
 
 
-if __name__ == "__main__":  # python tests/planted_trials.py EFFECT COST <study.run arguments>
-    from study.run import main
+if __name__ == "__main__":  # python tests/planted_trials.py EFFECT COST <study.runner.run arguments>
+    from study.runner.run import main
 
     raise SystemExit(main(sys.argv[3:], planted_confirm(float(sys.argv[1]), float(sys.argv[2]))))

@@ -1,6 +1,6 @@
-"""study.analyze on real parquet studies with a planted truth: the right winner and recommendation, intervals that
-cover the planted difference, running/interrupted/one-sided/several studies, bad input refused with one line, renders
-from real checkpoints, and the HTML report rendered by headless Chromium with its images decoded."""
+"""study.analysis.analyze on real parquet studies with a planted truth: the right winner and recommendation, intervals
+that cover the planted difference, running/interrupted/one-sided/several studies, bad input refused with one line,
+renders from real checkpoints, and the HTML report rendered by headless Chromium with its images decoded."""
 
 import json
 import re
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from study.analyze import load_study, main
+from study.analysis.analyze import load_study, main
 
 CELLS = [(32, 30), (32, 100), (48, 30), (48, 100)]
 
@@ -25,15 +25,15 @@ def make_study(root: Path, name: str = "s", *, effect: float = 0.0, psnr_effect:
                time_ratio: float = 0.8, status: str = "completed", effect_by_grid: dict | None = None,
                rng_seed: int = 0, checkpoints: dict | None = None, bonus: dict | None = None,
                frames: int | None = None, frame_sd: float = 0.05, extra: tuple[str, dict] | None = None) -> Path:
-    """A study directory as study.run writes it: metrics/ parts per (trial, epoch), trials.parquet, study.json.
+    """A study directory as study.runner.run writes it: metrics/ parts per (trial, epoch), trials.parquet, study.json.
 
-    Every mode but 3d has 3d's quality times (1 + effect) (per grid size when effect_by_grid is given) and times
-    (1 + bonus) of (mode, grid_size, max_frames), and 3d's epoch time times time_ratio. extra: (a third grid key,
-    {value: (both modes' quality factor, the effect at that value)}), each cell run at every value. Every (cell, seed) shares a random level
-    for both modes, so pairing removes it. frames: also write per-test-frame values of that many test frames (the
-    same frames for every trial of a cell): each is the trial's value times (1 + the frame's effect), effects of sd
-    frame_sd shared by the cell's trials and centred so that the frames' mean is the trial's value. Without it the
-    study has the format from before per-frame values were recorded (and the same trial values)."""
+    Every mode but 3d has 3d's quality times (1 + effect) (per grid size when effect_by_grid is given) and times (1 +
+    bonus) of (mode, grid_size, max_frames), and 3d's epoch time times time_ratio. extra: (a third grid key, {value:
+    (both modes' quality factor, the effect at that value)}), each cell run at every value. Every (cell, seed) shares a
+    random level for both modes, so pairing removes it. frames: also write per-test-frame values of that many test
+    frames (the same frames for every trial of a cell): each is the trial's value times (1 + the frame's effect),
+    effects of sd frame_sd shared by the cell's trials and centred so that the frames' mean is the trial's value.
+    Without it the study has the format from before per-frame values were recorded (and the same trial values)."""
     rng = np.random.default_rng(rng_seed)
     frame_rng = np.random.default_rng(rng_seed + 1000)
     d = root / name
@@ -123,8 +123,8 @@ def interval(text: str) -> tuple[float, float, float]:
 
 def add_confirm(study: Path, effect: float, cost: float = 0.0, seeds: int = 6, frames: int = 20,
                 checkpoints: dict | None = None, rng_seed: int = 0) -> Path:
-    """Give an explore study a confirm stage with a planted truth (study.simulate's generator)."""
-    from study.simulate import Noise, Truth, generate, make_plan, write_study
+    """Give an explore study a confirm stage with a planted truth (study.analysis.simulate's generator)."""
+    from study.analysis.simulate import Noise, Truth, generate, make_plan, write_study
 
     plan = make_plan(seeds, frames)
     per, trials = generate(Truth("t", effect, cost, (), ()), seeds, frames, Noise(), np.random.default_rng(rng_seed))
@@ -176,8 +176,8 @@ def test_sink_writes_per_frame_lists_that_analysis_reads(tmp_path):
     metrics/ dataset (pandas, pyarrow.dataset) gets one schema; trials.parquet keeps scalars only."""
     from types import SimpleNamespace
 
-    from study.load import load_studies, trial_summary
-    from study.sink import ParquetSink
+    from study.analysis.load import load_studies, trial_summary
+    from study.runner.sink import ParquetSink
 
     sink = ParquetSink(tmp_path / "s", "s", {"gaussian_mode": "3d"}, 3)
     trial = SimpleNamespace(trial_id="t1", config={"seed": 0, "grid_size": 32}, checkpoint=None)
@@ -375,7 +375,7 @@ def test_a_single_parquet_file_and_a_rerun_replace_the_report(tmp_path, capsys):
 def test_a_study_written_before_the_metrics_schema_reads_under_its_names(tmp_path):
     """Parts with `peak_mem_mb` (either memory, by `mem_kind`) and `n_gaussians` are read as the schema's columns:
     the same per-trial numbers as a study written with them."""
-    from study.load import load_studies, trial_summary
+    from study.analysis.load import load_studies, trial_summary
 
     new = make_study(tmp_path / "new", "s", effect=0.03)
     old = tmp_path / "old" / "s"
@@ -462,7 +462,7 @@ def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints, capfd
     import imageio.v3 as iio
 
     from posesplat.train import load_checkpoint
-    from study import renders
+    from study.analysis import renders
 
     row = pd.Series({"trial_id": "t", "lr": 3e-3, "epochs_run": 1})
     models = {mode: (*load_checkpoint(path, device="cpu"), row) for mode, path in checkpoints.items()}
@@ -517,7 +517,7 @@ def test_geometry_figure_skipped_without_true_geometry(tmp_path, checkpoints, sm
     import zarr
 
     from posesplat.train import load_checkpoint
-    from study import renders
+    from study.analysis import renders
 
     old = tmp_path / "old.zarr"
     shutil.copytree(small_dataset, old)

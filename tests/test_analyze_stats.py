@@ -1,11 +1,11 @@
-"""study.stats: bootstrap intervals that cover the truth, the decision rule case by case, Pareto fronts."""
+"""study.analysis.stats: bootstrap intervals that cover the truth, the decision rule case by case, Pareto fronts."""
 
 import math
 
 import numpy as np
 import pytest
 
-from study.stats import Estimate, diff_ci, diff_ci_frames, mean_ci, mean_ci_frames, pareto_front
+from study.analysis.stats import Estimate, diff_ci, diff_ci_frames, mean_ci, mean_ci_frames, pareto_front
 
 
 def E(mean, lo, hi, n=6):

@@ -1,7 +1,7 @@
 """Checkpoints load without unpickling: a hostile checkpoint (a pickled callable that would create a marker file) is
-refused by load_checkpoint, `train --resume` and study.analyze without running it, and the analysis never follows a
-trials.parquet that points outside its study; checkpoints of format 1 convert with `python -m posesplat.checkpoint
-upgrade PATH --trust`, then load and resume."""
+refused by load_checkpoint, `train --resume` and study.analysis.analyze without running it, and the analysis never
+follows a trials.parquet that points outside its study; checkpoints of format 1 convert with `python -m
+posesplat.checkpoint upgrade PATH --trust`, then load and resume."""
 
 import json
 from pathlib import Path
@@ -67,8 +67,8 @@ def test_train_resume_refuses_a_pickled_object_in_one_line(small_dataset, tmp_pa
 def test_analyze_follows_no_checkpoint_outside_the_study_and_unpickles_none(tmp_path, capsys):
     """The 2d trials' checkpoint lies inside the study and carries the payload; the 3d trials' lies outside it
     (trials.parquet points there, as a hostile study could): neither runs, the report says why in one line each."""
-    from study.analyze import main
-    from study.simulate import Noise, Truth, generate, make_plan, write_study
+    from study.analysis.analyze import main
+    from study.analysis.simulate import Noise, Truth, generate, make_plan, write_study
 
     marker = tmp_path / "marker"
     inside = tmp_path / "s" / "confirm" / "ray" / "t" / "checkpoint_000001" / "checkpoint.pt"
@@ -144,7 +144,7 @@ def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_
 
 def test_inside_resolves_links_and_dots(tmp_path):
     """A path into the study by name that leads out of it (`..`, a link) is outside; one that stays in is inside."""
-    from study.renders import inside
+    from study.analysis.renders import inside
 
     study = tmp_path / "s"
     (study / "ray").mkdir(parents=True)
@@ -164,9 +164,10 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
     import subprocess
     import sys
 
-    from study.run import parse_args, study_plan
-    from study.search import STATE_FORMAT
-    from study.storage import StudyError
+    from study.runner.preflight import study_plan
+    from study.runner.run import parse_args
+    from study.runner.search import STATE_FORMAT
+    from study.base.storage import StudyError
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"name": "old", "grid": {"grid_size": [16], "max_frames": [12]}}))

@@ -138,7 +138,8 @@ def test_dataset_from_a_uri_reads_like_the_path(small_dataset, tmp_path):
     training run and a study plan take it as it is."""
     from posesplat.config import make_config
     from posesplat.train import train
-    from study.run import parse_args, study_plan
+    from study.runner.preflight import study_plan
+    from study.runner.run import parse_args
 
     uri = small_dataset.resolve().as_uri()
     assert uri.startswith("file://")

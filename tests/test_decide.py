@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.decide import EITHER, INCONCLUSIVE, decide, rule
-from study.simulate import TRUTHS, Noise, Truth, generate, make_plan, rates, write_study
-from study.stats import Crossed, crossed_diff, halfwidth, seeds_for, variance_components
+from study.analysis.decide import EITHER, INCONCLUSIVE, decide, rule
+from study.analysis.simulate import TRUTHS, Noise, Truth, generate, make_plan, rates, write_study
+from study.analysis.stats import Crossed, crossed_diff, halfwidth, seeds_for, variance_components
 
 
 def est(mean: float, half: float, n: int = 10) -> Crossed:
@@ -165,8 +165,8 @@ def test_inconclusive_says_how_many_seeds_would_resolve_it():
 
 def test_study_folder_through_the_cli_matches_the_decision(tmp_path, capsys):
     """A simulated confirm stage written as parquet parts, trials.parquet and plan.json, analysed by the CLI:
-    decision.json (strict JSON) holds the same call and intervals as study.decide on the same rows."""
-    from study.analyze import main
+    decision.json (strict JSON) holds the same call and intervals as study.analysis.decide on the same rows."""
+    from study.analysis.analyze import main
 
     rng = np.random.default_rng(6)
     truth = TRUTHS[1]  # 0.5% worse, 30% faster

@@ -1,5 +1,5 @@
-"""Sequential looks at the confirm stage (study.looks): the plan's looks and levels, a settled look decides and ends
-the stage (real Ray, planted trials), an unsettled one runs the next look, a kill between looks resumes to the same
+"""Sequential looks at the confirm stage (study.analysis.looks): the plan's looks and levels, a settled look decides and
+ends the stage (real Ray, planted trials), an unsettled one runs the next look, a kill between looks resumes to the same
 verdict, and the whole procedure with looks keeps its error rates while using fewer confirm trials."""
 
 import json
@@ -16,9 +16,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from planted_trials import planted_confirm
-from study.decide import decide
-from study.looks import LEVEL, Look, plan_looks
-from study.simulate import Noise, Truth, generate, make_plan
+from study.analysis.decide import decide
+from study.analysis.looks import LEVEL, Look, plan_looks
+from study.analysis.simulate import Noise, Truth, generate, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_looks_are_evenly_spaced_with_obrien_fleming_levels():
 
 
 def _plan_with_looks(seeds: int, looks: int) -> dict:
-    from study.looks import looks_json
+    from study.analysis.looks import looks_json
 
     return {**make_plan(seeds, 20), "looks": looks_json(plan_looks(seeds, looks))}
 
@@ -67,7 +67,7 @@ def test_an_unsettled_look_goes_on_to_the_last():
 def test_whole_procedure_with_looks_keeps_its_error_rates_and_saves_confirm_trials():
     """The shipped CPU design with its looks: rarely wrong, a clear truth called as often as the fixed design, with
     fewer confirm trials (docs/analysis.md has the full table)."""
-    from study.simulate import LANDSCAPES, procedure_designs, procedure_rates
+    from study.analysis.simulate import LANDSCAPES, procedure_designs, procedure_rates
 
     _, spec, seeds, frames, looks = procedure_designs()[0]
     assert looks == 2
@@ -101,7 +101,7 @@ def confirm_rows(study: Path) -> pd.DataFrame:
 
 @pytest.mark.parametrize("effect, looks_run, winner", [(-0.1, 1, "3d"), (0.0, 2, None)], ids=["settled", "unsettled"])
 def test_study_stops_at_a_settled_look(tmp_path, small_dataset, effect, looks_run, winner):
-    from study.run import main
+    from study.runner.run import main
 
     rc = main(["--space", str(looks_space(tmp_path)), "--storage", str(tmp_path / "studies"), "--dataset",
                str(small_dataset), "--no-report"], planted_confirm(effect))
@@ -114,13 +114,13 @@ def test_study_stops_at_a_settled_look(tmp_path, small_dataset, effect, looks_ru
     rows = confirm_rows(study)
     assert len(rows) == 2 * 2 * 3 * looks_run and not rows.duplicated(["trial_id", "epoch"]).any()
     assert sorted(set(rows["seed"])) == plan["seeds"][: 3 * looks_run]
-    from study.report import decision_of, read_stages
+    from study.analysis.report import decision_of, read_stages
 
     d, _ = decision_of(read_stages([study]), None)
     assert d.design["look"]["index"] == looks_run and d.design["look"]["stopped_early"] == (looks_run == 1)
     if winner:
         assert d.recommendation == winner and d.n_pairs == 3
-    from study.analyze import main as analyze
+    from study.analysis.analyze import main as analyze
 
     assert analyze([str(study), "--no-renders"]) == 0
     md = (study / "report" / "decision.md").read_text()
@@ -172,7 +172,7 @@ def test_kill_between_looks_resumes_to_the_same_verdict(tmp_path, small_dataset)
     assert again.returncode == 0 and "Traceback" not in out, out
     rows = confirm_rows(study)
     assert len(rows) == 24 and not rows.duplicated(["trial_id", "epoch"]).any()
-    from study.report import decision_of, read_stages
+    from study.analysis.report import decision_of, read_stages
 
     a, _ = decision_of(read_stages([tmp_path / "whole" / "looks"]), None)
     b, _ = decision_of(read_stages([study]), None)

@@ -147,8 +147,10 @@ def test_a_new_mode_trains_and_the_study_takes_it(iso, small_dataset):
     from posesplat.train import train
     import pandas as pd
 
-    from study import load, resources
-    from study.space import Space, load_space
+    from study.analysis import load
+
+    from study.runner import resources
+    from study.base.space import Space, load_space
     from bench.render import make_scene
 
     cfg = make_config(dict(dataset=str(small_dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
@@ -169,7 +171,7 @@ def test_a_new_mode_trains_and_the_study_takes_it(iso, small_dataset):
     assert refitted[iso].per_kvoxel_mb > 0 and resources.peak_mb(iso, 32, model=refitted) == pytest.approx(
         refitted[iso].base_mb + refitted[iso].per_kvoxel_mb * 32.768 + refitted[iso].per_kpixel_mb * PAPER_KPIX)
     assert resources.change_line(iso, fitted.get(iso), refitted[iso]).startswith("  3d_iso: new, base ")
-    from study.report import report_title
+    from study.analysis.report import report_title
 
     assert report_title([iso, "3d"]) == "isotropic 3D vs 3D Gaussian splatting: decision"
     g, f = make_scene(iso, 200, 64, torch.device("cpu"))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench.__main__ import fit_memory_model
-from study.resources import MemoryModel, gpu_fraction, load_model, oom_resized, peak_mb, refit
+from study.runner.resources import MemoryModel, gpu_fraction, load_model, oom_resized, peak_mb, refit
 
 PLANTED = MemoryModel(base_mb=300.0, per_kvoxel_mb=2.0, per_kpixel_mb=40.0)
 
@@ -76,8 +76,8 @@ def test_refit_command_reads_a_study(tmp_path, small_dataset, capsys):
     printed, the model file left alone without --write."""
     import shutil
 
-    from study.resources import MODEL_FILE, main
-    from study.storage import Store
+    from study.runner.resources import MODEL_FILE, main
+    from study.base.storage import Store
 
     study = Store(tmp_path / "s")
     for i, (m, g) in enumerate((m, g) for m in ("3d", "2d") for g in (32, 48, 64)):

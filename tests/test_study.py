@@ -14,10 +14,10 @@ import pytest
 import ray
 from ray import tune
 
-from study.run import main
-from study.search import PerModeSearcher, StratifiedASHA
-from study.space import Space, SpaceError, load_space
-from study.storage import StudyError, StudyLock
+from study.runner.run import main
+from study.runner.search import PerModeSearcher, StratifiedASHA
+from study.base.space import Space, SpaceError, load_space
+from study.base.storage import StudyError, StudyLock
 
 METRIC_KEYS = ["epoch", "train_loss", "valid_heldout_iou", "valid_heldout_psnr", "test_heldout_iou",
                "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "cpu_peak_rss_growth_mb",
@@ -84,8 +84,8 @@ def test_smoke_tensorboard_read_back(smoke_study):
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-    from study.board import runs, scalars
-    from study.storage import Store
+    from study.runner.board import runs, scalars
+    from study.base.storage import Store
 
     trials = pq.read_table(smoke_study / "trials.parquet").to_pylist()
     found = {tid: parts for tid, parts in runs(Store(smoke_study)).items() if parts[1] == "explore"}
@@ -166,7 +166,7 @@ def test_ray_results_api_reads_the_study(smoke_study):
     """docs/study.md: Ray's own ResultGrid on a finished stage, best result without naming the metric again."""
     from ray import tune
 
-    from study.trainable import run_trial
+    from study.runner.trainable import run_trial
 
     grid = tune.Tuner.restore(str(smoke_study / "ray"), trainable=run_trial).get_results()
     assert len(grid) == 4 and grid.errors == []
@@ -182,7 +182,7 @@ def test_ray_results_api_reads_the_study(smoke_study):
         kept = {m["epoch"] for _, m in result.best_checkpoints}
         assert max(kept) == curve.index.max() and curve[sorted(kept)].max() == curve.max(), (tid, kept, curve)
         assert result.get_best_checkpoint("valid_heldout_iou", "max") is not None
-        # the checkpoints Ray dropped were deleted (after its next snapshot: study._ray_compat), and only those
+        # the checkpoints Ray dropped were deleted (after its next snapshot: study.runner._ray_compat), and only those
         assert {Path(c.path).name for c, _ in result.best_checkpoints} == \
             {p.name for p in Path(result.path).glob("checkpoint_*")}, tid
     confirm = tune.Tuner.restore(str(smoke_study / "confirm" / "ray"), trainable=run_trial).get_results()
@@ -434,7 +434,8 @@ def test_deciding_on_geometry_without_true_geometry_is_refused(tmp_path, capsys,
     On the store with them the same space passes the checks."""
     import zarr
 
-    from study.run import parse_args, study_plan
+    from study.runner.preflight import study_plan
+    from study.runner.run import parse_args
 
     old = tmp_path / "old.zarr"
     shutil.copytree(small_dataset, old)
@@ -456,7 +457,8 @@ def test_deciding_on_geometry_without_true_geometry_is_refused(tmp_path, capsys,
 
 def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
     """`--max-epochs 3` with a space whose ASHA grace period is 5 runs with grace 3 (Ray's ASHA would assert)."""
-    from study.run import parse_args, study_plan
+    from study.runner.preflight import study_plan
+    from study.runner.run import parse_args
 
     space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [12]}, max_epochs=8,
                         scheduler={"grace_period": 5, "reduction_factor": 3})
@@ -476,7 +478,8 @@ def test_max_frames_null_means_all_frames(tmp_path, small_dataset):
     """`"max_frames": [null]` in a grid (search_spaces/paper.json) trains on every frame of the recording."""
     from posesplat.config import make_config
     from posesplat.data import open_dataset
-    from study.run import parse_args, study_plan
+    from study.runner.preflight import study_plan
+    from study.runner.run import parse_args
 
     assert load_space("paper").grid["max_frames"] == [None]
     space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [None, 12]})
@@ -542,7 +545,7 @@ def test_lock_of_a_killed_driver_is_not_stale(tmp_path):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from study.storage import StudyLock; "
+        [sys.executable, "-c", "import sys, time; from study.base.storage import StudyLock; "
                                "StudyLock(sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(600)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -561,8 +564,8 @@ def test_lock_of_a_killed_driver_is_not_stale(tmp_path):
 
 def test_sink_drops_what_restored_ray_state_will_redo(tmp_path):
     """After a crash Ray's snapshot can lag the parquet: parts of unknown trials and of later epochs go."""
-    from study.sink import ParquetSink
-    from study.storage import Store
+    from study.runner.sink import ParquetSink
+    from study.base.storage import Store
 
     store = Store(tmp_path)
     for tid, epochs in (("a", 3), ("b", 2)):
@@ -614,8 +617,8 @@ def test_tensorboard_serves_the_runs_and_a_browser_shows_them(smoke_study, tmp_p
     import time
     import urllib.request
 
-    from study.board import runs
-    from study.storage import Store
+    from study.runner.board import runs
+    from study.base.storage import Store
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(smoke_study / "tensorboard"),
@@ -654,8 +657,8 @@ def test_tensorboard_serves_the_runs_and_a_browser_shows_them(smoke_study, tmp_p
 
 
 def test_dataframe_readers_read_the_study(smoke_study):
-    """duckdb and polars (and pandas) read the trials table and the metrics dataset as they are: no column of
-    parquet type null, counts as integers, trials.parquet in its documented order with the selected epoch, strict JSON."""
+    """duckdb and polars (and pandas) read the trials table and the metrics dataset as they are: no column of parquet
+    type null, counts as integers, trials.parquet in its documented order with the selected epoch, strict JSON."""
     import duckdb
     import polars as pl
 

@@ -13,7 +13,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from study.run import main, parse_args, study_plan
+from study.runner.preflight import study_plan
+from study.runner.run import main, parse_args
 
 SPACE = {
     "name": "cluster", "base_config": {"image_downsample": 2, "valid_every": 1, "eval_frames": 2, "steps_per_epoch": 6,

@@ -16,7 +16,7 @@ import ray
 from ray import tune
 
 from posesplat.train import NonFiniteLossError
-from study.sink import ParquetSink
+from study.runner.sink import ParquetSink
 
 EPOCHS = 5
 
@@ -90,7 +90,7 @@ def test_without_retries_a_dead_worker_is_a_failed_trial(ray_local, tmp_path):
     assert trials[0]["status"] == "completed"
 
 
-# ------------------------------------------------------------------ re-runs of a study (study.run.run_study)
+# ------------------------------------------------------------------ re-runs of a study (study.runner.run.run_study)
 
 FAKE_SPACE = {  # 4 trials (2d/3d x seeds 0, 1) of 3 epochs, no early stopping
     "name": "fake", "modes": ["2d", "3d"], "grid": {"grid_size": [16], "max_frames": [12]},
@@ -100,7 +100,7 @@ FAKE_SPACE = {  # 4 trials (2d/3d x seeds 0, 1) of 3 epochs, no early stopping
 
 
 def fake_trial(log: Path, behave):
-    """A cheap stand-in for study.trainable.run_trial: each execution appends `start T` / `end T` lines to
+    """A cheap stand-in for study.runner.trainable.run_trial: each execution appends `start T` / `end T` lines to
     `log/<mode>-<seed>.txt`; `behave(config, attempt, epoch)` may raise, kill the worker or signal the driver."""
 
     def trainable(config, base_config=None, study_uri=None):
@@ -126,7 +126,7 @@ def fake_trial(log: Path, behave):
 
 
 def study_args(tmp_path: Path, dataset: Path, *extra: str):
-    from study.run import parse_args
+    from study.runner.run import parse_args
 
     space = tmp_path / "fake.json"
     space.write_text(json.dumps(FAKE_SPACE))
@@ -141,7 +141,7 @@ def starts(log: Path, trial: str) -> list[float]:
 def test_rerun_does_not_reexecute_a_failed_trial(ray_local, tmp_path, small_dataset):
     """A trial that raises is a result: re-running the finished study neither runs it again nor calls the study
     unfinished."""
-    from study.run import run_study
+    from study.runner.run import run_study
 
     def behave(config, attempt, epoch):
         if (config["gaussian_mode"], config["seed"], epoch) == ("3d", 1, 2):
@@ -169,7 +169,7 @@ def test_resume_applies_max_failures_and_max_concurrent_given_again(ray_local, t
     """Started with --max-concurrent 1 --max-failures 0 and interrupted while its second trial runs; resumed with
     --max-concurrent 2 --max-failures 2: trials now overlap, and the restored trial, whose worker dies twice, is
     retried from its checkpoint and completes (with the first run's limits it would be failed)."""
-    from study.run import run_study
+    from study.runner.run import run_study
 
     driver = os.getpid()
 

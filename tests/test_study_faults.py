@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from study.run import main
-from study.storage import StudyError, StudyLock
+from study.runner.run import main
+from study.base.storage import StudyError, StudyLock
 from test_study_failures import FAKE_SPACE, fake_trial
 
 STATUS = ["completed"] * 4
@@ -163,11 +163,11 @@ def test_every_trial_failed_exits_1(ray_local, tmp_path, small_dataset, capsys):
 def test_lock_is_held_until_the_report_is_written(ray_local, tmp_path, small_dataset, monkeypatch):
     """Item 9: a second driver is refused while the report is written; stale staging of a killed writer is
     removed, and a previous report caught mid-swap is put back."""
-    import study.run
-    from study.report import clean_stale
+    import study.runner.run
+    from study.analysis.report import clean_stale
 
     seen = []
-    real = study.run.finish
+    real = study.runner.run.finish
 
     def finish(store, report):
         try:
@@ -177,7 +177,7 @@ def test_lock_is_held_until_the_report_is_written(ray_local, tmp_path, small_dat
             seen.append(str(e))
         return real(store, report)
 
-    monkeypatch.setattr(study.run, "finish", finish)
+    monkeypatch.setattr(study.runner.run, "finish", finish)
     log = tmp_path / "log"
     log.mkdir()
     assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
@@ -199,7 +199,7 @@ def test_lock_is_held_until_the_report_is_written(ray_local, tmp_path, small_dat
 def test_copied_study_resumes_and_reports_in_place(ray_local, tmp_path, small_dataset, capsys):
     """Item 10: an interrupted study moved elsewhere resumes there; the original's files are neither changed nor
     needed; checkpoint paths in trials.parquet are relative to the study."""
-    from study.load import load_study
+    from study.analysis.load import load_study
 
     study = interrupted_study(tmp_path / "a", small_dataset, capsys)
     before = files(study)
@@ -220,7 +220,7 @@ def test_copied_study_resumes_and_reports_in_place(ray_local, tmp_path, small_da
 def test_scratch_of_killed_trials_is_cleaned(ray_local, tmp_path, small_dataset):
     """Item 11: trial folders live under <tmp>/posesplat-scratch/<kind>-<pid>-*; the driver removes those whose
     process is gone when it starts or resumes (and leaves live ones)."""
-    from study.trainable import scratch, scratch_dir
+    from study.runner.trainable import scratch, scratch_dir
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
@@ -308,10 +308,10 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     names that file in the study, not the worker's temporary copy of it."""
     from ray import tune
 
-    from study import _ray_compat
-    from study.sink import ParquetSink
-    from study.storage import Store
-    from study.trainable import run_trial
+    from study.runner import _ray_compat
+    from study.runner.sink import ParquetSink
+    from study.base.storage import Store
+    from study.runner.trainable import run_trial
 
     study = Store(tmp_path / "study")
     base = {"dataset": str(small_dataset), "epochs": 6, "grid_size": 16, "base_filters": 4, "num_unets": 1,
@@ -389,7 +389,7 @@ def test_stage_that_ray_ended_short_of_the_plan_is_refused_then_repaired(tmp_pat
     proc.wait()
     assert not list((study / "confirm" / "ray").glob("experiment_state-*.json"))
     earlier = ("import sys; sys.path.insert(0, 'tests'); from ray import tune; from study import _ray_compat; "
-               "_ray_compat.can_resume = tune.Tuner.can_restore; import fake_study; from study.run import main; "
+               "_ray_compat.can_resume = tune.Tuner.can_restore; import fake_study; from study.runner.run import main; "
                "sys.exit(main(sys.argv[1:], fake_study.trial))")  # the earlier version's test for a Ray folder
     for cmd in ([sys.executable, "-c", earlier, *args], [sys.executable, str(FAKE_STUDY), *args]):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)

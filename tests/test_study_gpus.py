@@ -14,8 +14,8 @@ import pytest
 import ray
 from ray import tune
 
-from study.resources import gpu_fraction
-from study.run import main
+from study.runner.resources import gpu_fraction
+from study.runner.run import main
 
 GPU_MEM_MB = 1000.0
 SPACE = {  # 8 trials: (2d, 3d) x grid (16, 64) x 2 seeds, 3 epochs of 3 s; GPUs only limit how many run at once

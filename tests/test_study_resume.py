@@ -100,8 +100,8 @@ def wait_and_kill(proc: subprocess.Popen, study: Path, point: str) -> None:
 
 @pytest.mark.parametrize("point", ["trial_start", "mid_epoch", "checkpoint", "ctrl_c", "confirm", "confirm_ctrl_c"])
 def test_sigkill_then_resume_matches_uninterrupted(setup, point, tmp_path):
-    from study.board import runs, scalars
-    from study.storage import Store
+    from study.runner.board import runs, scalars
+    from study.base.storage import Store
 
     space, dataset, ((ref_rows, ref_trials), (ref_confirm_rows, ref_confirm_trials)) = setup
     study = tmp_path / "resume"

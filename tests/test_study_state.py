@@ -9,9 +9,9 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from study import _ray_compat
-from study.search import STATE_FORMAT, PerModeSearcher, PlannedSearcher, SchedulerState, StateError, StratifiedASHA
-from study.space import Space
+from study.runner import _ray_compat
+from study.runner.search import STATE_FORMAT, PerModeSearcher, PlannedSearcher, SchedulerState, StateError, StratifiedASHA
+from study.base.space import Space
 
 SPACE = Space(name="state", modes=["2d", "3d"], grid={"grid_size": [16], "max_frames": [6, 12]}, samples_per_cell=3,
               search={"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
@@ -153,8 +153,9 @@ def test_another_ray_is_refused_in_one_line(monkeypatch):
 
 def test_study_of_an_earlier_version_is_refused_on_resume(tmp_path, small_dataset):
     """A study whose study.json has no state format (its state is pickled Ray objects) is refused in one line."""
-    from study.run import parse_args, study_plan
-    from study.storage import StudyError
+    from study.runner.preflight import study_plan
+    from study.runner.run import parse_args
+    from study.base.storage import StudyError
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"name": "old", "grid": {"grid_size": [16], "max_frames": [12]}}))

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from study.run import main
-from study.storage import Store, StudyError, StudyLock, join_uri
+from study.runner.run import main
+from study.base.storage import Store, StudyError, StudyLock, join_uri
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -51,7 +51,7 @@ def ray_with_creds(s3):
 
 @pytest.mark.slow
 def test_smoke_study_writes_only_to_the_uri_and_resumes(s3, ray_with_creds, small_dataset, tmp_path, monkeypatch):
-    from study.board import scalars
+    from study.runner.board import scalars
 
     uri, fs, _ = s3
     monkeypatch.chdir(tmp_path)
@@ -117,11 +117,11 @@ def test_unwritable_uri_is_one_line(s3, capsys, small_dataset):
 
 def test_a_study_behind_a_uri_is_analysed_where_it_lies(s3, tmp_path, capsys):
     """A finished study (explore and confirm stage) copied into the bucket: `python -m study.analyze s3://...` reads
-    it through study.storage and decides exactly as on the local copy; without --out it is one line (the report is
+    it through study.base.storage and decides exactly as on the local copy; without --out it is one line (the report is
     written on this machine); a missing study is one line."""
     from test_analyze import add_confirm, make_study
 
-    from study.analyze import main as analyze
+    from study.analysis.analyze import main as analyze
 
     uri, fs, query = s3
     local = add_confirm(make_study(tmp_path / "local", "remote", effect=0.0), effect=-0.04, cost=-0.3)

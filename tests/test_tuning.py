@@ -1,5 +1,6 @@
-"""The deciding tuning and its edge rule (study/tuning.py): pure functions on planted curves, and one real study
-(a local Ray cluster, a cheap planted trial) whose first grid stops below the optimum, is widened and brackets it."""
+"""The deciding tuning and its edge rule (study/analysis/tuning.py): pure functions on planted curves, and one real
+study (a local Ray cluster, a cheap planted trial) whose first grid stops below the optimum, is widened and brackets it.
+"""
 
 import json
 import math
@@ -9,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import tuning
-from study.decide import INCONCLUSIVE, decide
-from study.space import Tune
+from study.analysis import tuning
+from study.analysis.decide import INCONCLUSIVE, decide
+from study.base.space import Tune
 
 
 def planted(opt: float, width: float = 1.0):
@@ -20,7 +21,7 @@ def planted(opt: float, width: float = 1.0):
 
 
 def tune_rounds(spec: Tune, score, modes=("2d", "3d")) -> tuple[dict, list[dict]]:
-    """The study's round loop (study.run.run_tuning) with planted scores instead of trials."""
+    """The study's round loop (study.runner.run.run_tuning) with planted scores instead of trials."""
     runs, rounds = [], []
     for r in range(spec.max_widen + 1):
         values = tuning.next_values(spec, modes, runs)
@@ -127,7 +128,7 @@ def planted_trial_fn(opt: float):
 
 
 def test_study_widens_its_tuning_range_and_records_it(tmp_path, small_dataset):
-    from study.run import main
+    from study.runner.run import main
 
     space = json.loads((Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.json").read_text())
     space.update(name="planted", samples_per_cell=1, max_epochs=2)
@@ -156,20 +157,20 @@ def test_study_widens_its_tuning_range_and_records_it(tmp_path, small_dataset):
 
 @pytest.fixture(scope="module")
 def cpu_design():
-    from study.simulate import procedure_designs
+    from study.analysis.simulate import procedure_designs
 
     return procedure_designs()[0]
 
 
 def _landscape(name_start: str):
-    from study.simulate import LANDSCAPES
+    from study.analysis.simulate import LANDSCAPES
 
     return next(land for land in LANDSCAPES if land.name.startswith(name_start))
 
 
 def test_conditional_intervals_miss_the_difference_at_the_optima(cpu_design):
     """Without the tuning's error, identical modes are often called significantly different: the old design."""
-    from study.simulate import procedure_rates
+    from study.analysis.simulate import procedure_rates
 
     _, spec, seeds, frames, _ = cpu_design
     r = procedure_rates(_landscape("identical (null)"), spec, seeds, frames, n=150, conditional=True)
@@ -179,7 +180,7 @@ def test_conditional_intervals_miss_the_difference_at_the_optima(cpu_design):
 @pytest.mark.parametrize("name, right_at_least", [("identical (null)", 0.9), ("2D 5% worse", 0.9),
                                                   ("equal at the optima", 0.9), ("identical, both optima", 0.9)])
 def test_whole_procedure_is_rarely_wrong(cpu_design, name, right_at_least):
-    from study.simulate import procedure_rates
+    from study.analysis.simulate import procedure_rates
 
     _, spec, seeds, frames, looks = cpu_design  # the shipped design, its sequential looks included
     r = procedure_rates(_landscape(name), spec, seeds, frames, n=150, looks=looks)
@@ -203,7 +204,7 @@ def test_tuning_error_grows_with_the_selection_noise():
 
 
 def test_studies_with_different_seeds_share_no_tuning_or_confirm_seed():
-    from study.confirm import CONFIRM_SEEDS, TUNE_SEEDS, stage_seeds
+    from study.analysis.confirm import CONFIRM_SEEDS, TUNE_SEEDS, stage_seeds
 
     used = [set(stage_seeds(stage, s, 24)) for s in range(3) for stage in (CONFIRM_SEEDS, TUNE_SEEDS)]
     assert sum(map(len, used)) == len(set().union(*used))  # disjoint across --seed values and stages
@@ -213,7 +214,7 @@ def test_studies_with_different_seeds_share_no_tuning_or_confirm_seed():
 
 
 def test_seed_out_of_range_is_refused_before_anything_runs(capsys):
-    from study.run import main
+    from study.runner.run import main
 
     assert main(["--space", "smoke", "--seed", "1000"]) == 2
     assert "--seed 1000: must be in [0, 1000)" in capsys.readouterr().err

@@ -1,31 +1,27 @@
 """The decision, from the confirm stage alone: equivalence and non-inferiority against a pre-specified margin.
 
-Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and
-counted), estimate each quality metric's relative difference (challenger - reference) / reference over seeds and
-test frames and the primary cost's over seeds (study.stats.crossed_diff), then apply the rule:
+Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and counted),
+estimate each quality metric's relative difference (challenger - reference) / reference over seeds and test frames and
+the primary cost's over seeds (study.analysis.stats.crossed_diff), then apply the rule:
 
-1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
-2. some quality interval wholly below -margin (at 1 - 5%/k for k
-   quality metrics: worse on any one of them is a union)              -> reference (challenger worse beyond it)
-3. some quality interval reaches below -margin                        -> inconclusive, with the seeds that would
-                                                                          resolve it
-4. every quality interval above -margin (non-inferior) and the primary
-   cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
-5. non-inferior, not cheaper: challenger significantly better on every
-   quality metric                                                     -> challenger
-6.                            reference significantly better on every
-   quality metric                                                     -> reference
-7. otherwise                                                          -> either (equivalent within the margin)
+1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive 2. some quality interval wholly
+below -margin (at 1 - 5%/k for k quality metrics: worse on any one of them is a union)              -> reference
+(challenger worse beyond it) 3. some quality interval reaches below -margin                        -> inconclusive, with
+the seeds that would resolve it 4. every quality interval above -margin (non-inferior) and the primary cost's interval
+wholly below -cost_margin                          -> challenger (as good, and cheaper) 5. non-inferior, not cheaper:
+challenger significantly better on every quality metric                                                     ->
+challenger 6.                            reference significantly better on every quality metric
+-> reference 7. otherwise                                                          -> either (equivalent within the
+margin)
 
 A quality metric where lower is better (an error: posesplat.metrics' direction) enters the rule as its relative
 reduction (reference - challenger) / reference, so that + is better on every quality metric and a growing error is a
 deficit; `Decision.quality` holds these, `Decision.measures` the plain differences.
 
-Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together
-claim a difference that is not there at most 2.5% of the time. With sequential looks (study.looks: the plan names
-them) an interim look applies the same rule at its stricter level to the first pairs, and decides when its verdict
-is settled; otherwise the last look decides. Simulated error rates: docs/analysis.md.
-"""
+Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together claim a
+difference that is not there at most 2.5% of the time. With sequential looks (study.analysis.looks: the plan names them)
+an interim look applies the same rule at its stricter level to the first pairs, and decides when its verdict is settled;
+otherwise the last look decides. Simulated error rates: docs/analysis.md."""
 
 from __future__ import annotations
 
@@ -36,14 +32,14 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from study.confirm import MODE_KEY, pair_rows, paired_matrices
-from study.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
-from study.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
-from study.stats import Crossed, crossed_diff, seeds_for, with_tuning
-from study.tuning import tuning_draws
+from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
+from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
+from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
+from study.analysis.stats import Crossed, crossed_diff, seeds_for, with_tuning
+from study.analysis.tuning import tuning_draws
+from study.base.rows import ENDED, FAILED, SCORED
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
-ENDED = ("completed", "stopped", "failed")  # a trial in one of these states has all the epochs it will have
 EITHER, INCONCLUSIVE = "either", "inconclusive"
 
 
@@ -98,7 +94,7 @@ def usable(per_trial: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         return per_trial
     if len(trials) and "status" in trials:
         status = dict(zip(trials["trial_id"].astype(str), trials["status"]))
-        keep = [status.get(t) in ("completed", "stopped") for t in per_trial["trial_id"]]
+        keep = [status.get(t) in SCORED for t in per_trial["trial_id"]]
         return per_trial[keep]
     return per_trial
 
@@ -106,7 +102,7 @@ def usable(per_trial: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 def failures(trials: pd.DataFrame, plan: dict) -> dict[str, dict[str, int]]:
     """Per mode: failed trials and trials planned."""
     planned = pd.Series([t[MODE_KEY] for t in plan["trials"]]).value_counts()
-    failed = (trials[trials["status"] == "failed"][MODE_KEY].value_counts()
+    failed = (trials[trials["status"] == FAILED][MODE_KEY].value_counts()
               if len(trials) and "status" in trials and MODE_KEY in trials else pd.Series(dtype=int))
     return {m: {"failed": int(failed.get(m, 0)), "trials": int(planned.get(m, 0))} for m in plan["modes"]}
 

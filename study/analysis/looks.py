@@ -1,18 +1,17 @@
-"""Sequential looks at the confirm stage: how many pairs each look has, the interval level its rule runs at, and
-whether a look's verdict is settled so the stage may stop before its last planned pair.
+"""Sequential looks at the confirm stage: how many pairs each look has, the interval level its rule runs at, and whether
+a look's verdict is settled so the stage may stop before its last planned pair.
 
-The boundaries are O'Brien-Fleming's: look k of K runs the decision rule with its intervals at z_k = C(K) sqrt(K/k)
-(K = 2: 99.48% at half the pairs, 95.2% at all of them), so the early looks are strict and the last is close to the
-fixed design's 95% (simulated against Haybittle-Peto's 99.9% at every interim look, which almost never stopped:
-the tuning's error does not shrink with pairs; docs/analysis.md). An interim look stops the stage only on a verdict
-that more pairs cannot overturn at that strictness: the challenger worse beyond the margin, or non-inferior and cheaper, or better on every
-quality metric. "Equivalent" and "inconclusive" wait for the last look (an equivalence call rests on the absence of
-a cost difference, which more pairs could still show). Error rates of the whole procedure with looks:
-docs/analysis.md (study.simulate).
+The boundaries are O'Brien-Fleming's: look k of K runs the decision rule with its intervals at z_k = C(K) sqrt(K/k) (K =
+2: 99.48% at half the pairs, 95.2% at all of them), so the early looks are strict and the last is close to the fixed
+design's 95% (simulated against Haybittle-Peto's 99.9% at every interim look, which almost never stopped: the tuning's
+error does not shrink with pairs; docs/analysis.md). An interim look stops the stage only on a verdict that more pairs
+cannot overturn at that strictness: the challenger worse beyond the margin, or non-inferior and cheaper, or better on
+every quality metric. "Equivalent" and "inconclusive" wait for the last look (an equivalence call rests on the absence
+of a cost difference, which more pairs could still show). Error rates of the whole procedure with looks:
+docs/analysis.md (study.analysis.simulate).
 
-    looks = plan_looks(14, 2)          # [Look(pairs=7, level=0.9948), Look(pairs=14, level=0.952)]
-    stop = settled(quality, cost, margin, cost_margin, level=looks[0].level)
-"""
+looks = plan_looks(14, 2)          # [Look(pairs=7, level=0.9948), Look(pairs=14, level=0.952)] stop = settled(quality,
+cost, margin, cost_margin, level=looks[0].level)"""
 
 from __future__ import annotations
 
@@ -22,10 +21,10 @@ from typing import Optional
 
 from scipy.stats import norm
 
-from study.stats import Crossed
+from study.analysis.stats import Crossed
 
 LEVEL = 0.95  # the study's interval level (the fixed design's)
-MIN_PAIRS = 3  # fewer pairs decide nothing (study.decide), so no look comes earlier
+MIN_PAIRS = 3  # fewer pairs decide nothing (study.analysis.decide), so no look comes earlier
 # O'Brien-Fleming's boundaries for K equally spaced looks at a two-sided 5% (Jennison & Turnbull 2000, table 2.3):
 # z_k = C(K) sqrt(K / k)
 OBF_C = {1: 1.960, 2: 1.977, 3: 2.004, 4: 2.024, 5: 2.040}
@@ -69,8 +68,8 @@ def looks_json(looks: list[Look]) -> list[dict]:
 def settled(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, cost_margin: float,
             level: float) -> bool:
     """Whether an interim look's verdict, with every interval at `level` (the quality ones Bonferroni-adjusted as in
-    study.decide.rule), is one more pairs cannot overturn: some quality metric worse beyond -margin; or every one
-    above -margin and the cost below -cost_margin; or every one significantly better (at superiority(level))."""
+    study.analysis.decide.rule), is one more pairs cannot overturn: some quality metric worse beyond -margin; or every
+    one above -margin and the cost below -cost_margin; or every one significantly better (at superiority(level))."""
     if not quality or not all(e.has_ci for e in quality.values()):
         return False
     per_metric = {k: e.with_level(1 - (1 - level) / len(quality)) for k, e in quality.items()}

@@ -12,12 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from study.confirm import in_cell  # noqa: E402
-from study.explore import cell_text  # noqa: E402
+from study.analysis.confirm import in_cell  # noqa: E402
+from study.analysis.explore import cell_text  # noqa: E402
 from posesplat.metrics import PEAK_MEM, label  # noqa: E402
 from posesplat.modes import colour  # noqa: E402
-from study.load import DEFAULT_CELL, memory_column, modes_of  # noqa: E402
-from study.stats import mean_ci, pareto_front  # noqa: E402
+from study.analysis.load import DEFAULT_CELL, memory_column, modes_of  # noqa: E402
+from study.analysis.stats import mean_ci, pareto_front  # noqa: E402
+from study.base.space import MODE_KEY
 
 CURVES = [("train_loss", "training loss"), ("valid_heldout_iou", "held-out IoU (valid frames)"),
           ("valid_heldout_psnr", "held-out PSNR, dB (valid frames)")]
@@ -48,7 +49,7 @@ def curves(metrics: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_CELL,
         rows = in_cell(metrics, cell)
         for i, (key, label) in enumerate(CURVES):
             ax = axes[i, j]
-            for mode, r in rows.groupby("gaussian_mode"):
+            for mode, r in rows.groupby(MODE_KEY):
                 g = r[np.isfinite(r[key])].groupby("epoch")[key].agg(["mean", "min", "max", "count"])
                 if g.empty:
                     continue
@@ -79,7 +80,7 @@ def cost_bars(per_trial: pd.DataFrame, out: Path, cell: Sequence[str] = DEFAULT_
     width = 0.8 / max(len(modes), 1)
     for ax, (key, label) in zip(axes[0], costs):
         for k, mode in enumerate(modes):
-            est = [mean_ci(in_cell(per_trial[per_trial.gaussian_mode == mode], c)[key]) for c in cells]
+            est = [mean_ci(in_cell(per_trial[per_trial[MODE_KEY] == mode], c)[key]) for c in cells]
             x = np.arange(len(cells)) + (k - (len(modes) - 1) / 2) * width
             mean = np.array([e.mean for e in est])
             err = np.clip(np.array([[e.mean - e.lo, e.hi - e.mean] if e.has_ci else [0, 0] for e in est]).T, 0, None)
@@ -108,7 +109,7 @@ def quality_vs_cost(per_trial: pd.DataFrame, out: Path) -> tuple[Path, str]:
     for i, (q, ql) in enumerate(qual):
         for j, (c, cl) in enumerate(cost):
             ax = axes[i, j]
-            for mode, r in per_trial.groupby("gaussian_mode"):
+            for mode, r in per_trial.groupby(MODE_KEY):
                 x, y = r[c].to_numpy(float), r[q].to_numpy(float)
                 ax.scatter(x, y, color=colour(mode), alpha=0.7, s=18, label=mode)
                 front = pareto_front(x, y)
@@ -145,7 +146,7 @@ def intervals(rows: list[tuple[str, float, float, float]], margin: float, title:
 
 
 def tuning(tuned: dict[str, dict], select: str, out: Path) -> tuple[Path, str]:
-    """Each mode's validation score against its tuned key from the deciding tuning (study/tuning.py): mean and
+    """Each mode's validation score against its tuned key from the deciding tuning (study/analysis/tuning.py): mean and
     standard error over seeds per value tried, the chosen value (star) and the first grid's ends (dotted)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     key = next(iter(tuned.values()))["key"]

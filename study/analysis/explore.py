@@ -1,13 +1,12 @@
 """The explore stage's tables: the modes compared per cell and per grid key, paired by (cell, seed).
 
-A cell is one value of every grid key of the study's space (study.load.cell_keys), the modes are the pair the space
-compares (study.load.compared_modes).
+A cell is one value of every grid key of the study's space (study.analysis.load.cell_keys), the modes are the pair the
+space compares (study.analysis.load.compared_modes).
 
-Exploratory only: the explore trials of the two modes ran with different hyperparameters (each mode's own tuning),
-some were stopped early by ASHA, and many groups are compared at once, so these intervals are descriptions, not
-tests; the decision comes from the confirm stage (study.decide). Intervals are 95% percentile bootstraps over seeds
-and, where per-frame values exist, test frames (study.stats).
-"""
+Exploratory only: the explore trials of the two modes ran with different hyperparameters (each mode's own tuning), some
+were stopped early by ASHA, and many groups are compared at once, so these intervals are descriptions, not tests; the
+decision comes from the confirm stage (study.analysis.decide). Intervals are 95% percentile bootstraps over seeds and,
+where per-frame values exist, test frames (study.analysis.stats)."""
 
 from __future__ import annotations
 
@@ -17,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from posesplat.metrics import PEAK_MEM
-from study.load import FRAME_IDS, FRAME_VALUES, LABELS, SHORT
-from study.stats import NAN, Estimate, diff_ci, diff_rel_ci_frames, mean_ci, mean_ci_frames
+from study.analysis.load import FRAME_IDS, FRAME_VALUES, LABELS, SHORT
+from study.analysis.stats import NAN, Estimate, diff_ci, diff_rel_ci_frames, mean_ci, mean_ci_frames
+from study.base.space import MODE_KEY
 
 Pair = tuple[str, str]  # (challenger, reference): differences are challenger - reference
 KEYS = ("test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_time_s", *PEAK_MEM.values())
@@ -27,15 +27,15 @@ KEYS = ("test_heldout_iou", "test_heldout_psnr_fg", "test_heldout_psnr", "epoch_
 def pair_units(per_trial: pd.DataFrame, modes: Pair, cell: list[str]) -> list[str]:
     """What makes two trials a pair: same cell (the keys `cell`) and seed, and same study when every study ran both
     modes."""
-    core = per_trial[per_trial.gaussian_mode.isin(modes)]
-    both = core.groupby("study")["gaussian_mode"].nunique()
+    core = per_trial[per_trial[MODE_KEY].isin(modes)]
+    both = core.groupby("study")[MODE_KEY].nunique()
     return [*cell, "seed"] + (["study"] if len(both) and (both == 2).all() else [])
 
 
 def paired_values(per_trial: pd.DataFrame, key: str, units: list[str], modes: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(modes[0] values, modes[1] values) of `key` aligned by unit (trials of the same unit averaged)."""
-    a = per_trial[per_trial.gaussian_mode == modes[0]].groupby(units)[key].mean()
-    b = per_trial[per_trial.gaussian_mode == modes[1]].groupby(units)[key].mean()
+    a = per_trial[per_trial[MODE_KEY] == modes[0]].groupby(units)[key].mean()
+    b = per_trial[per_trial[MODE_KEY] == modes[1]].groupby(units)[key].mean()
     j = a.index.intersection(b.index)
     return a[j].to_numpy(float), b[j].to_numpy(float)
 
@@ -68,7 +68,7 @@ def paired_frames(per_trial: pd.DataFrame, key: str, units: list[str], modes: Pa
     unit (a unit's trials' frames concatenated, by study and trial id), or None without per-frame values."""
     sides = []
     for mode in modes:
-        rows = per_trial[(per_trial.gaussian_mode == mode) & np.isfinite(per_trial[key].to_numpy(float))]
+        rows = per_trial[(per_trial[MODE_KEY] == mode) & np.isfinite(per_trial[key].to_numpy(float))]
         fv = frame_values(rows, key)
         if fv is None:
             return None
@@ -125,9 +125,9 @@ def breakdown(per_trial: pd.DataFrame, by: list[str], modes: Pair, cell: list[st
     rows = []
     vs = f"{modes[0]} vs {modes[1]}"
     for name, g in groups:
-        row = {"group": name, "trials": " / ".join(f"{m} {int((g.gaussian_mode == m).sum())}" for m in modes)}
+        row = {"group": name, "trials": " / ".join(f"{m} {int((g[MODE_KEY] == m).sum())}" for m in modes)}
         for m in modes:
-            row[f"IoU {m}"] = mode_estimate(g[g.gaussian_mode == m], "test_heldout_iou").fmt(digits=3)
+            row[f"IoU {m}"] = mode_estimate(g[g[MODE_KEY] == m], "test_heldout_iou").fmt(digits=3)
         for key in KEYS:
             if key in g and np.isfinite(g[key].to_numpy(float)).any():
                 e = rel_estimate(g, key, units, modes)

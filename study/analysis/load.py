@@ -21,10 +21,12 @@ import pyarrow.fs as pafs
 from posesplat import metrics as schema
 from posesplat.modes import names as mode_names
 from posesplat.progress import Progress
-from study.storage import StorageError, Store, join_uri
+from study.base.storage import StorageError, Store, join_uri
+from study.base.rows import SELECT
+from study.base.space import MODE_KEY
 
 DEFAULT_CELL = ("grid_size", "max_frames")  # the cell keys of an input without a space's grid (a bare parquet file)
-SELECT = ["valid_heldout_iou", "valid_heldout_psnr"]  # the selected epoch: best on these in order, then the earliest
+
 # the measures of the analysis (key in the per-trial table, label, True when higher is better): the schema's
 # (posesplat.metrics) test-frame quality and costs, whose direction it gives, and two measures of the analysis' own
 _LABELS = {
@@ -58,12 +60,12 @@ HIGHER = {k: higher for k, _, higher in QUALITY + COST}
 FRAME_VALUES = {k: schema.frame_column(k) for k in schema.names(per_frame=True)}
 FRAME_IDS = schema.FRAMES
 THRESHOLD_FRACTION = 0.9
-REQUIRED = ("trial_id", "epoch", "gaussian_mode", "valid_heldout_iou")
+REQUIRED = ("trial_id", "epoch", MODE_KEY, "valid_heldout_iou")
 
 
 def trial_columns(cell: Iterable[str] = DEFAULT_CELL) -> list[str]:
     """The columns of the report's trials.csv, with the analysis' cell keys."""
-    return ["study", "trial_id", "gaussian_mode", *cell, "seed", "lr", "ssim_lambda", "selected_epoch", "epochs_run",
+    return ["study", "trial_id", MODE_KEY, *cell, "seed", "lr", "ssim_lambda", "selected_epoch", "epochs_run",
             *SELECT, *(k for k, _, _ in QUALITY + COST), "iou_threshold", "device", "mem_kind", "status"]
 
 
@@ -151,7 +153,8 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 
 @dataclass
 class Tables:
-    """Everything read from one or more inputs (a study is its storage, study.storage.Store; these are its tables)."""
+    """Everything read from one or more inputs (a study is its storage, study.base.storage.Store; these are its tables).
+    """
 
     metrics: pd.DataFrame  # one row per (study, trial, epoch)
     trials: pd.DataFrame  # one row per (study, trial); may be empty
@@ -182,7 +185,8 @@ def load_studies(paths: list[str | Path], grid: Iterable[str] = ()) -> Tables:
 
 def normalise(metrics: pd.DataFrame, grid: Iterable[str] = ()) -> pd.DataFrame:
     """Types and defaults the analysis relies on: float metrics, integer cells; a grid value null (max_frames: all
-    frames) is 0, as study.confirm.in_cell matches it (no grid key's config field admits 0 with a null default)."""
+    frames) is 0, as study.analysis.confirm.in_cell matches it (no grid key's config field admits 0 with a null
+    default)."""
     m = metrics.copy()
     m["epoch"] = pd.to_numeric(m["epoch"], errors="coerce")
     m = m[m["epoch"].notna()]
@@ -196,7 +200,7 @@ def normalise(metrics: pd.DataFrame, grid: Iterable[str] = ()) -> pd.DataFrame:
     for c in ["valid_heldout_iou", "valid_heldout_psnr", "train_loss", "checkpoint_bytes", "params_per_gaussian",
               *(k for k, _, _ in QUALITY + COST)]:
         m[c] = pd.to_numeric(m[c], errors="coerce").astype(float) if c in m else np.nan
-    m["gaussian_mode"] = m["gaussian_mode"].astype(str)
+    m[MODE_KEY] = m[MODE_KEY].astype(str)
     m["study"] = m["study"].astype(str)
     m["trial_id"] = m["trial_id"].astype(str)
     return m
@@ -256,7 +260,7 @@ def compared_modes(tables: "Tables") -> tuple[str, str]:
                                 + "): analyse them apart")
         if found:
             return next(iter(found.values()))
-    known = {m for s in spaces.values() for m in s.get("modes", [])} | set(tables.metrics["gaussian_mode"])
+    known = {m for s in spaces.values() for m in s.get("modes", [])} | set(tables.metrics[MODE_KEY])
     pad = [m for m in mode_names() if m not in known][: max(0, 2 - len(known))]
     return tuple(mode_order(known | set(pad))[:2])
 
@@ -339,7 +343,7 @@ def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float], cell: I
         if threshold is not None:
             out[key] = float(threshold)
             continue
-        med = c.groupby("gaussian_mode")["valid_heldout_iou"].median()
+        med = c.groupby(MODE_KEY)["valid_heldout_iou"].median()
         core = med[med.index.isin(modes or ())]
         out[key] = float(THRESHOLD_FRACTION * (core if len(core) else med).min())
     return out
@@ -353,5 +357,5 @@ def mode_order(names: Iterable[str]) -> list[str]:
 
 def modes_of(per_trial: pd.DataFrame) -> list[str]:
     """The modes present, in the registry's order, then any other."""
-    return mode_order(per_trial["gaussian_mode"] if len(per_trial) else ())
+    return mode_order(per_trial[MODE_KEY] if len(per_trial) else ())
 

@@ -1,8 +1,8 @@
 """The report: decision.md, decision.json, CSV tables, figures and a self-contained report.html.
 
-The decision comes from the confirm stage (study.decide); the explore stage's tables follow, marked exploratory.
-Everything is built in a staging folder beside the report and swapped in whole, so a report is never half written.
-"""
+The decision comes from the confirm stage (study.analysis.decide); the explore stage's tables follow, marked
+exploratory. Everything is built in a staging folder beside the report and swapped in whole, so a report is never half
+written."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -23,13 +24,16 @@ import pyarrow.fs as pafs
 from posesplat.io import staging_folder, swap_folder
 from posesplat.metrics import GEOMETRY_NAMES
 from posesplat.modes import label as mode_label
-from study.confirm import look_folder, mode_config_text
-from study.decide import ESTIMAND_FIXED, EITHER, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
-from study.explore import breakdown, cell_dependence, cell_text
-from study.looks import looks_of
-from study.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
-                        load_studies, locate, stage_summary, trial_columns)
-from study.storage import Store, join_uri
+from study.analysis import plots
+from study.analysis.confirm import look_folder, mode_config_text
+from study.analysis.decide import ESTIMAND_FIXED, INCONCLUSIVE, LEVEL, SUPERIORITY_LEVEL, Decision, decide
+from study.analysis.explore import breakdown, cell_dependence, cell_text
+from study.analysis.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
+                                 load_studies, locate, stage_summary, trial_columns)
+from study.analysis.looks import looks_of
+from study.base.storage import Store, join_uri, pid_alive
+from study.base.space import MODE_KEY
+from study.base.rows import ENDED, FAILED, PENDING, RUNNING, STATUSES
 
 
 @dataclass
@@ -112,7 +116,7 @@ def decision_of(stages: Stages, margin: Optional[float]) -> tuple[Decision, list
         return no_decision("the confirm stage has not reported an evaluated trial yet (still running or "
                            "interrupted: run the study command again)", plan["modes"]), notes
     d = decide(stages.confirm_trials, stages.confirm.trials, plan)
-    done = stages.confirm.trials["status"].isin(["completed", "stopped", "failed"]).sum() \
+    done = stages.confirm.trials["status"].isin(ENDED).sum() \
         if len(stages.confirm.trials) and "status" in stages.confirm.trials else 0
     if done < len(plan["trials"]):
         notes.append(f"The confirm stage has finished {done} of its {len(plan['trials'])} planned trials: the "
@@ -125,7 +129,7 @@ def fmt_mean(v: float, key: str) -> str:
 
 
 def level_of(d: Decision) -> float:
-    """The level of the decision's intervals: 95%, or the level of the look it was taken at (study.looks)."""
+    """The level of the decision's intervals: 95%, or the level of the look it was taken at (study.analysis.looks)."""
     return float((d.design.get("look") or {}).get("level", LEVEL))
 
 
@@ -237,8 +241,6 @@ def decision_plot_rows(d: Decision) -> list[tuple[str, float, float, float]]:
 def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = None, threshold: Optional[float] = None,
                  renders: bool = True) -> Decision:
     """Analyse the inputs and write the report directory (built aside, then swapped in)."""
-    from study import plots
-
     stages = read_stages(paths, threshold)
     per = stages.explore_trials
     if per.empty and stages.confirm_trials.empty:
@@ -251,64 +253,20 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
     confirm_notes = (status_notes(stages.confirm, stages.confirm_trials, "confirm", modes)
                      if stages.confirm is not None and len(stages.confirm_trials) else [])
     depends = cell_dependence(per, tuple(modes), cell) if len(per) else None
-    tables = {}
-    if len(per):
-        tables = {"Per cell": breakdown(per, cell, tuple(modes), cell),
-                  **{f"Per {k}": breakdown(per, [k], tuple(modes), cell) for k in cell}}
-    n_groups = sum(len(t) for t in tables.values())
-    multiplicity = (f"Exploratory: these {n_groups} comparisons use the explore trials, whose hyperparameters were "
-                    f"tuned separately per mode and some of which ASHA stopped early; with {n_groups} 95% intervals, "
-                    f"about {n_groups / 20:.1f} would miss by chance alone. They suggest where to look; they decide "
-                    f"nothing.")
+    tables, multiplicity = explore_tables(per, tuple(modes), cell)
     ctable = confirm_table(d, plan) if plan is not None and d.measures else pd.DataFrame()
     out = Path(out)
     staging = prepare_out(out)
     try:
-        figures = []
-        if d.quality:
-            figures.append(plots.intervals(decision_plot_rows(d), plan["margin"],
-                                           f"{modes[0]} vs {modes[1]}, confirm stage", staging, level_of(d)))
-        if plan is not None and plan.get("tuning"):
-            figures.append(plots.tuning(plan["tuning"], plan["select"], staging))
-        if stages.confirm is not None and len(stages.confirm_trials):
-            figures.append(plots.curves(stages.confirm.metrics, staging, list(plan["cell"]), "curves_confirm.png",
-                                        "Confirm stage. "))
-        if len(per):
-            figures += plots.all_plots(stages.explore.metrics, per, staging, cell)
-        render_notes: list[str] = []
-        if renders and plan is not None and len(stages.confirm_trials):
-            from study import renders as rd
-
-            made, why = rd.render_figures(stages.confirm_trials, stages.confirm.trials,
-                                          {m: plan["cell"] for m in modes}, staging, stages.folder)
-            figures += made
-            render_notes += why + (["Renders show each mode's confirm trial with the best validation score, from "
-                                    "its last checkpoint: the epoch that was scored."] if made else [])
-        elif not renders:
-            render_notes.append("Renders skipped (--no-renders).")
+        figures, render_notes = report_figures(stages, d, plan, staging, renders)
         notes = dnotes + geometry_note([stages.confirm_trials, per]) + confirm_notes + explore_notes + render_notes
         head = [f"**Recommendation: {d.recommendation}** — {d.reason}.", "", *design_lines(d, plan)]
         if depends:
             head += ["", depends]
-        md = [f"# {report_title(modes)}", "", *head]
-        if len(ctable):
-            md += ["", "## Confirm stage (the decision)", "", ctable.drop(columns="key").to_markdown(index=False)]
-        if tables:
-            md += ["", "## Explore stage (exploratory)", "", multiplicity]
-        for title, tbl in tables.items():
-            md += ["", f"### {title}", "", tbl.to_markdown(index=False)]
-        md += ["", "## Notes", "", *[f"- {n}" for n in notes]]
-        md += ["", "## Figures", "", *[f"- `{p.name}`: {cap}" for p, cap in figures]]
+        md = decision_markdown(modes, head, ctable, tables, multiplicity, notes, figures)
         (staging / "decision.md").write_text("\n".join(md) + "\n")
         (staging / "decision.json").write_text(json.dumps(d.to_json(), indent=1, allow_nan=False) + "\n")
-        if len(ctable):
-            ctable.to_csv(staging / "decision.csv", index=False)
-        if tables:
-            pd.concat([t.assign(table=name) for name, t in tables.items()]).to_csv(staging / "explore.csv", index=False)
-        trial_tables = [t.assign(stage=s) for s, t in (("explore", per), ("confirm", stages.confirm_trials)) if len(t)]
-        if trial_tables:
-            tt = pd.concat(trial_tables, ignore_index=True)
-            tt[["stage", *(c for c in trial_columns(cell) if c in tt)]].to_csv(staging / "trials.csv", index=False)
+        write_csv_tables(staging, ctable, tables, stages, cell)
         (staging / "report.html").write_text(html_page(d, head, ctable, notes, tables, multiplicity, figures))
         swap_folder(staging, out)  # prepare_out refused an `out` that is not a report directory
     finally:
@@ -316,10 +274,74 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
     return d
 
 
+def explore_tables(per: pd.DataFrame, modes: tuple[str, str], cell: list[str]) -> tuple[dict[str, pd.DataFrame], str]:
+    """The explore stage's exploratory tables (per cell, per grid key) and the paragraph that says what they are."""
+    if not len(per):
+        return {}, ""
+    tables = {"Per cell": breakdown(per, cell, modes, cell), **{f"Per {k}": breakdown(per, [k], modes, cell) for k in cell}}
+    n_groups = sum(len(t) for t in tables.values())
+    return tables, (f"Exploratory: these {n_groups} comparisons use the explore trials, whose hyperparameters were "
+                    f"tuned separately per mode and some of which ASHA stopped early; with {n_groups} 95% intervals, "
+                    f"about {n_groups / 20:.1f} would miss by chance alone. They suggest where to look; they decide "
+                    f"nothing.")
+
+
+def report_figures(stages: Stages, d: Decision, plan: Optional[dict], staging: Path,
+                   renders: bool) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The report's figures written into `staging`, (path, caption) each, and notes on the renders."""
+    modes, per, figures = d.modes, stages.explore_trials, []
+    if d.quality:
+        figures.append(plots.intervals(decision_plot_rows(d), plan["margin"],
+                                       f"{modes[0]} vs {modes[1]}, confirm stage", staging, level_of(d)))
+    if plan is not None and plan.get("tuning"):
+        figures.append(plots.tuning(plan["tuning"], plan["select"], staging))
+    if stages.confirm is not None and len(stages.confirm_trials):
+        figures.append(plots.curves(stages.confirm.metrics, staging, list(plan["cell"]), "curves_confirm.png",
+                                    "Confirm stage. "))
+    if len(per):
+        figures += plots.all_plots(stages.explore.metrics, per, staging, stages.cell)
+    if not renders:
+        return figures, ["Renders skipped (--no-renders)."]
+    if plan is None or not len(stages.confirm_trials):
+        return figures, []
+    from study.analysis.renders import render_figures  # deferred: torch and the renderer, only for renders
+
+    made, why = render_figures(stages.confirm_trials, stages.confirm.trials, {m: plan["cell"] for m in modes},
+                               staging, stages.folder)
+    return figures + made, why + (["Renders show each mode's confirm trial with the best validation score, from "
+                                   "its last checkpoint: the epoch that was scored."] if made else [])
+
+
+def decision_markdown(modes, head: list[str], ctable: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                      multiplicity: str, notes: list[str], figures: list[tuple[Path, str]]) -> list[str]:
+    """decision.md's lines: the recommendation and design, the confirm table, the explore tables, notes, figures."""
+    md = [f"# {report_title(modes)}", "", *head]
+    if len(ctable):
+        md += ["", "## Confirm stage (the decision)", "", ctable.drop(columns="key").to_markdown(index=False)]
+    if tables:
+        md += ["", "## Explore stage (exploratory)", "", multiplicity]
+    for title, tbl in tables.items():
+        md += ["", f"### {title}", "", tbl.to_markdown(index=False)]
+    md += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    return md + ["", "## Figures", "", *[f"- `{p.name}`: {cap}" for p, cap in figures]]
+
+
+def write_csv_tables(staging: Path, ctable: pd.DataFrame, tables: dict[str, pd.DataFrame], stages: Stages,
+                     cell: list[str]) -> None:
+    """decision.csv, explore.csv and trials.csv (both stages' per-trial rows) where there is something to write."""
+    if len(ctable):
+        ctable.to_csv(staging / "decision.csv", index=False)
+    if tables:
+        pd.concat([t.assign(table=name) for name, t in tables.items()]).to_csv(staging / "explore.csv", index=False)
+    trial_tables = [t.assign(stage=s) for s, t in (("explore", stages.explore_trials), ("confirm", stages.confirm_trials))
+                    if len(t)]
+    if trial_tables:
+        tt = pd.concat(trial_tables, ignore_index=True)
+        tt[["stage", *(c for c in trial_columns(cell) if c in tt)]].to_csv(staging / "trials.csv", index=False)
+
+
 def _md_inline(text: str) -> str:
     """Escape text for HTML and turn Markdown's **bold** and `code` into tags."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
@@ -374,14 +396,14 @@ def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: lis
         for name, rows in t.groupby("study"):
             counts = rows["status"].value_counts()
             notes.append(f"{stage}, {name}: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in
-                                                  ("completed", "stopped", "failed", "running", "pending")
+                                                  STATUSES
                                                   if counts.get(s, 0)) + " trial(s).")
-            unfinished = int(rows["status"].isin(["running", "pending"]).sum())
+            unfinished = int(rows["status"].isin([RUNNING, PENDING]).sum())
             if unfinished:
                 notes.append(f"{name}: {unfinished} trial(s) still running or interrupted: the numbers use the "
                              f"epochs they reported so far.")
-            failed = rows[rows["status"] == "failed"]
-            for mode, f in failed.groupby(failed.get("gaussian_mode", pd.Series("?", index=failed.index))):
+            failed = rows[rows["status"] == FAILED]
+            for mode, f in failed.groupby(failed.get(MODE_KEY, pd.Series("?", index=failed.index))):
                 errs = sorted(set(str(e).splitlines()[0][:200] for e in f.get("error", pd.Series(dtype=str)).dropna()))
                 notes.append(f"{name}: {len(f)} {mode} trial(s) failed" + (f" ({'; '.join(errs[:3])})" if errs else "")
                              + ".")
@@ -397,7 +419,7 @@ def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: lis
                 notes.append(f"{name}: {seen} of {planned} planned trials started: the study is still running or "
                              f"was interrupted.")
     for mode in modes:
-        if mode not in set(per_trial.gaussian_mode):
+        if mode not in set(per_trial[MODE_KEY]):
             notes.append(f"{stage}: mode {mode} has no trial with a validation epoch.")
     for col in ("device", "mem_kind"):
         kinds = sorted(set(per_trial[col]))
@@ -433,8 +455,6 @@ def clean_stale(out: Path) -> None:
     """Staging folders of report writers that were killed: an unfinished `.tmp-PID` is removed; an `.old-PID` (the
     previous report, killed between swap_folder's two renames) is put back when `out` is missing, else removed
     (posesplat.io.beside names both)."""
-    from study.storage import pid_alive
-
     for kind in ("old", "tmp"):
         for d in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = d.name.rsplit("-", 1)[-1]

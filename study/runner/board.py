@@ -13,14 +13,24 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any
 
 import numpy as np
+from google.protobuf import struct_pb2
+from PIL import Image, ImageDraw
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.util import tensor_util
+from torch.utils.tensorboard import SummaryWriter
 
 from posesplat.metrics import METRICS
-
-if TYPE_CHECKING:
-    from study.storage import Store
+from study.base.rows import FAILED, STOPPED
+from study.base.storage import Store
+from study.base.space import MODE_KEY
 
 GROUPS = {g: {m.name: m.description for m in METRICS if m.group == g} for g in ("quality", "loss", "cost")}
 CONSTANTS = tuple(m.name for m in METRICS if m.group == "info")  # in HParams only: the same every epoch
@@ -60,7 +70,7 @@ class Names:
     fixed_keys: tuple[str, ...] = ()  # keys the space fixes per mode (Space.mode_config), HParams columns too
 
     def run(self, config: dict, trial_id: str) -> str:
-        mode = config.get("gaussian_mode", "mode")
+        mode = config.get(MODE_KEY, "mode")
         cell = "_".join(f"{SHORT.get(k, k)}{fmt(config.get(k))}" for k in self.cell_keys) or "cell"
         label = "_".join(f"{SHORT.get(k, k)}{fmt(config.get(k))}" for k in self.label_keys) or "trial"
         return f"{self.stage}/{mode}/{cell}/{label}-{trial_id}"
@@ -68,7 +78,7 @@ class Names:
     def keys(self) -> tuple[str, ...]:
         """What tells a stage's trials apart (the HParams columns besides the metrics): mode, cell, label, seed and
         the keys the space fixes per mode (2DGS's term weights, say)."""
-        return tuple(dict.fromkeys(("gaussian_mode", *self.cell_keys, *self.label_keys, "seed", *self.fixed_keys)))
+        return tuple(dict.fromkeys((MODE_KEY, *self.cell_keys, *self.label_keys, "seed", *self.fixed_keys)))
 
     def dirname(self, trial) -> str:
         """Ray's folder of a trial (`TuneConfig.trial_dirname_creator`): its run name in one level, e.g.
@@ -112,12 +122,8 @@ def runs(store: Store) -> dict[str, tuple[str, ...]]:
 def _scalar_summary(tag: str, value: float, description: str, first: bool):
     """A scalar as TensorBoard's own summaries write it today (a float tensor under the scalars plugin); the first
     event of a tag carries its display name and description, which both of TensorBoard's loaders read."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.compat.proto.tensor_pb2 import TensorProto
-    from tensorboard.plugins.scalar import metadata
-
-    meta = (metadata.create_summary_metadata(display_name=tag.split("/", 1)[-1], description=description) if first
-            else SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME)))
+    meta = (scalar_metadata.create_summary_metadata(display_name=tag.split("/", 1)[-1], description=description) if first
+            else SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=scalar_metadata.PLUGIN_NAME)))
     tensor = TensorProto(dtype=1, float_val=[float(value)])  # dtype 1: DT_FLOAT, shape []
     return Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=meta)])
 
@@ -126,8 +132,6 @@ def _hparam_value(v: Any):
     """(proto Value, DataType name) of a hyperparameter. The plugin's only number type is float64, which its table
     prints with 5 significant digits (a grid size of 16 shows as `16.000`), so integers (grid size, frames, seed,
     model size) are written as text: they show as `16` and filter by value, as the discrete settings they are."""
-    from google.protobuf import struct_pb2
-
     if isinstance(v, bool):
         return struct_pb2.Value(bool_value=v), "DATA_TYPE_BOOL"
     if isinstance(v, int):
@@ -139,13 +143,10 @@ def _hparam_value(v: Any):
 
 def hparams_summaries(hparams: dict[str, Any], metrics: list[str], group: str):
     """The HParams plugin's experiment and session-start summaries (its documented protos, as torch writes them)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
     def summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
-        data.version = metadata.PLUGIN_DATA_VERSION
+        data.version = hparams_metadata.PLUGIN_DATA_VERSION
         meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
-            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()))
+            plugin_name=hparams_metadata.PLUGIN_NAME, content=data.SerializeToString()))
         return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
 
     start = plugin_data_pb2.SessionStartInfo(group_name=group)
@@ -160,8 +161,8 @@ def hparams_summaries(hparams: dict[str, Any], metrics: list[str], group: str):
                     for m, d in ((tag_of(n) if n not in STATUS else n, describe(n) or STATUS.get(n, ""))
                                  for n in metrics)]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos)
-    return [summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-            summary(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))]
+    return [summary(hparams_metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+            summary(hparams_metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))]
 
 
 PANELS = {"heldout": ("ground truth", "render", "|error|"),  # posesplat.train's panels -> their captions
@@ -170,8 +171,6 @@ PANELS = {"heldout": ("ground truth", "render", "|error|"),  # posesplat.train's
 
 def labelled(panel: np.ndarray, labels: tuple[str, ...] = PANELS["heldout"]) -> np.ndarray:
     """A render panel [H, k W, 3] with a caption strip above each of its k images."""
-    from PIL import Image, ImageDraw
-
     h, w = panel.shape[0], panel.shape[1] // len(labels)
     strip = Image.new("RGB", (panel.shape[1], 14), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
@@ -187,8 +186,6 @@ class TrialBoard:
     """TensorBoard writer of one trial: grouped, described scalars, labelled panels and the HParams session."""
 
     def __init__(self, logdir: Path, names: Names, config: dict, trial_id: str, first_epoch: int = 1):
-        from torch.utils.tensorboard import SummaryWriter
-
         # purge_step: a resumed trial hides the events of epochs it is about to redo (written before a crash), also
         # when it restarts from epoch 1 (interrupted after writing epoch 1 but before Ray registered its checkpoint)
         self.writer = SummaryWriter(str(logdir), purge_step=first_epoch)
@@ -225,11 +222,9 @@ class TrialBoard:
 
 def write_end(store: Store, run: tuple[str, ...], status: str, epoch: int) -> None:
     """The driver's last word on a trial's run: `trial/stopped_early` and `trial/failed` at its last epoch."""
-    from torch.utils.tensorboard import SummaryWriter
-
     with tempfile.TemporaryDirectory(prefix="posesplat-tb-end-") as d:
         w = SummaryWriter(d, filename_suffix=".end")
-        for tag, value in (("trial/stopped_early", status == "stopped"), ("trial/failed", status == "failed")):
+        for tag, value in (("trial/stopped_early", status == STOPPED), ("trial/failed", status == FAILED)):
             w.file_writer.add_summary(_scalar_summary(tag, float(value), STATUS[tag], True), max(epoch, 1))
         w.close()
         store.upload(Path(d), *run)
@@ -237,9 +232,6 @@ def write_end(store: Store, run: tuple[str, ...], status: str, epoch: int) -> No
 
 def scalars(path: Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of a scalar tag of a run folder, read with TensorBoard's own reader (for tests and notebooks)."""
-    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-    from tensorboard.util import tensor_util
-
     acc = pea.EventAccumulator(str(path))
     acc.Reload()
     return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]

@@ -11,10 +11,22 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import imageio.v3 as iio
+import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 
+from posesplat.checkpoint import CheckpointError
+from posesplat.data import open_dataset
 from posesplat.progress import Progress
+from posesplat.train import load_checkpoint, render_frame
+from study.analysis.confirm import in_cell
+from study.base.rows import SELECT
+from study.base.space import MODE_KEY
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend that needs no screen)
 
 N_FRAMES = 3  # test frames in the qualitative panel
 N_TURN = 24  # views of the turntable
@@ -38,15 +50,13 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
                      root: Optional[Path]) -> tuple[dict, list[str]]:
     """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}) whose checkpoint file
     exists in the study folder `root`; a mode whose trials point outside it is skipped with a warning."""
-    from study.confirm import in_cell
-
     if not len(trials) or "checkpoint_path" not in trials:
         return {}, ["Qualitative renders skipped: no trials.parquet with checkpoint paths."]
     paths = {(s, t): p for s, t, p in zip(trials["study"], trials["trial_id"], trials["checkpoint_path"])}
     picked, notes = {}, []
     for mode, cell in cells.items():
-        rows = in_cell(per_trial[per_trial.gaussian_mode == mode], cell)
-        rows = rows.sort_values(["valid_heldout_iou", "valid_heldout_psnr"], ascending=False)
+        rows = in_cell(per_trial[per_trial[MODE_KEY] == mode], cell)
+        rows = rows.sort_values(list(SELECT), ascending=False)
         for _, r in rows.iterrows():
             p = paths.get((r["study"], r["trial_id"]))
             if isinstance(p, str) and "://" not in p and not inside(p, root):
@@ -62,8 +72,6 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
 
 
 def _device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -101,8 +109,6 @@ def orbit(extrinsics: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
 def test_picks(models: dict) -> dict:
     """Per mode: (dataset, up to N_FRAMES evenly spaced test frames, the first held-out view); the frames are the
     ones every mode tests when their splits share any (so the modes are shown side by side), else each mode's own."""
-    from posesplat.data import open_dataset
-
     tests = {}
     for mode, (cfg, model, _) in models.items():
         ds = open_dataset(cfg.dataset)
@@ -120,13 +126,6 @@ def test_picks(models: dict) -> dict:
 
 def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     """Rows: test frames; per mode: ground truth | held-out render | |error| (shared colour scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from posesplat.train import render_frame
-
     picked = test_picks(models)
     common = len({tuple(p) for _, p, _ in picked.values()}) == 1
     panels = []  # (frame, mode, gt, render) as float [H,W,3]
@@ -180,13 +179,6 @@ def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
     """Rows: test frames; columns: true depth, each mode's rendered depth, true normals, each mode's normals of the
     rendered depth (the definition the metrics compare), held-out view. None when the dataset has no true geometry
     (an imported recording, a synthetic store before format 2) or the modes test different frames."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from posesplat.train import render_frame
-
     picked = test_picks(models)
     (ds, picks, view), modes = next(iter(picked.values())), list(models)
     if (ds.geometry_note is not None or len({(tuple(p), v) for _, p, v in picked.values()}) > 1
@@ -234,12 +226,6 @@ def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
 def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int = N_TURN,
               px: int = TURN_PX) -> tuple[Path, str]:
     """A GIF of one test frame rendered from `n_views` cameras circling the animal, at least `px` pixels tall."""
-    import imageio.v3 as iio
-    import torch
-
-    from posesplat.data import open_dataset
-    from posesplat.train import render_frame
-
     ds = open_dataset(cfg.dataset)
     test = ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
     frame = int(test[len(test) // 2])
@@ -267,11 +253,6 @@ def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
     picked, notes = pick_checkpoints(per_trial, trials, cells, root)
     if not picked:
         return [], notes
-    try:
-        from posesplat.checkpoint import CheckpointError
-        from posesplat.train import load_checkpoint
-    except ImportError as e:
-        return [], notes + [f"Qualitative renders skipped: posesplat.train is not importable ({e})."]
     models = {}
     for mode, (row, path) in picked.items():
         try:

@@ -15,8 +15,8 @@ from ray import tune
 
 from posesplat.config import make_config
 from posesplat.train import EpochReport, train
-from study.board import Names, TrialBoard
-from study.storage import Store, pid_alive
+from study.runner.board import Names, TrialBoard
+from study.base.storage import Store, pid_alive
 
 
 def scratch() -> Path:
@@ -44,7 +44,7 @@ def run_trial(config: dict, base_config: dict, study_uri: str, names: Optional[N
               board_uri: Optional[str] = None) -> None:
     """Train the trial's configuration; resume from Tune's checkpoint when the trial is restored.
 
-    TensorBoard events are written on the worker and copied into the study's `tensorboard/<run>/` (study.board;
+    TensorBoard events are written on the worker and copied into the study's `tensorboard/<run>/` (study.runner.board;
     board_uri, default the stage's folder) after every epoch, so they reach the study's storage (a shared path or a
     URI) from any node."""
     tuned = {k: v for k, v in config.items() if not k.startswith("_")}

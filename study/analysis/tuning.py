@@ -1,6 +1,6 @@
 """The deciding tuning: each mode's optimum of a tuned key on a log grid at the confirm cell, and the edge rule.
 
-Pure functions (no Ray, no I/O), shared by the study's tuning rounds (study/run.py), the confirm planner, the
+Pure functions (no Ray, no I/O), shared by the study's tuning rounds (study/runner/run.py), the confirm planner, the
 decision, the planted-truth simulation and the brute-force reference (bench/reference.py).
 
 A mode's choice is the grid value with the best mean validation score over the round's seeds; a diverged trial

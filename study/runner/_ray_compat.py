@@ -20,6 +20,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+from ray.tune import result
+
 TESTED_RAY = "2.60"  # major.minor; the private fields below are this version's
 RELEASED: dict[str, Any] = {}  # checkpoint path -> its filesystem: dropped by Ray's bookkeeping, not yet deleted
 
@@ -30,8 +35,6 @@ class UnsupportedRay(RuntimeError):
 
 def check_ray() -> None:
     """Refuse, before a study starts, a Ray other than TESTED_RAY.x."""
-    import ray
-
     if ray.__version__.split(".")[:2] != TESTED_RAY.split("."):
         raise UnsupportedRay(f"ray {ray.__version__} is installed; this study layer is tested with Ray {TESTED_RAY}.x "
                              f"(pinned in pyproject.toml): pip install 'ray[tune]=={TESTED_RAY}.*'")
@@ -44,8 +47,6 @@ def restore_tuner(run_dir: str, trainable: Any, param_space: dict, callbacks_for
     ConcurrencyLimiter, whose restored state would win). Finished trials stay finished and errored ones failed
     (`resume_errored=False`: a trial that raised, e.g. NonFiniteLossError, would raise again, and one whose worker
     died was already retried `--max-failures` times); interrupted ones continue from their last checkpoint."""
-    from ray import tune
-
     tuner = tune.Tuner.restore(run_dir, trainable, resume_errored=False, restart_errored=False,
                                param_space=param_space)
     local = getattr(tuner, "_local_tuner", None)
@@ -63,8 +64,7 @@ def restore_tuner(run_dir: str, trainable: Any, param_space: dict, callbacks_for
 def can_resume(run_dir: str) -> bool:
     """Is there a Tune experiment in `run_dir` (a path or URI) that Ray can continue: its Tuner and at least one
     experiment snapshot? Without a snapshot Ray recorded no trial, and the stage starts afresh."""
-    from ray import tune
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint  # private: see module end
 
     return tune.Tuner.can_restore(run_dir) and _find_newest_experiment_checkpoint(run_dir) is not None
 
@@ -72,8 +72,6 @@ def can_resume(run_dir: str) -> bool:
 def result_keys() -> frozenset[str]:
     """The keys Tune adds to every result a trial reports (its bookkeeping, not the trial's metrics), from the
     constants of `ray.tune.result`, so a Ray that adds one is followed without a list kept here."""
-    from ray.tune import result
-
     return frozenset({*result.AUTO_RESULT_KEYS, result.DONE, result.TRIAL_ID, result.EXPERIMENT_TAG,
                       result.SHOULD_CHECKPOINT})
 
@@ -84,8 +82,8 @@ def set_max_failures(trial: Any, max_failures: int) -> None:
 
 
 def replay_trial(trial_id: str) -> Any:
-    """A stand-in trial with this id, for replaying recorded calls into a scheduler (study.search)."""
-    from ray.tune.experiment import Trial
+    """A stand-in trial with this id, for replaying recorded calls into a scheduler (study.runner.search)."""
+    from ray.tune.experiment import Trial  # private: see module end
 
     return Trial("replay", trial_id=trial_id, stub=True)
 
@@ -94,8 +92,8 @@ def defer_checkpoint_deletion() -> None:
     """Delete the checkpoints Ray's bookkeeping drops (num_to_keep) only once an experiment snapshot saved after
     the drop is stored, so that no stored snapshot ever lists a deleted checkpoint (module docstring). Installed
     once per process; a kill in between leaves the checkpoint behind, unlisted, rather than missing."""
-    from ray.train._internal import checkpoint_manager
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    from ray.train._internal import checkpoint_manager  # private: see module end
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager  # private: see module end
 
     sync_up = _ExperimentCheckpointManager.sync_up_experiment_state
     if getattr(sync_up, "deletes_released", False):
@@ -132,8 +130,11 @@ def defer_checkpoint_deletion() -> None:
 def delete_if_present(fs, fs_path: str) -> None:
     """Ray's deletion of a checkpoint folder, skipped when it is gone (a snapshot of a study run by an earlier
     version can list a checkpoint Ray already deleted)."""
-    import pyarrow.fs as pafs
-    from ray.train._internal.storage import _delete_fs_path
+    from ray.train._internal.storage import _delete_fs_path  # private: see module end
 
     if fs.get_file_info(fs_path).type != pafs.FileType.NotFound:
         _delete_fs_path(fs=fs, fs_path=fs_path)
+
+
+# Ray's private modules are imported inside the functions that use them, after check_ray accepted the installed
+# version at start-up: a Ray that moved one then gets check_ray's one line, not an ImportError at import time.

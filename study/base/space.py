@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -13,7 +14,7 @@ from posesplat.config import ConfigError, make_config
 from posesplat.metrics import METRICS, names
 from posesplat.modes import DEFAULT_PAIR, MODES, ModeName
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 MODE_KEY = "gaussian_mode"  # the training-config key a space's modes set
@@ -49,7 +50,7 @@ class Scheduler(BaseModel):
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # "auto": from the memory model (study/resources.py)
+    gpus_per_trial: Union[float, Literal["auto"]] = "auto"  # "auto": from the memory model (study/runner/resources.py)
     max_trials_per_gpu: int = Field(8, ge=1)  # "auto" fractions are at least 1/this: compute is not oversubscribed
 
 
@@ -60,10 +61,10 @@ COST_KEYS = tuple(m.name for m in METRICS if m.group == "cost" and m.over_epochs
 
 
 class Tune(BaseModel):
-    """The deciding tuning (study/tuning.py, docs/analysis.md): before the confirm stage, each mode trains at the
-    confirm cell with the confirm stage's training config over a log grid of `key`, `seeds` paired seeds per value,
-    no early stopping; its choice is the best mean validation score. A choice at an end of the grid widens that end
-    by `widen_points` values, at most `max_widen` times; a hard limit of the key is not an end."""
+    """The deciding tuning (study/analysis/tuning.py, docs/analysis.md): before the confirm stage, each mode trains at
+    the confirm cell with the confirm stage's training config over a log grid of `key`, `seeds` paired seeds per value,
+    no early stopping; its choice is the best mean validation score. A choice at an end of the grid widens that end by
+    `widen_points` values, at most `max_widen` times; a hard limit of the key is not an end."""
 
     model_config = ConfigDict(extra="forbid")
     key: str = "lr"
@@ -105,7 +106,7 @@ class Confirm(BaseModel):
     tune: Optional[Tune] = Field(None, description="the deciding tuning at the cell (None: hyperparameters from "
                                                    "the explore stage's best trial in the cell)")
     looks: int = Field(1, ge=1, le=5, description="sequential looks over the planned pairs, O'Brien-Fleming "
-                                                 "boundaries (study.looks); 1: the fixed design")
+                                                 "boundaries (study.analysis.looks); 1: the fixed design")
 
     @model_validator(mode="after")
     def _check(self) -> "Confirm":
@@ -218,8 +219,6 @@ class Space(BaseModel):
 
     def cells(self) -> list[dict[str, int]]:
         """Every (grid_size, max_frames, ...) combination of the grid."""
-        import itertools
-
         keys = sorted(self.grid)
         return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
 
@@ -228,6 +227,18 @@ def confirm_config(space: Space, base: dict) -> dict:
     """The training config every confirm-cell trial starts from (the tuning rounds', the confirm stage's and the
     reference command's): the study's base, the confirm block's keys, the cell, the full epoch budget."""
     return {**base, **space.confirm.base_config, **space.confirm.cell, "epochs": space.max_epochs}
+
+
+def trial_keys(cell: dict, mode: str, seed: int, tuned: dict, fixed: dict) -> dict:
+    """A trial's own keys over its stage's base config, in the order every stage writes them: its cell, mode, seed,
+    tuned values, then the keys the space fixes for the mode (`Space.mode_keys`: they win)."""
+    return {**cell, MODE_KEY: mode, "seed": seed, **tuned, **fixed}
+
+
+def confirm_trial_config(space: Space, base: dict, mode: str, seed: int, tuned: dict) -> dict:
+    """The whole training config of a trial at the confirm cell, as the tuning rounds and the confirm stage run it
+    (their base, confirm_config, merged under the trial's keys by Tune): for commands that train without Tune."""
+    return {**confirm_config(space, base), **trial_keys(space.confirm.cell, mode, seed, tuned, space.mode_keys(mode))}
 
 
 def with_options(space: Space, samples_per_cell: Optional[int] = None,
@@ -287,7 +298,7 @@ def each_mode(space: Space, values: dict[str, Any], source: str, modes: Optional
     """Validate `values` as the trials of each mode (default: the space's) get them: with the mode and the keys the
     space fixes for it (a key a mode cannot have, such as 2DGS's normal term for 3d, is refused in one line)."""
     for m in modes or space.modes:
-        make_config({**values, MODE_KEY: m, **space.mode_keys(m)}, source)
+        make_config({**values, MODE_KEY: m, **space.mode_keys(m)}, source)  # a trial's keys bar the cell and seed
 
 
 def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space:

@@ -20,13 +20,18 @@ import math
 from typing import Any, Optional
 
 import numpy as np
+import optuna
+from optuna.samplers import TPESampler
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from posesplat.io import strict_dumps
-from study import _ray_compat
-from study.space import MODE_KEY, Space
+from study.base.space import MODE_KEY, Space, trial_keys
+from study.runner import _ray_compat
+from study.runner.resources import oom_resized
+from study.runner.sink import error_text, trial_resources
 
 STATE_FORMAT = 1  # of the saved searcher and scheduler state; study.json records the format a study was started with
 
@@ -67,8 +72,6 @@ def _check_format(state: Any, kind: str, where: str) -> None:
 
 
 def _optuna_space(space: Space) -> dict:
-    import optuna
-
     return {
         k: optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
         for k, d in space.search.items()
@@ -85,7 +88,7 @@ class PerModeSearcher(Searcher):
         self.max_concurrent = max_concurrent  # most live trials; not part of the saved state (a resume may change it)
         self.live: set[str] = set()
         self.plan = [
-            {**cell, MODE_KEY: m, "seed": seed + s, **space.mode_keys(m)}
+            trial_keys(cell, m, seed + s, {}, space.mode_keys(m))
             for cell in space.cells() for s in range(space.samples_per_cell) for m in space.modes
         ]
         self.next_index = 0
@@ -98,9 +101,6 @@ class PerModeSearcher(Searcher):
         inner: dict[str, Any] = {}
         for i, m in enumerate(self.space.modes):
             if self.algo == "optuna":
-                from optuna.samplers import TPESampler
-                from ray.tune.search.optuna import OptunaSearch
-
                 inner[m] = OptunaSearch(
                     space=_optuna_space(self.space), metric=self.metric, mode=self.mode,
                     sampler=TPESampler(seed=self.seed * 1000 + i, n_startup_trials=max(2, self.space.samples_per_cell)),
@@ -347,9 +347,6 @@ class TrialRetries(Callback):
                                          + self.resized.get(t.trial_id, 0))
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        from study.resources import oom_resized
-        from study.sink import error_text, trial_resources
-
         error = error_text(trial) or ""
         need = trial_resources(trial)
         new = oom_resized(need.get("GPU", 0.0)) if "OutOfMemoryError" in error and need.get("GPU") else None

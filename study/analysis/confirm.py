@@ -16,9 +16,16 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from study.looks import looks_json, looks_of, plan_looks
-from study.space import MODE_KEY, Confirm
-from study.stats import crossed_diff, detectable, halfwidth, seeds_for
+from posesplat.config import make_config
+from posesplat.data import open_dataset
+from posesplat.train import eval_frames
+from study.analysis.explore import cell_text
+from study.analysis.load import AnalysisError, load_studies, stage_summary
+from study.analysis.looks import looks_json, looks_of, plan_looks
+from study.analysis.stats import crossed_diff, detectable, halfwidth, seeds_for
+from study.base.space import MODE_KEY, Confirm, Space, trial_keys
+from study.base.storage import Store, StudyError
+from study.base.rows import FAILED
 
 PLAN_FORMAT = 1
 CONFIRM_SEEDS, TUNE_SEEDS, SEED_STRIDE = 1_000_000, 2_000_000, 1000
@@ -51,7 +58,7 @@ def chosen_hparams(per_trial: pd.DataFrame, mode: str, cell: dict, select: str, 
     the choice was made from: a thin explore stage tunes a mode poorly, and the report says so."""
     rows = in_cell(per_trial[per_trial[MODE_KEY] == mode], cell)
     if "status" in rows:
-        rows = rows[rows["status"] != "failed"]
+        rows = rows[rows["status"] != FAILED]
     rows = rows[np.isfinite(rows[select].to_numpy(float))]
     if rows.empty:
         raise PlanError(f"explore stage: no {mode} trial with a finite {select} in the confirm cell {cell}: "
@@ -96,7 +103,7 @@ def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, key: str) -> tuple[np.ndar
 
 
 def tuned_hparams(tuned: dict[str, dict], select: str) -> dict[str, dict[str, Any]]:
-    """Each mode's hyperparameters from the deciding tuning's outcome (study.tuning.summary)."""
+    """Each mode's hyperparameters from the deciding tuning's outcome (study.analysis.tuning.summary)."""
     out = {}
     for m, o in tuned.items():
         c = o["curve"]
@@ -109,7 +116,7 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
                  seed: int, tuned: Optional[dict[str, dict]] = None,
                  mode_config: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """The confirm plan (JSON-ready) from the explore stage's per-trial table (read at each trial's best validation
-    epoch, as study.load.trial_summary gives it) and, when the space has a deciding tuning, its outcome `tuned`
+    epoch, as study.analysis.load.trial_summary gives it) and, when the space has a deciding tuning, its outcome `tuned`
     (then each mode's value of the tuned key comes from it and the other keys are fixed by the confirm block).
     `mode_config`: the keys the space fixes per mode (Space.mode_keys), in each trial and recorded in the plan."""
     mode_config = {m: dict((mode_config or {}).get(m, {})) for m in confirm.modes}
@@ -120,7 +127,7 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
     target = confirm.margin / 2
     cell_rows = in_cell(per_trial, confirm.cell)
     if "status" in cell_rows:
-        cell_rows = cell_rows[cell_rows["status"] != "failed"]
+        cell_rows = cell_rows[cell_rows["status"] != FAILED]
     planning, needed, notes = {}, [], []
     for key in confirm.quality:
         a, b = paired_matrices(*pair_rows(cell_rows, confirm.modes), key)
@@ -150,7 +157,7 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
             p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
     seeds = stage_seeds(CONFIRM_SEEDS, seed, n_seeds)
     looks = plan_looks(n_seeds, confirm.looks)
-    trials = [{**confirm.cell, MODE_KEY: m, "seed": s, **{k: hparams[m][k] for k in search_keys}, **mode_config[m]}
+    trials = [trial_keys(confirm.cell, m, s, {k: hparams[m][k] for k in search_keys}, mode_config[m])
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),
             "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "mode_config": mode_config,
@@ -176,3 +183,54 @@ def look_trials(plan: dict, k: int) -> list[dict]:
     looks = looks_of(plan)
     seeds = set(plan["seeds"][looks[k - 1].pairs if k else 0: looks[k].pairs])
     return [t for t in plan["trials"] if t["seed"] in seeds]
+
+
+def plan_from_records(space: Space, cbase: dict, study: Store, seed: int, tuned: Optional[dict] = None) -> dict:
+    """The confirm plan from the finished explore stage's records (plan_confirm) and the deciding tuning's outcome;
+    PlanError when there is nothing to plan from."""
+    try:
+        explore = load_studies([study.uri])  # where it lies: a local folder or a URI
+    except AnalysisError as e:
+        raise PlanError(f"confirm stage: cannot read the explore stage ({e})") from None
+    per = stage_summary(explore, cell=list(space.grid), modes=tuple(space.confirm.modes))
+    cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
+    ds = open_dataset(cfg.dataset)
+    n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))
+    return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, seed, tuned,
+                        {m: space.mode_keys(m) for m in space.confirm.modes})
+
+
+def plan_text(plan: dict) -> str:
+    """The confirm plan in a few lines, for the terminal."""
+    hp = "; ".join(f"{m} lr {h['lr']:.3g}" + (f", ssim_lambda {h['ssim_lambda']:.3g}" if "ssim_lambda" in h else "")
+                   for m, h in plan["hparams"].items())
+    widths = ", ".join(f"{k} ±{100 * p['expected_halfwidth']:.2g}%" for k, p in plan["planning"].items()
+                       if p.get("expected_halfwidth") is not None)
+    fixed = mode_config_text(plan)
+    lines = [f"confirm stage planned: {' vs '.join(plan['modes'])} at {cell_text(plan['cell'])}, "
+             f"{len(plan['seeds'])} seeds x {plan['epochs']} epochs, {plan['test_frames']} test frames ({hp}"
+             + (f"; fixed per mode: {fixed}" if fixed else "") + ")"]
+    if widths:
+        lines.append(f"  expected 95% half-widths: {widths} (target ±{100 * plan['target_halfwidth']:g}%)")
+    if len(plan.get("looks") or []) > 1:
+        lines.append("  sequential looks: " + ", ".join(f"{x['pairs']} pairs ({100 * x['level']:.4g}%)"
+                                                     for x in plan["looks"]) + "; a settled look ends the stage")
+    lines += [f"  note: {n}" for n in plan["notes"]]
+    return "\n".join(lines)
+
+
+def check_replan(store: Store, plan: dict) -> None:
+    """A plan made again (--repair) must contain every confirm trial already recorded, else the stage's records
+    would mix two designs."""
+    rows = []
+    for look in (store.child(*look_folder(k)) for k in range(len(looks_of(plan)))):
+        try:
+            rows += look.read_table("trials.parquet").to_pylist() if look.exists("trials.parquet") else []
+        except Exception:  # a damaged trials table (the sink sets it aside next): every metrics part names its config
+            rows += [r for part in look.list("metrics", "part-*.parquet")
+                     for r in look.read_table("metrics", part).to_pylist()]
+    planned = {(t[MODE_KEY], t["seed"], round(t["lr"], 12)) for t in plan["trials"]}
+    ran = {(r[MODE_KEY], r["seed"], round(r["lr"], 12)) for r in rows}
+    if ran - planned:
+        raise StudyError(f"{store.path('plan.json')}: planned again, it does not contain {len(ran - planned)} of the "
+                         f"confirm trials already run (explore records or --seed changed); the old plan is kept aside")

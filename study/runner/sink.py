@@ -1,5 +1,5 @@
 """The driver-side Tune callback that writes every reported epoch to `<study>/metrics/` (parquet parts) and the
-trials table, through the study's `Store` (study.storage).
+trials table, through the study's `Store` (study.base.storage).
 
 One part file per (trial, epoch), named by both and written whole: a resumed study that re-reports an epoch replaces
 that part instead of duplicating it. Ray saves its experiment state every few seconds, so after a crash it may know
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import typing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -21,11 +22,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from posesplat.config import make_config
+from posesplat.config import Config, make_config
 from posesplat.metrics import BY_NAME, FRAMES
-from study import _ray_compat
-from study.decide import ENDED  # the final trial states, one definition for the runner and the analysis
-from study.storage import Store, set_aside
+from study.base.rows import COMPLETED, ENDED, FAILED, PENDING, RUNNING, SELECT, SELECTED, STOPPED
+from study.base.storage import Store, set_aside
+from study.runner import _ray_compat
+from study.runner.board import runs, write_end
+from study.base.space import MODE_KEY
 
 RAY_KEYS = _ray_compat.result_keys()  # Tune's bookkeeping in every result: everything else a trial reports is kept
 
@@ -36,8 +39,6 @@ def full_config(base: dict, tuned: dict) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in cfg.items()}
 
 
-SELECTED = ("valid_heldout_iou", "valid_heldout_psnr_fg", "valid_heldout_psnr", "valid_heldout_ssim", "valid_iou",
-            "valid_psnr_fg", "valid_psnr", "valid_ssim")  # copied to trials.parquet as selected_<key>
 TEXT = ("study", "trial_id", "status", "error", "checkpoint_path", "hostname", "node_id",
         *(m.name for m in BY_NAME.values() if m.kind == "text"))
 COUNTS = ("last_epoch", "stopped_at_epoch", "selected_epoch", *(m.name for m in BY_NAME.values() if m.kind == "int"))
@@ -47,10 +48,6 @@ def column_type(name: str) -> pa.DataType:
     """The parquet type of a study column, for columns whose values are all null (which pyarrow would type `null`,
     a type duckdb, polars and pandas read differently): text and counts by name, a training config key by its
     Config field (lists and dicts are stored JSON-encoded), any other column (a metric) float64."""
-    import typing
-
-    from posesplat.config import Config
-
     if name in TEXT:
         return pa.string()
     if name in COUNTS:
@@ -72,10 +69,8 @@ def null_types(rows: list[dict]) -> dict[str, pa.DataType]:
 
 
 def better(a: dict, b: dict) -> bool:
-    """Is epoch row `a` a better selection than `b` (study.load.SELECT in order, as trial_summary selects; NaN worst;
-    the earlier epoch on ties)?"""
-    from study.load import SELECT
-
+    """Is epoch row `a` a better selection than `b` (study.base.rows.SELECT in order, as trial_summary selects; NaN
+    worst; the earlier epoch on ties)?"""
     def key(r):
         vals = [r.get(k) for k in SELECT]
         return [v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf for v in vals]
@@ -89,7 +84,7 @@ class ParquetSink(Callback):
                  board: Optional[Store] = None):
         self.store = study if isinstance(study, Store) else Store(study)
         self.study_name, self.base, self.max_epochs = name, base_config, max_epochs
-        self.names = names  # study.board.Names: the stage's TensorBoard run names (None: no TensorBoard ending)
+        self.names = names  # study.runner.board.Names: the stage's TensorBoard run names (None: no TensorBoard ending)
         self.board = board or self.store  # whose tensorboard/ holds the runs (the study's, for both stages)
         self.trials: dict[str, dict] = {}
         self.reconciled = False
@@ -116,7 +111,7 @@ class ParquetSink(Callback):
     def _row(self, trial, **status) -> dict:
         row = self.trials.get(trial.trial_id, {})
         row.update(study=self.study_name, trial_id=trial.trial_id, **full_config(self.base, trial.config))
-        row.setdefault("status", "pending")
+        row.setdefault("status", PENDING)
         row.setdefault("stopped_at_epoch", None)
         row.setdefault("last_epoch", 0)
         row.setdefault("error", None)
@@ -128,10 +123,8 @@ class ParquetSink(Callback):
     def column_order(self, keys: set[str]) -> list[str]:
         """trials.parquet's columns: who and what (mode, cell, tuned keys, seed), how it ended, the selected epoch
         and its validation metrics, the last epoch's metrics, the rest of the training config, then the paths."""
-        from posesplat.config import Config
-
         names = self.names
-        head = ["study", "trial_id", "status", "gaussian_mode", *(names.cell_keys if names else ("grid_size",
+        head = ["study", "trial_id", "status", MODE_KEY, *(names.cell_keys if names else ("grid_size",
                 "max_frames")), *(names.label_keys if names else ()), "seed", "last_epoch", "stopped_at_epoch",
                 "selected_epoch", *(f"selected_{k}" for k in SELECTED)]
         tail = ["error", "checkpoint_path", "gpu_fraction"]
@@ -151,7 +144,7 @@ class ParquetSink(Callback):
             self.reconcile({t.trial_id: int(t.last_result.get("epoch") or 0) for t in trials})
             lost = [t for t in trials if t.trial_id not in self.trials]
             for t in lost:  # rows lost with a damaged trials.parquet, from what Ray restored
-                self.add_row(t.trial_id, t.config, t.last_result, RAY_STATUS.get(t.status, "pending"),
+                self.add_row(t.trial_id, t.config, t.last_result, RAY_STATUS.get(t.status, PENDING),
                              error_text(t) if t.status == "ERROR" else None, getattr(t, "checkpoint", None))
             if lost:
                 self._flush()
@@ -165,7 +158,7 @@ class ParquetSink(Callback):
         missing = [r for r in results if r.metrics.get("trial_id") and r.metrics["trial_id"] not in self.trials
                    and r.config is not None]
         for r in missing:
-            self.add_row(r.metrics["trial_id"], r.config, r.metrics, "failed" if r.error else "ended",
+            self.add_row(r.metrics["trial_id"], r.config, r.metrics, FAILED if r.error else "ended",
                          str(r.error).strip().splitlines()[-1][:2000] if r.error else None, r.checkpoint)
         if missing:
             self._flush()
@@ -174,12 +167,12 @@ class ParquetSink(Callback):
         """A trials-table row rebuilt from Ray's record of a trial; "ended" becomes completed or stopped."""
         last_epoch = int(last.get("epoch") or 0)
         if status == "ended":
-            status = "completed" if last_epoch >= self.budget(config) else "stopped"
+            status = COMPLETED if last_epoch >= self.budget(config) else STOPPED
         metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
                    and not isinstance(v, (dict, list))}
         self.trials[tid] = {**metrics, "study": self.study_name, "trial_id": tid, **full_config(self.base, config),
                             "status": status, "last_epoch": last_epoch, "error": error,
-                            "stopped_at_epoch": last_epoch if status == "stopped" else None,
+                            "stopped_at_epoch": last_epoch if status == STOPPED else None,
                             "checkpoint_path": self.checkpoint_file(ckpt)}
 
     def reconcile(self, known: dict[str, int]) -> None:
@@ -190,14 +183,12 @@ class ParquetSink(Callback):
                 self.store.delete("metrics", part)
         for tid in set(self.trials) - set(known):
             del self.trials[tid]
-        from study.board import runs
-
         for tid, parts in runs(self.board).items():
             if tid not in known and (self.names is None or len(parts) == 2 or parts[1] == self.names.stage):
                 self.board.delete(*parts)
         for tid, row in self.trials.items():
             if (row.get("last_epoch") or 0) > known[tid]:
-                row.update(last_epoch=known[tid], status="running", stopped_at_epoch=None)
+                row.update(last_epoch=known[tid], status=RUNNING, stopped_at_epoch=None)
                 if (row.get("selected_epoch") or 0) > known[tid]:  # chosen among epochs Ray will redo
                     row.update(self.selection(tid))
         if self.trials:
@@ -234,7 +225,7 @@ class ParquetSink(Callback):
         return f"{scheme}://{path.lstrip('/')}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._row(trial, status="running", gpu_fraction=trial_resources(trial).get("GPU", 0.0))
+        self._row(trial, status=RUNNING, gpu_fraction=trial_resources(trial).get("GPU", 0.0))
         self._flush()
 
     def note(self, trial, **fields) -> None:
@@ -257,12 +248,12 @@ class ParquetSink(Callback):
         ckpt = getattr(trial, "checkpoint", None)
         prev = self.trials.get(trial.trial_id, {})
         selected = {}
-        first = SELECTED[0]  # the selection's first key (study.load.SELECT[0]): the epoch was evaluated
+        first = SELECT[0]  # the epoch was evaluated
         if isinstance(metrics.get(first), float) and math.isfinite(metrics[first]) and (
                 prev.get("selected_epoch") is None
                 or better(metrics, {"epoch": prev["selected_epoch"], **{k: prev.get(f"selected_{k}") for k in SELECTED}})):
             selected = {"selected_epoch": epoch, **{f"selected_{k}": metrics.get(k) for k in SELECTED}}
-        self._row(trial, status="running", last_epoch=epoch, **{k: v for k, v in metrics.items() if k != "epoch"},
+        self._row(trial, status=RUNNING, last_epoch=epoch, **{k: v for k, v in metrics.items() if k != "epoch"},
                   checkpoint_path=self.checkpoint_file(ckpt), **selected)
         self._flush()
 
@@ -270,26 +261,23 @@ class ParquetSink(Callback):
         last = int(self.trials.get(trial.trial_id, {}).get("last_epoch") or 0)
         stopped = last < self.budget(trial.config)
         ckpt = getattr(trial, "checkpoint", None)
-        self._row(trial, status="stopped" if stopped else "completed", stopped_at_epoch=last if stopped else None,
+        self._row(trial, status=STOPPED if stopped else COMPLETED, stopped_at_epoch=last if stopped else None,
                   checkpoint_path=self.checkpoint_file(ckpt))
         self._flush()
-        self._end_run(trial, "stopped" if stopped else "completed", last)
+        self._end_run(trial, STOPPED if stopped else COMPLETED, last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._row(trial, status="failed", error=error_text(trial))
+        self._row(trial, status=FAILED, error=error_text(trial))
         self._flush()
-        self._end_run(trial, "failed", int(self.trials[trial.trial_id].get("last_epoch") or 0))
+        self._end_run(trial, FAILED, int(self.trials[trial.trial_id].get("last_epoch") or 0))
 
     def _end_run(self, trial, status: str, epoch: int) -> None:
         """The trial's end in its TensorBoard run (HParams columns trial/stopped_early, trial/failed)."""
         if self.names is not None:
-            from study.board import write_end
-
             write_end(self.board, self.names.folder(trial.config, trial.trial_id), status, epoch)
 
 
-RAY_STATUS = {"TERMINATED": "ended", "ERROR": "failed", "RUNNING": "running", "PAUSED": "running",
-              "PENDING": "pending"}
+RAY_STATUS = {"TERMINATED": "ended", "ERROR": FAILED, "RUNNING": RUNNING, "PAUSED": RUNNING, "PENDING": PENDING}
 
 
 def part_of(name: str) -> tuple[str, int]:

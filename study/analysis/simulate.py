@@ -1,0 +1,348 @@
+"""Planted-truth simulation of the confirm stage: how often the decision is right, wrong, or inconclusive.
+
+`python -m study.simulate [--studies N]` generates confirm-stage outputs in the schema the analysis reads (the per-trial
+table of study.analysis.load.trial_summary, the trials table, the plan; `write_study` writes them as a real study
+folder), with known differences between the modes and noise at least that measured in a real confirm stage, runs
+study.analysis.decide on each, and prints (and with --write, puts into docs/analysis.md) the rates of every call and the
+coverage of the 95% intervals. tests/test_decide.py asserts the rates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from posesplat.io import atomic_write
+from posesplat.modes import MODES as REGISTRY
+from study.analysis import tuning
+from study.analysis.decide import EITHER, INCONCLUSIVE, decide
+from study.analysis.looks import looks_json, plan_looks
+from study.base.space import MODE_KEY, load_space
+from study.base.rows import COMPLETED, FAILED
+
+QUALITY = ("test_heldout_iou", "test_heldout_psnr_fg")
+LEVELS = {"test_heldout_iou": 0.82, "test_heldout_psnr_fg": 16.5, "test_heldout_psnr": 29.0}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Relative standard deviations of the per-(seed, frame) difference between the modes (seed, frame, rest), of
+    the levels both modes share (a seed's luck, a frame's difficulty), and of the per-pair cost ratio.
+
+    Defaults are at least those measured in the CPU comparison space's confirm stage (docs/analysis.md): relative
+    difference of IoU sd 0.96% (seed), 1.00% (frame), 1.13% (rest); of foreground PSNR 0.67%, 0.27%, 0.53%; the
+    cost ratio of a pair 1.8% on a quiet machine."""
+
+    seed: float = 0.0105
+    frame: float = 0.0105
+    resid: float = 0.015
+    shared_seed: float = 0.01
+    shared_frame: float = 0.05
+    cost: float = 0.20
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A planted truth: the challenger's quality and cost relative to the reference's, and the calls that are right
+    and that are in the wrong direction for it."""
+
+    name: str
+    quality: float  # relative difference of every quality metric, e.g. -0.05: 5% worse
+    cost: float  # relative difference of the primary cost, e.g. -0.3: 30% cheaper
+    right: tuple[str, ...]
+    wrong: tuple[str, ...]
+
+
+MODES = ("2d", "3d")  # the simulated pair is the default comparison: the truths below name its modes
+TRUTHS = [
+    Truth("2D 5% worse", -0.05, 0.0, ("3d",), ("2d", EITHER)),
+    Truth("2D 0.5% worse, 30% faster", -0.005, -0.3, ("2d",), ("3d",)),
+    Truth("identical quality, 2D 30% faster", 0.0, -0.3, ("2d",), ("3d",)),
+    Truth("2D 3% worse, 30% faster", -0.03, -0.3, ("3d",), ("2d", EITHER)),
+    Truth("2D 2.1% worse, 30% faster (border)", -0.021, -0.3, ("3d", INCONCLUSIVE), ("2d", EITHER)),
+    Truth("2D 1.9% worse, 30% faster (border)", -0.019, -0.3, ("2d", INCONCLUSIVE), ("3d",)),
+    Truth("2D 1.9% worse, equal cost (border)", -0.019, 0.0, ("3d", INCONCLUSIVE, EITHER), ("2d",)),
+    Truth("identical, equal cost (null)", 0.0, 0.0, (EITHER, INCONCLUSIVE), ("2d", "3d")),
+    Truth("2D 1% better, equal cost", 0.01, 0.0, ("2d", EITHER, INCONCLUSIVE), ("3d",)),
+]
+
+
+def make_plan(seeds: int, frames: int, margin: float = 0.02, cost_margin: float = 0.05) -> dict:
+    """A confirm plan as study.analysis.confirm.plan_confirm writes it (the fields study.analysis.decide reads)."""
+    seed_list = [10_000 + i for i in range(seeds)]
+    return {"format": 1, "written": "2026-01-01T00:00:00+00:00", "cell": {"grid_size": 32, "max_frames": None},
+            "modes": list(MODES), "margin": margin, "quality": list(QUALITY), "cost": "epoch_time_s",
+            "cost_margin": cost_margin, "min_seeds": seeds, "max_seeds": seeds, "select": "valid_heldout_iou",
+            "epochs": 8, "test_frames": frames, "seeds": seed_list, "planning": {}, "notes": [],
+            "hparams": {m: {"lr": 1e-3, "from_trial": "x"} for m in MODES},
+            "trials": [{"grid_size": 32, "max_frames": None, MODE_KEY: m, "seed": s, "lr": 1e-3}
+                       for s in seed_list for m in MODES]}
+
+
+def generate(truth: Truth, seeds: int, frames: int, noise: Noise, rng: np.random.Generator,
+             fail: Optional[dict[str, int]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-trial table, trials table) of one simulated confirm stage; `fail`: mode -> how many of its trials
+    failed (the first seeds)."""
+    seed_ids = [10_000 + i for i in range(seeds)]
+    frame_ids = list(range(200, 200 + frames))
+    rows, trials = [], []
+    shape = (seeds, frames)
+    per_key = {}
+    for key in (*QUALITY, "test_heldout_psnr"):
+        shared = (1 + rng.normal(0, noise.shared_seed, (seeds, 1)) + rng.normal(0, noise.shared_frame, (1, frames))
+                  + rng.normal(0, noise.resid, shape))
+        ref = LEVELS[key] * shared
+        diff = (rng.normal(0, noise.seed, (seeds, 1)) + rng.normal(0, noise.frame, (1, frames))
+                + rng.normal(0, noise.resid, shape))
+        q = truth.quality if key in QUALITY else 0.0
+        per_key[key] = {"3d": ref, "2d": LEVELS[key] * (1 + q) * (shared + diff)}
+    t_ref = 2.0 * np.exp(rng.normal(0, 0.1, seeds))  # machine load, shared by a pair that runs side by side
+    t = {"3d": t_ref, "2d": t_ref * (1 + truth.cost) * np.exp(rng.normal(0, noise.cost, seeds))}
+    for i, s in enumerate(seed_ids):
+        for m in MODES:
+            tid = f"{m}-{s}"
+            failed = i < (fail or {}).get(m, 0)
+            trials.append({"study": "sim", "trial_id": tid, MODE_KEY: m, "seed": s,
+                           "status": FAILED if failed else COMPLETED,
+                           "error": "NonFiniteLossError: simulated" if failed else None})
+            if failed:
+                continue
+            row = {"study": "sim", "trial_id": tid, MODE_KEY: m, "grid_size": 32, "max_frames": 0, "seed": s,
+                   "lr": 1e-3, "epoch": 8, "selected_epoch": 8, "epochs_run": 8, "valid_heldout_iou": 0.8,
+                   "valid_heldout_psnr": 28.0,
+                   "epoch_time_s": float(t[m][i]), "cpu_peak_rss_growth_mb": 100.0, "render_ms": 3.0,
+                   "params_per_gaussian": float(REGISTRY[m].params_per_gaussian), "test_frames": frame_ids,
+                   "status": COMPLETED}
+            for key, v in per_key.items():
+                row[key] = float(v[m][i].mean())
+                row[f"{key}_frames"] = v[m][i].tolist()
+            rows.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(trials)
+
+
+def rates(truth: Truth, seeds: int, frames: int, noise: Noise = Noise(), n: int = 400, seed: int = 0) -> dict:
+    """Share of each call over n simulated studies, and the coverage of the quality metrics' 95% intervals."""
+    rng = np.random.default_rng(seed)
+    plan = make_plan(seeds, frames)
+    calls, covered = [], []
+    for _ in range(n):
+        per, trials = generate(truth, seeds, frames, noise, rng)
+        d = decide(per, trials, plan, report_all=False)
+        calls.append(d.recommendation)
+        covered += [e.lo <= truth.quality <= e.hi for e in d.quality.values()]
+    c = pd.Series(calls).value_counts(normalize=True)
+    return {"truth": truth.name, "seeds": seeds, "frames": frames, "n": n,
+            **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
+            "right": float(sum(c.get(k, 0.0) for k in truth.right)),
+            "wrong": float(sum(c.get(k, 0.0) for k in truth.wrong)),
+            "coverage": float(np.mean(covered))}
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """A planted truth for the whole procedure (tuning included): each mode's expected score against lr,
+    level * (1 - curvature * (log10 lr - log10 opt)^2), with each mode's optimum `at` a multiple of the centre of
+    the design's first tuning grid, and its primary cost relative to the reference's. The estimand is the relative
+    difference at each mode's own optimum: level[2d] / level[3d] - 1."""
+
+    name: str
+    at: tuple[float, float]  # (2d, 3d) optimum / the first grid's geometric centre
+    level: tuple[float, float]  # (2d, 3d) score at the optimum
+    curvature: tuple[float, float] = (0.12, 0.12)  # measured at the CPU confirm cell: about 4% lost 0.6 decades away
+    cost: float = 0.0
+    right: tuple[str, ...] = ()
+    wrong: tuple[str, ...] = ()
+
+    def score(self, mode: str, lr: float, centre: float) -> float:
+        i = MODES.index(mode)
+        return self.level[i] * (1 - self.curvature[i] * (math.log10(lr) - math.log10(self.at[i] * centre)) ** 2)
+
+    @property
+    def estimand(self) -> float:
+        return self.level[0] / self.level[1] - 1
+
+
+L = LEVELS["test_heldout_iou"]
+LANDSCAPES = [
+    Landscape("2D 5% worse at both optima", (1, 1), (0.95 * L, L), right=("3d",), wrong=("2d", EITHER)),
+    Landscape("equal at the optima, 2D 4% worse at 3D's optimum", (2.5, 1), (L, L), (0.25, 0.12),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+    Landscape("2D 0.5% worse and 30% faster at the optima", (1, 1), (0.995 * L, L), cost=-0.3,
+              right=("2d",), wrong=("3d",)),
+    Landscape("2D 3% worse and 30% faster at the optima", (1, 1), (0.97 * L, L), cost=-0.3,
+              right=("3d",), wrong=("2d", EITHER)),
+    Landscape("identical (null)", (1, 1), (L, L), right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+    Landscape("identical, 2D's optimum near the range's top end", (3.2, 1), (L, L),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+    Landscape("identical, both optima beyond the first range", (12, 12), (L, L),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d")),
+]
+TUNE_NOISE = (0.005, 0.015)  # relative sd of a tuning run's validation score: shared by a seed's pair, its own
+# (table 5 of docs/benchmarks.md: 0.6% to 2.7% per seed at the CPU confirm cell's values near the optimum)
+
+
+def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
+                    noise: tuple[float, float] = TUNE_NOISE) -> dict:
+    """The deciding tuning's rounds (study.analysis.tuning, the same loop as study.runner.run.run_tuning) on planted
+    scores; its outcome (study.analysis.tuning.summary)."""
+    runs: list = []
+    centre = math.sqrt(spec.low * spec.high)
+    seed_luck = rng.normal(0, noise[0], spec.seeds)
+    for r in range(spec.max_widen + 1):
+        values = tuning.next_values(spec, MODES, runs)
+        if not values:
+            break
+        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + rng.normal(0, noise[1])), r)
+                 for m, vs in values.items() for v in vs for s in range(spec.seeds)]
+    return tuning.summary(spec, MODES, runs)
+
+
+def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise = Noise(), n: int = 200,
+                    seed: int = 0, conditional: bool = False, looks: int = 1) -> dict:
+    """The whole procedure on a planted landscape, n times: the deciding tuning (real selection and widening), the
+    confirm stage at the chosen values (simulated as in `rates`), the real decision (with the tuning's error in its
+    intervals). Rates of each call, the coverage of the IoU interval for the estimand (the difference at the optima),
+    and the mean trials of the tuning and of the whole tuning + confirm procedure. `conditional`: decide as if the
+    chosen values were given (no tuning error in the intervals, no edge rule), as before the estimand. `looks`:
+    sequential looks (study.analysis.looks.plan_looks); a study that stops at an interim look uses only its pairs."""
+    rng = np.random.default_rng(seed)
+    base = {**make_plan(seeds, frames), "looks": looks_json(plan_looks(seeds, looks))}
+    centre = math.sqrt(spec.low * spec.high)
+    calls, covered, trials, pairs = [], [], [], []
+    for _ in range(n):
+        tuned = simulate_tuning(spec, land, rng)
+        at = land.score("2d", tuned["2d"]["chosen"], centre) / land.score("3d", tuned["3d"]["chosen"], centre) - 1
+        per, tt = generate(Truth(land.name, at, land.cost, land.right, land.wrong), seeds, frames, noise, rng)
+        d = decide(per, tt, base if conditional else {**base, "tuning": tuned}, report_all=False)
+        calls.append(d.recommendation)
+        e = d.quality["test_heldout_iou"]
+        covered.append(e.lo <= land.estimand <= e.hi)
+        trials.append(sum(sum(o["curve"]["runs"]) + sum(o["curve"]["diverged"]) for o in tuned.values()))
+        pairs.append(d.design["look"]["pairs"])
+    c = pd.Series(calls).value_counts(normalize=True)
+    return {"truth": land.name, "seeds": seeds, "frames": frames, "n": n,
+            **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
+            "right": float(sum(c.get(k, 0.0) for k in land.right)),
+            "wrong": float(sum(c.get(k, 0.0) for k in land.wrong)),
+            "coverage": float(np.mean(covered)), "tuning_trials": float(np.mean(trials)),
+            "confirm_trials": 2 * float(np.mean(pairs)), "trials": float(np.mean(trials)) + 2 * float(np.mean(pairs)),
+            "looks": looks}
+
+
+def write_study(root: Path, per: pd.DataFrame, trials: pd.DataFrame, plan: dict, name: str = "sim",
+                checkpoints: Optional[dict[str, Path]] = None) -> Path:
+    """A study folder with a confirm stage, as study.runner.run writes it: confirm/metrics parts (one per trial at its
+    scored epoch), confirm/trials.parquet (with `checkpoints[mode]` as every trial's checkpoint), confirm/plan.json,
+    and study.json unless the folder has one (an explore stage written before)."""
+    d = root / name
+    (d / "confirm" / "metrics").mkdir(parents=True)
+    trials = trials.assign(checkpoint_path=[str((checkpoints or {}).get(m)) if (checkpoints or {}).get(m) else None
+                                            for m in trials[MODE_KEY]])
+    for _, r in per.iterrows():
+        row = {k: v for k, v in r.items() if k not in ("selected_epoch", "epochs_run", "status")}
+        row.update(study=name, checkpoint_bytes=1_000_000, mem_kind="cpu_rss_delta", device="cpu",
+                   timestamp=pd.Timestamp("2026-01-01", tz="UTC"))
+        types = {k: pa.list_(pa.int64() if k == "test_frames" else pa.float64()) for k in row if
+                 k.endswith("_frames") and isinstance(row[k], list)}
+        table = pa.Table.from_pylist([row])
+        for k, typ in types.items():
+            table = table.set_column(table.column_names.index(k), k, table[k].cast(typ))
+        pq.write_table(table, d / "confirm" / "metrics" / f"part-{r['trial_id']}-{int(r['epoch']):04d}.parquet")
+    pq.write_table(pa.Table.from_pandas(trials.assign(study=name), preserve_index=False),
+                   d / "confirm" / "trials.parquet")
+    (d / "confirm" / "plan.json").write_text(json.dumps(plan))
+    if not (d / "study.json").exists():
+        (d / "study.json").write_text(json.dumps({"space": {"name": name, "modes": list(MODES)}}))
+    return d
+
+
+DESIGNS = [("CPU comparison (shipped: 14 seeds x 33 test frames)", 14, 33),
+           ("10 seeds x 33 test frames", 10, 33),
+           ("GPU comparison at its minimum (12 seeds x 100 test frames)", 12, 100),
+           ("GPU comparison at its cap (24 seeds x 100 test frames)", 24, 100),
+           ("few test frames (14 seeds x 8 frames)", 14, 8)]
+
+
+def table(n: int, designs=DESIGNS, truths=TRUTHS) -> pd.DataFrame:
+    out = []
+    for label, s, f in designs:
+        for i, t in enumerate(truths):
+            r = rates(t, s, f, n=n, seed=i)
+            out.append({"design": label, **r})
+    return pd.DataFrame(out)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    shown = df.assign(**{k: df[k].map(pct) for k in ("2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage")})
+    return shown[["design", "truth", "2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage"]].to_markdown(
+        index=False)
+
+
+MARK_BEGIN, MARK_END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
+PROC_BEGIN, PROC_END = "<!-- simulate-procedure:begin -->", "<!-- simulate-procedure:end -->"
+
+
+def procedure_designs() -> list[tuple[str, object, int, int, int]]:
+    """(label, tuning spec, confirm seeds, test frames, looks) of the shipped comparison space at both scales."""
+    space = load_space("comparison")
+    cpu, gpu = space.scaled(False).confirm, space.confirm
+    return [(f"{name} comparison (tuning {c.tune.points} x {c.tune.seeds} seeds, {c.min_seeds} pairs x {f} frames, "
+             f"{c.looks} looks)", c.tune, c.min_seeds, f, c.looks) for name, c, f in (("CPU", cpu, 33), ("GPU", gpu, 100))]
+
+
+def procedure_table(n: int, designs=None, landscapes=LANDSCAPES, fixed: bool = True) -> pd.DataFrame:
+    """Rates of the whole procedure per (design, landscape); `fixed` adds each design's one-look variant, so the
+    table shows what the looks save."""
+    out = []
+    for label, spec, s, f, looks in designs or procedure_designs():
+        variants = [(label, looks)] + ([(label.replace(f"{looks} looks", "fixed design"), 1)] if fixed and looks > 1
+                                       else [])
+        for name, k in variants:
+            for i, land in enumerate(landscapes):
+                out.append({"design": name, **procedure_rates(land, spec, s, f, n=n, seed=i, looks=k)})
+    return pd.DataFrame(out)
+
+
+def procedure_markdown(df: pd.DataFrame) -> str:
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    shown = df.assign(**{k: df[k].map(pct) for k in ("2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage")},
+                      **{k: df[k].map(lambda v: f"{v:.1f}") for k in ("confirm_trials", "trials")})
+    return shown[["design", "truth", "2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage", "confirm_trials",
+                  "trials"]].to_markdown(index=False)
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    i, j = text.index(begin), text.index(end)
+    return text[: i + len(begin)] + f"\n{body}\n" + text[j:]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.simulate", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--studies", type=int, default=1000, help="simulated studies per (design, truth)")
+    p.add_argument("--write", action="store_true", help="replace the table in docs/analysis.md")
+    p.add_argument("--procedure-studies", type=int, default=300,
+                   help="simulated whole procedures (tuning included) per (design, landscape)")
+    a = p.parse_args(argv)
+    md = markdown(table(a.studies))
+    print(md)
+    proc = procedure_markdown(procedure_table(a.procedure_studies))
+    print(proc)
+    if a.write:
+        doc = Path(__file__).resolve().parents[2] / "docs" / "analysis.md"
+        text = replace_between(doc.read_text(), MARK_BEGIN, MARK_END, md)
+        atomic_write(doc, replace_between(text, PROC_BEGIN, PROC_END, proc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The layout's rules, checked: import-linter's contracts (pyproject.toml), the old module paths a study started
+before the move pickled, one definition of the row vocabulary, no import hidden in a function without its reason."""
+
+import ast
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"], cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tree_copy(tmp_path_factory) -> Path:
+    """posesplat/, study/ and pyproject.toml copied aside, where a back-import can be planted."""
+    root = tmp_path_factory.mktemp("layout")
+    for name in ("posesplat", "study"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", root)
+    return root
+
+
+def test_the_import_contracts_hold():
+    r = lint(ROOT)
+    assert r.returncode == 0 and "3 kept, 0 broken" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("where,line,broken", [
+    ("study/base/planted.py", "import study.runner.run\n", "study's layers"),
+    ("study/analysis/planted.py", "from study.runner import sink\n", "study's layers"),
+    ("study/analysis/planted.py", "import ray\n", "never import Ray"),
+    ("posesplat/planted.py", "from study.base import storage\n", "posesplat is the model library"),
+])
+def test_a_planted_back_import_breaks_a_contract(tree_copy, where, line, broken):
+    planted = tree_copy / where
+    planted.write_text(line)
+    try:
+        r = lint(tree_copy)
+    finally:
+        planted.unlink()
+    assert r.returncode != 0 and f"{broken}" in r.stdout and "BROKEN" in r.stdout, r.stdout + r.stderr
+
+
+def test_old_module_paths_resolve_to_the_moved_modules():
+    """A study interrupted before the move holds Ray pickles naming study.sink, study.search, study.trainable."""
+    from study.runner.search import PlannedSearcher
+    from study.runner.sink import ParquetSink
+    from study.runner.trainable import run_trial
+
+    for obj, old in ((ParquetSink, b"study.sink"), (PlannedSearcher, b"study.search"), (run_trial, b"study.trainable")):
+        new = obj.__module__.encode()
+        blob = pickle.dumps(obj, protocol=0)
+        assert new in blob
+        assert pickle.loads(blob.replace(new, old)) is obj
+    import study.resources
+    import study.runner.resources
+
+    assert study.resources.gpu_fraction is study.runner.resources.gpu_fraction
+
+
+def test_the_selection_keys_are_recorded_with_the_selected_epoch():
+    from study.base.rows import ENDED, SELECT, SELECTED, STATUSES
+
+    assert SELECTED[0] == SELECT[0] and set(SELECT) <= set(SELECTED) and set(ENDED) < set(STATUSES)
+
+
+DEFERRED = ("# deferred:", "# private:")  # the comment an import inside a function carries, saying why
+
+
+def test_imports_inside_functions_say_why():
+    hidden = []
+    for path in sorted((ROOT / "study").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for f in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for n in ast.walk(f):
+                    if isinstance(n, (ast.Import, ast.ImportFrom)) and not any(
+                            d in lines[n.lineno - 1] for d in DEFERRED):
+                        hidden.append(f"{path.relative_to(ROOT)}:{n.lineno}")
+    assert not hidden, hidden
