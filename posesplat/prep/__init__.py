@@ -968,6 +968,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
