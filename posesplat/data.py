@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import zarr
 
 from posesplat.gt import KIND_NAMES, inside_body  # noqa: F401 (inside_body: part of the reader's API)
 
@@ -32,8 +33,6 @@ class DatasetError(ValueError):
 
 
 def _open_group(path: str):
-    import zarr
-
     try:
         return zarr.open_group(path, mode="r")
     except Exception as e:  # zarr raises several types for a missing or foreign store

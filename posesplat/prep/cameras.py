@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from posesplat.prep.cache import PREP_VERSION, cached_step, fingerprint
@@ -19,8 +20,6 @@ CAMERA_DISTANCE_M = (0.05, 20.0)  # a lab rig's cameras stand this far (metres) 
 
 def read_cameras(cfg: PrepConfig, path: Path, n_views: int) -> tuple[np.ndarray, np.ndarray]:
     """Camera HDF5 -> intrinsics [C,3,3] (gsplat pixel convention, not yet downsampled), metric extrinsics [C,4,4]."""
-    import h5py
-
     try:
         with h5py.File(path, "r") as h:
             if not isinstance(h.get(CAMERA_GROUP), h5py.Group):

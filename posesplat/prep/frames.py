@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from posesplat.prep.blocks import BLOCK, run_blocks
 from posesplat.prep.cache import clear_stale, fingerprint
@@ -48,8 +49,6 @@ def composite(frame: np.ndarray, mask_full: np.ndarray, mask: np.ndarray, ds: in
 
 def frames_block(job: FramesJob, j0: int, j1: int) -> dict[str, list]:
     """Write output frames j0..j1 (images, masks: one chunk each) and return each frame's occupied-cell box."""
-    import zarr
-
     root = zarr.open_group(job.store, mode="r+")
     Ks, Es, obs, views = job.rig.Ks, job.rig.Es, list(job.rig.observed), list(range(len(job.footage.videos)))
     centres, headings, bg = job.centres, job.headings, np.asarray(job.background)
@@ -77,8 +76,6 @@ def frames_block(job: FramesJob, j0: int, j1: int) -> dict[str, list]:
 
 def create_store(store: Path, n_out: int, C: int, h: int, w: int) -> None:
     """The store's image and mask arrays, one chunk per frame, unless an interrupted run made them already."""
-    import zarr
-
     if not (store / "zarr.json").exists():
         root = zarr.open_group(str(store), mode="w", zarr_format=3)
         root.create_array("images", shape=(n_out, C, h, w, 3), chunks=(1, C, h, w, 3), dtype="uint8")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import zarr
 
 from posesplat.io import swap_folder
 from posesplat.prep.cache import PREP_VERSION
@@ -20,7 +21,6 @@ GENERATOR = "posesplat.prep"  # the store's `generator` attribute, which marks a
 
 
 def _attrs(path: Path) -> dict:
-    import zarr
 
     try:
         return dict(zarr.open_group(str(path), mode="r").attrs)
@@ -56,8 +56,6 @@ def store_attrs(inp: Inputs, cams: Cameras, ps: Pose, fp: str, ell: float, ell_s
 
 def finish(inp: Inputs, cams: Cameras, ps: Pose, store: Path, fp: str, attrs: dict) -> None:
     """Write the cameras, poses and attributes into the store, then swap it into place as the output."""
-    import zarr
-
     root = zarr.open_group(str(store), mode="r+")
     for name, arr in (("intrinsics", cams.Ks), ("extrinsics", ps.extrinsics),
                       ("centre", ps.centre), ("heading", ps.heading),

@@ -4,10 +4,12 @@ and frames read by index (seeking where the rate is constant), masks thresholded
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import imageio_ffmpeg
 import numpy as np
 
 from posesplat.prep.config import PrepConfig
@@ -19,9 +21,6 @@ PASSTHROUGH = ["-fps_mode", "passthrough"]  # every decoded frame once, none dup
 def frame_times(path: Path) -> np.ndarray:
     """Presentation time [N] (seconds) of every frame of a video's first video stream, in decoded order: one full
     decode by the bundled ffmpeg (its showinfo filter), which also counts the frames."""
-    import subprocess
-
-    import imageio_ffmpeg
 
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:v:0",
            "-vf", "showinfo", *PASSTHROUGH, "-f", "null", "-"]
@@ -37,8 +36,6 @@ def video_info(path: Path) -> tuple[int, int, int, float, Optional[float]]:
     """(frames decoded, width, height, container fps, the rate to seek with or None). A rate to seek with exists
     when every frame's timestamp is the first one plus its index over a constant rate (to a tenth of a frame): a
     time seek then lands on a frame index; otherwise frames must be decoded from the start."""
-    import imageio_ffmpeg
-
     try:
         gen = imageio_ffmpeg.read_frames(str(path), output_params=PASSTHROUGH)
         meta = next(gen)
@@ -57,8 +54,6 @@ def video_info(path: Path) -> tuple[int, int, int, float, Optional[float]]:
 def read_video(path: Path, start: int, count: int, step: int, fps: Optional[float]) -> Iterator[np.ndarray]:
     """Frames start, start+step, ... (count of them, by index in decoded order) as [H, W, 3] uint8. With the
     container's constant fps it seeks to frame `start`; with None it decodes from the first frame."""
-    import imageio_ffmpeg
-
     seek = ["-ss", f"{(start - 0.5) / fps:.6f}"] if start > 0 and fps else None  # accurate seek to frame `start`
     skip = 0 if seek or start == 0 else start
     gen = imageio_ffmpeg.read_frames(str(path), input_params=seek, output_params=PASSTHROUGH)

@@ -104,7 +104,7 @@ def render(
     renders 2DGS's depth distortion (an extra sort of the pairs: only when a loss needs it)."""
     check_inputs(g, mode, viewmats, Ks)
     if pick_backend(backend, g.means.device) == "gsplat":
-        from posesplat.render.gsplat_backend import render_gsplat
+        from posesplat.render.gsplat_backend import render_gsplat  # deferred: gsplat, CUDA only
 
         rgb, alpha, depth, snormals, dist = render_gsplat(g, mode, viewmats, Ks, width, height, background,
                                                           distortion)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from posesplat.modes import MODES
+from posesplat.render import RenderError, projection
 
 TILE = 16  # gsplat's default tile size
 
@@ -19,9 +20,7 @@ def _rasterize_projected(g, mode: str, viewmats: Tensor, Ks: Tensor, width: int,
                          bg: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Our projection of the mode (conics), gsplat's CUDA tile intersection and rasteriser: colour and centre
     depth [C, H, W, 4] (depth accumulated, not normalised; background depth 0), alpha [C, H, W, 1]."""
-    from gsplat import isect_offset_encode, isect_tiles, rasterize_to_pixels
-
-    from posesplat.render import RenderError, projection
+    from gsplat import isect_offset_encode, isect_tiles, rasterize_to_pixels  # deferred: gsplat, CUDA only
 
     p = projection(mode)
     if p.kind != "conic":
@@ -51,9 +50,7 @@ def render_gsplat(
     gsplat composites each Gaussian's centre depth, also in rasterization_2dgs (its distortion too): there it
     differs from the torch backend's ray-surfel intersection depth except where surfels face the camera
     (docs/rendering.md)."""
-    import gsplat
-
-    from posesplat.render import RenderError
+    import gsplat  # deferred: gsplat, CUDA only
 
     C = viewmats.shape[0]
     bg = None if background is None else background.expand(C, 3)
@@ -83,8 +80,6 @@ def native_inputs(g, mode: str, name: str) -> tuple[Tensor, Tensor]:
     """quats [N, 4] and scales [N, 3] as gsplat's own rasterisers take them: identity rotations for a mode without
     any, one scale repeated on three axes, and a surfel's two scales with a third that `rasterization_2dgs` ignores
     (its CUDA projection uses 1); two scales for any other rasteriser would be read as a third of 1 world unit."""
-    from posesplat.render import RenderError
-
     n, k = g.means.shape[0], g.scales.shape[1]
     quats = g.quats if g.quats is not None else g.means.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4).contiguous()
     if k == 3:

@@ -14,14 +14,14 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
+from posesplat.pose import quat_to_rotmat
+
 EPS2D = 0.3
 NEAR, FAR = 0.01, 1e10
 
 
 def quat_scale_to_matrix(quats: Tensor, scales: Tensor) -> Tensor:
     """R(q) @ diag(s): [N, 4], [N, 3] -> [N, 3, 3]."""
-    from posesplat.pose import quat_to_rotmat
-
     return quat_to_rotmat(quats) * scales[:, None, :]
 
 
@@ -117,8 +117,6 @@ def project_screen(
 
 def surfel_normals(quats: Tensor, means: Tensor, viewmats: Tensor) -> Tensor:
     """World normals [C, N, 3] of surfels (their rotation's third axis), each turned to face the camera (2DGS)."""
-    from posesplat.pose import quat_to_rotmat
-
     n = quat_to_rotmat(quats)[:, :, 2]  # [N, 3]
     cam = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # camera centres [C, 3]
     facing = ((means[None] - cam[:, None]) * n[None]).sum(-1, keepdim=True)  # [C, N, 1]; > 0: faces away
