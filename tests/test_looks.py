@@ -33,6 +33,22 @@ def test_looks_are_evenly_spaced_with_obrien_fleming_levels():
     assert [x.pairs for x in plan_looks(4, 2)] == [3, 4]
 
 
+def test_pocock_looks_share_one_level_that_keeps_the_overall_error():
+    """Pocock's constant for two looks at a two-sided 5% is 2.178 (Jennison & Turnbull, table 2.1): 97.06% at both.
+    Checked against the bivariate normal of the two looks' statistics (correlation sqrt(1/2)): the chance that either
+    crosses under no difference is 5%."""
+    from scipy.stats import multivariate_normal, norm
+
+    two = plan_looks(14, 2, "pocock")
+    assert [x.pairs for x in two] == [7, 14] and two[0].level == two[1].level == pytest.approx(0.9706, abs=1e-4)
+    z = norm.ppf(1 - (1 - two[0].level) / 2)
+    r = np.sqrt(7 / 14)
+    inside = multivariate_normal([0, 0], [[1, r], [r, 1]]).cdf([z, z], lower_limit=[-z, -z])
+    assert 1 - inside == pytest.approx(0.05, abs=1e-3)
+    with pytest.raises(ValueError, match="boundaries 'haybittle'"):
+        plan_looks(14, 2, "haybittle")
+
+
 def _plan_with_looks(seeds: int, looks: int) -> dict:
     from study.analysis.looks import looks_json
 
@@ -69,14 +85,15 @@ def test_whole_procedure_with_looks_keeps_its_error_rates_and_saves_confirm_tria
     fewer confirm trials (docs/analysis.md has the full table)."""
     from study.analysis.simulate import LANDSCAPES, procedure_designs, procedure_rates
 
-    _, spec, seeds, frames, looks = procedure_designs()[0]
-    assert looks == 2
+    d = procedure_designs()[0]
+    assert d.looks == 2
     worse = next(land for land in LANDSCAPES if land.name.startswith("2D 5% worse"))
     null = next(land for land in LANDSCAPES if land.name.startswith("identical (null)"))
-    seq, fixed = (procedure_rates(worse, spec, seeds, frames, n=100, seed=3, looks=k) for k in (looks, 1))
+    seq, fixed = (procedure_rates(worse, d.tune, d.seeds, d.frames, n=100, seed=3, looks=k, boundaries=d.boundaries)
+                  for k in (d.looks, 1))
     assert seq["wrong"] <= 0.025 and seq["right"] >= fixed["right"] - 0.03
-    assert seq["confirm_trials"] <= 0.8 * fixed["confirm_trials"], (seq["confirm_trials"], fixed["confirm_trials"])
-    r = procedure_rates(null, spec, seeds, frames, n=100, seed=4, looks=looks)
+    assert seq["confirm_trials"] <= 2 / 3 * fixed["confirm_trials"], (seq["confirm_trials"], fixed["confirm_trials"])
+    r = procedure_rates(null, d.tune, d.seeds, d.frames, n=100, seed=4, looks=d.looks, boundaries=d.boundaries)
     assert r["wrong"] <= 0.025
 
 

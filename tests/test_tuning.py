@@ -172,8 +172,8 @@ def test_conditional_intervals_miss_the_difference_at_the_optima(cpu_design):
     """Without the tuning's error, identical modes are often called significantly different: the old design."""
     from study.analysis.simulate import procedure_rates
 
-    _, spec, seeds, frames, _ = cpu_design
-    r = procedure_rates(_landscape("identical (null)"), spec, seeds, frames, n=150, conditional=True)
+    d = cpu_design
+    r = procedure_rates(_landscape("identical (null)"), d.tune, d.seeds, d.frames, n=150, conditional=True)
     assert r["wrong"] > 0.1 and r["coverage"] < 0.85
 
 
@@ -182,8 +182,8 @@ def test_conditional_intervals_miss_the_difference_at_the_optima(cpu_design):
 def test_whole_procedure_is_rarely_wrong(cpu_design, name, right_at_least):
     from study.analysis.simulate import procedure_rates
 
-    _, spec, seeds, frames, looks = cpu_design  # the shipped design, its sequential looks included
-    r = procedure_rates(_landscape(name), spec, seeds, frames, n=150, looks=looks)
+    d = cpu_design  # the shipped design, its sequential looks included
+    r = procedure_rates(_landscape(name), d.tune, d.seeds, d.frames, n=150, looks=d.looks, boundaries=d.boundaries)
     assert r["wrong"] <= 0.025 and r["right"] >= right_at_least
     if name == "identical (null)":
         assert 0.93 <= r["coverage"] <= 0.98

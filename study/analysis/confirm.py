@@ -156,7 +156,7 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
             p["expected_halfwidth"] = halfwidth(*comps, n_seeds, test_frames)
             p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
     seeds = stage_seeds(CONFIRM_SEEDS, seed, n_seeds)
-    looks = plan_looks(n_seeds, confirm.looks)
+    looks = plan_looks(n_seeds, confirm.looks, confirm.boundaries)
     trials = [trial_keys(confirm.cell, m, s, {k: hparams[m][k] for k in search_keys}, mode_config[m])
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),

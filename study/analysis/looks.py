@@ -25,9 +25,12 @@ from study.analysis.stats import Crossed
 
 LEVEL = 0.95  # the study's interval level (the fixed design's)
 MIN_PAIRS = 3  # fewer pairs decide nothing (study.analysis.decide), so no look comes earlier
-# O'Brien-Fleming's boundaries for K equally spaced looks at a two-sided 5% (Jennison & Turnbull 2000, table 2.3):
-# z_k = C(K) sqrt(K / k)
+# the boundaries for K equally spaced looks at a two-sided 5% (Jennison & Turnbull 2000, tables 2.1 and 2.3):
+# O'Brien-Fleming's z_k = C(K) sqrt(K / k), strict early; Pocock's z_k = C(K) at every look, which stops earlier and
+# pays with a wider last look
 OBF_C = {1: 1.960, 2: 1.977, 3: 2.004, 4: 2.024, 5: 2.040}
+POCOCK_C = {1: 1.960, 2: 2.178, 3: 2.289, 4: 2.361, 5: 2.413}
+BOUNDARIES = ("obrien-fleming", "pocock")
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,15 @@ class Look:
     level: float  # the rule's interval level at this look
 
 
-def plan_looks(n_pairs: int, n_looks: int, min_pairs: int = MIN_PAIRS) -> list[Look]:
+def plan_looks(n_pairs: int, n_looks: int, boundaries: str = "obrien-fleming", min_pairs: int = MIN_PAIRS
+               ) -> list[Look]:
     """`n_looks` looks, evenly spaced over `n_pairs` pairs (the first with at least `min_pairs`), at O'Brien-Fleming
-    levels (one look: LEVEL).
+    or Pocock levels (one look: LEVEL).
 
     Args:
         n_pairs: the planned pairs (confirm seeds).
         n_looks: looks wanted, the last included (1: the fixed design).
+        boundaries: one of BOUNDARIES.
     Returns:
         looks: [K] in order, distinct pair counts, the last with n_pairs; fewer than n_looks when n_pairs is small.
     """
@@ -51,8 +56,11 @@ def plan_looks(n_pairs: int, n_looks: int, min_pairs: int = MIN_PAIRS) -> list[L
     if len(counts) == 1:
         return [Look(n_pairs, LEVEL)]
     K = len(counts)
-    return [Look(c, round(float(2 * norm.cdf(OBF_C[K] * math.sqrt(K / (k + 1))) - 1), 6))
-            for k, c in enumerate(counts)]
+    z = ([OBF_C[K] * math.sqrt(K / (k + 1)) for k in range(K)] if boundaries == "obrien-fleming" else
+         [POCOCK_C[K]] * K if boundaries == "pocock" else None)
+    if z is None:
+        raise ValueError(f"boundaries {boundaries!r}: one of {', '.join(BOUNDARIES)}")
+    return [Look(c, round(float(2 * norm.cdf(zk) - 1), 6)) for c, zk in zip(counts, z)]
 
 
 def looks_of(plan: dict) -> list[Look]:

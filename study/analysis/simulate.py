@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -206,15 +206,17 @@ def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
 
 
 def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise = Noise(), n: int = 200,
-                    seed: int = 0, conditional: bool = False, looks: int = 1) -> dict:
+                    seed: int = 0, conditional: bool = False, looks: int = 1, boundaries: str = "obrien-fleming"
+                    ) -> dict:
     """The whole procedure on a planted landscape, n times: the deciding tuning (real selection and widening), the
     confirm stage at the chosen values (simulated as in `rates`), the real decision (with the tuning's error in its
     intervals). Rates of each call, the coverage of the IoU interval for the estimand (the difference at the optima),
     and the mean trials of the tuning and of the whole tuning + confirm procedure. `conditional`: decide as if the
     chosen values were given (no tuning error in the intervals, no edge rule), as before the estimand. `looks`:
-    sequential looks (study.analysis.looks.plan_looks); a study that stops at an interim look uses only its pairs."""
+    sequential looks at `boundaries` (study.analysis.looks.plan_looks); a study that stops at an interim look uses only
+    its pairs."""
     rng = np.random.default_rng(seed)
-    base = {**make_plan(seeds, frames), "looks": looks_json(plan_looks(seeds, looks))}
+    base = {**make_plan(seeds, frames), "looks": looks_json(plan_looks(seeds, looks, boundaries))}
     centre = math.sqrt(spec.low * spec.high)
     calls, covered, trials, pairs = [], [], [], []
     for _ in range(n):
@@ -234,7 +236,7 @@ def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise
             "wrong": float(sum(c.get(k, 0.0) for k in land.wrong)),
             "coverage": float(np.mean(covered)), "tuning_trials": float(np.mean(trials)),
             "confirm_trials": 2 * float(np.mean(pairs)), "trials": float(np.mean(trials)) + 2 * float(np.mean(pairs)),
-            "looks": looks}
+            "looks": looks, "boundaries": boundaries}
 
 
 def write_study(root: Path, per: pd.DataFrame, trials: pd.DataFrame, plan: dict, name: str = "sim",
@@ -291,24 +293,37 @@ MARK_BEGIN, MARK_END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
 PROC_BEGIN, PROC_END = "<!-- simulate-procedure:begin -->", "<!-- simulate-procedure:end -->"
 
 
-def procedure_designs() -> list[tuple[str, object, int, int, int]]:
-    """(label, tuning spec, confirm seeds, test frames, looks) of the shipped comparison space at both scales."""
+class Design(NamedTuple):
+    """A confirm design as the procedure simulation runs it."""
+
+    label: str
+    tune: object  # study.base.space.Tune
+    seeds: int  # confirm pairs
+    frames: int  # test frames
+    looks: int
+    boundaries: str
+
+
+def procedure_designs() -> list[Design]:
+    """The shipped comparison space's confirm designs at both scales."""
     space = load_space("comparison")
     cpu, gpu = space.scaled(False).confirm, space.confirm
-    return [(f"{name} comparison (tuning {c.tune.points} x {c.tune.seeds} seeds, {c.min_seeds} pairs x {f} frames, "
-             f"{c.looks} looks)", c.tune, c.min_seeds, f, c.looks) for name, c, f in (("CPU", cpu, 33), ("GPU", gpu, 100))]
+    return [Design(f"{name} comparison (tuning {c.tune.points} x {c.tune.seeds} seeds, {c.min_seeds} pairs x {f} "
+                   f"frames, {c.looks} looks{'' if c.looks == 1 else ', ' + c.boundaries})", c.tune, c.min_seeds, f,
+                   c.looks, c.boundaries) for name, c, f in (("CPU", cpu, 33), ("GPU", gpu, 100))]
 
 
 def procedure_table(n: int, designs=None, landscapes=LANDSCAPES, fixed: bool = True) -> pd.DataFrame:
     """Rates of the whole procedure per (design, landscape); `fixed` adds each design's one-look variant, so the
     table shows what the looks save."""
     out = []
-    for label, spec, s, f, looks in designs or procedure_designs():
-        variants = [(label, looks)] + ([(label.replace(f"{looks} looks", "fixed design"), 1)] if fixed and looks > 1
-                                       else [])
+    for d in designs or procedure_designs():
+        variants = [(d.label, d.looks)] + ([(d.label.split(" looks")[0].rsplit(", ", 1)[0] + ", fixed design)", 1)]
+                                           if fixed and d.looks > 1 else [])
         for name, k in variants:
             for i, land in enumerate(landscapes):
-                out.append({"design": name, **procedure_rates(land, spec, s, f, n=n, seed=i, looks=k)})
+                out.append({"design": name, **procedure_rates(land, d.tune, d.seeds, d.frames, n=n, seed=i, looks=k,
+                                                              boundaries=d.boundaries)})
     return pd.DataFrame(out)
 
 

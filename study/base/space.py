@@ -105,8 +105,11 @@ class Confirm(BaseModel):
     base_config: dict[str, Any] = Field({}, description="training-config keys for the confirm trials only")
     tune: Optional[Tune] = Field(None, description="the deciding tuning at the cell (None: hyperparameters from "
                                                    "the explore stage's best trial in the cell)")
-    looks: int = Field(1, ge=1, le=5, description="sequential looks over the planned pairs, O'Brien-Fleming "
-                                                 "boundaries (study.analysis.looks); 1: the fixed design")
+    looks: int = Field(1, ge=1, le=5, description="sequential looks over the planned pairs (study.analysis.looks); "
+                                                 "1: the fixed design")
+    boundaries: Literal["obrien-fleming", "pocock"] = Field(
+        "obrien-fleming", description="the looks' interval levels: O'Brien-Fleming's (strict early looks, the last "
+                                      "near 95%) or Pocock's (one level at every look: stops earlier, wider last look)")
 
     @model_validator(mode="after")
     def _check(self) -> "Confirm":
