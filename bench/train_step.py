@@ -15,8 +15,9 @@ import torch
 
 from posesplat.config import make_config
 from posesplat.modes import names
-from posesplat.train import PeakMemory, build_model, load_frame, loss_terms, prepare
 from posesplat.render import render
+from posesplat.setup import build_model, load_frame, prepare
+from posesplat.train import PeakMemory, loss_terms
 
 from bench.render import fmt_ms
 
