@@ -14,10 +14,11 @@ import time
 import torch
 
 from posesplat.config import make_config
+from posesplat.losses import loss_terms
 from posesplat.modes import names
 from posesplat.render import render
 from posesplat.setup import build_model, load_frame, prepare
-from posesplat.train import PeakMemory, loss_terms
+from posesplat.train import PeakMemory
 
 from bench.render import fmt_ms
 
