@@ -15,10 +15,10 @@ import torch
 
 from posesplat.config import make_config
 from posesplat.losses import loss_terms
+from posesplat.memory import PeakMemory
 from posesplat.modes import names
 from posesplat.render import render
 from posesplat.setup import build_model, load_frame, prepare
-from posesplat.train import PeakMemory
 
 from bench.render import fmt_ms
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from posesplat import geometry
 from posesplat import metrics as metrics_schema
 from posesplat.io import atomic_write, strict_dumps
 from posesplat.losses import geometry_terms, loss_terms, training_loss
+from posesplat.memory import OutOfMemoryError, PeakMemory, oom_error
 from posesplat.modes import MODES
 from posesplat.model import PoseSplatter, to_world
 from posesplat.progress import Progress
@@ -42,10 +42,6 @@ FRAME_KEYS = metrics_schema.names(per_frame=True)  # also reported per test fram
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class OutOfMemoryError(RuntimeError):
-    """The device (CUDA) ran out of memory; the message names the mode, grid size, where, and the allocation."""
 
 
 @dataclass
@@ -240,55 +236,6 @@ def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int],
     return errs, geometry.surface_distance(torch.cat(pred), torch.cat(true))
 
 
-# ----------------------------------------------------------------------------------------------- memory
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA max_memory_allocated, or on CPU the process's resident-set high-water mark
-    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start, after glibc has returned
-    freed memory to the system (malloc_trim), so cached allocations do not hide the block's own peak."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_delta"
-
-    @staticmethod
-    def _status(key: str) -> float:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return float(line.split()[1]) / 1024  # kB -> MB
-        return float("nan")
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import ctypes
-            import gc
-
-            # young generations only: a full collection walks every object a Ray worker has imported (0.25 s a call
-            # there, once per epoch); tensors are freed by reference counting, cycles holding them are rare
-            gc.collect(1)
-            try:
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except (OSError, AttributeError):
-                pass
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
-            self.start = self._status("VmRSS")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.peak_mb = max(self._status("VmHWM") - self.start, 0.0)
-
-
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -377,17 +324,6 @@ def render_frame(
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def _oom_error(cfg: Config, device: torch.device, e: BaseException, where: str) -> OutOfMemoryError:
-    """One line naming the device, where it ran out, the mode, the grid size and the allocation torch asked for."""
-    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(e))
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return OutOfMemoryError(
-        f"out of memory on {device} in {where}: mode={cfg.gaussian_mode} grid_size={cfg.grid_size} asked for "
-        f"{asked.group(1) if asked else 'an unknown amount'}; lower grid_size, max_n or views_per_step, or raise "
-        f"image_downsample ({first})"
-    )
-
-
 def train(
     cfg: Config,
     *,
@@ -461,7 +397,7 @@ def train(
                     opt.step()
                     sched.step()
                 except torch.OutOfMemoryError as e:
-                    raise _oom_error(cfg, setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
+                    raise oom_error(cfg, setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
                 for k, v in {"loss": loss, **terms}.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                     counts[k] = counts.get(k, 0) + 1
@@ -492,7 +428,7 @@ def train(
             try:
                 evals, images = evaluate(cfg, setup, model, progress)
             except torch.OutOfMemoryError as e:
-                raise _oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
+                raise oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
             metrics.update(evals, eval_time_s=time.perf_counter() - t1)
         else:
             metrics.update(metrics_schema.unevaluated(), eval_time_s=0.0)
