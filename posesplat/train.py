@@ -22,7 +22,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from tqdm.auto import tqdm
 
 from posesplat.checkpoint import read as read_checkpoint
-from posesplat.checkpoint import write as write_checkpoint
+from posesplat.checkpoint import restore, save_checkpoint
 from posesplat.config import Config, ConfigError, load_config, make_config
 from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
 from posesplat import geometry
@@ -239,35 +239,6 @@ def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int],
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """torch's CPU RNG state, and the training device's CUDA RNG state when training on CUDA (else None)."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore what rng_state saved; a CUDA state is restored only when training on CUDA again."""
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-
-
-def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model, opt, sched, epoch: int,
-                    history: list, device: torch.device) -> int:
-    """Write the checkpoint atomically (temporary name, then rename); returns its size in bytes."""
-    state = {
-        "config": cfg.model_dump(mode="json"),
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "volume_idx": volume_idx,
-        **rng_state(device),
-        "history": history,
-    }
-    return write_checkpoint(path, state)
-
-
 def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tuple[str, str]:
     """(what was not finite: the Gaussians, a loss term, or only the weighted sum of finite terms; the advice that
     fits it: weights that overflow, else the step size and clipping as it is set)."""
@@ -345,14 +316,7 @@ def train(
     n_train = len(setup.frames["train"])
     steps = cfg.steps_per_epoch or n_train
     opt, sched = make_optimizer(cfg, model, cfg.epochs * steps)
-    history: list[dict] = []
-    start = 1
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state, setup.device)
-        history, start = list(state["history"]), state["epoch"] + 1
+    history, start = restore(state, model, opt, sched, setup.device) if state else ([], 1)
     n_model_params = sum(p.numel() for p in model.parameters())
     for epoch in range(start, epochs + 1):
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)

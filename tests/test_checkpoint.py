@@ -100,7 +100,8 @@ def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_
     import subprocess
     import sys
 
-    from posesplat.train import load_checkpoint, main, read_checkpoint, train
+    from posesplat.checkpoint import read as read_checkpoint
+    from posesplat.train import load_checkpoint, main, train
 
     cfg = make_config(tiny(small_dataset))
     out = tmp_path / "run"

@@ -14,9 +14,10 @@ from posesplat.checkpoint import write as write_checkpoint
 from posesplat.config import load_config, make_config
 from posesplat.metrics import PEAK_MEM
 from posesplat.model import PoseSplatter
+from posesplat.checkpoint import read as read_checkpoint
+from posesplat.checkpoint import rng_state, save_checkpoint, set_rng_state
 from posesplat.memory import OutOfMemoryError
-from posesplat.train import (NonFiniteLossError, load_checkpoint, main, make_optimizer, read_checkpoint, render_frame,
-                             rng_state, save_checkpoint, set_rng_state, train)
+from posesplat.train import NonFiniteLossError, load_checkpoint, main, make_optimizer, render_frame, train
 
 DOCS = Path(__file__).parents[1] / "docs"
 
