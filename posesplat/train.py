@@ -8,7 +8,6 @@ and the metrics history: nothing derived (file I/O: posesplat.checkpoint, which 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -23,8 +22,8 @@ from tqdm.auto import tqdm
 
 from posesplat.checkpoint import read as read_checkpoint
 from posesplat.checkpoint import restore, save_checkpoint
-from posesplat.config import Config, ConfigError, load_config, make_config
-from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
+from posesplat.config import Config, ConfigError, load_config
+from posesplat.data import DatasetError, inside_body
 from posesplat import geometry
 from posesplat import metrics as metrics_schema
 from posesplat.io import atomic_write, strict_dumps
@@ -33,7 +32,7 @@ from posesplat.memory import OutOfMemoryError, PeakMemory, oom_error
 from posesplat.modes import MODES
 from posesplat.model import PoseSplatter, to_world
 from posesplat.progress import Progress
-from posesplat.render import RenderOut, pick_backend, render
+from posesplat.render import RenderOut, render
 from posesplat.setup import Setup, build_model, load_frame, prepare
 
 EVAL_KEYS = [f"{split}_{k}" for split in metrics_schema.SPLITS for k in metrics_schema.IMAGE]  # image metrics
@@ -236,7 +235,7 @@ def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int],
     return errs, geometry.surface_distance(torch.cat(pred), torch.cat(true))
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------------------------- failures
 
 
 def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tuple[str, str]:
@@ -253,43 +252,6 @@ def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tupl
              else f"non-finite loss term {', '.join(bad_terms)} (loss {loss.item()})")
     clip = f"lower grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "enable grad_clip"
     return cause, f"lower lr or {clip}"
-
-
-def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config, PoseSplatter]:
-    """A trained model from a checkpoint (for rendering and analysis); the file is read without unpickling
-    (posesplat.checkpoint.read: one line naming it when refused)."""
-    state = read_checkpoint(Path(path))
-    cfg = make_config(state["config"], str(path))
-    if device:
-        cfg = cfg.model_copy(update={"device": device})
-    setup = prepare(cfg, state["volume_idx"])
-    model = build_model(cfg, setup)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return cfg, model
-
-
-@functools.lru_cache(maxsize=4)
-def _opened(path: str) -> MultiViewDataset:
-    """A dataset opened (and validated) once for the frames rendered from it."""
-    return open_dataset(path)
-
-
-@torch.no_grad()
-def render_frame(
-    model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
-) -> RenderOut:
-    """Reconstruct `frame` from its observed views and render it into arbitrary cameras [V,4,4], [V,3,3]."""
-    ds = _opened(cfg.dataset)
-    observed, _ = ds.view_split(cfg.holdout_views)
-    device = next(model.parameters()).device
-    b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
-    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-    background = torch.tensor(ds.background, dtype=torch.float32, device=device)
-    return render(
-        g, model.mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
-        pick_backend(cfg.backend, device), background,
-    )
 
 
 # ----------------------------------------------------------------------------------------------- the loop

@@ -1,6 +1,6 @@
 """Qualitative figures from checkpoints: held-out renders beside ground truth, and a turntable GIF per mode.
 
-Needs `posesplat.train.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
+Needs `posesplat.trained.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
 is reported as a note and the figure skipped, never a crash of the analysis. Only checkpoints inside the study are
 read (its trials.parquet may point anywhere), and they load without unpickling (posesplat.checkpoint).
 """
@@ -125,7 +125,7 @@ def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from posesplat.train import render_frame
+    from posesplat.trained import render_frame
 
     picked = test_picks(models)
     common = len({tuple(p) for _, p, _ in picked.values()}) == 1
@@ -185,7 +185,7 @@ def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from posesplat.train import render_frame
+    from posesplat.trained import render_frame
 
     picked = test_picks(models)
     (ds, picks, view), modes = next(iter(picked.values())), list(models)
@@ -238,7 +238,7 @@ def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int 
     import torch
 
     from posesplat.data import open_dataset
-    from posesplat.train import render_frame
+    from posesplat.trained import render_frame
 
     ds = open_dataset(cfg.dataset)
     test = ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
@@ -269,9 +269,9 @@ def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
         return [], notes
     try:
         from posesplat.checkpoint import CheckpointError
-        from posesplat.train import load_checkpoint
+        from posesplat.trained import load_checkpoint
     except ImportError as e:
-        return [], notes + [f"Qualitative renders skipped: posesplat.train is not importable ({e})."]
+        return [], notes + [f"Qualitative renders skipped: posesplat.trained is not importable ({e})."]
     models = {}
     for mode, (row, path) in picked.items():
         try:

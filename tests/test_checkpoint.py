@@ -35,7 +35,7 @@ def lines(text: str) -> list[str]:
 
 
 def test_load_checkpoint_refuses_a_pickled_object_without_running_it(tmp_path):
-    from posesplat.train import load_checkpoint
+    from posesplat.trained import load_checkpoint
 
     marker = tmp_path / "marker"
     ck = hostile(tmp_path / "evil.pt", marker)
@@ -101,7 +101,8 @@ def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_
     import sys
 
     from posesplat.checkpoint import read as read_checkpoint
-    from posesplat.train import load_checkpoint, main, train
+    from posesplat.train import main, train
+    from posesplat.trained import load_checkpoint
 
     cfg = make_config(tiny(small_dataset))
     out = tmp_path / "run"

@@ -17,7 +17,8 @@ from posesplat.model import PoseSplatter
 from posesplat.checkpoint import read as read_checkpoint
 from posesplat.checkpoint import rng_state, save_checkpoint, set_rng_state
 from posesplat.memory import OutOfMemoryError
-from posesplat.train import NonFiniteLossError, load_checkpoint, main, make_optimizer, render_frame, train
+from posesplat.train import NonFiniteLossError, main, make_optimizer, train
+from posesplat.trained import load_checkpoint, render_frame
 
 DOCS = Path(__file__).parents[1] / "docs"
 
