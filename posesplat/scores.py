@@ -1,0 +1,116 @@
+"""What evaluation measures on a frame: image metrics per view, depth and normal errors and the surface distance,
+the overlap with the true body, and the image panels.
+
+`posesplat.train.evaluate` renders the valid and test frames and scores them here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+
+from posesplat import geometry
+from posesplat import metrics as metrics_schema
+from posesplat.data import inside_body
+from posesplat.model import PoseSplatter
+from posesplat.render import Gaussians, RenderOut, render
+from posesplat.setup import Setup, load_frame
+
+EVAL_KEYS = [f"{split}_{k}" for split in metrics_schema.SPLITS for k in metrics_schema.IMAGE]  # image metrics
+FRAME_KEYS = metrics_schema.names(per_frame=True)  # also reported per test frame, as `<key>_frames`
+
+
+@torch.no_grad()
+def image_metrics(out: RenderOut, images: torch.Tensor, masks: torch.Tensor) -> dict[str, list[float]]:
+    """Per-view IoU (alpha > 0.5 vs mask), PSNR over the full image, foreground PSNR and SSIM (torchmetrics).
+
+    Foreground PSNR (`psnr_fg`) is the PSNR over the pixels where the true mask or the rendered mask (alpha > 0.5)
+    is set: the background colour, which any renderer gets right, does not count, and missing or extra body does.
+    A view where neither mask has a pixel gives NaN."""
+    pred = out.alpha > 0.5
+    gt = masks > 0.5
+    inter = (pred & gt).flatten(1).sum(1).float()
+    fg = (pred | gt).flatten(1)  # [V, H*W]
+    union = fg.sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    sq = ((out.rgb.clamp(0, 1) - images) ** 2).mean(-1).flatten(1)  # [V, H*W]
+    psnr = -10 * torch.log10(sq.mean(1).clamp_min(1e-10))
+    mse_fg = (sq * fg).sum(1) / union.clamp_min(1)
+    psnr_fg = torch.where(union > 0, -10 * torch.log10(mse_fg.clamp_min(1e-10)), torch.full_like(union, float("nan")))
+    ssim = ssim_fn(
+        out.rgb.clamp(0, 1).permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0, reduction="none"
+    )
+    return {"iou": iou.tolist(), "psnr": psnr.tolist(), "psnr_fg": psnr_fg.tolist(), "ssim": ssim.flatten().tolist()}
+
+
+def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, kinds, centre, heading) -> float:
+    """Volumetric IoU between the cells that became Gaussians and the cells inside the true body."""
+    from posesplat.pose import yaw_rotmat
+
+    centres = model.centres.reshape(-1, 3)
+    world = (centres @ yaw_rotmat(heading).T + centre).cpu().numpy()
+    truth = torch.from_numpy(np.asarray(inside_body(gt, world, kinds), dtype=bool))
+    pred = torch.zeros_like(truth)
+    pred[local_index.cpu()] = True
+    union = (pred | truth).sum().item()
+    return float((pred & truth).sum().item() / union) if union else float("nan")
+
+
+def gt_mass_inside(g: Gaussians, gt: np.ndarray, kinds: np.ndarray) -> float:
+    """Opacity-weighted fraction of the Gaussians (their learned world means) that lie inside the true body."""
+    inside = torch.from_numpy(np.asarray(inside_body(gt, g.means.detach().cpu().double().numpy(), kinds), dtype=bool))
+    w = g.opacities.detach().cpu().double()
+    return float((w * inside).sum() / w.sum().clamp_min(1e-12))
+
+
+def panel(gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+    """GT | render | |error| side by side, uint8 [H, 3W, 3]."""
+    err = (pred - gt).abs().mean(-1, keepdim=True).expand_as(gt).clamp(0, 1)
+    row = torch.cat([gt, pred.clamp(0, 1), err], dim=1)
+    return (row * 255).round().byte().cpu().numpy()
+
+
+def geometry_panel(out: RenderOut, depth_gt: torch.Tensor, normal_gt: torch.Tensor, masks: torch.Tensor
+                   ) -> np.ndarray:
+    """True depth | rendered depth | true normals | rendered normals of the first view, uint8 [H, 4W, 3]: depth
+    grey from near (white) to far over the true depth's range, normals (n + 1) / 2 in world axes."""
+    m = masks[0] > 0.5
+    z = depth_gt[0][m]
+    lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)
+    grey = lambda d, keep: ((1 - (d - lo) / max(hi - lo, 1e-9)).clamp(0, 1) * keep)[..., None].expand(*d.shape, 3)
+    shown = out.alpha[0] > 0.5
+    row = torch.cat([grey(depth_gt[0], m), grey(out.depth[0], shown), (normal_gt[0] + 1) / 2 * m[..., None],
+                     (out.normals[0] + 1) / 2 * shown[..., None]], dim=1)
+    return (row * 255).round().byte().cpu().numpy()
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (a view without any foreground has no foreground PSNR); NaN when there are none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int], out: RenderOut, g: Gaussians,
+                    downsample: int) -> tuple[dict[str, list[float]], float]:
+    """Depth and normal errors per held-out view (posesplat.geometry.view_errors) and the frame's surface distance
+    over every view (the observed ones rendered here); NaN without true geometry (MultiViewDataset.geometry_note)."""
+    truth = setup.ds.gt_geometry(int(frame), list(heldout), downsample)
+    if truth is None:
+        return {k: [float("nan")] * len(heldout) for k in metrics_schema.GEOMETRY}, float("nan")
+    t = load_frame(setup, frame, heldout, downsample)
+    depth_gt, normal_gt = (x.to(setup.device) for x in truth)
+    errs = geometry.view_errors(out.depth, out.normals, depth_gt, normal_gt, t["masks"])
+    pred = [geometry.surface_points(out.depth, out.alpha > 0.5, t["viewmats"], t["Ks"])]
+    true = [geometry.surface_points(depth_gt, t["masks"], t["viewmats"], t["Ks"])]
+    if setup.observed:
+        o = load_frame(setup, frame, setup.observed, downsample)
+        seen = render(g, mode, o["viewmats"], o["Ks"], setup.width, setup.height, setup.backend,
+                      setup.background)
+        d_obs = setup.ds.gt_geometry(int(frame), setup.observed, downsample)[0].to(setup.device)
+        pred.append(geometry.surface_points(seen.depth, seen.alpha > 0.5, o["viewmats"], o["Ks"]))
+        true.append(geometry.surface_points(d_obs, o["masks"], o["viewmats"], o["Ks"]))
+    return errs, geometry.surface_distance(torch.cat(pred), torch.cat(true))
