@@ -1,12 +1,12 @@
 """What evaluation measures on a frame: image metrics per view, depth and normal errors and the surface distance,
-the overlap with the true body, and the image panels.
+the overlap with the true body, the image panels, and the `Tally` that turns them into an epoch's metrics.
 
 `posesplat.train.evaluate` renders the valid and test frames and scores them here.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -114,3 +114,74 @@ def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int],
         pred.append(geometry.surface_points(seen.depth, seen.alpha > 0.5, o["viewmats"], o["Ks"]))
         true.append(geometry.surface_points(d_obs, o["masks"], o["viewmats"], o["Ks"]))
     return errs, geometry.surface_distance(torch.cat(pred), torch.cat(true))
+
+
+class Tally:
+    """An evaluation pass's scores as they accumulate (`score`, `score_body`) and the epoch's metrics they give."""
+
+    def __init__(self, setup: Setup, mode: str, downsample: int):
+        self.setup, self.mode, self.downsample = setup, mode, downsample
+        self.views: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}  # `<target>_<image metric>`: one per view
+        self.per_frame: dict[str, list[float]] = {k: [] for k in FRAME_KEYS}  # one per test frame
+        self.geometry: dict[str, list[float]] = {k: [] for k in metrics_schema.GEOMETRY}  # per held-out test view
+        self.surface: list[float] = []  # per test frame
+        self.test_frames: list[int] = []  # the frames of `per_frame`, in its order
+        self.gaussians: list[int] = []  # per evaluated frame
+        self.iou3d: list[float] = []  # per test frame with a true body
+        self.mass: list[float] = []  # per test frame with a true body
+        self.render_s, self.renders = 0.0, 0  # time spent rendering, views rendered in it
+        self.images: dict[str, np.ndarray] = {}  # panel name -> uint8 [H, kW, 3]
+
+    def rendered(self, seconds: float, views: int) -> None:
+        """Count a render of `views` views that took `seconds`."""
+        self.render_s += seconds
+        self.renders += views
+
+    def score(self, target: str, frame: int, views: Sequence[int], t: dict[str, torch.Tensor], out: RenderOut,
+              g: Gaussians) -> None:
+        """Score a frame's render `out` into `target`'s views (loaded as `t`; `g` its world Gaussians): image
+        metrics and, for test frames, geometry; the first frame that has them gives the panels."""
+        for k, vals in image_metrics(out, t["images"], t["masks"]).items():
+            self.views[f"{target}_{k}"] += vals
+            if target == "test_heldout":
+                self.per_frame[f"{target}_{k}"].append(nanmean(vals))
+        if target == "test_heldout":
+            self._score_geometry(frame, views, t, out, g)
+        if target == "valid_heldout" and "heldout" not in self.images:
+            self.images["heldout"] = panel(t["images"][0], out.rgb[0])
+
+    def _score_geometry(self, frame: int, views: Sequence[int], t: dict[str, torch.Tensor], out: RenderOut,
+                        g: Gaussians) -> None:
+        """A test frame's depth and normal errors per held-out view, their means and its surface distance."""
+        self.test_frames.append(int(frame))
+        errs, dist = geometry_errors(self.setup, self.mode, frame, views, out, g, self.downsample)
+        for k, vals in errs.items():
+            self.geometry[k] += vals
+            self.per_frame[f"test_heldout_{k}"].append(nanmean(vals))
+        self.per_frame["test_surface_dist"].append(dist)
+        self.surface.append(dist)
+        if np.isfinite(dist) and "geometry" not in self.images:
+            d_gt, n_gt = self.setup.ds.gt_geometry(int(frame), views, self.downsample)
+            self.images["geometry"] = geometry_panel(out, d_gt.to(self.setup.device), n_gt.to(self.setup.device),
+                                                     t["masks"])
+
+    def score_body(self, model: PoseSplatter, local_index: torch.Tensor, frame: int, g: Gaussians,
+                   b: dict[str, torch.Tensor]) -> None:
+        """A test frame's overlap with its true body: the cells that became Gaussians (`local_index`, of the
+        frame loaded as `b`) and the Gaussians' opacity inside it."""
+        gt, kinds = self.setup.ds.gt(int(frame)), self.setup.ds.gt_kinds()
+        self.iou3d.append(gt_iou3d(model, local_index, gt, kinds, b["centre"], b["heading"]))
+        self.mass.append(gt_mass_inside(g, gt, kinds))
+
+    def metrics(self) -> dict[str, Any]:
+        """Means over views and frames (NaN without any), render time per view, the per-frame lists and frames."""
+        metrics = {k: nanmean(v) for k, v in self.views.items()}
+        metrics["gt_iou3d"] = float(np.mean(self.iou3d)) if self.iou3d else float("nan")
+        metrics["gt_mass_inside"] = float(np.mean(self.mass)) if self.mass else float("nan")
+        metrics.update({f"test_heldout_{k}": nanmean(v) for k, v in self.geometry.items()})
+        metrics["test_surface_dist"] = nanmean(self.surface)
+        metrics["render_ms"] = 1000 * self.render_s / max(self.renders, 1)
+        metrics["gaussians_per_frame"] = float(np.mean(self.gaussians)) if self.gaussians else float("nan")
+        metrics.update({metrics_schema.frame_column(k): v for k, v in self.per_frame.items()})
+        metrics[metrics_schema.FRAMES] = self.test_frames
+        return metrics

@@ -2,7 +2,9 @@
 
 `train(cfg, ...)` is the loop the study calls: it reports an `EpochReport` (metrics, checkpoint file, image panels)
 after every epoch. Checkpoints hold the config, learnable state, optimiser, scheduler, epoch, RNG states, grid crop
-and the metrics history: nothing derived (file I/O: posesplat.checkpoint, which never unpickles).
+and the metrics history: nothing derived (posesplat.checkpoint writes and restores them, and never unpickles).
+The run's setup is posesplat.setup, the objective posesplat.losses, what evaluation measures posesplat.scores,
+peak memory and running out of it posesplat.memory.
 """
 
 from __future__ import annotations
@@ -19,20 +21,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from posesplat import metrics as metrics_schema
 from posesplat.checkpoint import read as read_checkpoint
 from posesplat.checkpoint import restore, save_checkpoint
 from posesplat.config import Config, ConfigError, load_config
 from posesplat.data import DatasetError
-from posesplat import metrics as metrics_schema
 from posesplat.io import atomic_write, strict_dumps
 from posesplat.losses import geometry_terms, loss_terms, training_loss
 from posesplat.memory import OutOfMemoryError, PeakMemory, oom_error
-from posesplat.modes import MODES
 from posesplat.model import PoseSplatter, to_world
+from posesplat.modes import MODES
 from posesplat.progress import Progress
-from posesplat.render import render
-from posesplat.scores import (EVAL_KEYS, FRAME_KEYS, geometry_errors, geometry_panel, gt_iou3d, gt_mass_inside,
-                              image_metrics, nanmean, panel)
+from posesplat.render import Gaussians, render
+from posesplat.scores import EVAL_KEYS, Tally
 from posesplat.setup import Setup, build_model, load_frame, prepare
 
 
@@ -49,7 +50,31 @@ class EpochReport:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 [H, W, 3]
 
 
-def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int):
+@dataclass
+class Run:
+    """What every step of a run works with."""
+
+    cfg: Config
+    setup: Setup
+    model: PoseSplatter
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    steps: int  # per epoch
+
+
+@dataclass
+class EpochRun:
+    """What an epoch's training steps leave for its metrics."""
+
+    memory: PeakMemory
+    sums: dict[str, float] = field(default_factory=dict)  # the loss and each term, summed over the steps
+    counts: dict[str, int] = field(default_factory=dict)  # steps each was computed in (2DGS's terms warm up)
+    seconds: float = 0.0
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam at cfg.lr, and its schedule over `total_steps` (cosine down to 5% of lr, or constant)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1), eta_min=0.05 * cfg.lr)
@@ -69,6 +94,16 @@ def eval_frames(cfg: Config, frames: np.ndarray, split: str = "test") -> np.ndar
     return frames[np.linspace(0, len(frames) - 1, cap).round().astype(int)]
 
 
+def eval_targets(setup: Setup, split: str) -> list[tuple[str, list[int]]]:
+    """The views a frame of `split` is rendered into, each with its metrics' prefix: valid frames into the observed
+    and the held-out views, test frames into the held-out ones (none where there are no such views)."""
+    if split == "valid":
+        targets = [("valid", setup.observed), ("valid_heldout", setup.heldout)]
+    else:
+        targets = [("test_heldout", setup.heldout)]
+    return [(name, views) for name, views in targets if views]
+
+
 @torch.no_grad()
 def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = False,
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -78,71 +113,51 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
     its held-out views) and `test_frames` the frame indices, in the same order (lists; empty without held-out views).
     """
     model.eval()
-    acc: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}
-    per_frame: dict[str, list[float]] = {k: [] for k in FRAME_KEYS}
-    test_frames: list[int] = []
-    render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
-    geo: dict[str, list[float]] = {k: [] for k in metrics_schema.GEOMETRY}  # per held-out test view
-    surface: list[float] = []  # per test frame
+    tally = Tally(setup, model.mode, cfg.image_downsample)
     for split in ("valid", "test"):
         for f in Progress(eval_frames(cfg, setup.frames[split], split), desc=f"evaluating {split} frames",
                           unit="frame", leave=False, disable=not progress):
-            b = load_frame(setup, f, setup.observed, cfg.image_downsample)
-            local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-            g = to_world(local, b["centre"], b["heading"])
-            n_gauss.append(local.means.shape[0])
-            targets = [("valid_heldout" if split == "valid" else "test_heldout", setup.heldout)]
-            if split == "valid":
-                targets.insert(0, ("valid", setup.observed))
-            for name, views in targets:
-                if not views:
-                    continue
-                t = load_frame(setup, f, views, cfg.image_downsample)
-                t0 = time.perf_counter()
-                out = render(g, model.mode, t["viewmats"], t["Ks"], setup.width, setup.height, setup.backend, setup.background)
-                if setup.device.type == "cuda":
-                    torch.cuda.synchronize()
-                render_s += time.perf_counter() - t0
-                n_renders += len(views)
-                for k, vals in image_metrics(out, t["images"], t["masks"]).items():
-                    acc[f"{name}_{k}"] += vals
-                    if name == "test_heldout":
-                        per_frame[f"{name}_{k}"].append(nanmean(vals))
-                if name == "test_heldout":
-                    test_frames.append(int(f))
-                    errs, dist = geometry_errors(setup, model.mode, f, views, out, g, cfg.image_downsample)
-                    for k, vals in errs.items():
-                        geo[k] += vals
-                        per_frame[f"test_heldout_{k}"].append(nanmean(vals))
-                    per_frame["test_surface_dist"].append(dist)
-                    surface.append(dist)
-                    if np.isfinite(dist) and "geometry" not in images:
-                        d_gt, n_gt = setup.ds.gt_geometry(int(f), views, cfg.image_downsample)
-                        images["geometry"] = geometry_panel(out, d_gt.to(setup.device), n_gt.to(setup.device),
-                                                            t["masks"])
-                if name == "valid_heldout" and "heldout" not in images:
-                    images["heldout"] = panel(t["images"][0], out.rgb[0])
-            if split == "test" and setup.ds.has_gt:
-                gt, kinds = setup.ds.gt(int(f)), setup.ds.gt_kinds()
-                ious3d.append(gt_iou3d(model, local.index, gt, kinds, b["centre"], b["heading"]))
-                mass.append(gt_mass_inside(g, gt, kinds))
+            evaluate_frame(cfg, setup, model, split, f, tally)
     model.train()
-    metrics = {k: nanmean(v) for k, v in acc.items()}
-    metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
-    metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
-    metrics.update({f"test_heldout_{k}": nanmean(v) for k, v in geo.items()})
-    metrics["test_surface_dist"] = nanmean(surface)
-    metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
-    metrics["gaussians_per_frame"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
-    metrics.update({metrics_schema.frame_column(k): v for k, v in per_frame.items()})
-    metrics[metrics_schema.FRAMES] = test_frames
-    return metrics, images
+    return tally.metrics(), tally.images
 
 
-# ----------------------------------------------------------------------------------------------- failures
+def evaluate_frame(cfg: Config, setup: Setup, model: PoseSplatter, split: str, frame: int, tally: Tally) -> None:
+    """Reconstruct `frame` from its observed views, render it into the split's targets (timed) and score it."""
+    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
+    local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+    g = to_world(local, b["centre"], b["heading"])
+    tally.gaussians.append(local.means.shape[0])
+    for target, views in eval_targets(setup, split):
+        t = load_frame(setup, frame, views, cfg.image_downsample)
+        t0 = time.perf_counter()
+        out = render(g, model.mode, t["viewmats"], t["Ks"], setup.width, setup.height, setup.backend, setup.background)
+        if setup.device.type == "cuda":
+            torch.cuda.synchronize()
+        tally.rendered(time.perf_counter() - t0, len(views))
+        tally.score(target, frame, views, t, out, g)
+    if split == "test" and setup.ds.has_gt:
+        tally.score_body(model, local.index, frame, g, b)
 
 
-def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tuple[str, str]:
+def evaluate_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Evaluation's metrics and panels every `valid_every` epochs and at the last, with the time it took; NaN
+    metrics (metrics.unevaluated) and no panels at the other epochs."""
+    cfg = run.cfg
+    if epoch % cfg.valid_every != 0 and epoch != cfg.epochs:
+        return {**metrics_schema.unevaluated(), "eval_time_s": 0.0}, {}
+    t0 = time.perf_counter()
+    try:
+        evals, images = evaluate(cfg, run.setup, run.model, progress)
+    except torch.OutOfMemoryError as e:
+        raise oom_error(cfg, run.setup.device, e, f"evaluation (epoch {epoch})") from e
+    return {**evals, "eval_time_s": time.perf_counter() - t0}, images
+
+
+# ----------------------------------------------------------------------------------------------- the step
+
+
+def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g: Gaussians) -> tuple[str, str]:
     """(what was not finite: the Gaussians, a loss term, or only the weighted sum of finite terms; the advice that
     fits it: weights that overflow, else the step size and clipping as it is set)."""
     bad_terms = [k for k, t in terms.items() if not bool(torch.isfinite(t).all())]
@@ -156,6 +171,104 @@ def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tupl
              else f"non-finite loss term {', '.join(bad_terms)} (loss {loss.item()})")
     clip = f"lower grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "enable grad_clip"
     return cause, f"lower lr or {clip}"
+
+
+def check_finite(cfg: Config, terms: dict[str, torch.Tensor], loss: torch.Tensor, g: Gaussians, where: str) -> None:
+    """Refuse a non-finite loss or non-finite Gaussians (the renderer drops NaN-opacity pairs, so a diverged model
+    can still give a finite loss), naming the cause, `where`, and what to change."""
+    finite = bool(torch.isfinite(loss)) and all(
+        bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
+    )
+    if not finite:
+        cause, hint = nonfinite_diagnosis(cfg, terms, loss, g)
+        raise NonFiniteLossError(f"{cause} at {where}: {hint}")
+
+
+def check_gradient(cfg: Config, norm: torch.Tensor, loss: torch.Tensor, where: str) -> None:
+    """Refuse a non-finite gradient norm of a finite loss, naming `where` and the weights to lower."""
+    if not bool(torch.isfinite(norm)):
+        raise NonFiniteLossError(
+            f"non-finite gradient (norm {norm.item()}) of the finite loss {loss.item():.4g} at {where}: "
+            f"lower img_lambda ({cfg.img_lambda:g}) or ssim_lambda ({cfg.ssim_lambda:g}) if large, else lower lr"
+        )
+
+
+def train_step(run: Run, frame: int, pick: torch.Tensor, step: int, where: str) -> dict[str, torch.Tensor]:
+    """One optimiser step on `frame` rendered into its observed views `pick`; returns the loss and its terms.
+    `step` counts the run's steps from 1 (2DGS's terms warm up by it); `where` names the step in errors."""
+    cfg, setup = run.cfg, run.setup
+    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
+    g = run.model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+    dist_on, normal_on = geometry_terms(cfg, step, cfg.epochs * run.steps)
+    out = render(
+        g, cfg.gaussian_mode, b["viewmats"][pick], b["Ks"][pick], setup.width, setup.height,
+        setup.backend, setup.background, distortion=dist_on,
+    )
+    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda, dist_on, normal_on)
+    loss = training_loss(cfg, terms)
+    check_finite(cfg, terms, loss, g, where)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip or float("inf"))
+    check_gradient(cfg, norm, loss, where)
+    run.opt.step()
+    run.sched.step()
+    return {"loss": loss, **terms}
+
+
+# ----------------------------------------------------------------------------------------------- the epoch
+
+
+def train_epoch(run: Run, epoch: int, epochs: int, progress: bool) -> EpochRun:
+    """The epoch's steps over the training frames in an order seeded by the epoch, each on views drawn from the
+    same generator, with their peak memory and time; the losses summed for epoch_metrics."""
+    cfg, frames = run.cfg, run.setup.frames["train"]
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(frames), generator=gen)
+    bar = Progress(range(run.steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress,
+                   leave=False)
+    done = EpochRun(PeakMemory(run.setup.device))
+    with done.memory:
+        t0 = time.perf_counter()
+        for step in bar:
+            frame = frames[int(order[step % len(frames)])]
+            pick = torch.randperm(len(run.setup.observed), generator=gen)[: cfg.views_per_step]
+            where = f"epoch {epoch}, step {step + 1} (frame {int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g})"
+            try:
+                parts = train_step(run, frame, pick, (epoch - 1) * run.steps + step + 1, where)
+            except torch.OutOfMemoryError as e:
+                raise oom_error(cfg, run.setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
+            for k, v in parts.items():
+                done.sums[k] = done.sums.get(k, 0.0) + float(v.detach())
+                done.counts[k] = done.counts.get(k, 0) + 1
+            bar.set_postfix(loss=f"{parts['loss'].item():.4f}")
+        if run.setup.device.type == "cuda":
+            torch.cuda.synchronize()
+        done.seconds = time.perf_counter() - t0
+    return done
+
+
+def epoch_metrics(run: Run, epoch: int, done: EpochRun) -> dict[str, Any]:
+    """The epoch's training metrics: lr, the loss and its terms averaged over the steps that computed them, time,
+    peak memory, the model's size and where it ran."""
+    sums, counts, mem = done.sums, done.counts, done.memory
+    return {
+        "epoch": epoch,
+        "current_lr": run.opt.param_groups[0]["lr"],
+        "train_loss": sums["loss"] / run.steps,
+        "train_iou_loss": sums["iou_loss"] / run.steps,
+        "train_l1": sums["l1"] / run.steps,
+        **{f"train_{k}": sums[k] / counts[k] if k in sums else float("nan")
+           for k in ("ssim_loss", "dist_loss", "normal_loss")},
+        "epoch_time_s": done.seconds,
+        **{col: mem.peak_mb if kind == mem.kind else float("nan")
+           for kind, col in metrics_schema.PEAK_MEM.items()},
+        "mem_kind": mem.kind,
+        "params_per_gaussian": MODES[run.cfg.gaussian_mode].params_per_gaussian,
+        "model_params": sum(p.numel() for p in run.model.parameters()),
+        "device": str(run.setup.device),
+        "backend": run.setup.backend,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -179,100 +292,24 @@ def train(
     setup = prepare(cfg, state["volume_idx"] if state else None)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, setup)
-    n_train = len(setup.frames["train"])
-    steps = cfg.steps_per_epoch or n_train
+    steps = cfg.steps_per_epoch or len(setup.frames["train"])
     opt, sched = make_optimizer(cfg, model, cfg.epochs * steps)
     history, start = restore(state, model, opt, sched, setup.device) if state else ([], 1)
-    n_model_params = sum(p.numel() for p in model.parameters())
+    run = Run(cfg, setup, model, opt, sched, steps)
     for epoch in range(start, epochs + 1):
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(n_train, generator=gen)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}  # steps each term was computed in (2DGS's terms are off during their warm-up)
-        bar = Progress(range(steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        with PeakMemory(setup.device) as mem:
-            t0 = time.perf_counter()
-            for step in bar:
-                frame = setup.frames["train"][int(order[step % n_train])]
-                pick = torch.randperm(len(setup.observed), generator=gen)[: cfg.views_per_step]
-                try:
-                    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
-                    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-                    dist_on, normal_on = geometry_terms(cfg, (epoch - 1) * steps + step + 1, cfg.epochs * steps)
-                    out = render(
-                        g, cfg.gaussian_mode, b["viewmats"][pick], b["Ks"][pick], setup.width, setup.height,
-                        setup.backend, setup.background, distortion=dist_on,
-                    )
-                    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda, dist_on, normal_on)
-                    loss = training_loss(cfg, terms)
-                    finite = bool(torch.isfinite(loss)) and all(
-                        bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
-                    )  # the renderer drops NaN-opacity pairs, so a diverged model can still give a finite loss
-                    if not finite:
-                        cause, hint = nonfinite_diagnosis(cfg, terms, loss, g)
-                        raise NonFiniteLossError(
-                            f"{cause} at epoch {epoch}, step {step + 1} (frame {int(frame)}, mode "
-                            f"{cfg.gaussian_mode}, lr {cfg.lr:g}): {hint}"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-                    if not bool(torch.isfinite(norm)):
-                        raise NonFiniteLossError(
-                            f"non-finite gradient (norm {norm.item()}) of the finite loss {loss.item():.4g} at epoch "
-                            f"{epoch}, step {step + 1} (frame {int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g}): "
-                            f"lower img_lambda ({cfg.img_lambda:g}) or ssim_lambda ({cfg.ssim_lambda:g}) if large, "
-                            f"else lower lr"
-                        )
-                    opt.step()
-                    sched.step()
-                except torch.OutOfMemoryError as e:
-                    raise oom_error(cfg, setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
-                for k, v in {"loss": loss, **terms}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                    counts[k] = counts.get(k, 0) + 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if setup.device.type == "cuda":
-                torch.cuda.synchronize()
-            epoch_time = time.perf_counter() - t0
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "current_lr": opt.param_groups[0]["lr"],
-            "train_loss": sums["loss"] / steps,
-            "train_iou_loss": sums["iou_loss"] / steps,
-            "train_l1": sums["l1"] / steps,
-            **{f"train_{k}": sums[k] / counts[k] if k in sums else float("nan")
-               for k in ("ssim_loss", "dist_loss", "normal_loss")},
-            "epoch_time_s": epoch_time,
-            **{col: mem.peak_mb if kind == mem.kind else float("nan")
-               for kind, col in metrics_schema.PEAK_MEM.items()},
-            "mem_kind": mem.kind,
-            "params_per_gaussian": MODES[cfg.gaussian_mode].params_per_gaussian,
-            "model_params": n_model_params,
-            "device": str(setup.device),
-            "backend": setup.backend,
-        }
-        images: dict[str, np.ndarray] = {}
-        if epoch % cfg.valid_every == 0 or epoch == cfg.epochs:
-            t1 = time.perf_counter()
-            try:
-                evals, images = evaluate(cfg, setup, model, progress)
-            except torch.OutOfMemoryError as e:
-                raise oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
-            metrics.update(evals, eval_time_s=time.perf_counter() - t1)
-        else:
-            metrics.update(metrics_schema.unevaluated(), eval_time_s=0.0)
-        history.append(metrics)
-        if ckpt_path:
-            metrics["checkpoint_bytes"] = save_checkpoint(
-                ckpt_path, cfg, setup.volume_idx, model, opt, sched, epoch, history, setup.device
-            )
-        else:
-            metrics["checkpoint_bytes"] = -1
+        done = train_epoch(run, epoch, epochs, progress)
+        metrics = epoch_metrics(run, epoch, done)
+        evals, images = evaluate_epoch(run, epoch, progress)
+        metrics.update(evals)
+        history.append(metrics)  # saved in the checkpoint before its size is added
+        metrics["checkpoint_bytes"] = (
+            save_checkpoint(ckpt_path, cfg, setup.volume_idx, model, opt, sched, epoch, history, setup.device)
+            if ckpt_path else -1
+        )
         if progress:
             tqdm.write(
                 f"epoch {epoch}: loss {metrics['train_loss']:.4f}  held-out IoU {metrics['valid_heldout_iou']:.3f} "
-                f"PSNR {metrics['valid_heldout_psnr']:.2f}  ({epoch_time:.1f} s)"
+                f"PSNR {metrics['valid_heldout_psnr']:.2f}  ({done.seconds:.1f} s)"
             )
         if on_epoch:
             on_epoch(EpochReport(metrics, Path(ckpt_path) if ckpt_path else None, images))
@@ -283,6 +320,7 @@ def train(
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE overrides as a dict, each value parsed as JSON (else kept as text)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -340,6 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (the CLI's metrics.jsonl)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
