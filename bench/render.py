@@ -5,7 +5,7 @@
 the image, as the model produces them. Time: median of the repeats after one warm-up, forward + backward of a sum
 loss. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU the process's resident-set high-water mark
 during the call (VmHWM reset through /proc/self/clear_refs, after malloc_trim) minus the resident set before it
-(`posesplat.train.PeakMemory`: tracemalloc does not see torch's allocations). `pairs/px` is the number of
+(`posesplat.memory.PeakMemory`: tracemalloc does not see torch's allocations). `pairs/px` is the number of
 (Gaussian, pixel) pairs that are composited (alpha >= 1/255, before the pixel's T reaches 1e-4) per image pixel:
 the scene's depth complexity, which sets the torch backend's cost.
 """
@@ -21,7 +21,7 @@ import torch
 
 from posesplat.modes import MODES, names
 from posesplat.render import Gaussians, project_any, render, torch_backend
-from posesplat.train import PeakMemory
+from posesplat.memory import PeakMemory
 
 SIZES = ((64, 64), (128, 128), (256, 288))  # (width, height)
 COUNTS = (1000, 4000, 16000)

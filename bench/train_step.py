@@ -14,9 +14,11 @@ import time
 import torch
 
 from posesplat.config import make_config
+from posesplat.losses import loss_terms
+from posesplat.memory import PeakMemory
 from posesplat.modes import names
-from posesplat.train import PeakMemory, build_model, load_frame, loss_terms, prepare
 from posesplat.render import render
+from posesplat.setup import build_model, load_frame, prepare
 
 from bench.render import fmt_ms
 

@@ -1,4 +1,5 @@
-"""Checkpoint files: `write`, `read` (never unpickles) and `python -m posesplat.checkpoint upgrade PATH... --trust`.
+"""Checkpoint files: `write`, `read` (never unpickles), the training state they hold (`save_checkpoint`, `restore`)
+and `python -m posesplat.checkpoint upgrade PATH... --trust`.
 
 A checkpoint (format 2) holds tensors, plain containers, numbers and strings only, the config as JSON text, so it
 loads with `torch.load(weights_only=True)`: a file holding any other pickled object is refused before any object is
@@ -15,12 +16,15 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
 from posesplat.io import atomic_file
+
+if TYPE_CHECKING:
+    from posesplat.config import Config
 
 FORMAT = 2
 OLD_FORMATS = (1,)  # what `upgrade` converts
@@ -101,6 +105,47 @@ def read(path: str | Path) -> dict:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: its config is not valid JSON ({e.msg})") from None
     return state
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """torch's CPU RNG state, and the training device's CUDA RNG state when training on CUDA (else None)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what rng_state saved; a CUDA state is restored only when training on CUDA again."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model: torch.nn.Module,
+                    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, epoch: int,
+                    history: list, device: torch.device) -> int:
+    """Write the checkpoint atomically (temporary name, then rename); returns its size in bytes."""
+    state = {
+        "config": cfg.model_dump(mode="json"),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "volume_idx": volume_idx,
+        **rng_state(device),
+        "history": history,
+    }
+    return write(path, state)
+
+
+def restore(state: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> tuple[list[dict], int]:
+    """Load a checkpoint's state (`read`) into the model, optimiser and scheduler and restore its RNG states;
+    returns its metrics history and the epoch to continue from."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    set_rng_state(state, device)
+    return list(state["history"]), state["epoch"] + 1
 
 
 def needs_upgrade(source: Any) -> bool:

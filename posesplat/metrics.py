@@ -1,7 +1,7 @@
 """The metrics schema: every value the training loop reports per epoch, with its unit, which direction is better,
 whether it is also reported per test frame, and how the analysis turns a trial's epochs into one number.
 
-Evaluation (posesplat.train), the study's parquet types and TensorBoard groups (study.sink, study.board), the
+Evaluation (posesplat.train, posesplat.scores), the study's parquet types and TensorBoard groups (study.sink, study.board), the
 analysis (study.load) and the space's choice of decision metrics (study.space) all read this table, so a new metric
 is one entry here plus the line of code that measures it.
 """
@@ -32,7 +32,7 @@ class Metric:
 SPLITS = {"valid": "the observed (training) views, validation frames",
           "valid_heldout": "the held-out views, validation frames",
           "test_heldout": "the held-out views, test frames"}
-IMAGE = {  # per view, from posesplat.train.image_metrics: (unit, label, what)
+IMAGE = {  # per view, from posesplat.scores.image_metrics: (unit, label, what)
     "iou": ("", "IoU", "mask IoU (rendered alpha > 0.5 against the true mask)"),
     "psnr": ("dB", "PSNR (full image)", "PSNR over every pixel, background included"),
     "psnr_fg": ("dB", "foreground PSNR", "PSNR over the pixels where either mask is set"),

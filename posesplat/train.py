@@ -2,49 +2,43 @@
 
 `train(cfg, ...)` is the loop the study calls: it reports an `EpochReport` (metrics, checkpoint file, image panels)
 after every epoch. Checkpoints hold the config, learnable state, optimiser, scheduler, epoch, RNG states, grid crop
-and the metrics history: nothing derived (file I/O: posesplat.checkpoint, which never unpickles).
+and the metrics history: nothing derived (posesplat.checkpoint writes and restores them, and never unpickles).
+The run's setup is posesplat.setup, the objective posesplat.losses, what evaluation measures posesplat.scores,
+peak memory and running out of it posesplat.memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 from tqdm.auto import tqdm
 
-from posesplat.carve import carve, find_volume_idx
-from posesplat.checkpoint import read as read_checkpoint
-from posesplat.checkpoint import write as write_checkpoint
-from posesplat.config import Config, ConfigError, load_config, make_config
-from posesplat.data import DatasetError, MultiViewDataset, inside_body, open_dataset
-from posesplat import geometry
 from posesplat import metrics as metrics_schema
+from posesplat.checkpoint import read as read_checkpoint
+from posesplat.checkpoint import restore, save_checkpoint
+from posesplat.config import Config, ConfigError, load_config
+from posesplat.data import DatasetError
 from posesplat.io import atomic_write, strict_dumps
+from posesplat.losses import geometry_terms, loss_terms, training_loss
+from posesplat.memory import OutOfMemoryError, PeakMemory, oom_error
+from posesplat.model import PoseSplatter, to_world
 from posesplat.modes import MODES
-from posesplat.model import PoseSplatter, pixels_per_unit, to_world
 from posesplat.progress import Progress
-from posesplat.render import RenderOut, pick_backend, render
-
-EVAL_KEYS = [f"{split}_{k}" for split in metrics_schema.SPLITS for k in metrics_schema.IMAGE]  # image metrics
-FRAME_KEYS = metrics_schema.names(per_frame=True)  # also reported per test frame, as `<key>_frames`
+from posesplat.render import Gaussians, render
+from posesplat.scores import EVAL_KEYS, Tally
+from posesplat.setup import Setup, build_model, load_frame, prepare
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class OutOfMemoryError(RuntimeError):
-    """The device (CUDA) ran out of memory; the message names the mode, grid size, where, and the allocation."""
 
 
 @dataclass
@@ -56,122 +50,31 @@ class EpochReport:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 [H, W, 3]
 
 
-# ----------------------------------------------------------------------------------------------- setup
+@dataclass
+class Run:
+    """What every step of a run works with."""
+
+    cfg: Config
+    setup: Setup
+    model: PoseSplatter
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    steps: int  # per epoch
 
 
 @dataclass
-class Setup:
-    """Everything derived from the config and the data before the model exists."""
+class EpochRun:
+    """What an epoch's training steps leave for its metrics."""
 
-    ds: MultiViewDataset
-    frames: dict[str, np.ndarray]  # train / valid / test frame indices
-    observed: list[int]
-    heldout: list[int]
-    ell: float
-    volume_idx: list[list[int]]
-    px_per_voxel: float
-    width: int
-    height: int
-    background: torch.Tensor  # [3]
-    device: torch.device
-    backend: str
+    memory: PeakMemory
+    sums: dict[str, float] = field(default_factory=dict)  # the loss and each term, summed over the steps
+    counts: dict[str, int] = field(default_factory=dict)  # steps each was computed in (2DGS's terms warm up)
+    seconds: float = 0.0
 
 
-def resolve_device(cfg: Config) -> torch.device:
-    """'auto' picks CUDA when available."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config: key 'device': 'cuda' was asked for but torch sees no CUDA device")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def load_frame(setup: Setup, frame: int, views: Sequence[int], downsample: int) -> dict[str, torch.Tensor]:
-    """One frame's views as tensors on the training device."""
-    batch = setup.ds.load(int(frame), list(views), downsample)
-    return {k: v.to(setup.device) for k, v in batch.items()}
-
-
-ELL_TOUCH_WARN, ELL_TOUCH_REFUSE = 0.0, 0.05  # share of sampled frames whose hull reaches the cube's faces
-
-
-def sample_hulls(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float,
-                 grid_size: Optional[int] = None) -> torch.Tensor:
-    """Carved hulls [N, G, G, G] (whole cube) of up to 16 training frames, evenly spread."""
-    picks = frames[np.linspace(0, len(frames) - 1, min(16, len(frames))).round().astype(int)]
-    out = []
-    for f in picks:
-        b = ds.load(int(f), observed, cfg.image_downsample)
-        out.append(carve(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"],
-                         grid_size or cfg.grid_size, ell)[0])
-    return torch.stack(out)
-
-
-def touches_faces(hulls: torch.Tensor) -> torch.Tensor:
-    """bool [N]: the hull [N, G, G, G] occupies a cell on the cube's outer layer (the animal may be clipped)."""
-    occ = hulls > 0.5
-    faces = [occ[:, [0, -1]], occ[:, :, [0, -1]], occ[:, :, :, [0, -1]]]
-    return torch.stack([f.flatten(1).any(1) for f in faces]).any(0)
-
-
-def suggest_ell(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float) -> str:
-    """A cube side that holds the hull of the sampled frames: carve a cube twice as large and measure the hull."""
-    big = sample_hulls(cfg, ds, frames, observed, 2 * ell, 32) > 0.5  # [N, 32, 32, 32]
-    if touches_faces(big.float()).any():
-        return f"at least {2 * ell:.3g}"
-    centres = (torch.arange(32) + 0.5) / 32 * 2 * ell - ell  # cell centres along an axis
-    if not big.any():
-        return f"about {ell:.3g} (no hull in a cube twice as large: check masks and cameras)"
-    reach = max(float(centres[big.any(dim=tuple(d for d in (0, 1, 2, 3) if d != a)).nonzero()].abs().max()) +
-                ell / 32 for a in (1, 2, 3))
-    return f"{1.1 * 2 * reach:.3g}"
-
-
-def check_ell(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: list[int], ell: float,
-              hulls: torch.Tensor) -> None:
-    """Refuse an `ell` whose cube clips the carved animal in more than 5% of the sampled frames; warn below."""
-    share = float(touches_faces(hulls).float().mean())
-    if share <= ELL_TOUCH_WARN:
-        return
-    where = "the config's 'ell'" if cfg.ell else f"the dataset's 'ell' attribute ({ds.path})"
-    msg = (f"the carved animal reaches the faces of the {ell:.3g} m cube in {share:.0%} of {len(hulls)} sampled "
-           f"training frames: {where} is too small for the animal; set ell to {suggest_ell(cfg, ds, frames, observed, ell)}")
-    if share > ELL_TOUCH_REFUSE:
-        raise ConfigError(msg)
-    print(f"warning: {msg}", file=sys.stderr)
-
-
-def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
-    """Open and validate the data, split frames and views, and derive the grid crop and image size."""
-    ds = open_dataset(cfg.dataset)
-    frames = ds.frame_split(cfg.max_frames, cfg.frame_jump, cfg.split)
-    observed, heldout = ds.view_split(cfg.holdout_views)
-    ell = cfg.ell or ds.ell
-    if ell is None:
-        raise ConfigError(f"config: key 'ell' is not set and the dataset {cfg.dataset} has no 'ell' attribute")
-    if volume_idx is None:  # a new model (not a checkpoint's): check the cube, then crop it
-        hulls = sample_hulls(cfg, ds, frames["train"], observed, ell)
-        check_ell(cfg, ds, frames["train"], observed, ell, hulls)
-        volume_idx = cfg.volume_idx or find_volume_idx(hulls.sum(0))
-    device = resolve_device(cfg)
-    d = cfg.image_downsample
-    b = ds.load(int(frames["train"][0]), observed, d)
-    height, width = b["masks"].shape[1:]
-    ppu = pixels_per_unit(b["Ks"], b["viewmats"], b["centre"])
-    background = torch.tensor(ds.background, dtype=torch.float32, device=device)
-    if ds.has_gt and ds.geometry_note:  # a synthetic store from before format 2: said once, here
-        print(f"warning: {ds.geometry_note}", file=sys.stderr)
-    return Setup(
-        ds, frames, observed, heldout, float(ell), volume_idx, ppu * ell / cfg.grid_size, int(width), int(height),
-        background, device, pick_backend(cfg.backend, device),
-    )
-
-
-def build_model(cfg: Config, setup: Setup) -> PoseSplatter:
-    return PoseSplatter(cfg, setup.ell, setup.volume_idx, setup.px_per_voxel).to(setup.device)
-
-
-def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int):
+def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam at cfg.lr, and its schedule over `total_steps` (cosine down to 5% of lr, or constant)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1), eta_min=0.05 * cfg.lr)
@@ -180,121 +83,7 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int):
     return opt, sched
 
 
-# ----------------------------------------------------------------------------------------------- loss and metrics
-
-
-WEIGHTS = {"l1": "img_lambda", "ssim_loss": "ssim_lambda", "dist_loss": "dist_lambda",
-           "normal_loss": "normal_lambda"}  # a loss term (after the IoU term, whose weight is 1) -> its config weight
-
-
-def loss_terms(out: RenderOut, images: torch.Tensor, masks: torch.Tensor, ssim_lambda: float, dist: bool = False,
-               normal: bool = False) -> dict[str, torch.Tensor]:
-    """1 - soft IoU on masks, L1 on RGB normalised by foreground area, 1 - SSIM (only if used) and, when on, 2DGS's
-    depth distortion and normal consistency (means over every pixel of the views, as 2DGS's train.py)."""
-    a, m = out.alpha, masks  # [V, H, W]
-    inter = (a * m).sum()
-    iou = inter / (a.sum() + m.sum() - inter).clamp_min(1e-6)
-    l1 = (out.rgb - images).abs().mean(-1).sum() / m.sum().clamp_min(1.0)
-    terms = {"iou_loss": 1.0 - iou, "l1": l1}
-    if ssim_lambda > 0:
-        terms["ssim_loss"] = 1.0 - ssim_fn(out.rgb.permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0)
-    if dist:
-        terms["dist_loss"] = out.distortion.mean()
-    if normal:
-        terms["normal_loss"] = normal_error(out).mean()
-    return terms
-
-
-def training_loss(cfg: Config, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The objective: the IoU term plus each other term times its weight (WEIGHTS), summed in loss_terms' order."""
-    loss = terms["iou_loss"]
-    for k, t in terms.items():
-        if k != "iou_loss":
-            loss = loss + getattr(cfg, WEIGHTS[k]) * t
-    return loss
-
-
-def normal_error(out: RenderOut) -> torch.Tensor:
-    """2DGS's normal consistency per pixel [V, H, W]: 1 - <sum_i w_i n_i, alpha n_d>, the surfels' composited normals
-    (not normalised) against the unit normals n_d of the rendered depth weighted by the accumulated alpha, which is
-    not differentiated (2DGS's train.py and renderer: 0 where nothing is drawn, 1 - alpha^2 cos elsewhere)."""
-    return 1 - (out.surfel_normals * out.normals * out.alpha.detach()[..., None]).sum(-1)
-
-
-def term_on(start: float, step: int, total: int) -> bool:
-    """2DGS's warm-up: a term is on at the 1-based training step `step` of `total` once more than the fraction
-    `start` of them is done (2DGS: from iteration 3001 of 30000 for the distortion, 7001 for the normal term)."""
-    return step > start * total
-
-
-def geometry_terms(cfg: Config, step: int, total: int) -> tuple[bool, bool]:
-    """(distortion on, normal term on) at the 1-based training step `step` of `total` (off while the weight is 0)."""
-    return (cfg.dist_lambda > 0 and term_on(cfg.dist_start, step, total),
-            cfg.normal_lambda > 0 and term_on(cfg.normal_start, step, total))
-
-
-@torch.no_grad()
-def image_metrics(out: RenderOut, images: torch.Tensor, masks: torch.Tensor) -> dict[str, list[float]]:
-    """Per-view IoU (alpha > 0.5 vs mask), PSNR over the full image, foreground PSNR and SSIM (torchmetrics).
-
-    Foreground PSNR (`psnr_fg`) is the PSNR over the pixels where the true mask or the rendered mask (alpha > 0.5)
-    is set: the background colour, which any renderer gets right, does not count, and missing or extra body does.
-    A view where neither mask has a pixel gives NaN."""
-    pred = out.alpha > 0.5
-    gt = masks > 0.5
-    inter = (pred & gt).flatten(1).sum(1).float()
-    fg = (pred | gt).flatten(1)  # [V, H*W]
-    union = fg.sum(1).float()
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    sq = ((out.rgb.clamp(0, 1) - images) ** 2).mean(-1).flatten(1)  # [V, H*W]
-    psnr = -10 * torch.log10(sq.mean(1).clamp_min(1e-10))
-    mse_fg = (sq * fg).sum(1) / union.clamp_min(1)
-    psnr_fg = torch.where(union > 0, -10 * torch.log10(mse_fg.clamp_min(1e-10)), torch.full_like(union, float("nan")))
-    ssim = ssim_fn(
-        out.rgb.clamp(0, 1).permute(0, 3, 1, 2), images.permute(0, 3, 1, 2), data_range=1.0, reduction="none"
-    )
-    return {"iou": iou.tolist(), "psnr": psnr.tolist(), "psnr_fg": psnr_fg.tolist(), "ssim": ssim.flatten().tolist()}
-
-
-def gt_iou3d(model: PoseSplatter, local_index: torch.Tensor, gt: np.ndarray, kinds, centre, heading) -> float:
-    """Volumetric IoU between the cells that became Gaussians and the cells inside the true body."""
-    from posesplat.pose import yaw_rotmat
-
-    centres = model.centres.reshape(-1, 3)
-    world = (centres @ yaw_rotmat(heading).T + centre).cpu().numpy()
-    truth = torch.from_numpy(np.asarray(inside_body(gt, world, kinds), dtype=bool))
-    pred = torch.zeros_like(truth)
-    pred[local_index.cpu()] = True
-    union = (pred | truth).sum().item()
-    return float((pred & truth).sum().item() / union) if union else float("nan")
-
-
-def gt_mass_inside(g, gt: np.ndarray, kinds) -> float:
-    """Opacity-weighted fraction of the Gaussians (their learned world means) that lie inside the true body."""
-    inside = torch.from_numpy(np.asarray(inside_body(gt, g.means.detach().cpu().double().numpy(), kinds), dtype=bool))
-    w = g.opacities.detach().cpu().double()
-    return float((w * inside).sum() / w.sum().clamp_min(1e-12))
-
-
-def panel(gt: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
-    """GT | render | |error| side by side, uint8 [H, 3W, 3]."""
-    err = (pred - gt).abs().mean(-1, keepdim=True).expand_as(gt).clamp(0, 1)
-    row = torch.cat([gt, pred.clamp(0, 1), err], dim=1)
-    return (row * 255).round().byte().cpu().numpy()
-
-
-def geometry_panel(out: RenderOut, depth_gt: torch.Tensor, normal_gt: torch.Tensor, masks: torch.Tensor
-                   ) -> np.ndarray:
-    """True depth | rendered depth | true normals | rendered normals of the first view, uint8 [H, 4W, 3]: depth
-    grey from near (white) to far over the true depth's range, normals (n + 1) / 2 in world axes."""
-    m = masks[0] > 0.5
-    z = depth_gt[0][m]
-    lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)
-    grey = lambda d, keep: ((1 - (d - lo) / max(hi - lo, 1e-9)).clamp(0, 1) * keep)[..., None].expand(*d.shape, 3)
-    shown = out.alpha[0] > 0.5
-    row = torch.cat([grey(depth_gt[0], m), grey(out.depth[0], shown), (normal_gt[0] + 1) / 2 * m[..., None],
-                     (out.normals[0] + 1) / 2 * shown[..., None]], dim=1)
-    return (row * 255).round().byte().cpu().numpy()
+# ----------------------------------------------------------------------------------------------- evaluation
 
 
 def eval_frames(cfg: Config, frames: np.ndarray, split: str = "test") -> np.ndarray:
@@ -305,11 +94,14 @@ def eval_frames(cfg: Config, frames: np.ndarray, split: str = "test") -> np.ndar
     return frames[np.linspace(0, len(frames) - 1, cap).round().astype(int)]
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    """Mean of the finite values (a view without any foreground has no foreground PSNR); NaN when there are none."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else float("nan")
+def eval_targets(setup: Setup, split: str) -> list[tuple[str, list[int]]]:
+    """The views a frame of `split` is rendered into, each with its metrics' prefix: valid frames into the observed
+    and the held-out views, test frames into the held-out ones (none where there are no such views)."""
+    if split == "valid":
+        targets = [("valid", setup.observed), ("valid_heldout", setup.heldout)]
+    else:
+        targets = [("test_heldout", setup.heldout)]
+    return [(name, views) for name, views in targets if views]
 
 
 @torch.no_grad()
@@ -321,171 +113,51 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
     its held-out views) and `test_frames` the frame indices, in the same order (lists; empty without held-out views).
     """
     model.eval()
-    acc: dict[str, list[float]] = {k: [] for k in EVAL_KEYS}
-    per_frame: dict[str, list[float]] = {k: [] for k in FRAME_KEYS}
-    test_frames: list[int] = []
-    render_s, n_renders, n_gauss, ious3d, mass, images = 0.0, 0, [], [], [], {}
-    geo: dict[str, list[float]] = {k: [] for k in metrics_schema.GEOMETRY}  # per held-out test view
-    surface: list[float] = []  # per test frame
+    tally = Tally(setup, model.mode, cfg.image_downsample)
     for split in ("valid", "test"):
         for f in Progress(eval_frames(cfg, setup.frames[split], split), desc=f"evaluating {split} frames",
                           unit="frame", leave=False, disable=not progress):
-            b = load_frame(setup, f, setup.observed, cfg.image_downsample)
-            local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-            g = to_world(local, b["centre"], b["heading"])
-            n_gauss.append(local.means.shape[0])
-            targets = [("valid_heldout" if split == "valid" else "test_heldout", setup.heldout)]
-            if split == "valid":
-                targets.insert(0, ("valid", setup.observed))
-            for name, views in targets:
-                if not views:
-                    continue
-                t = load_frame(setup, f, views, cfg.image_downsample)
-                t0 = time.perf_counter()
-                out = render(g, model.mode, t["viewmats"], t["Ks"], setup.width, setup.height, setup.backend, setup.background)
-                if setup.device.type == "cuda":
-                    torch.cuda.synchronize()
-                render_s += time.perf_counter() - t0
-                n_renders += len(views)
-                for k, vals in image_metrics(out, t["images"], t["masks"]).items():
-                    acc[f"{name}_{k}"] += vals
-                    if name == "test_heldout":
-                        per_frame[f"{name}_{k}"].append(_nanmean(vals))
-                if name == "test_heldout":
-                    test_frames.append(int(f))
-                    errs, dist = geometry_errors(setup, model.mode, f, views, out, g, cfg.image_downsample)
-                    for k, vals in errs.items():
-                        geo[k] += vals
-                        per_frame[f"test_heldout_{k}"].append(_nanmean(vals))
-                    per_frame["test_surface_dist"].append(dist)
-                    surface.append(dist)
-                    if np.isfinite(dist) and "geometry" not in images:
-                        d_gt, n_gt = setup.ds.gt_geometry(int(f), views, cfg.image_downsample)
-                        images["geometry"] = geometry_panel(out, d_gt.to(setup.device), n_gt.to(setup.device),
-                                                            t["masks"])
-                if name == "valid_heldout" and "heldout" not in images:
-                    images["heldout"] = panel(t["images"][0], out.rgb[0])
-            if split == "test" and setup.ds.has_gt:
-                gt, kinds = setup.ds.gt(int(f)), setup.ds.gt_kinds()
-                ious3d.append(gt_iou3d(model, local.index, gt, kinds, b["centre"], b["heading"]))
-                mass.append(gt_mass_inside(g, gt, kinds))
+            evaluate_frame(cfg, setup, model, split, f, tally)
     model.train()
-    metrics = {k: _nanmean(v) for k, v in acc.items()}
-    metrics["gt_iou3d"] = float(np.mean(ious3d)) if ious3d else float("nan")
-    metrics["gt_mass_inside"] = float(np.mean(mass)) if mass else float("nan")
-    metrics.update({f"test_heldout_{k}": _nanmean(v) for k, v in geo.items()})
-    metrics["test_surface_dist"] = _nanmean(surface)
-    metrics["render_ms"] = 1000 * render_s / max(n_renders, 1)
-    metrics["gaussians_per_frame"] = float(np.mean(n_gauss)) if n_gauss else float("nan")
-    metrics.update({metrics_schema.frame_column(k): v for k, v in per_frame.items()})
-    metrics[metrics_schema.FRAMES] = test_frames
-    return metrics, images
+    return tally.metrics(), tally.images
 
 
-def geometry_errors(setup: Setup, mode: str, frame: int, heldout: Sequence[int], out: RenderOut, g, downsample: int
-                    ) -> tuple[dict[str, list[float]], float]:
-    """Depth and normal errors per held-out view (posesplat.geometry.view_errors) and the frame's surface distance
-    over every view (the observed ones rendered here); NaN without true geometry (MultiViewDataset.geometry_note)."""
-    truth = setup.ds.gt_geometry(int(frame), list(heldout), downsample)
-    if truth is None:
-        return {k: [float("nan")] * len(heldout) for k in metrics_schema.GEOMETRY}, float("nan")
-    t = load_frame(setup, frame, heldout, downsample)
-    depth_gt, normal_gt = (x.to(setup.device) for x in truth)
-    errs = geometry.view_errors(out.depth, out.normals, depth_gt, normal_gt, t["masks"])
-    pred = [geometry.surface_points(out.depth, out.alpha > 0.5, t["viewmats"], t["Ks"])]
-    true = [geometry.surface_points(depth_gt, t["masks"], t["viewmats"], t["Ks"])]
-    if setup.observed:
-        o = load_frame(setup, frame, setup.observed, downsample)
-        seen = render(g, mode, o["viewmats"], o["Ks"], setup.width, setup.height, setup.backend,
-                      setup.background)
-        d_obs = setup.ds.gt_geometry(int(frame), setup.observed, downsample)[0].to(setup.device)
-        pred.append(geometry.surface_points(seen.depth, seen.alpha > 0.5, o["viewmats"], o["Ks"]))
-        true.append(geometry.surface_points(d_obs, o["masks"], o["viewmats"], o["Ks"]))
-    return errs, geometry.surface_distance(torch.cat(pred), torch.cat(true))
+def evaluate_frame(cfg: Config, setup: Setup, model: PoseSplatter, split: str, frame: int, tally: Tally) -> None:
+    """Reconstruct `frame` from its observed views, render it into the split's targets (timed) and score it."""
+    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
+    local, _ = model.local_gaussians(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+    g = to_world(local, b["centre"], b["heading"])
+    tally.gaussians.append(local.means.shape[0])
+    for target, views in eval_targets(setup, split):
+        t = load_frame(setup, frame, views, cfg.image_downsample)
+        t0 = time.perf_counter()
+        out = render(g, model.mode, t["viewmats"], t["Ks"], setup.width, setup.height, setup.backend, setup.background)
+        if setup.device.type == "cuda":
+            torch.cuda.synchronize()
+        tally.rendered(time.perf_counter() - t0, len(views))
+        tally.score(target, frame, views, t, out, g)
+    if split == "test" and setup.ds.has_gt:
+        tally.score_body(model, local.index, frame, g, b)
 
 
-# ----------------------------------------------------------------------------------------------- memory
+def evaluate_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Evaluation's metrics and panels every `valid_every` epochs and at the last, with the time it took; NaN
+    metrics (metrics.unevaluated) and no panels at the other epochs."""
+    cfg = run.cfg
+    if epoch % cfg.valid_every != 0 and epoch != cfg.epochs:
+        return {**metrics_schema.unevaluated(), "eval_time_s": 0.0}, {}
+    t0 = time.perf_counter()
+    try:
+        evals, images = evaluate(cfg, run.setup, run.model, progress)
+    except torch.OutOfMemoryError as e:
+        raise oom_error(cfg, run.setup.device, e, f"evaluation (epoch {epoch})") from e
+    return {**evals, "eval_time_s": time.perf_counter() - t0}, images
 
 
-class PeakMemory:
-    """Peak memory of a block: CUDA max_memory_allocated, or on CPU the process's resident-set high-water mark
-    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start, after glibc has returned
-    freed memory to the system (malloc_trim), so cached allocations do not hide the block's own peak."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_delta"
-
-    @staticmethod
-    def _status(key: str) -> float:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return float(line.split()[1]) / 1024  # kB -> MB
-        return float("nan")
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import ctypes
-            import gc
-
-            # young generations only: a full collection walks every object a Ray worker has imported (0.25 s a call
-            # there, once per epoch); tensors are freed by reference counting, cycles holding them are rare
-            gc.collect(1)
-            try:
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except (OSError, AttributeError):
-                pass
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
-            self.start = self._status("VmRSS")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.peak_mb = max(self._status("VmHWM") - self.start, 0.0)
+# ----------------------------------------------------------------------------------------------- the step
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """torch's CPU RNG state, and the training device's CUDA RNG state when training on CUDA (else None)."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore what rng_state saved; a CUDA state is restored only when training on CUDA again."""
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-
-
-def save_checkpoint(path: Path, cfg: Config, volume_idx: list[list[int]], model, opt, sched, epoch: int,
-                    history: list, device: torch.device) -> int:
-    """Write the checkpoint atomically (temporary name, then rename); returns its size in bytes."""
-    state = {
-        "config": cfg.model_dump(mode="json"),
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "volume_idx": volume_idx,
-        **rng_state(device),
-        "history": history,
-    }
-    return write_checkpoint(path, state)
-
-
-def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tuple[str, str]:
+def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g: Gaussians) -> tuple[str, str]:
     """(what was not finite: the Gaussians, a loss term, or only the weighted sum of finite terms; the advice that
     fits it: weights that overflow, else the step size and clipping as it is set)."""
     bad_terms = [k for k, t in terms.items() if not bool(torch.isfinite(t).all())]
@@ -501,55 +173,105 @@ def nonfinite_diagnosis(cfg: Config, terms: dict, loss: torch.Tensor, g) -> tupl
     return cause, f"lower lr or {clip}"
 
 
-def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config, PoseSplatter]:
-    """A trained model from a checkpoint (for rendering and analysis); the file is read without unpickling
-    (posesplat.checkpoint.read: one line naming it when refused)."""
-    state = read_checkpoint(Path(path))
-    cfg = make_config(state["config"], str(path))
-    if device:
-        cfg = cfg.model_copy(update={"device": device})
-    setup = prepare(cfg, state["volume_idx"])
-    model = build_model(cfg, setup)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return cfg, model
-
-
-@functools.lru_cache(maxsize=4)
-def _opened(path: str) -> MultiViewDataset:
-    """A dataset opened (and validated) once for the frames rendered from it."""
-    return open_dataset(path)
-
-
-@torch.no_grad()
-def render_frame(
-    model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
-) -> RenderOut:
-    """Reconstruct `frame` from its observed views and render it into arbitrary cameras [V,4,4], [V,3,3]."""
-    ds = _opened(cfg.dataset)
-    observed, _ = ds.view_split(cfg.holdout_views)
-    device = next(model.parameters()).device
-    b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
-    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-    background = torch.tensor(ds.background, dtype=torch.float32, device=device)
-    return render(
-        g, model.mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
-        pick_backend(cfg.backend, device), background,
+def check_finite(cfg: Config, terms: dict[str, torch.Tensor], loss: torch.Tensor, g: Gaussians, where: str) -> None:
+    """Refuse a non-finite loss or non-finite Gaussians (the renderer drops NaN-opacity pairs, so a diverged model
+    can still give a finite loss), naming the cause, `where`, and what to change."""
+    finite = bool(torch.isfinite(loss)) and all(
+        bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
     )
+    if not finite:
+        cause, hint = nonfinite_diagnosis(cfg, terms, loss, g)
+        raise NonFiniteLossError(f"{cause} at {where}: {hint}")
+
+
+def check_gradient(cfg: Config, norm: torch.Tensor, loss: torch.Tensor, where: str) -> None:
+    """Refuse a non-finite gradient norm of a finite loss, naming `where` and the weights to lower."""
+    if not bool(torch.isfinite(norm)):
+        raise NonFiniteLossError(
+            f"non-finite gradient (norm {norm.item()}) of the finite loss {loss.item():.4g} at {where}: "
+            f"lower img_lambda ({cfg.img_lambda:g}) or ssim_lambda ({cfg.ssim_lambda:g}) if large, else lower lr"
+        )
+
+
+def train_step(run: Run, frame: int, pick: torch.Tensor, step: int, where: str) -> dict[str, torch.Tensor]:
+    """One optimiser step on `frame` rendered into its observed views `pick`; returns the loss and its terms.
+    `step` counts the run's steps from 1 (2DGS's terms warm up by it); `where` names the step in errors."""
+    cfg, setup = run.cfg, run.setup
+    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
+    g = run.model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+    dist_on, normal_on = geometry_terms(cfg, step, cfg.epochs * run.steps)
+    out = render(
+        g, cfg.gaussian_mode, b["viewmats"][pick], b["Ks"][pick], setup.width, setup.height,
+        setup.backend, setup.background, distortion=dist_on,
+    )
+    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda, dist_on, normal_on)
+    loss = training_loss(cfg, terms)
+    check_finite(cfg, terms, loss, g, where)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip or float("inf"))
+    check_gradient(cfg, norm, loss, where)
+    run.opt.step()
+    run.sched.step()
+    return {"loss": loss, **terms}
+
+
+# ----------------------------------------------------------------------------------------------- the epoch
+
+
+def train_epoch(run: Run, epoch: int, epochs: int, progress: bool) -> EpochRun:
+    """The epoch's steps over the training frames in an order seeded by the epoch, each on views drawn from the
+    same generator, with their peak memory and time; the losses summed for epoch_metrics."""
+    cfg, frames = run.cfg, run.setup.frames["train"]
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(frames), generator=gen)
+    bar = Progress(range(run.steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress,
+                   leave=False)
+    done = EpochRun(PeakMemory(run.setup.device))
+    with done.memory:
+        t0 = time.perf_counter()
+        for step in bar:
+            frame = frames[int(order[step % len(frames)])]
+            pick = torch.randperm(len(run.setup.observed), generator=gen)[: cfg.views_per_step]
+            where = f"epoch {epoch}, step {step + 1} (frame {int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g})"
+            try:
+                parts = train_step(run, frame, pick, (epoch - 1) * run.steps + step + 1, where)
+            except torch.OutOfMemoryError as e:
+                raise oom_error(cfg, run.setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
+            for k, v in parts.items():
+                done.sums[k] = done.sums.get(k, 0.0) + float(v.detach())
+                done.counts[k] = done.counts.get(k, 0) + 1
+            bar.set_postfix(loss=f"{parts['loss'].item():.4f}")
+        if run.setup.device.type == "cuda":
+            torch.cuda.synchronize()
+        done.seconds = time.perf_counter() - t0
+    return done
+
+
+def epoch_metrics(run: Run, epoch: int, done: EpochRun) -> dict[str, Any]:
+    """The epoch's training metrics: lr, the loss and its terms averaged over the steps that computed them, time,
+    peak memory, the model's size and where it ran."""
+    sums, counts, mem = done.sums, done.counts, done.memory
+    return {
+        "epoch": epoch,
+        "current_lr": run.opt.param_groups[0]["lr"],
+        "train_loss": sums["loss"] / run.steps,
+        "train_iou_loss": sums["iou_loss"] / run.steps,
+        "train_l1": sums["l1"] / run.steps,
+        **{f"train_{k}": sums[k] / counts[k] if k in sums else float("nan")
+           for k in ("ssim_loss", "dist_loss", "normal_loss")},
+        "epoch_time_s": done.seconds,
+        **{col: mem.peak_mb if kind == mem.kind else float("nan")
+           for kind, col in metrics_schema.PEAK_MEM.items()},
+        "mem_kind": mem.kind,
+        "params_per_gaussian": MODES[run.cfg.gaussian_mode].params_per_gaussian,
+        "model_params": sum(p.numel() for p in run.model.parameters()),
+        "device": str(run.setup.device),
+        "backend": run.setup.backend,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the loop
-
-
-def _oom_error(cfg: Config, device: torch.device, e: BaseException, where: str) -> OutOfMemoryError:
-    """One line naming the device, where it ran out, the mode, the grid size and the allocation torch asked for."""
-    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(e))
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return OutOfMemoryError(
-        f"out of memory on {device} in {where}: mode={cfg.gaussian_mode} grid_size={cfg.grid_size} asked for "
-        f"{asked.group(1) if asked else 'an unknown amount'}; lower grid_size, max_n or views_per_step, or raise "
-        f"image_downsample ({first})"
-    )
 
 
 def train(
@@ -570,107 +292,24 @@ def train(
     setup = prepare(cfg, state["volume_idx"] if state else None)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, setup)
-    n_train = len(setup.frames["train"])
-    steps = cfg.steps_per_epoch or n_train
+    steps = cfg.steps_per_epoch or len(setup.frames["train"])
     opt, sched = make_optimizer(cfg, model, cfg.epochs * steps)
-    history: list[dict] = []
-    start = 1
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state, setup.device)
-        history, start = list(state["history"]), state["epoch"] + 1
-    n_model_params = sum(p.numel() for p in model.parameters())
+    history, start = restore(state, model, opt, sched, setup.device) if state else ([], 1)
+    run = Run(cfg, setup, model, opt, sched, steps)
     for epoch in range(start, epochs + 1):
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(n_train, generator=gen)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}  # steps each term was computed in (2DGS's terms are off during their warm-up)
-        bar = Progress(range(steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        with PeakMemory(setup.device) as mem:
-            t0 = time.perf_counter()
-            for step in bar:
-                frame = setup.frames["train"][int(order[step % n_train])]
-                pick = torch.randperm(len(setup.observed), generator=gen)[: cfg.views_per_step]
-                try:
-                    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
-                    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-                    dist_on, normal_on = geometry_terms(cfg, (epoch - 1) * steps + step + 1, cfg.epochs * steps)
-                    out = render(
-                        g, cfg.gaussian_mode, b["viewmats"][pick], b["Ks"][pick], setup.width, setup.height,
-                        setup.backend, setup.background, distortion=dist_on,
-                    )
-                    terms = loss_terms(out, b["images"][pick], b["masks"][pick], cfg.ssim_lambda, dist_on, normal_on)
-                    loss = training_loss(cfg, terms)
-                    finite = bool(torch.isfinite(loss)) and all(
-                        bool(torch.isfinite(t).all()) for t in (g.means, g.opacities, g.colors, g.scales)
-                    )  # the renderer drops NaN-opacity pairs, so a diverged model can still give a finite loss
-                    if not finite:
-                        cause, hint = nonfinite_diagnosis(cfg, terms, loss, g)
-                        raise NonFiniteLossError(
-                            f"{cause} at epoch {epoch}, step {step + 1} (frame {int(frame)}, mode "
-                            f"{cfg.gaussian_mode}, lr {cfg.lr:g}): {hint}"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-                    if not bool(torch.isfinite(norm)):
-                        raise NonFiniteLossError(
-                            f"non-finite gradient (norm {norm.item()}) of the finite loss {loss.item():.4g} at epoch "
-                            f"{epoch}, step {step + 1} (frame {int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g}): "
-                            f"lower img_lambda ({cfg.img_lambda:g}) or ssim_lambda ({cfg.ssim_lambda:g}) if large, "
-                            f"else lower lr"
-                        )
-                    opt.step()
-                    sched.step()
-                except torch.OutOfMemoryError as e:
-                    raise _oom_error(cfg, setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
-                for k, v in {"loss": loss, **terms}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                    counts[k] = counts.get(k, 0) + 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if setup.device.type == "cuda":
-                torch.cuda.synchronize()
-            epoch_time = time.perf_counter() - t0
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "current_lr": opt.param_groups[0]["lr"],
-            "train_loss": sums["loss"] / steps,
-            "train_iou_loss": sums["iou_loss"] / steps,
-            "train_l1": sums["l1"] / steps,
-            **{f"train_{k}": sums[k] / counts[k] if k in sums else float("nan")
-               for k in ("ssim_loss", "dist_loss", "normal_loss")},
-            "epoch_time_s": epoch_time,
-            **{col: mem.peak_mb if kind == mem.kind else float("nan")
-               for kind, col in metrics_schema.PEAK_MEM.items()},
-            "mem_kind": mem.kind,
-            "params_per_gaussian": MODES[cfg.gaussian_mode].params_per_gaussian,
-            "model_params": n_model_params,
-            "device": str(setup.device),
-            "backend": setup.backend,
-        }
-        images: dict[str, np.ndarray] = {}
-        if epoch % cfg.valid_every == 0 or epoch == cfg.epochs:
-            t1 = time.perf_counter()
-            try:
-                evals, images = evaluate(cfg, setup, model, progress)
-            except torch.OutOfMemoryError as e:
-                raise _oom_error(cfg, setup.device, e, f"evaluation (epoch {epoch})") from e
-            metrics.update(evals, eval_time_s=time.perf_counter() - t1)
-        else:
-            metrics.update(metrics_schema.unevaluated(), eval_time_s=0.0)
-        history.append(metrics)
-        if ckpt_path:
-            metrics["checkpoint_bytes"] = save_checkpoint(
-                ckpt_path, cfg, setup.volume_idx, model, opt, sched, epoch, history, setup.device
-            )
-        else:
-            metrics["checkpoint_bytes"] = -1
+        done = train_epoch(run, epoch, epochs, progress)
+        metrics = epoch_metrics(run, epoch, done)
+        evals, images = evaluate_epoch(run, epoch, progress)
+        metrics.update(evals)
+        history.append(metrics)  # saved in the checkpoint before its size is added
+        metrics["checkpoint_bytes"] = (
+            save_checkpoint(ckpt_path, cfg, setup.volume_idx, model, opt, sched, epoch, history, setup.device)
+            if ckpt_path else -1
+        )
         if progress:
             tqdm.write(
                 f"epoch {epoch}: loss {metrics['train_loss']:.4f}  held-out IoU {metrics['valid_heldout_iou']:.3f} "
-                f"PSNR {metrics['valid_heldout_psnr']:.2f}  ({epoch_time:.1f} s)"
+                f"PSNR {metrics['valid_heldout_psnr']:.2f}  ({done.seconds:.1f} s)"
             )
         if on_epoch:
             on_epoch(EpochReport(metrics, Path(ckpt_path) if ckpt_path else None, images))
@@ -681,6 +320,7 @@ def train(
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE overrides as a dict, each value parsed as JSON (else kept as text)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -738,6 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (the CLI's metrics.jsonl)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 

@@ -461,7 +461,7 @@ def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints, capfd
     Their progress, piped (as here), is one line when a stage starts and one when it ends, no carriage returns."""
     import imageio.v3 as iio
 
-    from posesplat.train import load_checkpoint
+    from posesplat.trained import load_checkpoint
     from study.analysis import renders
 
     row = pd.Series({"trial_id": "t", "lr": 3e-3, "epochs_run": 1})
@@ -516,7 +516,7 @@ def test_geometry_figure_skipped_without_true_geometry(tmp_path, checkpoints, sm
     panel: there is no truth to draw beside the renders."""
     import zarr
 
-    from posesplat.train import load_checkpoint
+    from posesplat.trained import load_checkpoint
     from study.analysis import renders
 
     old = tmp_path / "old.zarr"

@@ -35,7 +35,7 @@ def lines(text: str) -> list[str]:
 
 
 def test_load_checkpoint_refuses_a_pickled_object_without_running_it(tmp_path):
-    from posesplat.train import load_checkpoint
+    from posesplat.trained import load_checkpoint
 
     marker = tmp_path / "marker"
     ck = hostile(tmp_path / "evil.pt", marker)
@@ -100,7 +100,9 @@ def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_
     import subprocess
     import sys
 
-    from posesplat.train import load_checkpoint, main, read_checkpoint, train
+    from posesplat.checkpoint import read as read_checkpoint
+    from posesplat.train import main, train
+    from posesplat.trained import load_checkpoint
 
     cfg = make_config(tiny(small_dataset))
     out = tmp_path / "run"

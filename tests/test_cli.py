@@ -41,7 +41,7 @@ def test_set_is_repeatable_and_keeps_the_positional(small_dataset, tmp_path, cap
 
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1]
-    from posesplat.train import read_checkpoint
+    from posesplat.checkpoint import read as read_checkpoint
 
     assert read_checkpoint(out / "checkpoint.pt")["config"]["lr"] == 0.002
     assert "NaN" not in (out / "metrics.jsonl").read_text()  # strict JSON: null, not NaN (e.g. no valid PSNR yet)

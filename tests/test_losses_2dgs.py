@@ -12,7 +12,8 @@ import torch
 from posesplat import modes
 from posesplat.config import ConfigError, make_config
 from posesplat.render import Gaussians, render
-from posesplat.train import geometry_terms, loss_terms, normal_error, term_on, train, training_loss
+from posesplat.losses import geometry_terms, loss_terms, normal_error, term_on, training_loss
+from posesplat.train import train
 from test_render import cameras, scene
 from test_render_geometry import _plane_scene, dense_pairs
 

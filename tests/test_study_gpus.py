@@ -37,7 +37,7 @@ def logged_trial(log: Path):
     (3d, grid 64, seed 0) trial runs out of GPU memory in its first execution."""
 
     def trainable(config, base_config=None, study_uri=None):
-        from posesplat.train import OutOfMemoryError
+        from posesplat.memory import OutOfMemoryError
 
         ctx = tune.get_context()
         rec = {"trial": ctx.get_trial_id(), "mode": config["gaussian_mode"], "grid": config["grid_size"],

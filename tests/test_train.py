@@ -14,8 +14,11 @@ from posesplat.checkpoint import write as write_checkpoint
 from posesplat.config import load_config, make_config
 from posesplat.metrics import PEAK_MEM
 from posesplat.model import PoseSplatter
-from posesplat.train import (NonFiniteLossError, OutOfMemoryError, load_checkpoint, main, make_optimizer,
-                             read_checkpoint, render_frame, rng_state, save_checkpoint, set_rng_state, train)
+from posesplat.checkpoint import read as read_checkpoint
+from posesplat.checkpoint import rng_state, save_checkpoint, set_rng_state
+from posesplat.memory import OutOfMemoryError
+from posesplat.train import NonFiniteLossError, main, make_optimizer, train
+from posesplat.trained import load_checkpoint, render_frame
 
 DOCS = Path(__file__).parents[1] / "docs"
 

@@ -1,6 +1,6 @@
 """Qualitative figures from checkpoints: held-out renders beside ground truth, and a turntable GIF per mode.
 
-Needs `posesplat.train.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
+Needs `posesplat.trained.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
 is reported as a note and the figure skipped, never a crash of the analysis. Only checkpoints inside the study are
 read (its trials.parquet may point anywhere), and they load without unpickling (posesplat.checkpoint).
 """
@@ -20,7 +20,7 @@ import torch
 from posesplat.checkpoint import CheckpointError
 from posesplat.data import open_dataset
 from posesplat.progress import Progress
-from posesplat.train import load_checkpoint, render_frame
+from posesplat.trained import load_checkpoint, render_frame
 from study.analysis.confirm import in_cell
 from study.base.rows import SELECT
 from study.base.space import MODE_KEY

@@ -333,7 +333,7 @@ class StratifiedASHA(FIFOScheduler):
 class TrialRetries(Callback):
     """Applies `--max-failures` to every trial at every step (Ray keeps each trial's limit from when it was created,
     in the experiment snapshot, so without this a resumed study would ignore a changed value), and answers a trial
-    that ran out of GPU memory (posesplat.train.OutOfMemoryError) by retrying it with twice its GPU fraction, at most
+    that ran out of GPU memory (posesplat.memory.OutOfMemoryError) by retrying it with twice its GPU fraction, at most
     one GPU: such a retry is not counted against `--max-failures` (it needs one to happen at all: with
     `--max-failures 0` an OOM fails the trial). The fractions given are recorded in `trials.parquet`."""
 
