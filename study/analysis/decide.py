@@ -1,27 +1,31 @@
 """The decision, from the confirm stage alone: equivalence and non-inferiority against a pre-specified margin.
 
-Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and counted),
-estimate each quality metric's relative difference (challenger - reference) / reference over seeds and test frames and
-the primary cost's over seeds (study.analysis.stats.crossed_diff), then apply the rule:
+Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and
+counted), estimate each quality metric's relative difference (challenger - reference) / reference over seeds and
+test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff), then apply the rule:
 
-1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive 2. some quality interval wholly
-below -margin (at 1 - 5%/k for k quality metrics: worse on any one of them is a union)              -> reference
-(challenger worse beyond it) 3. some quality interval reaches below -margin                        -> inconclusive, with
-the seeds that would resolve it 4. every quality interval above -margin (non-inferior) and the primary cost's interval
-wholly below -cost_margin                          -> challenger (as good, and cheaper) 5. non-inferior, not cheaper:
-challenger significantly better on every quality metric                                                     ->
-challenger 6.                            reference significantly better on every quality metric
--> reference 7. otherwise                                                          -> either (equivalent within the
-margin)
+1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
+2. some quality interval wholly below -margin (at 1 - 5%/k for k
+   quality metrics: worse on any one of them is a union)              -> reference (challenger worse beyond it)
+3. some quality interval reaches below -margin                        -> inconclusive, with the seeds that would
+                                                                          resolve it
+4. every quality interval above -margin (non-inferior) and the primary
+   cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
+5. non-inferior, not cheaper: challenger significantly better on every
+   quality metric                                                     -> challenger
+6.                            reference significantly better on every
+   quality metric                                                     -> reference
+7. otherwise                                                          -> either (equivalent within the margin)
 
 A quality metric where lower is better (an error: posesplat.metrics' direction) enters the rule as its relative
 reduction (reference - challenger) / reference, so that + is better on every quality metric and a growing error is a
 deficit; `Decision.quality` holds these, `Decision.measures` the plain differences.
 
-Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together claim a
-difference that is not there at most 2.5% of the time. With sequential looks (study.analysis.looks: the plan names them)
-an interim look applies the same rule at its stricter level to the first pairs, and decides when its verdict is settled;
-otherwise the last look decides. Simulated error rates: docs/analysis.md."""
+Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together
+claim a difference that is not there at most 2.5% of the time. With sequential looks (study.analysis.looks: the plan names
+them) an interim look applies the same rule at its stricter level to the first pairs, and decides when its verdict
+is settled; otherwise the last look decides. Simulated error rates: docs/analysis.md.
+"""
 
 from __future__ import annotations
 
