@@ -1,17 +1,20 @@
 """Sequential looks at the confirm stage: how many pairs each look has, the interval level its rule runs at, and whether
 a look's verdict is settled so the stage may stop before its last planned pair.
 
-The boundaries are O'Brien-Fleming's: look k of K runs the decision rule with its intervals at z_k = C(K) sqrt(K/k) (K =
-2: 99.48% at half the pairs, 95.2% at all of them), so the early looks are strict and the last is close to the fixed
-design's 95% (simulated against Haybittle-Peto's 99.9% at every interim look, which almost never stopped: the tuning's
-error does not shrink with pairs; docs/analysis.md). An interim look stops the stage only on a verdict that more pairs
-cannot overturn at that strictness: the challenger worse beyond the margin, or non-inferior and cheaper, or better on
-every quality metric. "Equivalent" and "inconclusive" wait for the last look (an equivalence call rests on the absence
-of a cost difference, which more pairs could still show). Error rates of the whole procedure with looks:
-docs/analysis.md (study.analysis.simulate).
+Two boundaries (the space's `confirm.boundaries`). O'Brien-Fleming's: look k of K runs the decision rule with its
+intervals at z_k = C(K) sqrt(K/k) (K = 2: 99.48% at half the pairs, 95.2% at all of them): strict early looks, the
+last close to the fixed design's 95%. Pocock's: one level at every look (K = 2: 97.06%), which stops a clear verdict
+at the first look more often and pays with a wider last look; the shipped comparison space uses it, because the
+tuning's error, part of every interval, does not shrink with pairs, so only a boundary that spends more of the error
+rate early saves trials (Haybittle-Peto's 99.9% almost never stopped; docs/analysis.md). An interim look stops the
+stage only on a verdict that more pairs cannot overturn at that strictness: the challenger worse beyond the margin,
+or non-inferior and cheaper, or better on every quality metric. "Equivalent" and "inconclusive" wait for the last
+look (an equivalence call rests on the absence of a cost difference, which more pairs could still show). Error
+rates of the whole procedure with looks: docs/analysis.md (study.analysis.simulate).
 
-looks = plan_looks(14, 2)          # [Look(pairs=7, level=0.9948), Look(pairs=14, level=0.952)] stop = settled(quality,
-cost, margin, cost_margin, level=looks[0].level)"""
+    looks = plan_looks(14, 2, "pocock")  # [Look(pairs=7, level=0.9706), Look(pairs=14, level=0.9706)]
+    stop = settled(quality, cost, margin, cost_margin, level=looks[0].level)
+"""
 
 from __future__ import annotations
 
