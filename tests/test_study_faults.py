@@ -403,3 +403,31 @@ def test_stage_that_ray_ended_short_of_the_plan_is_refused_then_repaired(tmp_pat
     assert [t["status"] for t in trials(study / "confirm").values()] == ["completed"] * 6
     assert {p.name.split(".damaged-")[0] for p in (study / "confirm").glob("*.damaged-*")} >= {"ray", "trials.parquet"}
     assert "finished" in json.loads((study / "study.json").read_text())
+
+
+def test_a_signal_that_breaks_the_report_is_the_interrupt(tmp_path, monkeypatch):
+    """A signal landing in an extension's import while the report is written surfaces as that import's error
+    ("ImportError: initialization failed", seen in the walk's report-SIGTERM-driver case): the driver must exit as
+    interrupted (the same command resumes), not with a traceback and status 1. Without a signal the error stays."""
+    from study.base.storage import Store
+    from study.runner import run
+    from study.runner.interrupts import INTERRUPTED
+
+    def broken_by_a_signal(*args, **kwargs):
+        INTERRUPTED.set()  # what the driver's handler does before it raises
+        raise ImportError("initialization failed")
+
+    def broken(*args, **kwargs):
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(run, "summary", lambda *args: "summary")
+    try:
+        monkeypatch.setattr(run.analyze, "report", broken_by_a_signal)
+        with pytest.raises(KeyboardInterrupt):
+            run.finish(Store(tmp_path), True)
+        INTERRUPTED.clear()
+        monkeypatch.setattr(run.analyze, "report", broken)
+        with pytest.raises(ImportError):
+            run.finish(Store(tmp_path), True)
+    finally:
+        INTERRUPTED.clear()

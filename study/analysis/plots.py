@@ -9,6 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+plt.switch_backend("Agg")  # load the backend now, not at the report's first figure, where a signal could land in
+# its extension's import and turn into "ImportError: initialization failed" instead of the interrupt
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 

@@ -414,6 +414,17 @@ def study_callbacks(sink, scheduler, max_failures: int) -> list:
 
 
 def finish(study: Store, report: bool) -> int:
+    """summary_and_report's exit status. A signal that breaks the report mid-way is the interrupt it is, whatever
+    error it caused (e.g. an extension's import it landed in): the same command resumes and writes the report."""
+    try:
+        return summary_and_report(study, report)
+    except Exception:
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt from None
+        raise
+
+
+def summary_and_report(study: Store, report: bool) -> int:
     """Print the summary and write the decision report into the study (built locally, then uploaded, when the
     study is behind a URI). Returns the exit status: 0 with a report (or none asked for), 1 when the report could
     not be written."""
