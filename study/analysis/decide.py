@@ -7,8 +7,8 @@ test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff
 1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
 2. some quality interval wholly below -margin (at 1 - 5%/k for k
    quality metrics: worse on any one of them is a union)              -> reference (challenger worse beyond it)
-3. some quality interval reaches below -margin                        -> inconclusive, with the seeds that would
-                                                                          resolve it
+3. some quality interval reaches below -margin                        -> inconclusive, with the pairs (or tuning
+                                                                          seeds and pairs) that would resolve it
 4. every quality interval above -margin (non-inferior) and the primary
    cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
 5. non-inferior, not cheaper: challenger significantly better on every
@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
-from study.analysis.stats import Crossed, crossed_diff, seeds_for, with_tuning
-from study.analysis.tuning import tuning_draws
+from study.analysis.stats import Crossed, crossed_diff, crossed_se, tuned_interval, with_tuning
+from study.analysis.tuning import rms, seeds_per_value, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
@@ -123,20 +124,83 @@ def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str], level:
     return crossed_diff(x, y, level=level), means
 
 
-def seeds_needed(quality: dict[str, Crossed], margin: float, tuning_sd: float = 0.0) -> Optional[int]:
-    """Seeds that would bring every quality interval clear of -margin at the present estimates and variances (None
-    when no number does: the tuning's error alone, which confirm seeds do not lower, reaches the margin)."""
-    need = []
+def clears(e: Crossed, margin: float, pairs: int, draws: np.ndarray) -> bool:
+    """Whether e's 95% interval, at `pairs` pairs with its present estimate and variance components and with the
+    tuning's error `draws` (none: a t interval), lies wholly on one side of -margin."""
+    se, df = crossed_se(e.var_seed, e.var_frame, e.var_resid, pairs, e.n_frames)
+    if not math.isfinite(se):
+        return False
+    if len(draws):
+        lo, hi = tuned_interval(e.mean, se, df, draws, LEVEL)
+    else:
+        h = float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se
+        lo, hi = e.mean - h, e.mean + h
+    return lo > -margin or hi < -margin
+
+
+def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[np.ndarray] = None,
+                 least: int = MIN_PAIRS, most: int = 1000) -> Optional[int]:
+    """Fewest pairs (at least `least`) that would bring every quality interval clear of -margin at the present estimates and variances
+    (the decision's own intervals: the tuning's error `draws` included, default each estimate's own), by bisection;
+    None when `most` do not (the tuning's error, which pairs do not lower, or the frames' alone reaches the margin)."""
+    need = max(least, MIN_PAIRS)
     for e in quality.values():
-        gap = abs(e.mean + margin)
+        d = np.asarray(getattr(e, "tuning", ()) if draws is None else draws, float)
         if not (math.isfinite(e.se) and e.lo <= -margin <= e.hi):
             continue
-        gap = math.sqrt(max(gap ** 2 - (1.96 * tuning_sd) ** 2, 0.0))  # what the confirm seeds must bring
-        n = seeds_for(e.var_seed, e.var_frame, e.var_resid, e.n_frames, gap) if gap > 0 else None
-        if n is None:
+        if not clears(e, margin, most, d):
             return None
-        need.append(n)
-    return max(need) if need else None
+        lo, hi = need - 1, most  # it clears at hi; below the others' need is not asked
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if clears(e, margin, mid, d) else (mid, hi)
+        need = max(need, hi)
+    return need
+
+
+NO_PAIRS = " — no feasible number of pairs resolves it"
+
+
+def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
+                        pairs: int, most: int = 48) -> Optional[tuple[int, int]]:
+    """(tuning seeds per value, pairs) that would bring every quality interval clear of -margin at the present
+    estimates and variances when the tuning's error is what keeps one across: the same tuning curves with more seeds
+    per value (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs. None
+    when `most` do not."""
+    now = seeds_per_value(tuned)
+    for t in sorted({math.ceil(now * f) for f in (1.5, 2, 3, 4, 6, 8, 12, 16)}):
+        if t > most:
+            break
+        need = pairs_needed(quality, margin, tuning_draws(with_seeds(tuned, t), modes), least=pairs)
+        if need is not None:
+            return t, need
+    return None
+
+
+def resolve_hint(d: Decision, plan: dict) -> Decision:
+    """An inconclusive `d` (its tuning bracketed) with what would resolve it in its reason: more pairs
+    (`seeds_to_resolve`), or where no number of pairs would, because the tuning's error keeps an interval across
+    the margin, more tuning seeds per value and pairs (`design.tuning_seeds_to_resolve`)."""
+    if d.recommendation != INCONCLUSIVE or unbracketed(plan):
+        return d
+    if d.n_pairs < MIN_PAIRS:
+        d.reason += f" — run the study again with at least {max(MIN_PAIRS, plan['min_seeds'])} seeds"
+        return d
+    d.seeds_to_resolve = pairs_needed(d.quality, plan["margin"])
+    if d.seeds_to_resolve is not None:
+        d.reason += (f" — about {d.seeds_to_resolve} seeds (pairs) would resolve it, "
+                     f"{max(d.seeds_to_resolve - d.n_pairs, 1)} more than now")
+        return d
+    if not plan.get("tuning"):
+        d.reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
+        return d
+    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs)
+    d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1]}
+    d.reason += (f"{NO_PAIRS}: the tuning's error (root mean square {100 * d.design['tuning_error']['rms']:.2g}%), "
+                 f"which pairs do not lower, keeps the interval across the margin; " + (
+                     f"about {need[0]} tuning seeds per value (now {seeds_per_value(plan['tuning'])}) with about "
+                     f"{need[1]} pairs would resolve it" if need else "no feasible number of tuning seeds does"))
+    return d
 
 
 def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, cost_margin: float,
@@ -197,8 +261,9 @@ def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_
         d = decide_pairs(per_trial, trials, plan, seeds, look.level, report_all)
         if settled(d.quality, d.cost, plan["margin"], plan["cost_margin"], look.level):
             return at_look(d, looks, k, stopped=True)
-    return at_look(decide_pairs(per_trial, trials, plan, plan["seeds"], looks[-1].level, report_all), looks,
-                   len(looks) - 1, stopped=False)
+    d = at_look(decide_pairs(per_trial, trials, plan, plan["seeds"], looks[-1].level, report_all), looks,
+                len(looks) - 1, stopped=False)
+    return resolve_hint(d, plan) if report_all else d
 
 
 def at_look(d: Decision, looks: list[Look], k: int, stopped: bool) -> Decision:
@@ -226,7 +291,7 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
         if key in rows:
             measures[key], means[key] = measure(a, b, key, modes, level)
     draws = tuning_draws(plan["tuning"], modes) if plan.get("tuning") else np.zeros(0)
-    tuning_sd = float(np.sqrt(np.mean(draws ** 2))) if len(draws) else 0.0
+    tuning_sd = rms(draws)
     # an error metric decides by its reduction (turned); then the estimand is the difference at the optima, so the
     # tuning's error (a loss of the tuned score, on the higher-is-better scale) is part of every quality interval
     quality = {k: with_tuning(measures[k] if HIGHER[k] else measures[k].turned(), draws) for k in plan["quality"]
@@ -238,19 +303,10 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
     edges = unbracketed(plan)
     if edges:  # the estimand is each mode at its own optimum: an optimum at an edge of the range is not one
         rec, reason = INCONCLUSIVE, "; ".join(edges) + f" (at the chosen values alone: {reason})"
-    need = (seeds_needed(quality, plan["margin"], tuning_sd) if rec == INCONCLUSIVE and n_pairs >= MIN_PAIRS and not edges
-            else None)
-    if rec == INCONCLUSIVE and not edges:
-        if n_pairs < MIN_PAIRS:
-            reason += f" — run the study again with at least {max(MIN_PAIRS, plan['min_seeds'])} seeds"
-        elif need is not None:
-            reason += f" — about {need} seeds (pairs) would resolve it, {max(need - n_pairs, 1)} more than now"
-        else:
-            reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
     design = {k: plan.get(k) for k in ("cell", "modes", "margin", "quality", "cost", "cost_margin", "epochs",
                                         "test_frames", "seeds", "hparams", "mode_config", "min_seeds", "max_seeds",
                                         "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
     design["tuning_error"] = {"rms": tuning_sd, "mean": float(np.mean(draws))} if len(draws) else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
-                    len(seeds) - n_pairs, failures(trials, plan), need, design)
+                    len(seeds) - n_pairs, failures(trials, plan), None, design)

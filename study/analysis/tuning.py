@@ -222,6 +222,31 @@ def noise_df(c: dict, maximize: bool = True) -> int:
     return int(df) if df else max(len(c["values"]) - 3, 1)
 
 
+def seeds_per_value(tuned: dict[str, dict]) -> int:
+    """The tuning's seeds per value: the most runs (diverged ones included) any value of any mode had."""
+    return int(max(r + d for o in tuned.values() for r, d in zip(o["curve"]["runs"], o["curve"].get("diverged")
+                                                                    or [0] * len(o["curve"]["runs"]))))
+
+
+def with_seeds(tuned: dict[str, dict], seeds: int) -> dict[str, dict]:
+    """The tuning's outcome as it would be with `seeds` seeds per value and the same curves: every value's runs
+    scaled to it and its standard error shrunk to match (so the run-to-run sd stays). For "how many tuning seeds
+    would resolve it"."""
+    f = seeds / seeds_per_value(tuned)
+    out = {}
+    for m, o in tuned.items():
+        c = o["curve"]
+        out[m] = {**o, "curve": {**c, "runs": [r * f for r in c["runs"]],
+                                 "diverged": [d * f for d in (c.get("diverged") or [0] * len(c["runs"]))],
+                                 "se": [None if se is None else se / math.sqrt(f) for se in c["se"]]}}
+    return out
+
+
+def rms(draws: np.ndarray) -> float:
+    """Root mean square of the tuning's error draws (0 without draws)."""
+    return float(np.sqrt(np.mean(draws ** 2))) if len(draws) else 0.0
+
+
 def tuning_draws(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000, seed: int = 0) -> np.ndarray:
     """Draws of the error the deciding tuning adds to the estimated relative difference modes[0] vs modes[1]: a
     re-run's loss of modes[1] minus that of modes[0] (regret_draws). Shape [draws]."""
