@@ -414,6 +414,19 @@ def test_bad_input_gives_one_line(tmp_path, capsys):
         assert not (tmp_path / "r").exists()  # nothing half-written
 
 
+@pytest.mark.parametrize("content", ["{not json", '{"trials": "none"}'], ids=["not-json", "no-trials"])
+def test_a_damaged_confirm_plan_is_one_line_naming_it(tmp_path, capsys, content):
+    """The analysis reads the confirm plan through the runner's own reader (study.base.records.read_confirm_plan):
+    one line naming the file and how to plan again, exit 2, no report."""
+    study = make_study(tmp_path, seeds=range(3))
+    add_confirm(study, 0.0, -0.3)
+    (study / "confirm" / "plan.json").write_text(content)
+    rc, _, err = run([study], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{study / 'confirm' / 'plan.json'}: damaged" in err and "--repair" in err, err
+    assert not (study / "report").exists()
+
+
 def test_refuses_to_replace_a_foreign_directory(tmp_path, capsys):
     study = make_study(tmp_path, seeds=range(3))
     (tmp_path / "mine").mkdir()

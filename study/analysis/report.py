@@ -31,7 +31,8 @@ from study.analysis.explore import breakdown, cell_dependence, cell_text
 from study.analysis.load import (DEFAULT_CELL, LABELS, SHORT, AnalysisError, Tables, cell_keys, compared_modes,
                                  load_studies, locate, stage_summary, trial_columns)
 from study.analysis.looks import looks_of
-from study.base.storage import Store, join_uri, pid_alive
+from study.base.records import read_confirm_plan
+from study.base.storage import Store, StudyError, pid_alive
 from study.base.space import MODE_KEY
 from study.base.rows import ENDED, FAILED, PENDING, RUNNING, STATUSES
 
@@ -51,14 +52,16 @@ class Stages:
 
 
 def read_plan(study: Store) -> Optional[dict]:
-    """`<study>/confirm/plan.json`, or None when the study has no confirm stage (yet)."""
-    if not study.exists("confirm", "plan.json"):
-        return None
+    """`<study>/confirm/plan.json` (study.base.records.read_confirm_plan), or None when the study has no confirm stage
+    (yet); a damaged one is an AnalysisError naming it."""
     try:
-        return json.loads(study.read_text("confirm", "plan.json"))
-    except json.JSONDecodeError as e:
-        raise AnalysisError(f"{join_uri(study.uri, 'confirm', 'plan.json')}: not valid JSON (line {e.lineno}: "
-                            f"{e.msg})") from None
+        return read_confirm_plan(study.child("confirm"), repair=False, recovery=REPLAN_FROM_ANALYSIS)
+    except StudyError as e:
+        raise AnalysisError(str(e)) from None
+
+
+REPLAN_FROM_ANALYSIS = ("the study's command (python -m study.run ...) with --repair plans the confirm stage again "
+                        "(the damaged plan kept aside, not deleted)")
 
 
 def _folder(path: str | Path) -> Optional[Store]:

@@ -48,13 +48,16 @@ def read_round_plan(store: Store, repair: bool) -> Optional[dict]:
                        "planning the round again")
 
 
-def read_confirm_plan(store: Store, repair: bool) -> Optional[dict]:
+REPLAN = ("run the same command with --repair to plan the confirm stage again from the explore records (kept aside, "
+          "not deleted)")
+
+
+def read_confirm_plan(store: Store, repair: bool, recovery: str = REPLAN) -> Optional[dict]:
     """The confirm plan written before the stage's first trial (None: not planned yet, or set aside by --repair:
-    planned again, since the plan is a function of the explore records and --seed)."""
+    planned again, since the plan is a function of the explore records and --seed). `store`: the confirm stage's
+    folder; `recovery`: what the one line refusing a damaged plan tells the user to do."""
     return read_record(store, "plan.json", lambda d: isinstance(d.get("trials"), list) and "epochs" in d,
-                       "no trials and epochs", repair,
-                       "run the same command with --repair to plan the confirm stage again from the explore records "
-                       "(kept aside, not deleted)", "planning again")
+                       "no trials and epochs", repair, recovery, "planning again")
 
 
 def dict_diff(held: dict, new: dict, prefix: str = "") -> list[str]:
