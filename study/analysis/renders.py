@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Optional
 
 import imageio.v3 as iio
-import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -22,11 +21,9 @@ from posesplat.data import open_dataset
 from posesplat.progress import Progress
 from posesplat.trained import load_checkpoint, render_frame
 from study.analysis.confirm import in_cell
+from study.analysis.plots import plt  # pyplot on the Agg backend, loaded at import (plots.py says why)
 from study.base.rows import SELECT
 from study.base.space import MODE_KEY
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend that needs no screen)
 
 N_FRAMES = 3  # test frames in the qualitative panel
 N_TURN = 24  # views of the turntable
