@@ -160,6 +160,19 @@ def test_inconclusive_says_how_many_seeds_would_resolve_it():
     assert f"about {d.seeds_to_resolve} seeds" in d.reason
 
 
+def test_pairs_that_would_resolve_follow_the_rule():
+    """An estimate below the margin resolves when its interval (at the rule's level for "worse on some metric")
+    clears it, whatever the other metric; estimates above it need every interval that reaches it to clear it."""
+    from study.analysis.decide import fewest_pairs, pairs_needed
+
+    worse, unsure = est(-0.03, 0.015), est(-0.01, 0.015)
+    alone = fewest_pairs(worse, 0.02, np.zeros(0), 3, 1000, level=0.975)
+    assert alone is not None and pairs_needed({"iou": worse, "psnr": unsure}, 0.02) == alone
+    both = pairs_needed({"iou": est(-0.012, 0.015), "psnr": unsure}, 0.02)
+    assert both == max(fewest_pairs(e, 0.02, np.zeros(0), 3, 1000) for e in (est(-0.012, 0.015), unsure))
+    assert pairs_needed({"iou": est(-0.02, 0.015)}, 0.02) is None  # on the margin: nothing resolves it
+
+
 # ----------------------------------------------------------------------------------------------- through parquet
 
 

@@ -124,45 +124,59 @@ def measure(a: pd.DataFrame, b: pd.DataFrame, key: str, modes: list[str], level:
     return crossed_diff(x, y, level=level), means
 
 
-def clears(e: Crossed, margin: float, pairs: int, draws: np.ndarray) -> bool:
-    """Whether e's 95% interval, at `pairs` pairs with its present estimate and variance components and with the
+def clears(e: Crossed, margin: float, pairs: int, draws: np.ndarray, level: float = LEVEL) -> bool:
+    """Whether e's `level` interval, at `pairs` pairs with its present estimate and variance components and with the
     tuning's error `draws` (none: a t interval), lies wholly on one side of -margin."""
     se, df = crossed_se(e.var_seed, e.var_frame, e.var_resid, pairs, e.n_frames)
     if not math.isfinite(se):
         return False
     if len(draws):
-        lo, hi = tuned_interval(e.mean, se, df, draws, LEVEL)
+        lo, hi = tuned_interval(e.mean, se, df, draws, level)
     else:
-        h = float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se
+        h = float(stats.t.ppf(0.5 + level / 2, df)) * se
         lo, hi = e.mean - h, e.mean + h
     return lo > -margin or hi < -margin
 
 
+def fewest_pairs(e: Crossed, margin: float, draws: np.ndarray, least: int, most: int, level: float = LEVEL
+                 ) -> Optional[int]:
+    """Fewest pairs in [least, most] at which e's interval clears -margin (bisection), None when `most` do not."""
+    if not clears(e, margin, most, draws, level):
+        return None
+    lo, hi = least - 1, most
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if clears(e, margin, mid, draws, level) else (mid, hi)
+    return hi
+
+
 def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[np.ndarray] = None,
                  least: int = MIN_PAIRS, most: int = 1000) -> Optional[int]:
-    """Fewest pairs (at least `least`) that would bring every quality interval clear of -margin at the present estimates and variances
-    (the decision's own intervals: the tuning's error `draws` included, default each estimate's own), by bisection;
-    None when `most` do not (the tuning's error, which pairs do not lower, or the frames' alone reaches the margin)."""
-    need = max(least, MIN_PAIRS)
-    for e in quality.values():
+    """Fewest pairs (at least `least`) that would settle the rule at the present estimates and variances, with the
+    decision's own intervals (the tuning's error `draws` included; default each estimate's own): where an estimate
+    lies below -margin, that metric's interval wholly below it at the rule's level for "worse on some metric"
+    (the easiest such metric); else every interval that reaches -margin wholly above it. None when `most` do not
+    (the tuning's error, which pairs do not lower, or the frames' alone reaches the margin)."""
+    least = max(least, MIN_PAIRS)
+
+    def fewest(e: Crossed, level: float) -> Optional[int]:
         d = np.asarray(getattr(e, "tuning", ()) if draws is None else draws, float)
-        if not (math.isfinite(e.se) and e.lo <= -margin <= e.hi):
-            continue
-        if not clears(e, margin, most, d):
-            return None
-        lo, hi = need - 1, most  # it clears at hi; below the others' need is not asked
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if clears(e, margin, mid, d) else (mid, hi)
-        need = max(need, hi)
-    return need
+        return fewest_pairs(e, margin, d, least, most, level) if math.isfinite(e.se) else None
+
+    below = [e for e in quality.values() if e.mean < -margin]
+    if below:
+        found = [n for n in (fewest(e, 1 - (1 - LEVEL) / len(quality)) for e in below) if n is not None]
+        return min(found) if found else None
+    found = [fewest(e, LEVEL) for e in quality.values() if e.lo <= -margin <= e.hi]
+    return None if None in found else max(found, default=least)
 
 
 NO_PAIRS = " — no feasible number of pairs resolves it"
+MOST_TUNING_SEEDS = 48  # the most tuning seeds per value a resolving design is looked for at
 
 
 def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
-                        pairs: int, most: int = 48) -> Optional[tuple[int, int]]:
+                        pairs: int, most: int = MOST_TUNING_SEEDS) -> Optional[tuple[int, int]]:
     """(tuning seeds per value, pairs) that would bring every quality interval clear of -margin at the present
     estimates and variances when the tuning's error is what keeps one across: the same tuning curves with more seeds
     per value (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs. None
@@ -199,7 +213,8 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     d.reason += (f"{NO_PAIRS}: the tuning's error (root mean square {100 * d.design['tuning_error']['rms']:.2g}%), "
                  f"which pairs do not lower, keeps the interval across the margin; " + (
                      f"about {need[0]} tuning seeds per value (now {seeds_per_value(plan['tuning'])}) with about "
-                     f"{need[1]} pairs would resolve it" if need else "no feasible number of tuning seeds does"))
+                     f"{need[1]} pairs would resolve it" if need else f"no number of tuning seeds up to {MOST_TUNING_SEEDS} per value does: "
+                     "the estimate sits too near the margin"))
     return d
 
 
