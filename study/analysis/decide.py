@@ -177,18 +177,19 @@ MOST_TUNING_SEEDS = 48  # the most tuning seeds per value a resolving design is 
 
 def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
                         pairs: int, most: int = MOST_TUNING_SEEDS) -> Optional[tuple[int, int]]:
-    """(tuning seeds per value, pairs) that would bring every quality interval clear of -margin at the present
-    estimates and variances when the tuning's error is what keeps one across: the same tuning curves with more seeds
-    per value (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs. None
-    when `most` do not."""
-    now = seeds_per_value(tuned)
+    """(tuning seeds per value, pairs) that would settle the rule at the present estimates and variances when the
+    tuning's error is what keeps an interval across the margin: the same tuning curves with more seeds per value
+    (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs; of the
+    candidates up to `most` seeds per value, the one with the fewest trials (tuning and confirm). None when none
+    does."""
+    now, values = seeds_per_value(tuned), sum(len(tuned[m]["curve"]["values"]) for m in modes)
+    found = []
     for t in sorted({math.ceil(now * f) for f in (1.5, 2, 3, 4, 6, 8, 12, 16)}):
-        if t > most:
-            break
-        need = pairs_needed(quality, margin, tuning_draws(with_seeds(tuned, t), modes), least=pairs)
+        need = pairs_needed(quality, margin, tuning_draws(with_seeds(tuned, t), modes), least=pairs) if t <= most \
+            else None
         if need is not None:
-            return t, need
-    return None
+            found.append((values * t + 2 * need, t, need))
+    return min(found)[1:] if found else None
 
 
 def resolve_hint(d: Decision, plan: dict) -> Decision:
