@@ -168,6 +168,27 @@ def _landscape(name_start: str):
     return next(land for land in LANDSCAPES if land.name.startswith(name_start))
 
 
+def design_key(tune, pairs: int, looks: int, boundaries: str) -> tuple:
+    """What the whole-procedure simulation depends on: the tuning grid's shape (the landscapes sit relative to its
+    centre), seeds and widening, the pairs, the looks and their boundaries."""
+    return (tune.points, round(tune.high / tune.low, 6), tune.seeds, tune.widen_points, tune.max_widen,
+            tune.hard_low, tune.hard_high, pairs, looks, boundaries)
+
+
+@pytest.mark.parametrize("name", ["comparison", "paper", "geometry"])
+@pytest.mark.parametrize("gpu", [True, False], ids=["gpu", "cpu"])
+def test_every_shipped_space_decides_with_a_simulated_design(name, gpu):
+    """Each shipped space's confirm design, at both scales, is one whose whole procedure docs/analysis.md simulates
+    (a space whose tuning seeds or boundaries drift from it would decide with unproven error rates)."""
+    from study.analysis.simulate import procedure_designs
+    from study.base.space import load_space
+
+    simulated = {design_key(d.tune, d.seeds, d.looks, d.boundaries) for d in procedure_designs()}
+    space = load_space(name)
+    c = (space if gpu else space.scaled(False)).confirm
+    assert design_key(c.tune, c.min_seeds, c.looks, c.boundaries) in simulated
+
+
 def test_conditional_intervals_miss_the_difference_at_the_optima(cpu_design):
     """Without the tuning's error, identical modes are often called significantly different: the old design."""
     from study.analysis.simulate import procedure_rates
