@@ -247,6 +247,7 @@ def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_re
     tuning seeds per value (and pairs) would resolve it, and at that design the rule does resolve it."""
     from study.analysis.decide import NO_PAIRS
     from study.analysis.simulate import Noise, Truth, generate, make_plan, simulate_tuning
+    from study.analysis.stats import crossed_se, tuned_interval
 
     d, land = cpu_design, _landscape("2D 0.5% worse and 30% faster at the optima")
     truth = Truth("x", land.estimand, land.cost, (), ())
@@ -264,9 +265,7 @@ def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_re
     assert need["seeds_per_value"] > d.tune.seeds
     assert f"about {need['seeds_per_value']} tuning seeds per value (now {d.tune.seeds})" in got.reason
     # at the present estimates: with that many tuning seeds per value and pairs every quality interval (the real
-    # Monte Carlo interval, tuning draws included) clears the margin; with the present tuning, no number of pairs
-    # does, and with one tuning seed fewer than named, not at that number of pairs
-    from study.analysis.stats import crossed_se, tuned_interval
+    # Monte Carlo interval, tuning draws included) clears the margin; with the present tuning, no number of pairs does
 
     def lowest(seeds: int, pairs: int) -> float:
         draws = tuning.tuning_draws(tuning.with_seeds(tuned, seeds), ("2d", "3d"))

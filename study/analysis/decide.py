@@ -35,12 +35,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
-from study.analysis.stats import Crossed, crossed_diff, crossed_se, tuned_interval, with_tuning
+from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
 from study.analysis.tuning import rms, seeds_per_value, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
 
@@ -130,12 +129,9 @@ def clears(e: Crossed, margin: float, pairs: int, draws: np.ndarray, level: floa
     se, df = crossed_se(e.var_seed, e.var_frame, e.var_resid, pairs, e.n_frames)
     if not math.isfinite(se):
         return False
-    if len(draws):
-        lo, hi = tuned_interval(e.mean, se, df, draws, level)
-    else:
-        h = float(stats.t.ppf(0.5 + level / 2, df)) * se
-        lo, hi = e.mean - h, e.mean + h
-    return lo > -margin or hi < -margin
+    at = Crossed(e.mean, e.lo, e.hi, pairs, se, df, e.var_seed, e.var_frame, e.var_resid, e.n_frames, level)
+    iv = with_tuning(at.with_level(level), draws)
+    return iv.lo > -margin or iv.hi < -margin
 
 
 def fewest_pairs(e: Crossed, margin: float, draws: np.ndarray, least: int, most: int, level: float = LEVEL
@@ -185,8 +181,9 @@ def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[
     now, values = seeds_per_value(tuned), sum(len(tuned[m]["curve"]["values"]) for m in modes)
     found = []
     for t in sorted({math.ceil(now * f) for f in (1.5, 2, 3, 4, 6, 8, 12, 16)}):
-        need = pairs_needed(quality, margin, tuning_draws(with_seeds(tuned, t), modes), least=pairs) if t <= most \
-            else None
+        if t > most:
+            break
+        need = pairs_needed(quality, margin, tuning_draws(with_seeds(tuned, t), modes), least=pairs)
         if need is not None:
             found.append((values * t + 2 * need, t, need))
     return min(found)[1:] if found else None
@@ -211,11 +208,11 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
         return d
     need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs)
     d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1]}
+    what = (f"about {need[0]} tuning seeds per value (now {seeds_per_value(plan['tuning'])}) with about {need[1]} "
+            f"pairs would resolve it" if need else f"no number of tuning seeds up to {MOST_TUNING_SEEDS} per value "
+            "does: the estimate sits too near the margin")
     d.reason += (f"{NO_PAIRS}: the tuning's error (root mean square {100 * d.design['tuning_error']['rms']:.2g}%), "
-                 f"which pairs do not lower, keeps the interval across the margin; " + (
-                     f"about {need[0]} tuning seeds per value (now {seeds_per_value(plan['tuning'])}) with about "
-                     f"{need[1]} pairs would resolve it" if need else f"no number of tuning seeds up to {MOST_TUNING_SEEDS} per value does: "
-                     "the estimate sits too near the margin"))
+                 f"which pairs do not lower, keeps the interval across the margin; {what}")
     return d
 
 
@@ -264,7 +261,8 @@ def ended_seeds(trials: pd.DataFrame, plan: dict) -> set[int]:
 
 def decide(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, *, report_all: bool = True) -> Decision:
     """The decision from the confirm stage's per-trial table (each trial at its last evaluated epoch), its trials
-    table and the plan written before it ran; `report_all=False` estimates only the measures that decide.
+    table and the plan written before it ran; `report_all=False` estimates only the measures that decide and skips
+    what would resolve an inconclusive verdict (resolve_hint: the simulation has no use for it).
 
     With looks, the first interim look whose seeds have all ended and whose verdict is settled decides (the stage
     stopped there); else the last look, with whatever pairs there are (a running study's report is provisional)."""
@@ -307,7 +305,6 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
         if key in rows:
             measures[key], means[key] = measure(a, b, key, modes, level)
     draws = tuning_draws(plan["tuning"], modes) if plan.get("tuning") else np.zeros(0)
-    tuning_sd = rms(draws)
     # an error metric decides by its reduction (turned); then the estimand is the difference at the optima, so the
     # tuning's error (a loss of the tuned score, on the higher-is-better scale) is part of every quality interval
     quality = {k: with_tuning(measures[k] if HIGHER[k] else measures[k].turned(), draws) for k in plan["quality"]
@@ -323,6 +320,6 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
                                         "test_frames", "seeds", "hparams", "mode_config", "min_seeds", "max_seeds",
                                         "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
-    design["tuning_error"] = {"rms": tuning_sd, "mean": float(np.mean(draws))} if len(draws) else None
+    design["tuning_error"] = {"rms": rms(draws), "mean": float(np.mean(draws))} if len(draws) else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(seeds) - n_pairs, failures(trials, plan), None, design)

@@ -51,6 +51,10 @@ class Stages:
     folder: Optional[Path] = None  # the local study folder holding the confirm stage (renders read checkpoints there)
 
 
+REPLAN_FROM_ANALYSIS = ("the study's command (python -m study.run ...) with --repair plans the confirm stage again "
+                        "(the damaged plan kept aside, not deleted)")
+
+
 def read_plan(study: Store) -> Optional[dict]:
     """`<study>/confirm/plan.json` (study.base.records.read_confirm_plan), or None when the study has no confirm stage
     (yet); a damaged one is an AnalysisError naming it."""
@@ -58,10 +62,6 @@ def read_plan(study: Store) -> Optional[dict]:
         return read_confirm_plan(study.child("confirm"), repair=False, recovery=REPLAN_FROM_ANALYSIS)
     except StudyError as e:
         raise AnalysisError(str(e)) from None
-
-
-REPLAN_FROM_ANALYSIS = ("the study's command (python -m study.run ...) with --repair plans the confirm stage again "
-                        "(the damaged plan kept aside, not deleted)")
 
 
 def _folder(path: str | Path) -> Optional[Store]:
