@@ -245,7 +245,7 @@ def test_seed_out_of_range_is_refused_before_anything_runs(capsys):
 def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_resolve_it(cpu_design):
     """When the tuning's error keeps an interval across the margin whatever the pairs, the reason says how many
     tuning seeds per value (and pairs) would resolve it, and at that design the rule does resolve it."""
-    from study.analysis.decide import NO_PAIRS
+    from study.analysis.decide import NO_PAIRS, CHECKED_TUNING_FACTOR
     from study.analysis.simulate import Noise, Truth, generate, make_plan, simulate_tuning
     from study.analysis.stats import crossed_se, tuned_interval
 
@@ -264,6 +264,7 @@ def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_re
     need = got.design["tuning_seeds_to_resolve"]
     assert need["seeds_per_value"] > d.tune.seeds
     assert f"about {need['seeds_per_value']} tuning seeds per value (now {d.tune.seeds})" in got.reason
+    assert need["checked"] == (need["seeds_per_value"] <= CHECKED_TUNING_FACTOR * d.tune.seeds)
     # at the present estimates: with that many tuning seeds per value and pairs every quality interval (the real
     # Monte Carlo interval, tuning draws included) clears the margin; with the present tuning, no number of pairs does
 
@@ -275,3 +276,28 @@ def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_re
     t, n = need["seeds_per_value"], need["pairs"]
     assert lowest(t, n) > -0.02
     assert lowest(d.tune.seeds, 1000) <= -0.02
+
+
+@pytest.mark.parametrize("seed, checked", [(3, True), (0, False)])
+def test_a_resolving_design_past_what_the_simulation_checked_says_so(cpu_design, seed, checked):
+    """The simulation checked the tuning's error model up to twice the tuning seeds per value (docs/analysis.md,
+    "Where the tuning's error model holds"); a resolving design that needs more is named with a warning."""
+    from study.analysis.decide import NO_PAIRS, CHECKED_TUNING_FACTOR
+    from study.analysis.simulate import Noise, Truth, generate, make_plan, simulate_tuning
+
+    d, land = cpu_design, _landscape("2D 0.5% worse and 30% faster at the optima")
+    truth = Truth("x", land.estimand, land.cost, (), ())
+    rng = np.random.default_rng(seed)
+    for _ in range(60):  # the first planted study whose resolving design is (or is not) within the checked range
+        tuned = simulate_tuning(d.tune, land, rng)
+        per, trials = generate(truth, 28, d.frames, Noise(), rng)
+        got = decide(per, trials, {**make_plan(28, d.frames), "tuning": tuned})
+        need = got.design.get("tuning_seeds_to_resolve")
+        within = need is not None and need["seeds_per_value"] <= CHECKED_TUNING_FACTOR * d.tune.seeds
+        if NO_PAIRS in got.reason and need and within == checked:
+            break
+    else:
+        pytest.fail(f"no planted study named a resolving design {'within' if checked else 'past'} the checked range")
+    assert need["checked"] is checked
+    warning = f"past {CHECKED_TUNING_FACTOR * d.tune.seeds} per value the tuning's error model under-covers"
+    assert (warning in got.reason) is not checked

@@ -169,6 +169,9 @@ def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[np.
 
 NO_PAIRS = " — no feasible number of pairs resolves it"
 MOST_TUNING_SEEDS = 48  # the most tuning seeds per value a resolving design is looked for at
+CHECKED_TUNING_FACTOR = 2  # tuning seeds per value, as a multiple of the study's, up to which the simulation
+# checked the tuning's error model (docs/analysis.md, "Where the tuning's error model holds"): past it, the
+# intervals under-cover peaked curves
 
 
 def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
@@ -192,7 +195,8 @@ def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[
 def resolve_hint(d: Decision, plan: dict) -> Decision:
     """An inconclusive `d` (its tuning bracketed) with what would resolve it in its reason: more pairs
     (`seeds_to_resolve`), or where no number of pairs would, because the tuning's error keeps an interval across
-    the margin, more tuning seeds per value and pairs (`design.tuning_seeds_to_resolve`)."""
+    the margin, more tuning seeds per value and pairs (`design.tuning_seeds_to_resolve`; `checked`: within the
+    CHECKED_TUNING_FACTOR times today's seeds the simulation checked, else the reason warns)."""
     if d.recommendation != INCONCLUSIVE or unbracketed(plan):
         return d
     if d.n_pairs < MIN_PAIRS:
@@ -206,11 +210,17 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     if not plan.get("tuning"):
         d.reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
         return d
-    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs)
-    d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1]}
-    what = (f"about {need[0]} tuning seeds per value (now {seeds_per_value(plan['tuning'])}) with about {need[1]} "
-            f"pairs would resolve it" if need else f"no number of tuning seeds up to {MOST_TUNING_SEEDS} per value "
-            "does: the estimate sits too near the margin")
+    need, now = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs), \
+        seeds_per_value(plan["tuning"])
+    checked = need is not None and need[0] <= CHECKED_TUNING_FACTOR * now
+    d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1],
+                                                                     "checked": checked}
+    what = (f"about {need[0]} tuning seeds per value (now {now}) with about {need[1]} pairs would resolve it"
+            if need else f"no number of tuning seeds up to {MOST_TUNING_SEEDS} per value does: the estimate sits too "
+            "near the margin")
+    if need and not checked:
+        what += (f", though past {CHECKED_TUNING_FACTOR * now} per value the tuning's error model under-covers peaked "
+                 "curves in simulation (docs/analysis.md)")
     d.reason += (f"{NO_PAIRS}: the tuning's error (root mean square {100 * d.design['tuning_error']['rms']:.2g}%), "
                  f"which pairs do not lower, keeps the interval across the margin; {what}")
     return d
