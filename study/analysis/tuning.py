@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy import optimize, stats
 
 LOW, HIGH = "low", "high"
 BRACKETED = "bracketed"
@@ -191,29 +192,95 @@ def pooled_sd(c: dict, maximize: bool = True) -> float:
     return float(np.sqrt((resid ** 2).sum() / (len(x) - 3)))
 
 
-def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True) -> np.ndarray:
-    """Relative score lost by re-running this mode's tuning (parametric bootstrap): the curve's means, smoothed by a
-    quadratic in log(value), stand for the truth; each draw takes a run-to-run sd from the pooled estimate's
-    sampling distribution (sd x sqrt(df / chi2(df))), adds the selection's noise (that sd / sqrt(runs)) to every
-    value's mean, picks the best, and records (optimum - picked) / optimum, the optimum being the quadratic's peak
-    where it lies inside the values tried (the loss of a grid's coarseness counts too). Shape [draws]."""
+LACK_OF_FIT = 0.05  # level of the F test that switches the draws from the quadratic to the concave fit
+
+
+def quadratic_residual_f(c: dict, maximize: bool = True) -> float:
+    """F statistic of a quadratic in log(value) through a JSON curve's means, against their run-to-run noise: the
+    weighted residual mean square (values - 3 degrees of freedom) over pooled_sd^2. NaN with 3 values or fewer."""
+    x, y, n = _curve_arrays(c, maximize)
+    sd = pooled_sd(c, maximize)
+    if len(x) <= 3 or not math.isfinite(sd) or sd <= 0:
+        return float("nan")
+    resid = y - np.polyval(np.polyfit(x, y, 2), x)
+    return float((resid ** 2 * n).sum() / (len(x) - 3)) / sd ** 2
+
+
+def lacks_fit(c: dict, maximize: bool = True, level: float = LACK_OF_FIT) -> bool:
+    """Whether the quadratic misses the curve's shape beyond its noise (F test at `level`): a peaked curve measured
+    precisely enough to show it."""
+    f = quadratic_residual_f(c, maximize)
+    return math.isfinite(f) and f > stats.f.ppf(1 - level, len(c["values"]) - 3, noise_df(c, maximize))
+
+
+def concave_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The concave piecewise-linear function with knots at x (ascending) nearest to y in weighted least squares (its
+    slopes may only fall: scipy.optimize.lsq_linear with bounds), at x. Keeps a peak that a quadratic flattens.
+    Shapes: x, y, w [values] -> [values]."""
+    k = len(x)
+    basis = np.stack([np.ones(k), x - x[0]] + [-np.maximum(x - x[j], 0) for j in range(1, k - 1)], 1)
+    low = [-np.inf, -np.inf] + [0.0] * (k - 2)
+    fit = optimize.lsq_linear(basis * w[:, None], y * w, bounds=(low, [np.inf] * k))
+    return basis @ fit.x
+
+
+def peak_bounds(x: np.ndarray, g: np.ndarray, i: int) -> tuple[float, float]:
+    """Bounds on the peak of a concave curve g near its best knot i: the parabola through i and its neighbours
+    (right for a smooth top), and where the secants beyond them cross (the most a concave curve can rise; right for
+    a peak). At an end of x, g[i] twice."""
+    if i == 0 or i == len(x) - 1:
+        return float(g[i]), float(g[i])
+    a, b, _ = coef = np.polyfit(x[i - 1:i + 2], g[i - 1:i + 2], 2)
+    low = float(np.polyval(coef, min(max(-b / (2 * a), x[i - 1]), x[i + 1]))) if a < 0 else float(g[i])
+    high = low
+    for lo, hi in ((i - 1, i), (i, i + 1)):  # the peak between i and a neighbour
+        if lo == 0 or hi == len(x) - 1:
+            continue
+        rise = (g[lo] - g[lo - 1]) / (x[lo] - x[lo - 1])
+        fall = (g[hi + 1] - g[hi]) / (x[hi + 1] - x[hi])
+        if rise <= 0 or fall >= 0:
+            continue
+        t = min(max((g[hi] - g[lo] - fall * x[hi] + rise * x[lo]) / (rise - fall), x[lo]), x[hi])
+        high = max(high, float(g[lo] + rise * (t - x[lo])))
+    return max(low, float(g[i])), max(high, low, float(g[i]))
+
+
+def _curve_arrays(c: dict, maximize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log(values), the means signed so that higher is better, and the runs per value (diverged included, at least
+    1). Shapes [values]."""
     x = np.log(np.asarray(c["values"], float))
-    y = np.asarray(c["mean"], float)
+    y = np.asarray(c["mean"], float) * (1 if maximize else -1)
     n = np.maximum(np.asarray(c["runs"], float) + np.asarray(c.get("diverged") or [0] * len(x), float), 1)
+    return x, y, n
+
+
+def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True) -> np.ndarray:
+    """Relative score lost by re-running this mode's tuning (parametric bootstrap): a smooth stand-in for the truth
+    at each value tried; each draw takes a run-to-run sd from the pooled estimate's sampling distribution
+    (sd x sqrt(df / chi2(df))), adds the selection's noise (that sd / sqrt(runs)) to every value's mean, picks the
+    best, and records (optimum - picked) / optimum, so the loss of a grid's coarseness counts too.
+    The stand-in is a quadratic in log(value), its optimum its peak where that lies inside the values tried. Where
+    the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the concave fit instead, its optimum drawn
+    uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error model holds"). Shape [draws]."""
+    x, y, n = _curve_arrays(c, maximize)
     sd, df = pooled_sd(c, maximize), noise_df(c, maximize)
     if len(x) < 3 or not math.isfinite(sd):
         return np.zeros(draws)
     coef = np.polyfit(x, y, 2)
-    truth = np.polyval(coef, x)  # a smooth truth: noise in the means is what the draws add
-    sign = 1 if maximize else -1
     sds = sd * np.sqrt(df / rng.chisquare(df, draws))  # the noise itself is estimated, on df degrees of freedom
-    noisy = truth[None, :] + rng.normal(0, 1, (draws, len(x))) * sds[:, None] / np.sqrt(n)[None, :]
-    pick = np.argmax(sign * noisy, axis=1)
-    best = truth[np.argmax(sign * truth)]
-    vertex = -coef[1] / (2 * coef[0]) if coef[0] else np.nan
-    if sign * coef[0] < 0 and x[0] <= vertex <= x[-1]:  # the optimum between two values tried: its score
-        best = np.polyval(coef, vertex)
-    return sign * (best - truth[pick]) / abs(best)
+    noise = rng.normal(0, 1, (draws, len(x))) * sds[:, None] / np.sqrt(n)[None, :]
+    if lacks_fit(c, maximize):
+        truth = concave_fit(x, y, np.sqrt(n))
+        low, high = peak_bounds(x, truth, int(np.argmax(truth)))
+        best = low + rng.uniform(0, 1, draws) * (high - low)
+    else:
+        truth = np.polyval(coef, x)  # a smooth truth: noise in the means is what the draws add
+        best = truth.max()
+        vertex = -coef[1] / (2 * coef[0]) if coef[0] else np.nan
+        if coef[0] < 0 and x[0] <= vertex <= x[-1]:  # the optimum between two values tried: its score
+            best = np.polyval(coef, vertex)
+    pick = np.argmax(truth[None, :] + noise, axis=1)
+    return (best - truth[pick]) / np.abs(best)
 
 
 def noise_df(c: dict, maximize: bool = True) -> int:
