@@ -286,8 +286,8 @@ def write_study(root: Path, per: pd.DataFrame, trials: pd.DataFrame, plan: dict,
 
 DESIGNS = [("CPU comparison (shipped: 14 seeds x 33 test frames)", 14, 33),
            ("10 seeds x 33 test frames", 10, 33),
-           ("GPU comparison at its minimum (12 seeds x 100 test frames)", 12, 100),
-           ("GPU comparison at its cap (24 seeds x 100 test frames)", 24, 100),
+           ("12 seeds x 100 test frames", 12, 100),
+           ("GPU comparison (shipped: 24 seeds x 100 test frames)", 24, 100),
            ("few test frames (14 seeds x 8 frames)", 14, 8)]
 
 
