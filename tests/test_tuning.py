@@ -215,8 +215,8 @@ def test_whole_procedure_is_rarely_wrong(cpu_design, name, right_at_least):
                                   "identical, peaked"])
 def test_gpu_design_calls_a_small_deficit_with_a_saving(name):
     """The GPU design (20 tuning seeds per value, 24 pairs, the lack-of-fit switch) calls "2D 0.5% worse and 30%
-    faster" 2d in at least 95% of studies, smooth or peaked, with its 95% interval covering 93-97%; identical peaked
-    curves keep their coverage (84.7% with the quadratic alone at this design)."""
+    faster" 2d in at least 95% of studies, smooth or peaked, with its 95% interval covering 93-98% (97.7% and 93.3-96%
+    in docs/analysis.md); identical peaked curves keep their coverage (84.7% with the quadratic alone here)."""
     from study.analysis.simulate import procedure_designs, procedure_rates
 
     d = procedure_designs()[1]
@@ -285,7 +285,8 @@ def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_re
     # Monte Carlo interval, tuning draws included) clears the margin; with the present tuning, no number of pairs does
 
     def lowest(seeds: int, pairs: int) -> float:
-        draws = tuning.tuning_draws(tuning.with_seeds(tuned, seeds), ("2d", "3d"))
+        draws = tuning.tuning_draws(tuning.with_seeds(tuned, seeds), ("2d", "3d"),
+                                    concave=tuning.stand_ins(tuned, ("2d", "3d")))
         return min(tuned_interval(e.mean, *crossed_se(e.var_seed, e.var_frame, e.var_resid, pairs, e.n_frames),
                                   draws, 0.95)[0] for e in got.quality.values())
 
@@ -325,10 +326,12 @@ def _precise_curve(score, values, seeds: int, sd: float, rng) -> dict:
     return tuning.summary(Tune(low=values[0], high=values[-1]), ("2d",), runs)["2d"]["curve"]
 
 
-def test_tuning_error_of_a_precise_peaked_curve_covers_its_peak():
+def test_tuning_error_of_a_precise_peaked_curve_reaches_its_peak():
     """On a peaked curve (a tent in log lr, as measured) with its optimum between two grid values, a precise tuning
-    picks the best grid value and loses the peak's height over it; the draws must allow for that loss. A quadratic
-    smoothed through the means does not (it flattens the peak): the lack-of-fit switch to a concave fit does."""
+    picks the best grid value and loses the peak's height over it. The draws must reach that loss. A quadratic
+    smoothed through the means does not (it flattens the peak); the lack-of-fit switch to a concave fit does. For a
+    tent the secants' crossing is the peak itself, the top of the draws' range: so the test asks for reach, not for
+    a margin above it."""
     values = tuning.log_grid(3e-5, 3e-3, 7)
     opt = 1.41 * math.sqrt(3e-5 * 3e-3)  # between two grid values
 
@@ -337,12 +340,33 @@ def test_tuning_error_of_a_precise_peaked_curve_covers_its_peak():
         return 0.8 * (1 - (0.08 if d < 0 else 0.06) * abs(d))
 
     lost = 1 - max(tent(v) for v in values) / tent(opt)  # the best grid value's loss: about 1.1%
-    rng = np.random.default_rng(0)
-    c = _precise_curve(tent, values, 40, 0.015, rng)
-    draws = tuning.regret_draws(c, 4000, np.random.default_rng(1))
     assert lost > 0.008
-    assert np.quantile(draws, 0.975) >= lost  # the real loss lies inside the draws' 95% range
+    for seed in range(10):  # ten tunings of the same curve
+        c = _precise_curve(tent, values, 40, 0.015, np.random.default_rng(seed))
+        assert tuning.lacks_fit(c)
+        switched = tuning.regret_draws(c, 4000, np.random.default_rng(1))
+        quadratic = tuning.regret_draws(c, 4000, np.random.default_rng(1), concave=False)
+        assert np.quantile(switched, 0.99) >= 0.9 * lost
+        assert np.quantile(quadratic, 0.99) < 0.3 * lost
     # a smooth curve, as precise, keeps the quadratic's draws (which the simulation proves for smooth curves)
-    smooth = _precise_curve(lambda v: 0.8 * (1 - 0.12 * (math.log10(v) - math.log10(opt)) ** 2), values, 40, 0.015, rng)
+    smooth = _precise_curve(lambda v: 0.8 * (1 - 0.12 * (math.log10(v) - math.log10(opt)) ** 2), values, 40, 0.015,
+                            np.random.default_rng(0))
     assert not tuning.lacks_fit(smooth)
-    assert tuning.lacks_fit(c)
+
+
+def test_projected_tuning_keeps_the_curves_measured_shape(cpu_design):
+    """"What would resolve it" projects the tuning to more seeds (with_seeds): the F statistic grows with the runs,
+    so a projection alone would switch a quadratic curve to the concave stand-in and its error would stop falling.
+    The projection keeps each curve's measured stand-in: the error then falls as seeds are added."""
+    from study.analysis.simulate import simulate_tuning
+
+    rng = np.random.default_rng(0)
+    while True:  # a tuning of smooth identical curves whose measured shapes are quadratic
+        tuned = simulate_tuning(cpu_design.tune, _landscape("identical (null)"), rng)
+        if not any(tuning.stand_ins(tuned, ("2d", "3d")).values()):
+            break
+    shape = tuning.stand_ins(tuned, ("2d", "3d"))
+    assert any(tuning.lacks_fit(tuning.with_seeds(tuned, 48)[m]["curve"]) for m in ("2d", "3d"))
+    errors = [tuning.rms(tuning.tuning_draws(tuning.with_seeds(tuned, t), ("2d", "3d"), concave=shape))
+              for t in (3, 6, 12, 24, 48)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))

@@ -40,7 +40,7 @@ from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
 from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
-from study.analysis.tuning import rms, seeds_per_value, tuning_draws, with_seeds
+from study.analysis.tuning import rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
@@ -182,11 +182,13 @@ def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[
     candidates up to `most` seeds per value, the one with the fewest trials (tuning and confirm). None when none
     does."""
     now, values = seeds_per_value(tuned), sum(len(tuned[m]["curve"]["values"]) for m in modes)
+    shape = stand_ins(tuned, modes)  # the curves' shapes as measured, whatever the projected seeds
     found = []
     for t in sorted({math.ceil(now * f) for f in (1.5, 2, 3, 4, 6, 8, 12, 16)}):
         if t > most:
             break
-        need = pairs_needed(quality, margin, tuning_draws(with_seeds(tuned, t), modes), least=pairs)
+        draws = tuning_draws(with_seeds(tuned, t), modes, concave=shape)
+        need = pairs_needed(quality, margin, draws, least=pairs)
         if need is not None:
             found.append((values * t + 2 * need, t, need))
     return min(found)[1:] if found else None

@@ -254,14 +254,16 @@ def _curve_arrays(c: dict, maximize: bool) -> tuple[np.ndarray, np.ndarray, np.n
     return x, y, n
 
 
-def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True) -> np.ndarray:
+def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True,
+                 concave: Optional[bool] = None) -> np.ndarray:
     """Relative score lost by re-running this mode's tuning (parametric bootstrap): a smooth stand-in for the truth
     at each value tried; each draw takes a run-to-run sd from the pooled estimate's sampling distribution
     (sd x sqrt(df / chi2(df))), adds the selection's noise (that sd / sqrt(runs)) to every value's mean, picks the
     best, and records (optimum - picked) / optimum, so the loss of a grid's coarseness counts too.
     The stand-in is a quadratic in log(value), its optimum its peak where that lies inside the values tried. Where
     the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the concave fit instead, its optimum drawn
-    uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error model holds"). Shape [draws]."""
+    uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error model holds"); `concave` forces
+    the choice. Shape [draws]."""
     x, y, n = _curve_arrays(c, maximize)
     sd, df = pooled_sd(c, maximize), noise_df(c, maximize)
     if len(x) < 3 or not math.isfinite(sd):
@@ -269,7 +271,7 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
     coef = np.polyfit(x, y, 2)
     sds = sd * np.sqrt(df / rng.chisquare(df, draws))  # the noise itself is estimated, on df degrees of freedom
     noise = rng.normal(0, 1, (draws, len(x))) * sds[:, None] / np.sqrt(n)[None, :]
-    if lacks_fit(c, maximize):
+    if lacks_fit(c, maximize) if concave is None else concave:
         truth = concave_fit(x, y, np.sqrt(n))
         low, high = peak_bounds(x, truth, int(np.argmax(truth)))
         best = low + rng.uniform(0, 1, draws) * (high - low)
@@ -314,9 +316,18 @@ def rms(draws: np.ndarray) -> float:
     return float(np.sqrt(np.mean(draws ** 2))) if len(draws) else 0.0
 
 
-def tuning_draws(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000, seed: int = 0) -> np.ndarray:
+def tuning_draws(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000, seed: int = 0,
+                 concave: Optional[dict[str, bool]] = None) -> np.ndarray:
     """Draws of the error the deciding tuning adds to the estimated relative difference modes[0] vs modes[1]: a
-    re-run's loss of modes[1] minus that of modes[0] (regret_draws). Shape [draws]."""
+    re-run's loss of modes[1] minus that of modes[0] (regret_draws; `concave` per mode: its stand-in, default each
+    curve's own `lacks_fit`). Shape [draws]."""
     rng = np.random.default_rng(seed)
-    a, b = (regret_draws(tuned[m]["curve"], draws, rng) for m in modes)
+    a, b = (regret_draws(tuned[m]["curve"], draws, rng, concave=None if concave is None else concave[m])
+            for m in modes)
     return b - a
+
+
+def stand_ins(tuned: dict[str, dict], modes: Sequence[str]) -> dict[str, bool]:
+    """Per mode, whether its tuning curve's draws use the concave stand-in (`lacks_fit`). A projection to more seeds
+    (`with_seeds`) keeps these: the F statistic grows with the runs, so it would switch a quadratic curve too."""
+    return {m: lacks_fit(tuned[m]["curve"]) for m in modes}

@@ -99,7 +99,7 @@ class Confirm(BaseModel):
     quality: list[Literal[QUALITY_KEYS]] = Field(["test_heldout_iou", "test_heldout_psnr_fg"], min_length=1)  # type: ignore[valid-type]
     cost: Literal[COST_KEYS] = "epoch_time_s"  # type: ignore[valid-type]
     cost_margin: float = Field(0.05, ge=0, lt=1, description="smallest relative saving that counts as cheaper")
-    min_seeds: int = Field(12, ge=3, description="fewest pairs (12: the power docs/analysis.md simulates)")
+    min_seeds: int = Field(12, ge=3, description="fewest pairs (the shipped GPU designs: 24, docs/analysis.md)")
     max_seeds: int = Field(24, ge=3)
     select: str = Field("valid_heldout_iou", description="validation metric that fixes each mode's hyperparameters")
     base_config: dict[str, Any] = Field({}, description="training-config keys for the confirm trials only")
