@@ -212,8 +212,8 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     if not plan.get("tuning"):
         d.reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
         return d
-    need, now = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs), \
-        seeds_per_value(plan["tuning"])
+    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs)
+    now = seeds_per_value(plan["tuning"])
     checked = need is not None and need[0] <= CHECKED_TUNING_FACTOR * now
     d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1],
                                                                      "checked": checked}

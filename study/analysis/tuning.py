@@ -177,6 +177,20 @@ def near_best(c: dict, maximize: bool = True) -> np.ndarray:
     return np.argsort(-m if maximize else m)[:NEAR]
 
 
+def quadratic_residuals(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y minus the least-squares quadratic in x through it. Shapes [values] -> [values]."""
+    return y - np.polyval(np.polyfit(x, y, 2), x)
+
+
+def _curve_arrays(c: dict, maximize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log(values), the means signed so that higher is better, and the runs per value (diverged included, at least
+    1). Shapes [values]."""
+    x = np.log(np.asarray(c["values"], float))
+    y = np.asarray(c["mean"], float) * (1 if maximize else -1)
+    n = np.maximum(np.asarray(c["runs"], float) + np.asarray(c.get("diverged") or [0] * len(x), float), 1)
+    return x, y, n
+
+
 def pooled_sd(c: dict, maximize: bool = True) -> float:
     """The run-to-run standard deviation of a curve's scores (JSON curve of `summary`), pooled over its NEAR best
     values with replicates (the noise where the selection happens; far values score lower and may vary less);
@@ -185,11 +199,10 @@ def pooled_sd(c: dict, maximize: bool = True) -> float:
              if c["se"][i] is not None and c["runs"][i] > 1]
     if pairs:
         return math.sqrt(sum(v * d for v, d in pairs) / sum(d for _, d in pairs))
-    x, y = np.log(np.asarray(c["values"], float)), np.asarray(c["mean"], float)
+    x, y, _ = _curve_arrays(c, maximize)
     if len(x) < 4:
         return float("nan")
-    resid = y - np.polyval(np.polyfit(x, y, 2), x)
-    return float(np.sqrt((resid ** 2).sum() / (len(x) - 3)))
+    return float(np.sqrt((quadratic_residuals(x, y) ** 2).sum() / (len(x) - 3)))
 
 
 LACK_OF_FIT = 0.05  # level of the F test that switches the draws from the quadratic to the concave fit
@@ -202,8 +215,7 @@ def quadratic_residual_f(c: dict, maximize: bool = True) -> float:
     sd = pooled_sd(c, maximize)
     if len(x) <= 3 or not math.isfinite(sd) or sd <= 0:
         return float("nan")
-    resid = y - np.polyval(np.polyfit(x, y, 2), x)
-    return float((resid ** 2 * n).sum() / (len(x) - 3)) / sd ** 2
+    return float((quadratic_residuals(x, y) ** 2 * n).sum() / (len(x) - 3)) / sd ** 2
 
 
 def lacks_fit(c: dict, maximize: bool = True, level: float = LACK_OF_FIT) -> bool:
@@ -243,15 +255,6 @@ def peak_bounds(x: np.ndarray, g: np.ndarray, i: int) -> tuple[float, float]:
         t = min(max((g[hi] - g[lo] - fall * x[hi] + rise * x[lo]) / (rise - fall), x[lo]), x[hi])
         high = max(high, float(g[lo] + rise * (t - x[lo])))
     return max(low, float(g[i])), max(high, low, float(g[i]))
-
-
-def _curve_arrays(c: dict, maximize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """log(values), the means signed so that higher is better, and the runs per value (diverged included, at least
-    1). Shapes [values]."""
-    x = np.log(np.asarray(c["values"], float))
-    y = np.asarray(c["mean"], float) * (1 if maximize else -1)
-    n = np.maximum(np.asarray(c["runs"], float) + np.asarray(c.get("diverged") or [0] * len(x), float), 1)
-    return x, y, n
 
 
 def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True,
