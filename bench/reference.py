@@ -33,7 +33,8 @@ from study.analysis.tuning import BRACKETED, best_index, curve, edge, log_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_OFFSET = 50_000  # reference seeds never equal a study's trial seeds
-KEEP = ("valid_heldout_iou", "test_heldout_iou", "test_heldout_psnr_fg", "epoch_time_s")
+KEEP = ("valid_heldout_iou", "valid_heldout_psnr", "valid_heldout_psnr_fg", "test_heldout_iou", "test_heldout_psnr",
+        "test_heldout_psnr_fg", "epoch_time_s")  # every deciding metric on validation and test, and the cost
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -53,18 +54,23 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def run_one(cfg: dict) -> dict:
-    """Train one configuration in this process (one thread); the last epoch's decision metrics."""
+    """Train one configuration in this process (one thread); the last epoch's decision metrics. A run whose loss
+    diverges is a result, as in the study's tuning (its scores NaN, its error kept), not a crash of the bank."""
     import torch
 
-    from posesplat.train import train
+    from posesplat.train import NonFiniteLossError, train
 
     torch.set_num_threads(1)
     t0 = time.time()
-    last = train(make_config(cfg, "reference run"), progress=False)[-1]
+    head = {MODE_KEY: cfg[MODE_KEY], "lr": cfg["lr"], "seed": cfg["seed"]}
+    try:
+        last = train(make_config(cfg, "reference run"), progress=False)[-1]
+    except NonFiniteLossError as e:
+        return {**head, FRAMES: [], "wall_s": time.time() - t0, "error": f"NonFiniteLossError: {e}".splitlines()[0],
+                **{k: float("nan") for k in KEEP}}
     keep = {k: float(last[k]) for k in KEEP}
     keep.update({frame_column(k): list(last[frame_column(k)]) for k in KEEP if k.startswith("test_")})
-    return {MODE_KEY: cfg[MODE_KEY], "lr": cfg["lr"], "seed": cfg["seed"], FRAMES: list(last[FRAMES]),
-            "wall_s": time.time() - t0, **keep}
+    return {**head, FRAMES: list(last[FRAMES]), "wall_s": time.time() - t0, **keep}
 
 
 def read_runs(path: Path) -> list[dict]:
