@@ -11,17 +11,22 @@ test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff
                                                                           seeds and pairs) that would resolve it
 4. every quality interval above -margin (non-inferior) and the primary
    cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
-5. non-inferior, not cheaper: challenger significantly better on every
-   quality metric                                                     -> challenger
-6.                            reference significantly better on every
+5. the mirror of 4: the reference within the margin of the challenger
+   (every interval below margin / (1 - margin)) and the challenger
+   dearer beyond cost_margin / (1 - cost_margin)                      -> reference (as good, and cheaper)
+6. non-inferior, neither cheaper: challenger significantly better on
+   every quality metric                                               -> challenger
+7.                            reference significantly better on every
    quality metric                                                     -> reference
-7. otherwise                                                          -> either (equivalent within the margin)
+8. otherwise                                                          -> either (equivalent within the margin); the
+                                                                          reason names a metric where one is
+                                                                          significantly better
 
 A quality metric where lower is better (an error: posesplat.metrics' direction) enters the rule as its relative
 reduction (reference - challenger) / reference, so that + is better on every quality metric and a growing error is a
 deficit; `Decision.quality` holds these, `Decision.measures` the plain differences.
 
-Intervals are 95%; "significantly better" in 5 and 6 uses 97.5% intervals, so that the two directions together
+Intervals are 95%; "significantly better" in 6 to 8 uses 97.5% intervals, so that the two directions together
 claim a difference that is not there at most 2.5% of the time. With sequential looks (study.analysis.looks: the plan names
 them) an interim look applies the same rule at its stricter level to the first pairs, and decides when its verdict
 is settled; otherwise the last look decides. Simulated error rates: docs/analysis.md.
@@ -38,7 +43,7 @@ import pandas as pd
 
 from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
-from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, settled, superiority
+from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, mirrored, settled, superiority
 from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
 from study.analysis.tuning import rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
@@ -147,23 +152,24 @@ def fewest_pairs(e: Crossed, margin: float, draws: np.ndarray, least: int, most:
 
 
 def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[np.ndarray] = None,
-                 least: int = MIN_PAIRS, most: int = 1000) -> Optional[int]:
+                 least: int = MIN_PAIRS, most: int = 1000, level: float = LEVEL) -> Optional[int]:
     """Fewest pairs (at least `least`) that would settle the rule at the present estimates and variances, with the
-    decision's own intervals (the tuning's error `draws` included; default each estimate's own): where an estimate
-    lies below -margin, that metric's interval wholly below it at the rule's level for "worse on some metric"
-    (the easiest such metric); else every interval that reaches -margin wholly above it. None when `most` do not
-    (the tuning's error, which pairs do not lower, or the frames' alone reaches the margin)."""
+    decision's own intervals at `level` (the look that decides: a study with looks decides its last at a stricter
+    level than 95%) and the tuning's error `draws` (default each estimate's own): where an estimate lies below
+    -margin, that metric's interval wholly below it at the rule's level for "worse on some metric" (the easiest such
+    metric); else every interval that reaches -margin wholly above it. None when `most` do not (the tuning's error,
+    which pairs do not lower, or the frames' alone reaches the margin)."""
     least = max(least, MIN_PAIRS)
 
-    def fewest(e: Crossed, level: float) -> Optional[int]:
+    def fewest(e: Crossed, at: float) -> Optional[int]:
         d = np.asarray(getattr(e, "tuning", ()) if draws is None else draws, float)
-        return fewest_pairs(e, margin, d, least, most, level) if math.isfinite(e.se) else None
+        return fewest_pairs(e, margin, d, least, most, at) if math.isfinite(e.se) else None
 
     below = [e for e in quality.values() if e.mean < -margin]
     if below:
-        found = [n for n in (fewest(e, 1 - (1 - LEVEL) / len(quality)) for e in below) if n is not None]
+        found = [n for n in (fewest(e, 1 - (1 - level) / len(quality)) for e in below) if n is not None]
         return min(found) if found else None
-    found = [fewest(e, LEVEL) for e in quality.values() if e.lo <= -margin <= e.hi]
+    found = [fewest(e, level) for e in quality.values() if e.lo <= -margin <= e.hi]
     return None if None in found else max(found, default=least)
 
 
@@ -175,7 +181,7 @@ CHECKED_TUNING_FACTOR = 2  # tuning seeds per value, as a multiple of the study'
 
 
 def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
-                        pairs: int, most: int = MOST_TUNING_SEEDS) -> Optional[tuple[int, int]]:
+                        pairs: int, most: int = MOST_TUNING_SEEDS, level: float = LEVEL) -> Optional[tuple[int, int]]:
     """(tuning seeds per value, pairs) that would settle the rule at the present estimates and variances when the
     tuning's error is what keeps an interval across the margin: the same tuning curves with more seeds per value
     (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs; of the
@@ -188,7 +194,7 @@ def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[
         if t > most:
             break
         draws = tuning_draws(with_seeds(tuned, t), modes, concave=shape)
-        need = pairs_needed(quality, margin, draws, least=pairs)
+        need = pairs_needed(quality, margin, draws, least=pairs, level=level)
         if need is not None:
             found.append((values * t + 2 * need, t, need))
     return min(found)[1:] if found else None
@@ -204,7 +210,8 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     if d.n_pairs < MIN_PAIRS:
         d.reason += f" — run the study again with at least {max(MIN_PAIRS, plan['min_seeds'])} seeds"
         return d
-    d.seeds_to_resolve = pairs_needed(d.quality, plan["margin"])
+    level = d.design["look"]["level"]  # the look that decides: the hint sizes a design at its level
+    d.seeds_to_resolve = pairs_needed(d.quality, plan["margin"], level=level)
     if d.seeds_to_resolve is not None:
         d.reason += (f" — about {d.seeds_to_resolve} seeds (pairs) would resolve it, "
                      f"{max(d.seeds_to_resolve - d.n_pairs, 1)} more than now")
@@ -212,7 +219,7 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     if not plan.get("tuning"):
         d.reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
         return d
-    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs)
+    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs, level=level)
     now = seeds_per_value(plan["tuning"])
     checked = need is not None and need[0] <= CHECKED_TUNING_FACTOR * now
     d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1],
@@ -226,6 +233,16 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     d.reason += (f"{NO_PAIRS}: the tuning's error (root mean square {100 * d.design['tuning_error']['rms']:.2g}%), "
                  f"which pairs do not lower, keeps the interval across the margin; {what}")
     return d
+
+
+def significant(strict: dict[str, Crossed], c: str, r: str) -> str:
+    """Which mode is significantly better on which quality metric (intervals at the superiority level), in words;
+    '' when neither is on any."""
+    parts = []
+    for mode, ks in ((c, [k for k, e in strict.items() if e.lo > 0]), (r, [k for k, e in strict.items() if e.hi < 0])):
+        if ks:
+            parts.append(f"{mode} is significantly better on {', '.join(SHORT.get(k, k) for k in ks)}")
+    return "; ".join(parts)
 
 
 def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, cost_margin: float,
@@ -244,21 +261,27 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
         return r, f"{c} is worse than {r} by more than the {m} margin ({shown})"
     if any(e.lo <= -margin for e in quality.values()):
         return INCONCLUSIVE, f"the interval of {c} vs {r} reaches below the -{m} margin ({shown})"
-    if cost is not None and cost.has_ci and cost.hi < -cost_margin:
+    priced = cost is not None and cost.has_ci
+    if priced and cost.hi < -cost_margin:
         return c, (f"{c} is within the {m} margin of {r} or better ({shown}) and cheaper on the primary cost "
                    f"({cost.pct()}, more than the {100 * cost_margin:g}% that counts)")
+    if priced and cost.lo > mirrored(cost_margin) and all(e.hi < mirrored(margin) for e in quality.values()):
+        return r, (f"{r} is within the {m} margin of {c} or better ({c} vs {r}: {shown}) and cheaper on the primary "
+                   f"cost ({c} costs {cost.pct()} more, beyond the {100 * cost_margin:g}% that counts)")
     strict = {k: e.with_level(superiority(level)) for k, e in quality.items()}
     if all(e.lo > 0 for e in strict.values()):
         return c, f"{c} is significantly better than {r} on every quality metric ({shown}), though not cheaper"
     if all(e.hi < 0 for e in strict.values()):
         return r, (f"{c} is within the {m} margin ({shown}) but not cheaper, and {r} is significantly better on "
                    f"every quality metric")
-    costs = f"{c} is not cheaper on the primary cost by more than {100 * cost_margin:g}% ({cost.pct() if cost else 'n/a'})"
+    costs = (f"neither is cheaper on the primary cost by more than {100 * cost_margin:g}% "
+             f"({c} vs {r}: {cost.pct() if cost else 'n/a'})")
+    better = significant(strict, c, r)
+    better = f"{better}, not on every quality metric" if better else "neither is significantly better on any"
     if all(e.hi < margin for e in quality.values()):
-        return EITHER, (f"equivalent: {c} is within ±{m} of {r} on every quality metric ({shown}), {costs}, and "
-                        f"neither is significantly better")
-    return EITHER, (f"{c} is no worse than {r} beyond the {m} margin ({shown}) and may be better on some metric, but "
-                    f"it is not significantly better on every one, and {costs}")
+        return EITHER, f"equivalent: {c} is within ±{m} of {r} on every quality metric ({shown}), {costs}, and {better}"
+    return EITHER, (f"{c} is no worse than {r} beyond the {m} margin ({shown}) and may be better on some metric by "
+                    f"more, {costs}, and {better}")
 
 
 def ended_seeds(trials: pd.DataFrame, plan: dict) -> set[int]:

@@ -80,16 +80,25 @@ def settled(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float,
             level: float) -> bool:
     """Whether an interim look's verdict, with every interval at `level` (the quality ones Bonferroni-adjusted as in
     study.analysis.decide.rule), is one more pairs cannot overturn: some quality metric worse beyond -margin; or every
-    one above -margin and the cost below -cost_margin; or every one significantly better (at superiority(level))."""
+    one above -margin and the cost below -cost_margin; or its mirror (the reference as good and cheaper); or every one
+    significantly better (at superiority(level))."""
     if not quality or not all(e.has_ci for e in quality.values()):
         return False
     per_metric = {k: e.with_level(1 - (1 - level) / len(quality)) for k, e in quality.items()}
     if any(e.hi < -margin for e in per_metric.values()):
         return True
-    if all(e.lo > -margin for e in per_metric.values()) and cost is not None and cost.has_ci:
-        if cost.with_level(level).hi < -cost_margin:
+    if cost is not None and cost.has_ci:
+        priced = cost.with_level(level)
+        if all(e.lo > -margin for e in per_metric.values()) and priced.hi < -cost_margin:
+            return True
+        if all(e.hi < mirrored(margin) for e in per_metric.values()) and priced.lo > mirrored(cost_margin):
             return True
     return all(e.with_level(superiority(level)).lo > 0 for e in quality.values())
+
+
+def mirrored(margin: float) -> float:
+    """A relative margin seen from the other mode: (r - c) / c > -margin  <=>  (c - r) / r < margin / (1 - margin)."""
+    return margin / (1 - margin)
 
 
 def superiority(level: float) -> float:
