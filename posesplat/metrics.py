@@ -114,6 +114,13 @@ def names(group: Optional[Group] = None, *, evaluated: Optional[bool] = None, pe
             and (evaluated is None or m.evaluated == evaluated) and (per_frame is None or m.per_frame == per_frame)]
 
 
+def validation_twin(name: str) -> Optional[str]:
+    """The validation metric that tracks a test metric on the held-out views (test_heldout_iou -> valid_heldout_iou);
+    None where validation does not measure it (the geometry errors)."""
+    twin = "valid_heldout" + name[len("test_heldout"):] if name.startswith("test_heldout") else None
+    return twin if twin in BY_NAME else None
+
+
 def frame_column(name: str) -> str:
     """The per-test-frame list column of a per-frame metric."""
     return f"{name}_frames"

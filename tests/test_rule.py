@@ -77,3 +77,35 @@ def test_the_resolving_pairs_clear_at_the_level_that_decides():
                 assert clears(e, 0.02, d.seeds_to_resolve, np.zeros(0), level), (d.seeds_to_resolve, e)
         checked += 1
     assert checked >= 5
+
+
+def tuned_with_psnr(psnr_slope: float, seed: int = 0) -> dict:
+    """A tuning outcome on the CPU grid, 3 seeds per value: IoU peaked and noisy, so the selection is uncertain;
+    validation foreground PSNR linear in log(lr) with `psnr_slope` dB per step, measured precisely."""
+    from study.analysis import tuning
+    from study.base.space import load_space
+
+    spec = load_space("comparison").scaled(False).confirm.tune
+    rng = np.random.default_rng(seed)
+    values = tuning.log_grid(spec.low, spec.high, spec.points)
+    runs = [tuning.Run(m, v, s, 0.8 - 0.004 * (i - 2) ** 2 + rng.normal(0, 0.015), 0,
+                       {"valid_heldout_psnr_fg": 16.0 + psnr_slope * i + rng.normal(0, 0.01)})
+            for m in MODES for i, v in enumerate(values) for s in range(spec.seeds)]
+    return tuning.summary(spec, MODES, runs)
+
+
+def test_each_quality_metric_gets_its_own_tuning_error():
+    """Foreground PSNR that does not change with lr loses nothing when the IoU selection misses: its tuning error
+    is near 0, while IoU's is not; PSNR that changes steeply loses more than IoU. Before, PSNR took IoU's draws."""
+    rng = np.random.default_rng(5)
+    per, trials = generate(Truth("equal", 0.0, 0.0, (), ()), 14, 33, Noise(), rng)
+    rms = {}
+    for slope in (0.0, 1.5):
+        plan = {**make_plan(14, 33), "tuning": tuned_with_psnr(slope)}
+        d = decide(per, trials, plan)
+        per_metric = d.design["tuning_error"]["per_metric"]
+        assert per_metric["test_heldout_psnr_fg"]["own_curve"]
+        rms[slope] = (per_metric["test_heldout_iou"]["rms"], per_metric["test_heldout_psnr_fg"]["rms"])
+    assert rms[0.0][1] < 0.1 * rms[0.0][0], rms
+    assert rms[1.5][1] > rms[1.5][0], rms
+    assert rms[0.0][0] == rms[1.5][0]  # IoU's draws do not depend on the other metric

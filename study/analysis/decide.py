@@ -45,7 +45,8 @@ from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, mirrored, settled, superiority
 from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
-from study.analysis.tuning import rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
+from posesplat.metrics import validation_twin
+from study.analysis.tuning import has_curve, rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
@@ -151,26 +152,57 @@ def fewest_pairs(e: Crossed, margin: float, draws: np.ndarray, least: int, most:
     return hi
 
 
-def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[np.ndarray] = None,
+def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[dict[str, np.ndarray]] = None,
                  least: int = MIN_PAIRS, most: int = 1000, level: float = LEVEL) -> Optional[int]:
     """Fewest pairs (at least `least`) that would settle the rule at the present estimates and variances, with the
     decision's own intervals at `level` (the look that decides: a study with looks decides its last at a stricter
-    level than 95%) and the tuning's error `draws` (default each estimate's own): where an estimate lies below
+    level than 95%) and the tuning's error `draws` per metric (default each estimate's own): where an estimate lies below
     -margin, that metric's interval wholly below it at the rule's level for "worse on some metric" (the easiest such
     metric); else every interval that reaches -margin wholly above it. None when `most` do not (the tuning's error,
     which pairs do not lower, or the frames' alone reaches the margin)."""
     least = max(least, MIN_PAIRS)
 
-    def fewest(e: Crossed, at: float) -> Optional[int]:
-        d = np.asarray(getattr(e, "tuning", ()) if draws is None else draws, float)
+    def fewest(k: str, at: float) -> Optional[int]:
+        e = quality[k]
+        d = np.asarray(getattr(e, "tuning", ()) if draws is None else draws[k], float)
         return fewest_pairs(e, margin, d, least, most, at) if math.isfinite(e.se) else None
 
-    below = [e for e in quality.values() if e.mean < -margin]
+    below = [k for k, e in quality.items() if e.mean < -margin]
     if below:
-        found = [n for n in (fewest(e, 1 - (1 - level) / len(quality)) for e in below) if n is not None]
+        found = [n for n in (fewest(k, 1 - (1 - level) / len(quality)) for k in below) if n is not None]
         return min(found) if found else None
-    found = [fewest(e, level) for e in quality.values() if e.lo <= -margin <= e.hi]
+    found = [fewest(k, level) for k, e in quality.items() if e.lo <= -margin <= e.hi]
     return None if None in found else max(found, default=least)
+
+
+def own_curve(tuned: dict[str, dict], key: str, select: str) -> Optional[str]:
+    """The validation metric whose tuning curve gives quality metric `key` its own tuning error: its validation
+    twin where every mode's tuning recorded it (None: the tuned metric's error stands in, as for a study written
+    before the tuning recorded other metrics, or a metric validation does not measure)."""
+    twin = validation_twin(key)
+    return twin if twin != select and has_curve(tuned, twin) else None
+
+
+def metric_draws(tuned: dict[str, dict], modes: Sequence[str], quality: Sequence[str], select: str,
+                 concave: Optional[dict[str, bool]] = None) -> dict[str, np.ndarray]:
+    """The tuning's error draws of each quality metric: the loss of that metric when the selection on `select` is
+    re-run (tuning.tuning_draws with its own curve), the tuned metric's own where it has none. {key: [draws]}."""
+    out = {}
+    for k in quality:
+        other = own_curve(tuned, k, select)
+        out[k] = tuning_draws(tuned, modes, concave=concave, metric=other, maximize=HIGHER[k])
+    return out
+
+
+def tuning_error_json(draws: dict[str, np.ndarray], tuned: dict[str, dict], quality: Sequence[str], select: str
+                      ) -> dict:
+    """decision.json's summary of the tuning's error: the first quality metric's rms and mean (as before), and per
+    metric its rms, mean and whether it comes from its own validation curve."""
+    first = draws[quality[0]]
+    return {"rms": rms(first), "mean": float(np.mean(first)),
+            "per_metric": {k: {"rms": rms(draws[k]), "mean": float(np.mean(draws[k])),
+                               "own_curve": own_curve(tuned, k, select) is not None or validation_twin(k) == select}
+                           for k in quality}}
 
 
 NO_PAIRS = " — no feasible number of pairs resolves it"
@@ -181,7 +213,8 @@ CHECKED_TUNING_FACTOR = 2  # tuning seeds per value, as a multiple of the study'
 
 
 def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
-                        pairs: int, most: int = MOST_TUNING_SEEDS, level: float = LEVEL) -> Optional[tuple[int, int]]:
+                        pairs: int, select: str, most: int = MOST_TUNING_SEEDS, level: float = LEVEL
+                        ) -> Optional[tuple[int, int]]:
     """(tuning seeds per value, pairs) that would settle the rule at the present estimates and variances when the
     tuning's error is what keeps an interval across the margin: the same tuning curves with more seeds per value
     (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs; of the
@@ -193,7 +226,7 @@ def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[
     for t in sorted({math.ceil(now * f) for f in (1.5, 2, 3, 4, 6, 8, 12, 16)}):
         if t > most:
             break
-        draws = tuning_draws(with_seeds(tuned, t), modes, concave=shape)
+        draws = metric_draws(with_seeds(tuned, t), modes, list(quality), select, concave=shape)
         need = pairs_needed(quality, margin, draws, least=pairs, level=level)
         if need is not None:
             found.append((values * t + 2 * need, t, need))
@@ -219,7 +252,8 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     if not plan.get("tuning"):
         d.reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
         return d
-    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs, level=level)
+    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs, plan["select"],
+                               level=level)
     now = seeds_per_value(plan["tuning"])
     checked = need is not None and need[0] <= CHECKED_TUNING_FACTOR * now
     d.design["tuning_seeds_to_resolve"] = None if need is None else {"seeds_per_value": need[0], "pairs": need[1],
@@ -339,10 +373,11 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
     for key in keys:
         if key in rows:
             measures[key], means[key] = measure(a, b, key, modes, level)
-    draws = tuning_draws(plan["tuning"], modes) if plan.get("tuning") else np.zeros(0)
+    draws = metric_draws(plan["tuning"], modes, plan["quality"], plan["select"]) if plan.get("tuning") else {}
     # an error metric decides by its reduction (turned); then the estimand is the difference at the optima, so the
     # tuning's error (a loss of the tuned score, on the higher-is-better scale) is part of every quality interval
-    quality = {k: with_tuning(measures[k] if HIGHER[k] else measures[k].turned(), draws) for k in plan["quality"]
+    quality = {k: with_tuning(measures[k] if HIGHER[k] else measures[k].turned(), draws.get(k, np.zeros(0)))
+               for k in plan["quality"]
                if k in measures}
     measures.update({k: e for k, e in quality.items() if HIGHER[k]})  # the table shows an error metric unturned
     cost = measures.get(plan["cost"])
@@ -355,6 +390,6 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
                                         "test_frames", "seeds", "hparams", "mode_config", "min_seeds", "max_seeds",
                                         "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
-    design["tuning_error"] = {"rms": rms(draws), "mean": float(np.mean(draws))} if len(draws) else None
+    design["tuning_error"] = tuning_error_json(draws, plan["tuning"], plan["quality"], plan["select"]) if draws else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(seeds) - n_pairs, failures(trials, plan), None, design)

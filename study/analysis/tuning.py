@@ -119,6 +119,8 @@ class Run:
     seed: int
     score: float
     round: int = 0  # 0: the first grid; r > 0: the r-th widening round
+    others: dict[str, float] = field(default_factory=dict)  # the run's other validation metrics (each deciding
+    # quality metric's validation twin), for that metric's own tuning error
 
 
 def widenings(runs: Sequence[Run], mode: str) -> int:
@@ -152,18 +154,24 @@ def next_values(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool 
     return out
 
 
-def summary(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool = True) -> dict:
-    """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed, the widenings, and the
-    reason the decision must be inconclusive when it is not."""
+def summary(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool = True,
+            higher: Optional[dict[str, bool]] = None) -> dict:
+    """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed, the widenings, the reason
+    the decision must be inconclusive when it is not, and `others`: the curve of each other validation metric the
+    runs carry (`higher`: whether higher is better, per metric; default yes), against the same values."""
     out = {}
     for m in modes:
         c = mode_curve(runs, m, maximize)
         side = edge(c, spec.hard_low, spec.hard_high, maximize)
         i = best_index(c, maximize)
         w = widenings(runs, m)
+        rows = [r for r in runs if r.mode == m]
+        keys = sorted({k for r in rows for k, v in r.others.items() if math.isfinite(v)})  # never measured: none
         out[m] = {"key": spec.key, "chosen": c.values[i], "edge": side, "widenings": w,
                   "range": [c.values[0], c.values[-1]], "first_range": [spec.low, spec.high],
                   "curve": c.to_json(),
+                  "others": {k: curve([r.value for r in rows], [r.others.get(k, float("nan")) for r in rows],
+                                      (higher or {}).get(k, True)).to_json() for k in keys},
                   "reason": None if side == BRACKETED else unbracketed_reason(spec.key, m, side, c, w)}
     return out
 
@@ -258,7 +266,8 @@ def peak_bounds(x: np.ndarray, g: np.ndarray, i: int) -> tuple[float, float]:
 
 
 def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True,
-                 concave: Optional[bool] = None) -> np.ndarray:
+                 concave: Optional[bool] = None, other: Optional[dict] = None, other_maximize: bool = True
+                 ) -> np.ndarray:
     """Relative score lost by re-running this mode's tuning (parametric bootstrap): a smooth stand-in for the truth
     at each value tried; each draw takes a run-to-run sd from the pooled estimate's sampling distribution
     (sd x sqrt(df / chi2(df))), adds the selection's noise (that sd / sqrt(runs)) to every value's mean, picks the
@@ -266,7 +275,9 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
     The stand-in is a quadratic in log(value), its optimum its peak where that lies inside the values tried. Where
     the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the concave fit instead, its optimum drawn
     uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error model holds"); `concave` forces
-    the choice. Shape [draws]."""
+    the choice. `other`: another metric's JSON curve over the same values; then each draw's loss is that metric's
+    (its quadratic stand-in at the selection's optimum minus at the value picked, relative), with the same picks.
+    Shape [draws]."""
     x, y, n = _curve_arrays(c, maximize)
     sd, df = pooled_sd(c, maximize), noise_df(c, maximize)
     if len(x) < 3 or not math.isfinite(sd):
@@ -274,18 +285,27 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
     coef = np.polyfit(x, y, 2)
     sds = sd * np.sqrt(df / rng.chisquare(df, draws))  # the noise itself is estimated, on df degrees of freedom
     noise = rng.normal(0, 1, (draws, len(x))) * sds[:, None] / np.sqrt(n)[None, :]
+    vertex = -coef[1] / (2 * coef[0]) if coef[0] else np.nan
     if lacks_fit(c, maximize) if concave is None else concave:
         truth = concave_fit(x, y, np.sqrt(n))
         low, high = peak_bounds(x, truth, int(np.argmax(truth)))
         best = low + rng.uniform(0, 1, draws) * (high - low)
+        at = x[int(np.argmax(truth))]
     else:
         truth = np.polyval(coef, x)  # a smooth truth: noise in the means is what the draws add
         best = truth.max()
-        vertex = -coef[1] / (2 * coef[0]) if coef[0] else np.nan
+        at = x[int(np.argmax(truth))]
         if coef[0] < 0 and x[0] <= vertex <= x[-1]:  # the optimum between two values tried: its score
-            best = np.polyval(coef, vertex)
+            best, at = np.polyval(coef, vertex), vertex
     pick = np.argmax(truth[None, :] + noise, axis=1)
-    return (best - truth[pick]) / np.abs(best)
+    if other is None:
+        return (best - truth[pick]) / np.abs(best)
+    xo, yo, _ = _curve_arrays(other, other_maximize)
+    if len(xo) != len(x) or not np.isfinite(yo).all():
+        raise ValueError("the other metric's curve must have a finite mean at every value of the tuned one")
+    g = np.polyfit(xo, yo, 2)
+    top = np.polyval(g, at)
+    return (top - np.polyval(g, x[pick])) / np.abs(top)
 
 
 def noise_df(c: dict, maximize: bool = True) -> int:
@@ -300,18 +320,21 @@ def seeds_per_value(tuned: dict[str, dict]) -> int:
                                                                     or [0] * len(o["curve"]["runs"]))))
 
 
+def _scaled_curve(c: dict, f: float) -> dict:
+    """A JSON curve with every value's runs scaled by f and its standard error shrunk to match."""
+    return {**c, "runs": [r * f for r in c["runs"]],
+            "diverged": [d * f for d in (c.get("diverged") or [0] * len(c["runs"]))],
+            "se": [None if se is None else se / math.sqrt(f) for se in c["se"]]}
+
+
 def with_seeds(tuned: dict[str, dict], seeds: int) -> dict[str, dict]:
     """The tuning's outcome as it would be with `seeds` seeds per value and the same curves: every value's runs
     scaled to it and its standard error shrunk to match (so the run-to-run sd stays). For "how many tuning seeds
     would resolve it"."""
     f = seeds / seeds_per_value(tuned)
-    out = {}
-    for m, o in tuned.items():
-        c = o["curve"]
-        out[m] = {**o, "curve": {**c, "runs": [r * f for r in c["runs"]],
-                                 "diverged": [d * f for d in (c.get("diverged") or [0] * len(c["runs"]))],
-                                 "se": [None if se is None else se / math.sqrt(f) for se in c["se"]]}}
-    return out
+    return {m: {**o, "curve": _scaled_curve(o["curve"], f),
+                "others": {k: _scaled_curve(c, f) for k, c in (o.get("others") or {}).items()}}
+            for m, o in tuned.items()}
 
 
 def rms(draws: np.ndarray) -> float:
@@ -320,14 +343,25 @@ def rms(draws: np.ndarray) -> float:
 
 
 def tuning_draws(tuned: dict[str, dict], modes: Sequence[str], draws: int = 4000, seed: int = 0,
-                 concave: Optional[dict[str, bool]] = None) -> np.ndarray:
+                 concave: Optional[dict[str, bool]] = None, metric: Optional[str] = None,
+                 maximize: bool = True) -> np.ndarray:
     """Draws of the error the deciding tuning adds to the estimated relative difference modes[0] vs modes[1]: a
     re-run's loss of modes[1] minus that of modes[0] (regret_draws; `concave` per mode: its stand-in, default each
-    curve's own `lacks_fit`). Shape [draws]."""
+    curve's own `lacks_fit`). `metric`: a validation metric other than the tuned one that every mode's tuning
+    recorded (`others`): the loss on that metric, the selection being the tuned metric's (`maximize`: that metric's
+    direction). Shape [draws]."""
     rng = np.random.default_rng(seed)
-    a, b = (regret_draws(tuned[m]["curve"], draws, rng, concave=None if concave is None else concave[m])
+    a, b = (regret_draws(tuned[m]["curve"], draws, rng, concave=None if concave is None else concave[m],
+                         other=None if metric is None else tuned[m]["others"][metric], other_maximize=maximize)
             for m in modes)
     return b - a
+
+
+def has_curve(tuned: dict[str, dict], metric: Optional[str]) -> bool:
+    """Whether every mode's tuning recorded a curve of `metric` (a finite mean at every value)."""
+    return metric is not None and all(
+        metric in (o.get("others") or {}) and all(v is not None and math.isfinite(v)
+                                                  for v in o["others"][metric]["mean"]) for o in tuned.values())
 
 
 def stand_ins(tuned: dict[str, dict], modes: Sequence[str]) -> dict[str, bool]:

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from posesplat.config import ConfigError, make_config
-from posesplat.metrics import METRICS, names
+from posesplat.metrics import METRICS, names, validation_twin
 from posesplat.modes import DEFAULT_PAIR, MODES, ModeName
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -110,6 +110,13 @@ class Confirm(BaseModel):
     boundaries: Literal["obrien-fleming", "pocock"] = Field(
         "obrien-fleming", description="the looks' interval levels: O'Brien-Fleming's (strict early looks, the last "
                                       "near 95%) or Pocock's (one level at every look: stops earlier, wider last look)")
+
+    @property
+    def other_validation(self) -> list[str]:
+        """The validation twins of the quality metrics other than `select`: the deciding tuning records each, so
+        that each quality metric gets its own tuning error (study.analysis.decide.metric_draws)."""
+        twins = (validation_twin(k) for k in self.quality)
+        return [t for t in dict.fromkeys(twins) if t is not None and t != self.select]
 
     @model_validator(mode="after")
     def _check(self) -> "Confirm":

@@ -337,7 +337,8 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
         searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
         fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, f"tuning round {r}")
         runs += round_runs(store, plan, space)
-    outcome = tuning.summary(spec, modes, runs, maximize)
+    outcome = tuning.summary(spec, modes, runs, maximize, {k: BY_NAME[k].higher_is_better is not False
+                                                            for k in space.confirm.other_validation})
     info["tuning"] = {m: {k: o[k] for k in ("key", "chosen", "edge", "widenings", "range")} for m, o in outcome.items()}
     study.write_json(info, "study.json")
     print("tuned: " + "; ".join(f"{m} {o['key']} {o['chosen']:.3g}" + ("" if o["reason"] is None else " (at an edge)")
@@ -346,16 +347,18 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
 
 
 def round_runs(store: Store, plan: dict, space: Space) -> list:
-    """Each planned trial of a finished tuning round with its validation score at the last epoch: NaN where the
-    trial failed, diverged or never scored (a diverged value counts as the worst: study.analysis.tuning.curve)."""
+    """Each planned trial of a finished tuning round with its validation score at the last epoch (and its other
+    validation metrics, Confirm.other_validation): NaN where the trial failed, diverged or never scored (a diverged value
+    counts as the worst: study.analysis.tuning.curve)."""
     cell, key, select = space.confirm.cell, plan["key"], space.confirm.select
+    others = space.confirm.other_validation
     try:
         per = stage_summary(load_studies([store.uri], grid=cell), last=True, cell=list(cell))
     except AnalysisError:  # no trial scored at all
         per = None
     runs = []
     for t in plan["trials"]:
-        score = float("nan")
+        score, extra = float("nan"), {k: float("nan") for k in others}
         if per is not None and len(per):
             hit = per[(per[MODE_KEY] == t[MODE_KEY]) & (per["seed"] == t["seed"])
                       & np.isclose(per[key].to_numpy(float), t[key])]
@@ -363,7 +366,8 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
                 hit = hit[hit["status"] != FAILED]
             if len(hit):
                 score = float(hit[select].iloc[-1])
-        runs.append(tuning.Run(t[MODE_KEY], float(t[key]), int(t["seed"]), score, plan["round"]))
+                extra = {k: float(hit[k].iloc[-1]) if k in hit else float("nan") for k in others}
+        runs.append(tuning.Run(t[MODE_KEY], float(t[key]), int(t["seed"]), score, plan["round"], extra))
     return runs
 
 
