@@ -48,6 +48,7 @@ from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
 from posesplat.metrics import validation_twin
 from study.analysis.tuning import has_curve, rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
+from study.base.space import Confirm
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
 EITHER, INCONCLUSIVE = "either", "inconclusive"
@@ -175,6 +176,12 @@ def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[dic
     return None if None in found else max(found, default=least)
 
 
+def selected(plan: dict) -> str:
+    """The validation metric the plan's tuning selected on (the Confirm block's default where a hand-made plan
+    leaves it out)."""
+    return plan.get("select") or Confirm.model_fields["select"].default
+
+
 def own_curve(tuned: dict[str, dict], key: str, select: str) -> Optional[str]:
     """The validation metric whose tuning curve gives quality metric `key` its own tuning error: its validation
     twin where every mode's tuning recorded it (None: the tuned metric's error stands in, as for a study written
@@ -252,7 +259,7 @@ def resolve_hint(d: Decision, plan: dict) -> Decision:
     if not plan.get("tuning"):
         d.reason += " — the difference sits on the margin: no feasible number of seeds resolves it"
         return d
-    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs, plan["select"],
+    need = tuning_seeds_needed(d.quality, plan["margin"], plan["tuning"], d.modes, d.n_pairs, selected(plan),
                                level=level)
     now = seeds_per_value(plan["tuning"])
     checked = need is not None and need[0] <= CHECKED_TUNING_FACTOR * now
@@ -373,7 +380,7 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
     for key in keys:
         if key in rows:
             measures[key], means[key] = measure(a, b, key, modes, level)
-    draws = metric_draws(plan["tuning"], modes, plan["quality"], plan["select"]) if plan.get("tuning") else {}
+    draws = metric_draws(plan["tuning"], modes, plan["quality"], selected(plan)) if plan.get("tuning") else {}
     # an error metric decides by its reduction (turned); then the estimand is the difference at the optima, so the
     # tuning's error (a loss of the tuned score, on the higher-is-better scale) is part of every quality interval
     quality = {k: with_tuning(measures[k] if HIGHER[k] else measures[k].turned(), draws.get(k, np.zeros(0)))
@@ -390,6 +397,6 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
                                         "test_frames", "seeds", "hparams", "mode_config", "min_seeds", "max_seeds",
                                         "tuning")}
     design["estimand"] = ESTIMAND if plan.get("tuning") else ESTIMAND_FIXED
-    design["tuning_error"] = tuning_error_json(draws, plan["tuning"], plan["quality"], plan["select"]) if draws else None
+    design["tuning_error"] = tuning_error_json(draws, plan["tuning"], plan["quality"], selected(plan)) if draws else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(seeds) - n_pairs, failures(trials, plan), None, design)
