@@ -28,6 +28,7 @@ from posesplat.io import atomic_write
 from posesplat.metrics import FRAMES, frame_column
 from posesplat.progress import Progress
 from study.base.space import MODE_KEY, confirm_trial_config, load_space
+from study.analysis.bank import read_runs
 from study.analysis.stats import crossed_diff
 from study.analysis.tuning import BRACKETED, best_index, curve, edge, log_grid
 
@@ -71,19 +72,6 @@ def run_one(cfg: dict) -> dict:
     keep = {k: float(last[k]) for k in KEEP}
     keep.update({frame_column(k): list(last[frame_column(k)]) for k in KEEP if k.startswith("test_")})
     return {**head, FRAMES: list(last[FRAMES]), "wall_s": time.time() - t0, **keep}
-
-
-def read_runs(path: Path) -> list[dict]:
-    """The finished runs (a line cut off by a kill is ignored)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def analyse(runs: list[dict], modes: list[str], select: str = "valid_heldout_iou",
@@ -148,6 +136,50 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+BANK_METRICS = ("valid_heldout_iou", "test_heldout_iou", "valid_heldout_psnr_fg", "test_heldout_psnr_fg", "epoch_time_s")
+
+
+def bank_markdown(runs: list[dict], modes: list[str]) -> str:
+    """The bank's noise per (mode, lr): finite runs, diverged runs, and each metric's mean / sd / skew over seeds;
+    below it, how much of a seed's luck two runs on the same seed share (correlation of their test IoU)."""
+    from scipy.stats import skew
+
+    head = " | ".join(f"{k} mean / sd / skew" for k in BANK_METRICS)
+    lines = [f"| mode | lr | runs | diverged | {head} |", "|---|---|---|---|" + "---|" * len(BANK_METRICS)]
+    for m in modes:
+        for lr in sorted({r["lr"] for r in runs if r[MODE_KEY] == m}):
+            rows = [r for r in runs if r[MODE_KEY] == m and math.isclose(r["lr"], lr)]
+            cells = []
+            for k in BANK_METRICS:
+                x = np.array([r[k] for r in rows], float)
+                x = x[np.isfinite(x)]
+                cells.append(f"{x.mean():.4g} / {x.std(ddof=1):.2g} / {skew(x):+.1f}" if len(x) > 2 else "")
+            lines.append(f"| {m} | {lr:g} | {sum(np.isfinite(r['test_heldout_iou']) for r in rows)} | "
+                         f"{sum(not np.isfinite(r['test_heldout_iou']) for r in rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", shared_luck(runs, modes)])
+
+
+def shared_luck(runs: list[dict], modes: list[str], key: str = "test_heldout_iou") -> str:
+    """Median correlation over seeds of `key` between two runs that share a seed: of one mode at neighbouring lrs,
+    and of the two modes at one lr (finite runs of lrs where every seed is finite)."""
+    table = {(r[MODE_KEY], r["lr"], r["seed"]): r[key] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    lrs = sorted({r["lr"] for r in runs})
+
+    def column(m: str, lr: float) -> Optional[np.ndarray]:
+        x = np.array([table.get((m, lr, s), np.nan) for s in seeds], float)
+        return x if np.isfinite(x).all() and x.std() > 0 else None
+
+    def corr(pairs) -> str:
+        c = [np.corrcoef(a, b)[0, 1] for a, b in pairs if a is not None and b is not None]
+        return f"{np.median(c):+.2f} (over {len(c)} pairs of lrs)" if c else "n/a"
+
+    within = corr((column(m, a), column(m, b)) for m in modes for a, b in zip(lrs, lrs[1:]))
+    across = corr((column(modes[0], lr), column(modes[1], lr)) for lr in lrs)
+    return (f"A seed's luck on {key}, median correlation over seeds: one mode at neighbouring lrs {within}; the two "
+            f"modes at one lr {across}.")
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -172,9 +204,9 @@ def plot(res: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_doc(text: str, header: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace (or append) the reference section of docs/benchmarks.md."""
-    title = "## 5. Brute-force reference at the confirm cell"
+def write_doc(text: str, header: str, doc: Path = ROOT / "docs" / "benchmarks.md",
+              title: str = "## 5. Brute-force reference at the confirm cell") -> None:
+    """Replace (or append) a section of docs/benchmarks.md (default: the reference's)."""
     body = doc.read_text() if doc.exists() else ""
     head, _, rest = body.partition(title)
     tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
@@ -230,6 +262,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"trains at the confirm cell ({cell}) with the confirm stage's training config, at every lr of the "
                   f"grid with the same {len(seeds)} seeds; scores at the last epoch, as the confirm stage scores.")
         write_doc(text, header)
+        write_doc(bank_markdown(runs, modes), header.replace("Each mode trains", "The runs are a bank for "
+                  "`python -m study.simulate --bank` (docs/analysis.md): each mode trains"),
+                  title="## 6. The bank of real runs: the model's noise at the confirm cell")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -361,6 +362,43 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
     return text[: i + len(begin)] + f"\n{body}\n" + text[j:]
 
 
+REPLAY_BEGIN, REPLAY_END = "<!-- replay:begin -->", "<!-- replay:end -->"
+
+
+def replay_markdown(df: pd.DataFrame) -> str:
+    """The replay's table: calls, right and wrong, coverage of the IoU interval and of the tuning's draws."""
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    rates_ = ("2d", "3d", EITHER, INCONCLUSIVE, "right", "wrong", "coverage", "coverage_95", "tuning_coverage")
+    shown = df.assign(**{k: df[k].map(pct) for k in rates_},
+                      truth=[t + (" (split bank)" if s else "") for t, s in zip(df["truth"], df["split"])],
+                      estimand=df["estimand"].map(lambda v: f"{100 * v:+.2f}%"),
+                      tuning_rms=df["tuning_rms"].map(pct), trials=df["trials"].map(lambda v: f"{v:.1f}"))
+    return shown[["truth", "estimand", *rates_, "tuning_rms", "trials"]].to_markdown(index=False)
+
+
+def replay_main(a: argparse.Namespace) -> int:
+    """`--bank`: the whole procedure replayed on a bank of real runs (study.analysis.replay)."""
+    from study.analysis.bank import BankError, load_bank
+    from study.analysis.replay import ReplayDesign, replay_table
+
+    try:
+        bank = load_bank(a.bank)
+    except BankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    design = ReplayDesign.from_space(load_space(a.space).scaled(a.gpu))
+    print(f"replay: {design.name} ({'GPU' if a.gpu else 'CPU'} design: tuning {design.confirm.tune.points} values x "
+          f"{design.confirm.tune.seeds} seeds, {design.pairs} pairs, {design.confirm.looks} look(s)) on {bank.source}: "
+          f"{len(bank.seeds)} seeds x {len(bank.values)} values x {len(bank.modes)} modes, {a.replays} replays per "
+          f"truth", flush=True)
+    md = replay_markdown(replay_table(bank, design, a.replays))
+    print(md)
+    if a.write:
+        doc = Path(__file__).resolve().parents[2] / "docs" / "analysis.md"
+        atomic_write(doc, replace_between(doc.read_text(), REPLAY_BEGIN, REPLAY_END, md))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.simulate", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -368,7 +406,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--write", action="store_true", help="replace the table in docs/analysis.md")
     p.add_argument("--procedure-studies", type=int, default=300,
                    help="simulated whole procedures (tuning included) per (design, landscape)")
+    p.add_argument("--bank", help="replay the whole procedure on this bank of real runs (a bench.reference "
+                                  "runs.jsonl or its folder) instead of simulating")
+    p.add_argument("--replays", type=int, default=500, help="with --bank: replays per truth")
+    p.add_argument("--space", default="comparison", help="with --bank: the space whose design is replayed")
+    p.add_argument("--gpu", action="store_true", help="with --bank: the space's GPU design (default: its CPU one)")
     a = p.parse_args(argv)
+    if a.bank:
+        return replay_main(a)
     md = markdown(table(a.studies))
     print(md)
     proc = procedure_markdown(procedure_table(a.procedure_studies))
