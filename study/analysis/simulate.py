@@ -163,6 +163,16 @@ class Landscape:
     right: tuple[str, ...] = ()
     wrong: tuple[str, ...] = ()
     tent: Optional[tuple[tuple[float, float], tuple[float, float]]] = None  # (2d, 3d) slopes (below, above)
+    hetero: float = 0.0  # a tuning run's own noise sd grows by exp(hetero) per decade above the grid's centre
+    tails: Optional[float] = None  # a tuning run's own noise: Student's t with these degrees of freedom (same sd)
+
+    def noise(self, rng: np.random.Generator, sd: float, lr: float, centre: float) -> float:
+        """A tuning run's own relative noise at lr: Gaussian, or t-distributed (`tails`), its sd scaled by
+        `hetero` above the centre."""
+        sd = sd * math.exp(self.hetero * max(0.0, math.log10(lr / centre)))
+        if self.tails is None:
+            return float(rng.normal(0, sd))
+        return float(rng.standard_t(self.tails) * sd * math.sqrt((self.tails - 2) / self.tails))
 
     def score(self, mode: str, lr: float, centre: float) -> float:
         i = MODES.index(mode)
@@ -199,6 +209,19 @@ LANDSCAPES = [
               right=("2d",), wrong=("3d",), tent=MEASURED_TENT),
     Landscape("identical, peaked curves as measured, optima between values", (1.41, 0.71), (L, L),
               right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d"), tent=MEASURED_TENT),
+    Landscape("equal at the optima, 3D 30% cheaper (a slower challenger)", (1, 1), (L, L), cost=1 / 0.7 - 1,
+              right=("3d", INCONCLUSIVE), wrong=("2d",)),
+    Landscape("2D 2.1% worse and 30% faster (border)", (1, 1), (0.979 * L, L), cost=-0.3,
+              right=("3d", INCONCLUSIVE), wrong=("2d", EITHER)),
+    Landscape("2D 1.9% worse and 30% faster (border)", (1, 1), (0.981 * L, L), cost=-0.3,
+              right=("2d", INCONCLUSIVE), wrong=("3d",)),
+    Landscape("identical, tuning noise 3x larger at the range's top (heteroscedastic)", (1.41, 0.71), (L, L),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d"), hetero=math.log(3) / math.log10(4)),
+    Landscape("2D 5% worse, heavy-tailed tuning noise (t, 3 df)", (1, 1), (0.95 * L, L), right=("3d",),
+              wrong=("2d", EITHER), tails=3.0),
+    Landscape("identical, heavy-tailed and heteroscedastic tuning noise, peaked curves", (1.41, 0.71), (L, L),
+              right=(EITHER, INCONCLUSIVE), wrong=("2d", "3d"), tent=MEASURED_TENT, tails=3.0,
+              hetero=math.log(3) / math.log10(4)),
 ]
 TUNE_NOISE = (0.005, 0.015)  # relative sd of a tuning run's validation score: shared by a seed's pair, its own
 # (table 5 of docs/benchmarks.md: 0.6% to 2.7% per seed at the CPU confirm cell's values near the optimum)
@@ -215,7 +238,8 @@ def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
         values = tuning.next_values(spec, MODES, runs)
         if not values:
             break
-        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + rng.normal(0, noise[1])), r)
+        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + land.noise(rng, noise[1], v,
+                                                                                               centre)), r)
                  for m, vs in values.items() for v in vs for s in range(spec.seeds)]
     return tuning.summary(spec, MODES, runs)
 
