@@ -109,3 +109,57 @@ def test_each_quality_metric_gets_its_own_tuning_error():
     assert rms[0.0][1] < 0.1 * rms[0.0][0], rms
     assert rms[1.5][1] > rms[1.5][0], rms
     assert rms[0.0][0] == rms[1.5][0]  # IoU's draws do not depend on the other metric
+
+
+def rejection_rate(looks, corr: np.ndarray, n: int = 400_000) -> float:
+    """P(some look's |Z| beyond its level's z) for looks' estimates Z ~ N(0, corr) (Monte Carlo, fixed seed)."""
+    from scipy.stats import norm
+
+    z = np.random.default_rng(0).multivariate_normal(np.zeros(len(looks)), corr, n)
+    bounds = np.array([norm.ppf(0.5 + x.level / 2) for x in looks])
+    return float((np.abs(z) > bounds).any(1).mean())
+
+
+def test_looks_spend_five_percent_when_the_tuning_error_is_common_to_them():
+    """The tuning's error (and the test frames') is the same at every look: with 85% of the last look's variance
+    common, the tabled Pocock levels reject a true null only 3.7-4.0% of the time (power thrown away); levels planned
+    for the looks' correlation spend 5%. Both boundaries, two and three looks."""
+    from study.analysis.looks import look_correlations
+
+    for boundaries in ("pocock", "obrien-fleming"):
+        for k in (2, 3):
+            tabled = plan_looks(14 * k, k, boundaries)
+            corr = look_correlations([x.pairs for x in tabled], 0.85)
+            if boundaries == "pocock":  # O'Brien-Fleming's early looks spend little, so it wastes less
+                assert rejection_rate(tabled, corr) < 0.042
+            planned = plan_looks(14 * k, k, boundaries, common=0.85)
+            assert 0.047 <= rejection_rate(planned, corr) <= 0.053, (boundaries, k, planned)
+            assert planned[-1].level < tabled[-1].level
+    indep = plan_looks(14, 2, "pocock")
+    assert 0.047 <= rejection_rate(indep, look_correlations([7, 14], 0.0)) <= 0.053
+
+
+def test_the_confirm_plan_records_the_common_share_and_its_levels(tmp_path):
+    """A study's plan with a deciding tuning and explore variance plans its looks for their correlation."""
+    import pandas as pd
+
+    from study.analysis.confirm import plan_confirm
+    from study.base.space import load_space
+
+    rng = np.random.default_rng(0)
+    space = load_space("comparison").scaled(False)
+    c = space.confirm
+    tuned = tuned_with_psnr(0.3)
+    rows = []
+    for s in range(3):
+        for m in MODES:
+            iou = (0.8 + rng.normal(0, 0.01, 33)).tolist()
+            psnr = (16.5 + rng.normal(0, 0.1, 33)).tolist()
+            rows.append({"trial_id": f"{m}{s}", "gaussian_mode": m, "seed": s, **c.cell, "lr": 0.016,
+                         "test_frames": list(range(33)), "test_heldout_iou_frames": iou,
+                         "test_heldout_psnr_fg_frames": psnr, "test_heldout_iou": float(np.mean(iou)),
+                         "test_heldout_psnr_fg": float(np.mean(psnr)), "valid_heldout_iou": 0.8})
+    plan = plan_confirm(c, pd.DataFrame(rows), ["lr"], 8, 33, 0, tuned)
+    assert 0.3 < plan["looks_common"] < 1
+    assert plan["looks"] == looks_json(plan_looks(c.min_seeds, c.looks, c.boundaries, common=plan["looks_common"]))
+    assert plan["looks"][-1]["level"] < 0.9706

@@ -21,8 +21,9 @@ from posesplat.data import open_dataset
 from posesplat.train import eval_frames
 from study.analysis.explore import cell_text
 from study.analysis.load import AnalysisError, load_studies, stage_summary
-from study.analysis.looks import looks_json, looks_of, plan_looks
+from study.analysis.looks import common_share, looks_json, looks_of, plan_looks
 from study.analysis.stats import crossed_diff, detectable, halfwidth, seeds_for
+from study.analysis.tuning import rms, tuning_draws
 from study.base.space import MODE_KEY, Confirm, Space, trial_keys
 from study.base.storage import Store, StudyError
 from study.base.rows import FAILED
@@ -156,13 +157,24 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
             p["expected_halfwidth"] = halfwidth(*comps, n_seeds, test_frames)
             p["detectable_beyond_margin"] = detectable(*comps, n_seeds, test_frames)
     seeds = stage_seeds(CONFIRM_SEEDS, seed, n_seeds)
-    looks = plan_looks(n_seeds, confirm.looks, confirm.boundaries)
+    common = looks_common(planning.get(confirm.quality[0], {}), tuned, confirm, n_seeds, test_frames)
+    looks = plan_looks(n_seeds, confirm.looks, confirm.boundaries, common=common)
     trials = [trial_keys(confirm.cell, m, s, {k: hparams[m][k] for k in search_keys}, mode_config[m])
               for s in seeds for m in confirm.modes]
     return {"format": PLAN_FORMAT, "written": datetime.now(timezone.utc).isoformat(), **confirm.model_dump(mode="json"),
             "epochs": epochs, "test_frames": test_frames, "hparams": hparams, "mode_config": mode_config,
             "seeds": seeds, "planning": planning, "target_halfwidth": target, "notes": notes, "trials": trials,
-            "tuning": tuned, "looks": looks_json(looks)}
+            "tuning": tuned, "looks": looks_json(looks), "looks_common": common}
+
+
+def looks_common(planned: dict, tuned: Optional[dict[str, dict]], confirm: Confirm, pairs: int, frames: int) -> float:
+    """The share of the last look's error variance that every look shares (study.analysis.looks.common_share), for
+    the looks' levels: the tuning's error (its draws' mean square; none without a deciding tuning) and the test
+    frames', from the first quality metric's planning variance; 0 (the tabled, conservative levels) without one."""
+    if planned.get("var_seed") is None:
+        return 0.0
+    vt = rms(tuning_draws(tuned, confirm.modes)) ** 2 if tuned else 0.0
+    return common_share(vt, planned["var_seed"], planned["var_frame"], planned["var_resid"], pairs, frames)
 
 
 def mode_config_text(plan: dict) -> str:

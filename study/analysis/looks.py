@@ -22,7 +22,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from scipy.stats import norm
+import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import multivariate_normal, norm
 
 from study.analysis.stats import Crossed
 
@@ -42,15 +44,20 @@ class Look:
     level: float  # the rule's interval level at this look
 
 
-def plan_looks(n_pairs: int, n_looks: int, boundaries: str = "obrien-fleming", min_pairs: int = MIN_PAIRS
-               ) -> list[Look]:
+def plan_looks(n_pairs: int, n_looks: int, boundaries: str = "obrien-fleming", min_pairs: int = MIN_PAIRS,
+               common: float = 0.0) -> list[Look]:
     """`n_looks` looks, evenly spaced over `n_pairs` pairs (the first with at least `min_pairs`), at O'Brien-Fleming
-    or Pocock levels (one look: LEVEL).
+    or Pocock levels (one look: LEVEL), for looks whose estimates share `common` of the last look's error variance.
+
+    The tabled constants assume independent increments (common = 0). The tuning's error and the test frames' are
+    the same at every look, so the looks' estimates agree more than that, and the tabled levels spend less than 5%:
+    with common > 0 the constant is solved for the looks' correlations (`look_correlations`, `boundary_constant`).
 
     Args:
         n_pairs: the planned pairs (confirm seeds).
         n_looks: looks wanted, the last included (1: the fixed design).
         boundaries: one of BOUNDARIES.
+        common: share of the last look's error variance that every look shares (`common_share`), in [0, 1).
     Returns:
         looks: [K] in order, distinct pair counts, the last with n_pairs; fewer than n_looks when n_pairs is small.
     """
@@ -59,11 +66,52 @@ def plan_looks(n_pairs: int, n_looks: int, boundaries: str = "obrien-fleming", m
     if len(counts) == 1:
         return [Look(n_pairs, LEVEL)]
     K = len(counts)
-    z = ([OBF_C[K] * math.sqrt(K / (k + 1)) for k in range(K)] if boundaries == "obrien-fleming" else
-         [POCOCK_C[K]] * K if boundaries == "pocock" else None)
-    if z is None:
+    if boundaries not in BOUNDARIES:
         raise ValueError(f"boundaries {boundaries!r}: one of {', '.join(BOUNDARIES)}")
-    return [Look(c, round(float(2 * norm.cdf(zk) - 1), 6)) for c, zk in zip(counts, z)]
+    shape = [math.sqrt(K / (k + 1)) if boundaries == "obrien-fleming" else 1.0 for k in range(K)]
+    c = ((OBF_C if boundaries == "obrien-fleming" else POCOCK_C)[K] if common <= 0 else
+         boundary_constant(shape, look_correlations(counts, common), 1 - LEVEL))
+    return [Look(n, round(float(2 * norm.cdf(c * w) - 1), 6)) for n, w in zip(counts, shape)]
+
+
+def look_correlations(counts: list[int], common: float) -> np.ndarray:
+    """Correlations of the looks' estimates when `common` of the last look's error variance is shared by every look
+    and the rest falls as 1 / pairs (nested looks: the covariance of two is the later one's variance).
+
+    Args:
+        counts: [K] pairs at each look, ascending.
+        common: shared share of the last look's variance, in [0, 1).
+    Returns:
+        corr: [K, K].
+    """
+    n = np.asarray(counts, float)
+    later = np.maximum.outer(n, n)
+    cov = common + (1 - common) * n[-1] / later
+    sd = np.sqrt(np.diag(cov))
+    return cov / np.outer(sd, sd)
+
+
+def boundary_constant(shape: list[float], corr: np.ndarray, alpha: float) -> float:
+    """C such that P(|Z_k| < C shape_k at every look k) = 1 - alpha, Z ~ N(0, corr) (scipy's multivariate normal
+    cdf over the box; Brent's root)."""
+    k = len(shape)
+    w = np.asarray(shape, float)
+
+    def inside(c: float) -> float:
+        return float(multivariate_normal.cdf(c * w, mean=np.zeros(k), cov=corr, lower_limit=-c * w)) - (1 - alpha)
+
+    return float(brentq(inside, 1.0, 6.0, xtol=1e-5))
+
+
+def common_share(tuning_var: float, var_seed: float, var_frame: float, var_resid: float, pairs: int,
+                 frames: int) -> float:
+    """The share of the last look's error variance that every look shares: the tuning's error (`tuning_var`, its
+    mean square) and the test frames' (the same frames at every look); the seeds' part falls as 1 / pairs. 0 where
+    a component is unknown (the tabled, conservative levels)."""
+    common = tuning_var + var_frame / frames
+    falling = (var_seed + var_resid / frames) / pairs
+    total = common + falling
+    return float(common / total) if math.isfinite(total) and total > 0 and falling > 0 else 0.0
 
 
 def looks_of(plan: dict) -> list[Look]:

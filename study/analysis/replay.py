@@ -121,15 +121,25 @@ def confirm_tables(bank: Bank, plan: dict, seeds: Sequence[int]) -> tuple[pd.Dat
     return pd.DataFrame(rows), pd.DataFrame(trials)
 
 
+def planning_rows(bank: Bank, design: ReplayDesign, tuned: dict, seeds: Sequence[int]) -> pd.DataFrame:
+    """The rows the confirm plan takes its variance from: in a study the explore stage's trials in the cell; here
+    the tuning's runs at the chosen values (both modes on the same seeds), in the per-trial schema."""
+    c = design.confirm
+    plan = {"modes": c.modes, "quality": c.quality, "cost": c.cost, "select": c.select, "epochs": design.epochs,
+            "tune": {"key": c.tune.key}, "hparams": {m: {c.tune.key: tuned[m]["chosen"]} for m in c.modes}}
+    per, _ = confirm_tables(bank, plan, seeds)
+    return per.assign(**{k: v for k, v in c.cell.items()})
+
+
 def replay_once(bank: Bank, design: ReplayDesign, seeds: Sequence[int]) -> tuple[dict, object]:
     """One study on the bank: tuning on the first tune.seeds of `seeds`, confirm pairs on the next ones. Returns
     (tuning outcome, Decision)."""
     c = design.confirm
     k = c.tune.seeds
     tuned = replay_tuning(bank, design, seeds[:k])
-    empty = pd.DataFrame(columns=[*c.cell, MODE_KEY, "seed"])
-    plan = plan_confirm(c, empty, [c.tune.key], design.epochs, len(bank.run(c.modes[0], bank.values[0],
-                                                                             seeds[0])["test_frames"]), 0, tuned)
+    frames = len(bank.run(c.modes[0], bank.values[0], seeds[0])["test_frames"])
+    plan = plan_confirm(c, planning_rows(bank, design, tuned, seeds[:k]), [c.tune.key], design.epochs, frames, 0,
+                        tuned)
     pairs = list(seeds[k:k + len(plan["seeds"])])
     plan["seeds"] = pairs  # the bank's seeds stand for the plan's fresh ones
     plan["trials"] = [{**t, "seed": s} for s, t in zip(np.repeat(pairs, len(c.modes)), plan["trials"])]

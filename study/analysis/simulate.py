@@ -25,7 +25,7 @@ from posesplat.io import atomic_write
 from posesplat.modes import MODES as REGISTRY
 from study.analysis import tuning
 from study.analysis.decide import EITHER, INCONCLUSIVE, decide
-from study.analysis.looks import looks_json, plan_looks
+from study.analysis.looks import common_share, looks_json, plan_looks
 from study.base.space import MODE_KEY, load_space
 from study.base.rows import COMPLETED, FAILED
 
@@ -263,7 +263,13 @@ def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise
         tuned = simulate_tuning(spec, land, rng)
         at = land.score("2d", tuned["2d"]["chosen"], centre) / land.score("3d", tuned["3d"]["chosen"], centre) - 1
         per, tt = generate(Truth(land.name, at, land.cost, land.right, land.wrong), seeds, frames, noise, rng)
-        d = decide(per, tt, base if conditional else {**base, "tuning": tuned}, report_all=False)
+        if conditional:
+            plan = base
+        else:  # the looks' levels for the common error, as study.analysis.confirm.looks_common plans them
+            common = common_share(tuning.rms(tuning.tuning_draws(tuned, MODES)) ** 2, noise.seed ** 2,
+                                  noise.frame ** 2, noise.resid ** 2, seeds, frames)
+            plan = {**base, "tuning": tuned, "looks": looks_json(plan_looks(seeds, looks, boundaries, common=common))}
+        d = decide(per, tt, plan, report_all=False)
         calls.append(d.recommendation)
         e = d.quality["test_heldout_iou"]
         covered.append(e.lo <= land.estimand <= e.hi)
