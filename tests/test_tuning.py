@@ -347,7 +347,8 @@ def test_tuning_error_of_a_precise_peaked_curve_reaches_its_peak():
         switched = tuning.regret_draws(c, 4000, np.random.default_rng(1))
         quadratic = tuning.regret_draws(c, 4000, np.random.default_rng(1), concave=False)
         assert np.quantile(switched, 0.99) >= 0.9 * lost
-        assert np.quantile(quadratic, 0.99) < 0.3 * lost
+        assert np.quantile(quadratic, 0.99) < 0.5 * lost  # a quarter to a third: fitted to perturbed means since
+        # 2026-12-07 (plausible truths), it still flattens the peak
     # a smooth curve, as precise, keeps the quadratic's draws (which the simulation proves for smooth curves)
     smooth = _precise_curve(lambda v: 0.8 * (1 - 0.12 * (math.log10(v) - math.log10(opt)) ** 2), values, 40, 0.015,
                             np.random.default_rng(0))
