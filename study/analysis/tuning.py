@@ -312,7 +312,7 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
         at = x[int(np.argmax(truth))]
     else:  # a plausible smooth truth per draw: the quadratic through the means less a draw of their noise
         coefs = np.polyfit(x, (y[None, :] - rng.normal(0, 1, noise.shape) * sds[:, None] / np.sqrt(n)).T, 2)
-        truth = np.stack([np.polyval(coefs[:, j], x) for j in range(draws)])  # [draws, values]
+        truth = coefs[0][:, None] * x ** 2 + coefs[1][:, None] * x + coefs[2][:, None]  # [draws, values]
         best = truth.max(1)
         peak = np.where(coefs[0] < 0, -coefs[1] / (2 * np.where(coefs[0] < 0, coefs[0], -1)), np.nan)
         inside = (coefs[0] < 0) & (peak >= x[0]) & (peak <= x[-1])  # the optimum between two values tried
