@@ -11,9 +11,12 @@ test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff
                                                                           seeds and pairs) that would resolve it
 4. every quality interval above -margin (non-inferior) and the primary
    cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
-5. the mirror of 4: the reference within the margin of the challenger
-   (every interval below margin / (1 - margin)) and the challenger
-   dearer beyond cost_margin / (1 - cost_margin)                      -> reference (as good, and cheaper)
+5. the challenger dearer beyond cost_margin / (1 - cost_margin) (the
+   reference cheaper): 2 to 4 seen from the reference, at the margin
+   seen from it, margin / (1 - margin): some interval wholly above it
+   (per-metric level)                                                 -> challenger (the reference worse beyond it)
+   every interval below it                                            -> reference (as good, and cheaper)
+   otherwise                                                          -> inconclusive
 6. non-inferior, neither cheaper: challenger significantly better on
    every quality metric                                               -> challenger
 7.                            reference significantly better on every
@@ -306,9 +309,15 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
     if priced and cost.hi < -cost_margin:
         return c, (f"{c} is within the {m} margin of {r} or better ({shown}) and cheaper on the primary cost "
                    f"({cost.pct()}, more than the {100 * cost_margin:g}% that counts)")
-    if priced and cost.lo > mirrored(cost_margin) and all(e.hi < mirrored(margin) for e in quality.values()):
-        return r, (f"{r} is within the {m} margin of {c} or better ({c} vs {r}: {shown}) and cheaper on the primary "
-                   f"cost ({c} costs {cost.pct()} more, beyond the {100 * cost_margin:g}% that counts)")
+    if priced and cost.lo > mirrored(cost_margin):  # the reference is cheaper: rules 2, 3 and 4 seen from it
+        dearer = f"{c} costs {cost.pct()} more, beyond the {100 * cost_margin:g}% that counts"
+        if any(e.with_level(per_metric).lo > mirrored(margin) for e in quality.values()):
+            return c, f"{r} is worse than {c} by more than the {m} margin ({c} vs {r}: {shown}), though cheaper ({dearer})"
+        if all(e.hi < mirrored(margin) for e in quality.values()):
+            return r, (f"{r} is within the {m} margin of {c} or better ({c} vs {r}: {shown}) and cheaper on the "
+                       f"primary cost ({dearer})")
+        return INCONCLUSIVE, (f"{r} is cheaper ({dearer}), but the interval of {c} vs {r} reaches above the margin "
+                              f"seen from {r} ({shown}): {c} may be better by more than {m}")
     strict = {k: e.with_level(superiority(level)) for k, e in quality.items()}
     if all(e.lo > 0 for e in strict.values()):
         return c, f"{c} is significantly better than {r} on every quality metric ({shown}), though not cheaper"
