@@ -257,8 +257,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"written: {out / 'reference.json'}, {out / 'reference.png'}")
     if args.write:
         cell = ", ".join(f"{k} {v}" for k, v in space.confirm.cell.items())
+        given = (f" --lrs {' '.join(f'{v:g}' for v in args.lrs)}" if args.lrs else "") + \
+            (f" --out {args.out}" if args.out else "") + (" --gpu" if args.gpu else "")
         header = (f"Measured {res['measured']} with `python -m bench.reference --space {space.name} --seeds "
-                  f"{args.seeds}{' --gpu' if args.gpu else ''}` ({len(runs)} runs, {args.jobs} at once). Each mode "
+                  f"{args.seeds}{given}` ({len(runs)} runs, {args.jobs} at once). Each mode "
                   f"trains at the confirm cell ({cell}) with the confirm stage's training config, at every lr of the "
                   f"grid with the same {len(seeds)} seeds; scores at the last epoch, as the confirm stage scores.")
         write_doc(text, header)
