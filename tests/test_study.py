@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import ray
 from ray import tune
 
 from study.runner.run import main
@@ -22,13 +21,6 @@ from study.base.storage import StudyError, StudyLock
 METRIC_KEYS = ["epoch", "train_loss", "valid_heldout_iou", "valid_heldout_psnr", "test_heldout_iou",
                "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "cpu_peak_rss_growth_mb",
                "gaussians_per_frame", "params_per_gaussian", "checkpoint_bytes"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Fault injection on the study driver (issue 16): real Ray, real processes and signals, real parquet read back.
 Each test sets up the fault, then checks the exit status, the one-line message, and the study's rows before and
-after (no duplicate, no deletion). The trials are cheap stand-ins (test_study_failures.fake_trial: 3 epochs of
+after (no duplicate, no deletion). The trials are cheap stand-ins (fake_study.fake_trial: 3 epochs of
 0.5 s); what is tested is the driver around them. The table of faults is in docs/study.md."""
 
 import hashlib
@@ -15,20 +15,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from study.runner.run import main
 from study.base.storage import StudyError, StudyLock
-from test_study_failures import FAKE_SPACE, fake_trial
+from fake_study import FAKE_SPACE, fake_trial
 
 STATUS = ["completed"] * 4
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def argv(root: Path, dataset: Path, *extra: str) -> list[str]:

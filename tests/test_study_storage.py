@@ -13,7 +13,6 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from study.runner.run import main
 from study.base.storage import Store, StudyError, StudyLock, join_uri
@@ -42,11 +41,9 @@ def s3():
 
 
 @pytest.fixture
-def ray_with_creds(s3):
-    """A local Ray started after the S3 credentials are in the environment, so its workers have them."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_with_creds(s3, ray_local):
+    """conftest's local Ray, started after the S3 credentials are in the environment (s3), so its workers have them."""
+    return ray_local
 
 
 @pytest.mark.slow
