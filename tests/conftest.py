@@ -9,7 +9,7 @@ import torch
 
 torch.set_num_threads(2)
 
-SLOW_TIMEOUT_S = 1800  # a test marked slow may take this long; the others pyproject.toml's `timeout`
+SLOW_TIMEOUT_S = 3600  # a test marked slow may take this long; the others pyproject.toml's `timeout`
 RAY_CPUS = 2  # what the local Ray of ray_local advertises unless a module sets RAY_INIT
 
 
