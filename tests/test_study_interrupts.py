@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import pytest
 
-from test_study_resume import outcome
+from shared import outcome, smoke_space
 
 ROOT = Path(__file__).resolve().parent.parent
 RC = {"SIGKILL": -signal.SIGKILL, "SIGINT": 130, "SIGTERM": 143}
@@ -28,13 +28,7 @@ TUNE = {"key": "lr", "low": 0.0005, "high": 0.002, "points": 3, "seeds": 1, "wid
 
 def tuned_space(folder: Path) -> Path:
     """The smoke space with TUNE as its deciding tuning (which fixes ssim_lambda in the confirm config)."""
-    space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
-    space["name"] = "smoketune"
-    space["confirm"]["tune"] = TUNE
-    space["confirm"]["base_config"]["ssim_lambda"] = 0.0
-    path = folder / "smoketune.json"
-    path.write_text(json.dumps(space))
-    return path
+    return smoke_space(folder, "smoketune", {"confirm": {"tune": TUNE, "base_config": {"ssim_lambda": 0.0}}})
 
 
 def command(space: str, storage: Path, dataset: Path) -> list[str]:

@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from made_studies import add_confirm, make_study
 from study.runner.run import main
 from study.base.storage import Store, StudyError, StudyLock, join_uri
 
@@ -116,8 +117,6 @@ def test_a_study_behind_a_uri_is_analysed_where_it_lies(s3, tmp_path, capsys):
     """A finished study (explore and confirm stage) copied into the bucket: `python -m study.analyze s3://...` reads
     it through study.base.storage and decides exactly as on the local copy; without --out it is one line (the report is
     written on this machine); a missing study is one line."""
-    from test_analyze import add_confirm, make_study
-
     from study.analysis.analyze import main as analyze
 
     uri, fs, query = s3
