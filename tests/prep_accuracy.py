@@ -18,8 +18,7 @@ from posesplat.data import open_dataset
 from posesplat.prep import prep
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recording import make_recording  # noqa: E402
-from test_prep_posesplatter import angle_deg, cube_share, to_dataset, yaw_in_dataset  # noqa: E402
+from recording import angle_deg, cube_share, make_recording, to_dataset, yaw_in_dataset  # noqa: E402
 
 
 def main() -> None:

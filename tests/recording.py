@@ -397,3 +397,37 @@ def make_recording(out: Path, *, frames: int = 40, views: int = 4, width: int = 
                      Ks=Ks, centre=centre, heading=heading, fps=float(fps), ell_m=ell_m, ps_unit=U, ell_ps=ell_ps,
                      width=width, height=height, lengths=lengths, leave_view=leave_view, visible=visible, cut=cut,
                      gone=gone)
+
+
+# ---------------------------------------------------- the truth compared with an imported dataset
+
+
+def to_dataset(ds, rec: Recording, points_world: np.ndarray) -> np.ndarray:
+    """True-world points [..., 3] -> the imported dataset's world (through the calibration frame)."""
+    W = np.asarray(ds.attrs["world_from_calibration"])
+    return rec.to_calib(points_world) @ W[:3, :3].T + W[:3, 3]
+
+
+def yaw_in_dataset(ds, rec: Recording, heading: np.ndarray) -> np.ndarray:
+    """True-world headings (radians) -> the imported dataset's world."""
+    d = np.stack([np.cos(heading), np.sin(heading), 0 * heading], 1)
+    A = np.asarray(ds.attrs["world_from_calibration"])[:3, :3] @ rec.calib_from_world[:3, :3]
+    d = d @ A.T
+    return np.arctan2(d[:, 1], d[:, 0])
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| in degrees, wrapped to [0, 180]."""
+    return np.degrees(np.abs(np.angle(np.exp(1j * (a - b)))))
+
+
+def in_cube(ds, frame: int, points: np.ndarray) -> np.ndarray:
+    """Dataset-world points [N, 3] in the frame's animal-centred cube coordinates (centre, heading)."""
+    c, s = np.cos(ds.heading[frame]), np.sin(ds.heading[frame])
+    return (points - ds.centre[frame]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def cube_share(ds, rec: Recording, frame: int, source: int) -> float:
+    """Share of the true body of a source frame inside the dataset's cube (ell, centre, heading) of that frame."""
+    local = in_cube(ds, frame, to_dataset(ds, rec, rec.body_points(source, 2000, seed=frame)))
+    return float((np.abs(local) <= ds.ell / 2).all(1).mean())

@@ -8,6 +8,10 @@ import pytest
 from study.analysis.stats import Estimate, diff_ci, diff_ci_frames, mean_ci, mean_ci_frames, pareto_front
 
 
+MAX_COVERAGE = 0.96  # of a 95% interval over 200 simulated studies: one that covers more is too wide (2.8 sd of
+# a binomial share at 0.95 above its nominal level)
+
+
 def E(mean, lo, hi, n=6):
     return Estimate(mean, lo, hi, n)
 
@@ -27,8 +31,9 @@ def test_paired_interval_covers_the_planted_difference_most_of_the_time():
         covered_abs += d.lo <= 0.05 * 0.8 <= d.hi
         covered_rel += r.lo <= 0.05 <= r.hi
         assert d.n == 8 and d.lo < d.mean < d.hi
-    assert 0.8 <= covered_rel / reps <= 1.0
-    assert 0.7 <= covered_abs / reps <= 1.0  # the absolute truth is 0.05 x mean level, itself random
+    # measured 0.87 and 0.86; above MAX_COVERAGE the interval is too wide for its 95%
+    assert 0.8 <= covered_rel / reps <= MAX_COVERAGE
+    assert 0.7 <= covered_abs / reps <= MAX_COVERAGE  # the absolute truth is 0.05 x mean level, itself random
 
 
 def test_pairing_removes_the_shared_level():
@@ -109,7 +114,7 @@ def test_two_level_coverage_over_simulated_studies():
                         ("trials", mean_ci(values.mean(1)))):
             covered[name] += e.lo <= 0.8 <= e.hi
     cov = {k: v / reps for k, v in covered.items()}
-    assert 0.78 <= cov["shared"] <= 1.0, cov
+    assert 0.78 <= cov["shared"] <= MAX_COVERAGE, cov
     assert cov["nested"] < cov["shared"] - 0.2 and cov["trials"] < cov["nested"], cov
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from posesplat.config import make_config
+from shared import tiny_values
 
 
 class Payload:
@@ -90,10 +91,9 @@ def test_analyze_follows_no_checkpoint_outside_the_study_and_unpickles_none(tmp_
     assert not (study / "report" / "qualitative.png").exists()
 
 
-def tiny(dataset, **kw) -> dict:
-    values = dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, num_unets=1, min_n=50,
-                  max_n=2000, max_frames=12, eval_frames=1, steps_per_epoch=1, epochs=2, lr=3e-3, valid_every=5)
-    return {**values, **kw}
+def tiny(dataset) -> dict:
+    """The tiny training config's values: two epochs of one step, evaluated once."""
+    return tiny_values(dataset, eval_frames=1, steps_per_epoch=1, epochs=2, valid_every=5)
 
 
 def test_format_1_checkpoint_upgrades_then_loads_and_resumes(small_dataset, tmp_path, capsys):

@@ -3,10 +3,13 @@ cannot swallow the positional config, and piped progress is one plain line per s
 
 import argparse
 import importlib
+import json
 import subprocess
 import sys
 
 import pytest
+
+from shared import TINY_MODEL
 
 ENTRY_POINTS = ["posesplat.synth", "posesplat.train", "posesplat.prep", "bench.__main__", "study.run",
                 "study.analyze", "study.simulate", "study.resources"]
@@ -33,12 +36,10 @@ def test_set_is_repeatable_and_keeps_the_positional(small_dataset, tmp_path, cap
     from posesplat.train import main
 
     config = tmp_path / "tiny.json"
-    config.write_text(f'{{"dataset": "{small_dataset}", "grid_size": 16, "base_filters": 4, "num_unets": 1, '
-                      f'"min_n": 50, "max_n": 2000, "max_frames": 12, "eval_frames": 1, "steps_per_epoch": 1}}')
+    config.write_text(json.dumps({"dataset": str(small_dataset), **TINY_MODEL, "max_frames": 12, "eval_frames": 1,
+                                  "steps_per_epoch": 1}))
     out = tmp_path / "run"
     assert main(["--set", "epochs=1", "--set", "lr=0.002", str(config), "--out", str(out)]) == 0
-    import json
-
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1]
     from posesplat.checkpoint import read as read_checkpoint

@@ -9,6 +9,7 @@ import torch
 import zarr
 
 from posesplat.data import DatasetError, FrameDataset, inside_body, open_dataset
+from shared import TINY_MODEL
 
 
 @pytest.fixture
@@ -147,8 +148,8 @@ def test_dataset_from_a_uri_reads_like_the_path(small_dataset, tmp_path):
     assert (a.n_frames, a.n_views, a.height, a.width) == (b.n_frames, b.n_views, b.height, b.width)
     for key in ("images", "masks", "Ks", "viewmats"):
         assert torch.equal(a.load(5, [0, 3], 2)[key], b.load(5, [0, 3], 2)[key])
-    cfg = make_config(dict(dataset=uri, grid_size=16, base_filters=4, min_n=50, max_n=2000, max_frames=12,
-                           eval_frames=1, steps_per_epoch=2, epochs=1))
+    cfg = make_config({"dataset": uri, **TINY_MODEL, "max_frames": 12, "eval_frames": 1, "steps_per_epoch": 2,
+                       "epochs": 1})
     assert train(cfg, progress=False)[-1]["valid_heldout_iou"] > 0
     plan = study_plan(parse_args(["--space", "smoke", "--storage", str(tmp_path / "s"), "--dataset", uri]))
     assert plan.base["dataset"] == uri  # not resolved against the driver's working directory

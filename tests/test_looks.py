@@ -16,6 +16,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from planted_trials import planted_confirm
+from shared import smoke_space
 from study.analysis.decide import decide
 from study.analysis.looks import LEVEL, Look, plan_looks
 from study.analysis.simulate import Noise, Truth, generate, make_plan
@@ -102,12 +103,8 @@ def test_whole_procedure_with_looks_keeps_its_error_rates_and_saves_confirm_tria
 
 def looks_space(tmp_path: Path, name: str = "looks") -> Path:
     """The smoke space with 6 planned pairs in 2 looks (3 + 3), no ASHA."""
-    space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
-    space.update(name=name, samples_per_cell=1, max_epochs=2, scheduler={"type": "none"})
-    space["confirm"].update(min_seeds=6, max_seeds=6, looks=2)
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(space))
-    return path
+    return smoke_space(tmp_path, name, {"samples_per_cell": 1, "max_epochs": 2, "scheduler": {"type": "none"},
+                                        "confirm": {"min_seeds": 6, "max_seeds": 6, "looks": 2}})
 
 
 def confirm_rows(study: Path) -> pd.DataFrame:

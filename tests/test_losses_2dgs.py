@@ -14,8 +14,8 @@ from posesplat.config import ConfigError, make_config
 from posesplat.render import Gaussians, render
 from posesplat.losses import geometry_terms, loss_terms, normal_error, term_on, training_loss
 from posesplat.train import train
-from test_render import cameras, scene
-from test_render_geometry import _plane_scene, dense_pairs
+from scenes import cameras, dense_pairs, plane_scene, scene
+from shared import tiny_values
 
 
 @pytest.mark.parametrize("mode", ["2d", "3d"])  # surfel and conic pairs: the pair depth is all it reads
@@ -101,7 +101,7 @@ def test_normal_error_gradcheck_float64():
 def test_normal_error_vanishes_when_the_surfels_lie_in_the_surface():
     """Opaque surfels tiling a plane at 50 degrees: the depth's normals are the surfels' own, so the error is near 0
     inside the tiling (1 where nothing is drawn); turned 30 degrees out of the plane, it approaches 1 - cos 30."""
-    g, vm, K, W, H, _, _, inside = _plane_scene("2d", 0.0)
+    g, vm, K, W, H, _, _, inside = plane_scene("2d", 0.0)
     inner = inside[0] > 0.5
     flat = normal_error(render(g, "2d", vm, K, W, H))[0]
     a = math.radians(30) / 2
@@ -171,9 +171,7 @@ def test_with_the_terms_off_the_loss_is_the_old_one_bit_for_bit():
 def test_training_switches_the_terms_on_after_their_warm_up(small_dataset):
     """Two epochs of 3 steps with both terms starting after half of the 6 steps: the first epoch's loss equals a
     run without the terms bit for bit, the second differs and reports both terms."""
-    base = dict(dataset=str(small_dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50, max_n=2000,
-                max_frames=12, eval_frames=1, steps_per_epoch=3, epochs=2, lr=3e-3, valid_every=2,
-                gaussian_mode="2d")
+    base = tiny_values(small_dataset, eval_frames=1, steps_per_epoch=3, epochs=2, valid_every=2, gaussian_mode="2d")
     plain = train(make_config(base), progress=False)
     terms = train(make_config({**base, "dist_lambda": 5.0, "normal_lambda": 0.5, "dist_start": 0.5,
                                "normal_start": 0.5}), progress=False)

@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 import torch
-from test_render import scene
 
 from posesplat import modes
 from posesplat.config import ConfigError, make_config
 from posesplat.head import GaussianHead
 from posesplat.render import Gaussians, RenderError, render
 from posesplat.render import project
+from scenes import scene
+from shared import tiny_config
 
 
 def test_every_mode_has_a_projection_and_consistent_parts():
@@ -153,9 +154,8 @@ def test_a_new_mode_trains_and_the_study_takes_it(iso, small_dataset):
     from study.base.space import Space, load_space
     from bench.render import make_scene
 
-    cfg = make_config(dict(dataset=str(small_dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
-                           max_n=2000, max_frames=12, eval_frames=2, steps_per_epoch=6, epochs=4, lr=3e-3,
-                           lr_schedule="constant", valid_every=4, gaussian_mode=iso))
+    cfg = tiny_config(small_dataset, eval_frames=2, steps_per_epoch=6, epochs=4, lr_schedule="constant",
+                      valid_every=4, gaussian_mode=iso)
     history = train(cfg, progress=False)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["params_per_gaussian"] == 8

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from posesplat.pose import local_to_world, quat_multiply, quat_to_rotmat, yaw_quat, yaw_rotmat
+from shared import TINY_MODEL
 
 EIGEN = [(torch.linalg, n) for n in ("eigh", "eig", "eigvals", "eigvalsh", "svd", "svdvals")] + [
     (torch, n) for n in ("svd",)] + [(torch.Tensor, "svd")]
@@ -56,8 +57,7 @@ def test_model_forward_and_backward_use_no_eigendecomposition(small_dataset, no_
     from posesplat.data import open_dataset
     from posesplat.model import PoseSplatter
 
-    cfg = make_config(dict(dataset=str(small_dataset), grid_size=16, base_filters=4, min_n=50, max_n=2000,
-                           gaussian_mode=mode))
+    cfg = make_config({"dataset": str(small_dataset), **TINY_MODEL, "gaussian_mode": mode})
     ds = open_dataset(small_dataset)
     b = ds.load(0, [0, 2, 3, 5], 1)
     torch.manual_seed(0)

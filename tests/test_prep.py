@@ -18,6 +18,7 @@ from posesplat.carve import carve
 from posesplat.data import inside_body, open_dataset
 from posesplat.prep import (FAULT_ENV, PrepError, find_up, headings_from_axes, main, prep, read_video, up_from_lines)
 from posesplat.synth import make_dataset, make_raw
+from shared import TINY_MODEL
 
 RAW = dict(frames=48, views=6, height=64, width=64, seed=0, progress=False)
 
@@ -281,8 +282,8 @@ def _train_tiny(dataset, **schedule) -> dict:
     from posesplat.config import make_config
     from posesplat.train import train
 
-    cfg = make_config(dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, min_n=50,
-                           max_n=2000, max_frames=24, lr=3e-3, lr_schedule="constant", seed=0, **schedule))
+    cfg = make_config({"dataset": str(dataset), **TINY_MODEL, "image_downsample": 1, "max_frames": 24, "lr": 3e-3,
+                       "lr_schedule": "constant", "seed": 0, **schedule})
     return train(cfg, progress=False)[-1]
 
 

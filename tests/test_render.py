@@ -9,40 +9,9 @@ import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 from gsplat.cuda._torch_impl_2dgs import _fully_fused_projection_2dgs
 
-from posesplat.modes import MODES
 from posesplat.render import Gaussians, RenderError, pick_backend, project_any, render, torch_backend
 from posesplat.render.project import project_2dgs, project_3d, project_screen
-
-
-def cameras(C=3, W=40, H=32, dtype=torch.float32):
-    """C cameras on a circle at distance 3 looking at the origin (OpenCV convention)."""
-    vms, Ks = [], []
-    for c in range(C):
-        a = 2 * math.pi * c / C
-        pos = torch.tensor([3 * math.cos(a), 3 * math.sin(a), 1.0], dtype=torch.float64)
-        fwd = -pos / pos.norm()
-        right = torch.linalg.cross(fwd, torch.tensor([0, 0, 1.0], dtype=torch.float64))
-        right = right / right.norm()
-        down = torch.linalg.cross(fwd, right)
-        R = torch.stack([right, down, fwd])
-        vm = torch.eye(4, dtype=torch.float64)
-        vm[:3, :3], vm[:3, 3] = R, -R @ pos
-        vms.append(vm)
-        Ks.append(torch.tensor([[50.0, 0, W / 2], [0, 55.0, H / 2], [0, 0, 1]], dtype=torch.float64))
-    return torch.stack(vms).to(dtype), torch.stack(Ks).to(dtype), W, H
-
-
-def scene(mode, N=60, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(N, 3, generator=g) - 0.5).to(dtype)
-    kw = dict(means=means, colors=torch.rand(N, 3, generator=g).to(dtype),
-              opacities=(0.2 + 0.7 * torch.rand(N, generator=g)).to(dtype))
-    m = MODES[mode]  # the mode's other fields, in its registry order: world scales in metres, screen ones in pixels
-    lo, span = (0.5, 2.0) if m.frame == "screen" else (0.03, 0.1)
-    draw = {"quats": lambda s: torch.randn(N, *s, generator=g), "scales": lambda s: lo + span * torch.rand(N, *s, generator=g),
-            "offsets": lambda s: torch.randn(N, *s, generator=g), "angles": lambda s: torch.rand(N, *s, generator=g) * 3}
-    kw.update({k: draw[k](s).to(dtype) for k, s in m.fields.items() if k not in kw})
-    return Gaussians(**kw)
+from scenes import cameras, scene
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

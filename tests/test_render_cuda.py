@@ -8,7 +8,7 @@ import torch
 
 from posesplat.modes import names
 from posesplat.render import Gaussians, render
-from test_render import cameras, scene
+from scenes import cameras, scene
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 MODES = list(names())

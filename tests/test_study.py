@@ -11,24 +11,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import ray
 from ray import tune
 
 from study.runner.run import main
 from study.runner.search import PerModeSearcher, StratifiedASHA
 from study.base.space import Space, SpaceError, load_space
 from study.base.storage import StudyError, StudyLock
+from shared import CHROMIUM, format_1_copy
 
 METRIC_KEYS = ["epoch", "train_loss", "valid_heldout_iou", "valid_heldout_psnr", "test_heldout_iou",
                "test_heldout_psnr", "test_heldout_ssim", "gt_iou3d", "epoch_time_s", "render_ms", "cpu_peak_rss_growth_mb",
                "gaussians_per_frame", "params_per_gaussian", "checkpoint_bytes"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -432,16 +425,10 @@ def test_deciding_on_geometry_without_true_geometry_is_refused(tmp_path, capsys,
     """A space whose confirm stage decides on depth error, on a store without true depth and normals (here a
     format-1 copy; an imported recording is the same): one line naming the store and the metric, nothing written.
     On the store with them the same space passes the checks."""
-    import zarr
-
     from study.runner.preflight import study_plan
     from study.runner.run import parse_args
 
-    old = tmp_path / "old.zarr"
-    shutil.copytree(small_dataset, old)
-    for name in ("depth", "normal"):
-        shutil.rmtree(old / "gt" / name)
-    zarr.open_group(str(old), mode="r+").attrs["format_version"] = 1
+    old = format_1_copy(small_dataset, tmp_path / "old.zarr")
     space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [12]},
                         confirm={"cell": {"grid_size": 16, "max_frames": 12},
                                  "quality": ["test_heldout_iou", "test_heldout_depth_err"]})
@@ -639,11 +626,10 @@ def test_tensorboard_serves_the_runs_and_a_browser_shows_them(smoke_study, tmp_p
         tags = json_.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5))
         info = next(iter(tags.values()))["quality/valid_heldout_iou"]
         assert info["displayName"] == "valid_heldout_iou" and "held-out views" in info["description"]
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-        if chromium is None:
+        if CHROMIUM is None:
             pytest.skip("no headless Chromium on this machine (the server checks above ran)")
         url = f"http://127.0.0.1:{port}/#timeseries"
-        flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
+        flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
                  "--virtual-time-budget=30000"]
         dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
         shown = {r for r in want if r in dom}

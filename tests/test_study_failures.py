@@ -12,20 +12,13 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import ray
 from ray import tune
 
 from posesplat.train import NonFiniteLossError
 from study.runner.sink import ParquetSink
+from fake_study import FAKE_SPACE, fake_trial
 
 EPOCHS = 5
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def make_trainable(marker: Path):
@@ -91,39 +84,6 @@ def test_without_retries_a_dead_worker_is_a_failed_trial(ray_local, tmp_path):
 
 
 # ------------------------------------------------------------------ re-runs of a study (study.runner.run.run_study)
-
-FAKE_SPACE = {  # 4 trials (2d/3d x seeds 0, 1) of 3 epochs, no early stopping
-    "name": "fake", "modes": ["2d", "3d"], "grid": {"grid_size": [16], "max_frames": [12]},
-    "search": {"lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3}}, "samples_per_cell": 2, "max_epochs": 3,
-    "scheduler": {"type": "none"}, "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
-}
-
-
-def fake_trial(log: Path, behave):
-    """A cheap stand-in for study.runner.trainable.run_trial: each execution appends `start T` / `end T` lines to
-    `log/<mode>-<seed>.txt`; `behave(config, attempt, epoch)` may raise, kill the worker or signal the driver."""
-
-    def trainable(config, base_config=None, study_uri=None):
-        name = log / f"{config['gaussian_mode']}-{config['seed']}.txt"
-        attempt = len([l for l in name.read_text().splitlines() if l.startswith("start")]) + 1 if name.exists() else 1
-        with open(name, "a") as f:
-            f.write(f"start {time.time()}\n")
-        start = 1
-        if tune.get_checkpoint() is not None:
-            with tune.get_checkpoint().as_directory() as d:
-                start = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
-        for epoch in range(start, 4):
-            behave(config, attempt, epoch)
-            time.sleep(0.5)
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-                with open(name, "a") as f:
-                    f.write(f"end {time.time()}\n" if epoch == 3 else "")
-                tune.report({"epoch": epoch, "valid_heldout_iou": 0.1 * epoch},
-                            checkpoint=tune.Checkpoint.from_directory(d))
-
-    return trainable
-
 
 def study_args(tmp_path: Path, dataset: Path, *extra: str):
     from study.runner.run import parse_args

@@ -1,6 +1,6 @@
 """Fault injection on the study driver (issue 16): real Ray, real processes and signals, real parquet read back.
 Each test sets up the fault, then checks the exit status, the one-line message, and the study's rows before and
-after (no duplicate, no deletion). The trials are cheap stand-ins (test_study_failures.fake_trial: 3 epochs of
+after (no duplicate, no deletion). The trials are cheap stand-ins (fake_study.fake_trial: 3 epochs of
 0.5 s); what is tested is the driver around them. The table of faults is in docs/study.md."""
 
 import hashlib
@@ -15,20 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from study.runner.run import main
 from study.base.storage import StudyError, StudyLock
-from test_study_failures import FAKE_SPACE, fake_trial
+from fake_study import FAKE_SPACE, fake_trial
+from shared import TINY_MODEL, dead_pid
 
 STATUS = ["completed"] * 4
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def argv(root: Path, dataset: Path, *extra: str) -> list[str]:
@@ -184,8 +177,7 @@ def test_lock_is_held_until_the_report_is_written(ray_local, tmp_path, small_dat
     assert main(argv(tmp_path, small_dataset), fake_trial(log, lambda *a: None)) == 0
     assert len(seen) == 1 and "another driver is running this study" in seen[0], seen
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)  # a pid that has exited
+    pid = dead_pid()
     out = tmp_path / "studies" / "fake" / "report"
     (out.with_name(f".report.tmp-{pid}") / "half").mkdir(parents=True)
     (out.with_name(f".report.old-{pid}")).mkdir()
@@ -223,8 +215,7 @@ def test_scratch_of_killed_trials_is_cleaned(ray_local, tmp_path, small_dataset)
     process is gone when it starts or resumes (and leaves live ones)."""
     from study.runner.trainable import scratch, scratch_dir
 
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    dead = dead_pid()
     stale = [scratch() / f"trial-{dead}-x1", scratch() / f"tb-{dead}-x2"]
     for d in stale:
         (d / "checkpoint.pt").parent.mkdir(parents=True, exist_ok=True)
@@ -315,9 +306,8 @@ def test_unreadable_checkpoint_is_named_by_the_studys_file(ray_local, tmp_path, 
     from study.runner.trainable import run_trial
 
     study = Store(tmp_path / "study")
-    base = {"dataset": str(small_dataset), "epochs": 6, "grid_size": 16, "base_filters": 4, "num_unets": 1,
-            "min_n": 50, "max_n": 2000, "max_frames": 12, "eval_frames": 1, "steps_per_epoch": 2, "valid_every": 1,
-            "image_downsample": 2}
+    base = {"dataset": str(small_dataset), **TINY_MODEL, "epochs": 6, "max_frames": 12, "eval_frames": 1,
+            "steps_per_epoch": 2, "valid_every": 1, "image_downsample": 2}
 
     class InterruptAfterEpoch1(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):

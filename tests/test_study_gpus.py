@@ -25,11 +25,7 @@ SPACE = {  # 8 trials: (2d, 3d) x grid (16, 64) x 2 seeds, 3 epochs of 3 s; GPUs
 }
 
 
-@pytest.fixture(scope="module")
-def ray_gpus():
-    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
+RAY_INIT = {"num_cpus": 8, "num_gpus": 2}  # what conftest's ray_local starts for this module
 
 
 def logged_trial(log: Path):
@@ -66,7 +62,7 @@ def logged_trial(log: Path):
     return trainable
 
 
-def test_fractions_pack_gpus_and_oom_retries_larger(ray_gpus, tmp_path, small_dataset):
+def test_fractions_pack_gpus_and_oom_retries_larger(ray_local, tmp_path, small_dataset):
     space = tmp_path / "gpus.json"
     space.write_text(json.dumps(SPACE))
     log = tmp_path / "log"

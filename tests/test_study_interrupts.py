@@ -4,9 +4,10 @@ Each case checks: the documented exit status (130 SIGINT, 143 SIGTERM, killed by
 driver, that one further run finishes the study (exit 0, no traceback), no (trial, epoch) row duplicated or lost in
 any stage, and decision.json's recommendation, plan, hyperparameters, tuning choice and quality estimates equal to an
 uninterrupted run's. Moments are found from the study's own files. Real local Ray, real zarr store, parquet read
-back. The whole walk is `slow` and runs the smoke space with a tiny deciding tuning (TUNED: 3 lr values x 1 seed per
-mode, whose best sits at the high end, so each mode widens once: tune/round0 and tune/round1); the two cases of the
-issue's defects run in the default suite on the smoke space itself. Results: docs/study.md."""
+back. The walk runs the smoke space with a tiny deciding tuning (TUNE: 3 lr values x 1 seed per mode, whose best
+sits at the high end, so each mode widens once: tune/round0 and tune/round1); it is `slow` but for one case between
+the tuning rounds (DEFAULT). The two cases of the issue's defects and one during the report run in the default suite
+on the smoke space itself. Results: docs/study.md."""
 
 import json
 import os
@@ -19,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
-from test_study_resume import outcome
+from shared import outcome, smoke_space
 
 ROOT = Path(__file__).resolve().parent.parent
 RC = {"SIGKILL": -signal.SIGKILL, "SIGINT": 130, "SIGTERM": 143}
@@ -28,13 +29,7 @@ TUNE = {"key": "lr", "low": 0.0005, "high": 0.002, "points": 3, "seeds": 1, "wid
 
 def tuned_space(folder: Path) -> Path:
     """The smoke space with TUNE as its deciding tuning (which fixes ssim_lambda in the confirm config)."""
-    space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
-    space["name"] = "smoketune"
-    space["confirm"]["tune"] = TUNE
-    space["confirm"]["base_config"]["ssim_lambda"] = 0.0
-    path = folder / "smoketune.json"
-    path.write_text(json.dumps(space))
-    return path
+    return smoke_space(folder, "smoketune", {"confirm": {"tune": TUNE, "base_config": {"ssim_lambda": 0.0}}})
 
 
 def command(space: str, storage: Path, dataset: Path) -> list[str]:
@@ -218,6 +213,12 @@ def test_sigterm_while_a_confirm_trial_is_pending(reference, small_dataset, tmp_
     check_case(reference, small_dataset, tmp_path, "first_confirm_trial", "SIGTERM", "driver")
 
 
+def test_sigterm_while_the_report_is_written(reference, small_dataset, tmp_path):
+    """SIGTERM to the driver while it writes the report (its staging folder exists): exit 143, and the resume
+    writes the uninterrupted decision."""
+    check_case(reference, small_dataset, tmp_path, "report", "SIGTERM", "driver")
+
+
 WALK = [  # ordered so that a prefix of the walk covers every moment
     ("ray_start", "SIGTERM", "driver"), ("mid_explore", "SIGTERM", "group"), ("end_explore", "SIGKILL", "group"),
     ("tune_plan", "SIGKILL", "group"), ("mid_tune", "SIGINT", "group"), ("widen_plan", "SIGTERM", "driver"),
@@ -236,8 +237,11 @@ WALK = [  # ordered so that a prefix of the walk covers every moment
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("moment,sig,target", WALK, ids=[f"{m}-{s}-{t}" for m, s, t in WALK])
+DEFAULT = [("widen_plan", "SIGTERM", "driver")]  # the walk's case the default suite runs: between tuning rounds
+
+
+@pytest.mark.parametrize("moment,sig,target", [
+    pytest.param(*case, id="-".join(case), marks=() if case in DEFAULT else pytest.mark.slow) for case in WALK])
 def test_walk(reference_tuned, small_dataset, tmp_path, moment, sig, target):
     check_case(reference_tuned, small_dataset, tmp_path, moment, sig, target)
 

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import pytest
+
+from shared import outcome
 
 pytestmark = pytest.mark.slow
 
@@ -35,28 +35,9 @@ def command(space, storage, dataset):
             str(dataset), "--search", "optuna", "--seed", "5", "--max-concurrent", "1", "--no-report"]
 
 
-def key(r: dict) -> tuple:
-    return r["gaussian_mode"], r["max_frames"], r["seed"], round(r["lr"], 12), round(r["ssim_lambda"], 12)
-
-
 def outcomes(study: Path) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
     """outcome() of the explore and of the confirm stage."""
     return outcome(study), outcome(study / "confirm")
-
-
-def outcome(study: Path) -> tuple[dict, dict]:
-    """(rows by (config, epoch), trials by config), asserting no duplicate row and no gap in any trial's epochs."""
-    rows, trials = {}, {}
-    for r in pads.dataset(study / "metrics", format="parquet").to_table().to_pylist():
-        assert (key(r), r["epoch"]) not in rows, f"duplicate row {key(r)}, epoch {r['epoch']}"
-        rows[key(r), r["epoch"]] = r
-    for t in pq.read_table(study / "trials.parquet").to_pylist():
-        assert key(t) not in trials, f"two trials with config {key(t)}"
-        trials[key(t)] = t
-        epochs = sorted(r["epoch"] for (k, _), r in rows.items() if k == key(t))
-        assert epochs == list(range(1, t["last_epoch"] + 1)), (key(t), epochs)
-    assert {k for k, _ in rows} == set(trials)
-    return rows, trials
 
 
 @pytest.fixture(scope="module")

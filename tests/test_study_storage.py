@@ -13,8 +13,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-import ray
 
+from made_studies import add_confirm, make_study
 from study.runner.run import main
 from study.base.storage import Store, StudyError, StudyLock, join_uri
 
@@ -42,11 +42,9 @@ def s3():
 
 
 @pytest.fixture
-def ray_with_creds(s3):
-    """A local Ray started after the S3 credentials are in the environment, so its workers have them."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_with_creds(s3, ray_local):
+    """conftest's local Ray, started after the S3 credentials are in the environment (s3), so its workers have them."""
+    return ray_local
 
 
 @pytest.mark.slow
@@ -119,8 +117,6 @@ def test_a_study_behind_a_uri_is_analysed_where_it_lies(s3, tmp_path, capsys):
     """A finished study (explore and confirm stage) copied into the bucket: `python -m study.analyze s3://...` reads
     it through study.base.storage and decides exactly as on the local copy; without --out it is one line (the report is
     written on this machine); a missing study is one line."""
-    from test_analyze import add_confirm, make_study
-
     from study.analysis.analyze import main as analyze
 
     uri, fs, query = s3

@@ -11,7 +11,7 @@ import torch
 
 import posesplat.train
 from posesplat.checkpoint import write as write_checkpoint
-from posesplat.config import load_config, make_config
+from posesplat.config import load_config
 from posesplat.metrics import PEAK_MEM
 from posesplat.model import PoseSplatter
 from posesplat.checkpoint import read as read_checkpoint
@@ -19,20 +19,14 @@ from posesplat.checkpoint import rng_state, save_checkpoint, set_rng_state
 from posesplat.memory import OutOfMemoryError
 from posesplat.train import NonFiniteLossError, main, make_optimizer, train
 from posesplat.trained import load_checkpoint, render_frame
+from shared import format_1_copy, tiny_config
 
 DOCS = Path(__file__).parents[1] / "docs"
 
 
-def tiny(dataset, **kw):
-    values = dict(dataset=str(dataset), image_downsample=1, grid_size=16, base_filters=4, num_unets=1,
-                  min_n=50, max_n=2000, max_frames=12, eval_frames=2, steps_per_epoch=4, epochs=3, lr=3e-3)
-    values.update(kw)
-    return make_config(values)
-
-
 @pytest.mark.parametrize("mode", ["3d", "2d", "2d_screen"])
 def test_loss_decreases(small_dataset, mode):
-    cfg = tiny(small_dataset, gaussian_mode=mode, epochs=4, steps_per_epoch=6, lr_schedule="constant", valid_every=4)
+    cfg = tiny_config(small_dataset, gaussian_mode=mode, epochs=4, steps_per_epoch=6, lr_schedule="constant", valid_every=4)
     history = train(cfg, progress=False)
     assert len(history) == 4
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -49,7 +43,7 @@ def test_every_reported_metric_is_in_the_schema_and_documented(small_dataset, tm
     schema's kind, a list per per-frame metric), and every key is documented."""
     from posesplat import metrics as schema
 
-    cfg = tiny(small_dataset, epochs=2, steps_per_epoch=1, valid_every=2)
+    cfg = tiny_config(small_dataset, epochs=2, steps_per_epoch=1, valid_every=2)
     skipped, metrics = train(cfg, ckpt_path=tmp_path / "k.pt", progress=False)
     lists = {schema.frame_column(k) for k in schema.names(per_frame=True)} | {schema.FRAMES}
     for epoch in (skipped, metrics):
@@ -65,7 +59,7 @@ def test_every_reported_metric_is_in_the_schema_and_documented(small_dataset, tm
 
 
 def test_resume_reproduces_losses(small_dataset, tmp_path):
-    cfg = tiny(small_dataset, gaussian_mode="3d", valid_every=10)
+    cfg = tiny_config(small_dataset, gaussian_mode="3d", valid_every=10)
     full = train(cfg, ckpt_path=tmp_path / "a.pt", progress=False)
     part = train(cfg, ckpt_path=tmp_path / "b.pt", progress=False, epochs=1)
     assert len(part) == 1
@@ -79,7 +73,7 @@ def test_resume_reproduces_losses(small_dataset, tmp_path):
 
 
 def test_non_finite_loss_names_epoch_and_step(small_dataset, tmp_path):
-    cfg = tiny(small_dataset, gaussian_mode="2d", epochs=2)
+    cfg = tiny_config(small_dataset, gaussian_mode="2d", epochs=2)
     train(cfg, ckpt_path=tmp_path / "c.pt", progress=False, epochs=1)
     state = read_checkpoint(tmp_path / "c.pt")
     for k, v in state["model"].items():  # a diverged run: the head's weights have blown up
@@ -91,7 +85,7 @@ def test_non_finite_loss_names_epoch_and_step(small_dataset, tmp_path):
 
 
 def test_load_checkpoint_and_render_frame(small_dataset, tmp_path):
-    cfg = tiny(small_dataset, gaussian_mode="3d", epochs=1)
+    cfg = tiny_config(small_dataset, gaussian_mode="3d", epochs=1)
     train(cfg, ckpt_path=tmp_path / "m.pt", progress=False)
     cfg2, model = load_checkpoint(tmp_path / "m.pt")
     assert cfg2 == cfg
@@ -156,7 +150,7 @@ def fake_oom(when_grad: bool):
 @pytest.mark.parametrize("where, when_grad", [("training (epoch 1, step 1)", True), ("evaluation (epoch 1)", False)])
 def test_out_of_memory_names_mode_grid_and_size(small_dataset, monkeypatch, where, when_grad):
     monkeypatch.setattr(posesplat.train, "render", fake_oom(when_grad))
-    cfg = tiny(small_dataset, gaussian_mode="2d", epochs=1, steps_per_epoch=2)
+    cfg = tiny_config(small_dataset, gaussian_mode="2d", epochs=1, steps_per_epoch=2)
     with pytest.raises(OutOfMemoryError) as err:
         train(cfg, progress=False)
     msg = str(err.value)
@@ -166,7 +160,7 @@ def test_out_of_memory_names_mode_grid_and_size(small_dataset, monkeypatch, wher
 
 def test_cli_run_failures_are_one_line(small_dataset, tmp_path, monkeypatch, capsys):
     config = tmp_path / "tiny.json"
-    config.write_text(tiny(small_dataset, epochs=2, steps_per_epoch=2, valid_every=5).model_dump_json())
+    config.write_text(tiny_config(small_dataset, epochs=2, steps_per_epoch=2, valid_every=5).model_dump_json())
     with monkeypatch.context() as m:  # out of memory in the first training step
         m.setattr(posesplat.train, "render", fake_oom(True))
         assert main([str(config), "--out", str(tmp_path / "oom")]) == 1
@@ -191,7 +185,7 @@ def test_cli_run_failures_are_one_line(small_dataset, tmp_path, monkeypatch, cap
     assert errors[0].startswith("error: non-finite Gaussian") and "epoch 2, step 1" in errors[0], errors[0]
     assert errors[0].endswith("lower lr or lower grad_clip (now 1)"), errors[0]  # clipping is on: never "enable" it
     # a weight so large that the weighted sum of finite terms overflows: the advice names the weights, not lr
-    config.write_text(tiny(small_dataset, epochs=1, steps_per_epoch=2, valid_every=5, img_lambda=1e39).model_dump_json())
+    config.write_text(tiny_config(small_dataset, epochs=1, steps_per_epoch=2, valid_every=5, img_lambda=1e39).model_dump_json())
     assert main([str(config), "--out", str(tmp_path / "weights")]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "from finite terms (img_lambda 1e+39" in errors[0], errors
@@ -216,27 +210,18 @@ def test_rng_state_round_trip(device):
 def test_geometry_metrics_and_an_older_store(small_dataset, tmp_path, capsys):
     """On the synthetic store the geometry metrics are finite and plausible (millimetres to centimetres, degrees,
     with a geometry panel); on a copy without gt/depth and gt/normal (format 1) they are NaN, said in one line."""
-    import shutil
-
-    import zarr
-
     from posesplat import metrics as schema
 
-    cfg = tiny(small_dataset, epochs=1, steps_per_epoch=2)
+    cfg = tiny_config(small_dataset, epochs=1, steps_per_epoch=2)
     reports = []
     last = train(cfg, progress=False, on_epoch=reports.append)[-1]
     assert 0 < last["test_heldout_depth_err"] < 0.1 and 0 < last["test_heldout_depth_err_rel"] < 0.2
     assert 0 < last["test_heldout_normal_err"] < 90 and 0 < last["test_surface_dist"] < 0.1
     assert len(last["test_surface_dist_frames"]) == len(last["test_frames"]) == cfg.eval_frames
     assert reports[-1].images["geometry"].shape == (64, 4 * 64, 3)
-    old = tmp_path / "old.zarr"
-    shutil.copytree(small_dataset, old)
-    for name in ("depth", "normal"):
-        shutil.rmtree(old / "gt" / name)
-    root = zarr.open_group(str(old), mode="r+")
-    root.attrs["format_version"] = 1
+    old = format_1_copy(small_dataset, tmp_path / "old.zarr")
     capsys.readouterr()
-    last = train(tiny(old, epochs=1, steps_per_epoch=2), progress=False)[-1]
+    last = train(tiny_config(old, epochs=1, steps_per_epoch=2), progress=False)[-1]
     geo = [k for k in schema.names("quality", per_frame=True) if schema.BY_NAME[k].higher_is_better is False]
     assert len(geo) == 4 and all(math.isnan(last[k]) for k in geo)
     assert all(math.isnan(v) for k in geo for v in last[schema.frame_column(k)])

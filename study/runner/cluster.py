@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -72,6 +73,17 @@ def connect_ray(address: Optional[str]) -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     RAY_GCS[:] = [ray.get_runtime_context().gcs_address]
+
+@contextlib.contextmanager
+def own_ray():
+    """Shut down, on leaving, a Ray that the block started (connect_ray): a study run as a library call leaves no Ray
+    behind, while a Ray its caller had started stays up."""
+    started_before = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not started_before and ray.is_initialized():
+            ray.shutdown()
 
 def check_reachable(address: str) -> None:
     """Refuse a cluster address nobody answers at (ray.init would wait minutes); 'auto' is left to Ray."""

@@ -40,7 +40,7 @@ from study.base.storage import StorageError, Store, StudyError, StudyLock, join_
 from study.runner import _ray_compat, resources
 from study.runner._ray_compat import UnsupportedRay
 from study.runner.board import Names
-from study.runner.cluster import connect_ray
+from study.runner.cluster import connect_ray, own_ray
 from study.runner.interrupts import INTERRUPTED, RESUME, SAID, TERMINATED, signals_as_interrupt
 from study.runner.preflight import owner, study_plan
 from study.runner.search import (STATE_FORMAT, PerModeSearcher, PlannedSearcher, SchedulerState, StateError,
@@ -447,11 +447,13 @@ def summary_and_report(study: Store, report: bool) -> int:
 
 def main(argv: Optional[list[str]] = None, trial_fn: Optional[Callable] = None) -> int:
     """Exit status: 0 finished with a report; 1 finished, but every trial failed or the report could not be written;
-    2 refused before starting; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): run the same command to resume."""
+    2 refused before starting; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): run the same command to resume.
+    A Ray it started is shut down before it returns; one the caller had started is left up."""
     args = parse_args(argv)
     TERMINATED.clear()
     try:
-        with signals_as_interrupt():  # also while the study is planned and Ray starts (run_study's own: the stages)
+        # also while the study is planned and Ray starts (run_study's own: the stages); the Ray it starts ends with it
+        with own_ray(), signals_as_interrupt():
             return run_study(args, trial_fn).rc
     except (SpaceError, ConfigError, DatasetError, StudyError, StorageError, UnsupportedRay, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
