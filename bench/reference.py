@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from scipy.stats import skew
 
 from posesplat.config import make_config
 from posesplat.io import atomic_write
@@ -142,8 +143,6 @@ BANK_METRICS = ("valid_heldout_iou", "test_heldout_iou", "valid_heldout_psnr_fg"
 def bank_markdown(runs: list[dict], modes: list[str]) -> str:
     """The bank's noise per (mode, lr): finite runs, diverged runs, and each metric's mean / sd / skew over seeds;
     below it, how much of a seed's luck two runs on the same seed share (correlation of their test IoU)."""
-    from scipy.stats import skew
-
     head = " | ".join(f"{k} mean / sd / skew" for k in BANK_METRICS)
     lines = [f"| mode | lr | runs | diverged | {head} |", "|---|---|---|---|" + "---|" * len(BANK_METRICS)]
     for m in modes:

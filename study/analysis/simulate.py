@@ -24,8 +24,10 @@ import pyarrow.parquet as pq
 from posesplat.io import atomic_write
 from posesplat.modes import MODES as REGISTRY
 from study.analysis import tuning
+from study.analysis.bank import BankError, load_bank
 from study.analysis.decide import EITHER, INCONCLUSIVE, decide
 from study.analysis.looks import common_share, looks_json, plan_looks
+from study.analysis.replay import ReplayDesign, replay_table
 from study.base.space import MODE_KEY, load_space
 from study.base.rows import COMPLETED, FAILED
 
@@ -408,9 +410,6 @@ def replay_markdown(df: pd.DataFrame) -> str:
 
 def replay_main(a: argparse.Namespace) -> int:
     """`--bank`: the whole procedure replayed on a bank of real runs (study.analysis.replay)."""
-    from study.analysis.bank import BankError, load_bank
-    from study.analysis.replay import ReplayDesign, replay_table
-
     try:
         bank = load_bank(a.bank)
     except BankError as e:
