@@ -63,7 +63,7 @@ def test_the_resolving_pairs_clear_at_the_level_that_decides():
     that level, not at 95%."""
     rng = np.random.default_rng(3)
     plan = {**make_plan(14, 33), "looks": looks_json(plan_looks(14, 2, "pocock"))}
-    truth = Truth("2D 1.5% worse", -0.015, 0.0, (), ())
+    truth = Truth("2D 1.5% worse, 30% faster", -0.015, -0.3, (), ())  # a trade-off: the hint is what resolves it
     checked = 0
     for _ in range(30):
         per, trials = generate(truth, 14, 33, Noise(), rng)
@@ -174,3 +174,20 @@ def test_a_cheaper_reference_is_judged_as_the_cheaper_challenger_is():
     assert rule({"iou": est(0.005, 0.01), "psnr": est(0.0, 0.01)}, dear, 0.02, 0.05, MODES)[0] == "3d"
     call, reason = rule({"iou": est(0.019, 0.008), "psnr": est(0.015, 0.006)}, dear, 0.02, 0.05, MODES)
     assert call == INCONCLUSIVE and "may be better by more than 2%" in reason
+
+
+def test_a_deficit_that_may_pass_the_margin_still_calls_the_significantly_better_reference():
+    """2d significantly worse on every metric, its interval reaching past -2%, and no saving: a larger deficit must
+    not weaken the call that a smaller one gets (3d), the study's 'inconclusive' at 13% of '2D 5% worse' replays."""
+    small = {"iou": est(-0.012, 0.004), "psnr": est(-0.01, 0.004)}
+    large = {"iou": est(-0.04, 0.019), "psnr": est(-0.035, 0.03)}
+    assert rule(small, est(0.0, 0.05), 0.02, 0.05, MODES)[0] == "3d"
+    call, reason = rule(large, est(0.0, 0.05), 0.02, 0.05, MODES)
+    assert call == "3d", reason
+    assert "3d is significantly better" in reason and "not cheaper" in reason
+
+
+def test_a_possibly_large_deficit_with_a_saving_stays_inconclusive():
+    """The same deficit with 2d 30% cheaper is the trade-off the margin prices: not settled either way."""
+    large = {"iou": est(-0.04, 0.019), "psnr": est(-0.035, 0.03)}
+    assert rule(large, est(-0.3, 0.05), 0.02, 0.05, MODES)[0] == INCONCLUSIVE

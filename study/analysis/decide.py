@@ -7,7 +7,12 @@ test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff
 1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
 2. some quality interval wholly below -margin (at 1 - 5%/k for k
    quality metrics: worse on any one of them is a union)              -> reference (challenger worse beyond it)
-3. some quality interval reaches below -margin                        -> inconclusive, with the pairs (or tuning
+3. some quality interval reaches below -margin: the reference
+   significantly better on every quality metric (as in 7) and the
+   challenger not cheaper beyond cost_margin                          -> reference (a deficit that may pass the
+                                                                          margin never weakens the call a smaller
+                                                                          one gets)
+   otherwise                                                          -> inconclusive, with the pairs (or tuning
                                                                           seeds and pairs) that would resolve it
 4. every quality interval above -margin (non-inferior) and the primary
    cost's interval wholly below -cost_margin                          -> challenger (as good, and cheaper)
@@ -303,9 +308,14 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
     worse = [k for k, e in quality.items() if e.with_level(per_metric).hi < -margin]
     if worse:
         return r, f"{c} is worse than {r} by more than the {m} margin ({shown})"
-    if any(e.lo <= -margin for e in quality.values()):
-        return INCONCLUSIVE, f"the interval of {c} vs {r} reaches below the -{m} margin ({shown})"
     priced = cost is not None and cost.has_ci
+    strict = {k: e.with_level(superiority(level)) for k, e in quality.items()}
+    if any(e.lo <= -margin for e in quality.values()):
+        if all(e.hi < 0 for e in strict.values()) and not (priced and cost.hi < -cost_margin):
+            return r, (f"{r} is significantly better on every quality metric ({c} vs {r}: {shown}) and {c} is not "
+                       f"cheaper on the primary cost by more than {100 * cost_margin:g}% "
+                       f"({cost.pct() if cost else 'n/a'}); {c} may be worse by more than the {m} margin")
+        return INCONCLUSIVE, f"the interval of {c} vs {r} reaches below the -{m} margin ({shown})"
     if priced and cost.hi < -cost_margin:
         return c, (f"{c} is within the {m} margin of {r} or better ({shown}) and cheaper on the primary cost "
                    f"({cost.pct()}, more than the {100 * cost_margin:g}% that counts)")
@@ -318,7 +328,6 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
                        f"primary cost ({dearer})")
         return INCONCLUSIVE, (f"{r} is cheaper ({dearer}), but the interval of {c} vs {r} reaches above the margin "
                               f"seen from {r} ({shown}): {c} may be better by more than {m}")
-    strict = {k: e.with_level(superiority(level)) for k, e in quality.items()}
     if all(e.lo > 0 for e in strict.values()):
         return c, f"{c} is significantly better than {r} on every quality metric ({shown}), though not cheaper"
     if all(e.hi < 0 for e in strict.values()):
