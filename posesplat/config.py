@@ -85,6 +85,10 @@ class Config(BaseModel):
         None, ge=1, description="cap on valid frames evaluated, when it differs from eval_frames (null: eval_frames)")
     seed: int = Field(0, description="seeds the weights, frame order and view choice")
 
+    def eval_cap(self, split: str) -> Optional[int]:
+        """The cap on `split`'s evaluated frames: eval_valid_frames for the valid split where set, else eval_frames."""
+        return self.eval_valid_frames if split == "valid" and self.eval_valid_frames is not None else self.eval_frames
+
     @model_validator(mode="after")
     def _check(self) -> "Config":
         if self.min_n > self.max_n:

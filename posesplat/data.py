@@ -290,6 +290,14 @@ class MultiViewDataset:
         return np.asarray(self.root["gt"]["kind"][:]) if self.has_gt else None
 
 
+def evaluated_frames(frames: np.ndarray, cap: Optional[int]) -> np.ndarray:
+    """The evenly spaced subset of at most `cap` of `frames` that evaluation renders (all of them where cap is None
+    or not smaller): [n] -> [min(n, cap)]."""
+    if cap is None or len(frames) <= cap:
+        return frames
+    return frames[np.linspace(0, len(frames) - 1, cap).round().astype(int)]
+
+
 def open_dataset(path: str | Path) -> MultiViewDataset:
     """Open and validate a dataset."""
     return MultiViewDataset(path)

@@ -25,7 +25,7 @@ from posesplat import metrics as metrics_schema
 from posesplat.checkpoint import read as read_checkpoint
 from posesplat.checkpoint import restore, save_checkpoint
 from posesplat.config import Config, ConfigError, load_config
-from posesplat.data import DatasetError
+from posesplat.data import DatasetError, evaluated_frames
 from posesplat.io import atomic_write, strict_dumps
 from posesplat.losses import geometry_terms, loss_terms, training_loss
 from posesplat.memory import OutOfMemoryError, PeakMemory, oom_error
@@ -86,14 +86,6 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, total_steps: int
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def eval_frames(cfg: Config, frames: np.ndarray, split: str = "test") -> np.ndarray:
-    """Evenly spaced subset of at most cfg.eval_frames frames (cfg.eval_valid_frames for the valid split, if set)."""
-    cap = cfg.eval_valid_frames if split == "valid" and cfg.eval_valid_frames is not None else cfg.eval_frames
-    if cap is None or len(frames) <= cap:
-        return frames
-    return frames[np.linspace(0, len(frames) - 1, cap).round().astype(int)]
-
-
 def eval_targets(setup: Setup, split: str) -> list[tuple[str, list[int]]]:
     """The views a frame of `split` is rendered into, each with its metrics' prefix: valid frames into the observed
     and the held-out views, test frames into the held-out ones (none where there are no such views)."""
@@ -115,7 +107,7 @@ def evaluate(cfg: Config, setup: Setup, model: PoseSplatter, progress: bool = Fa
     model.eval()
     tally = Tally(setup, model.mode, cfg.image_downsample)
     for split in ("valid", "test"):
-        for f in Progress(eval_frames(cfg, setup.frames[split], split), desc=f"evaluating {split} frames",
+        for f in Progress(evaluated_frames(setup.frames[split], cfg.eval_cap(split)), desc=f"evaluating {split} frames",
                           unit="frame", leave=False, disable=not progress):
             evaluate_frame(cfg, setup, model, split, f, tally)
     model.train()

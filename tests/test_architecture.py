@@ -32,7 +32,7 @@ def tree_copy(tmp_path_factory) -> Path:
 
 def test_the_import_contracts_hold():
     r = lint(ROOT)
-    assert r.returncode == 0 and "3 kept, 0 broken" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "4 kept, 0 broken" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("where,line,broken", [
@@ -49,6 +49,26 @@ def test_a_planted_back_import_breaks_a_contract(tree_copy, where, line, broken)
     finally:
         planted.unlink()
     assert r.returncode != 0 and f"{broken}" in r.stdout and "BROKEN" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_decision_loads_no_torch():
+    """The rule, its simulation and its replay on a bank import without torch (or the renderer)."""
+    code = ("import sys, study.analysis.decide, study.analysis.simulate, study.analysis.replay, study.analysis.confirm;"
+            " print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('posesplat.render')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_a_torch_import_in_the_decision_breaks_its_contract(tree_copy):
+    """The contract names the pure modules: one import of the training loop in one of them breaks it."""
+    looks = tree_copy / "study/analysis/looks.py"
+    kept = looks.read_text()
+    looks.write_text(kept + "\nfrom posesplat.train import evaluate  # noqa: E402\n")
+    try:
+        r = lint(tree_copy)
+    finally:
+        looks.write_text(kept)
+    assert r.returncode != 0 and "the decision is pure" in r.stdout and "BROKEN" in r.stdout, r.stdout + r.stderr
 
 
 def test_old_module_paths_resolve_to_the_moved_modules():

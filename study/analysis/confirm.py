@@ -16,12 +16,10 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from posesplat.config import make_config
-from posesplat.data import open_dataset
-from posesplat.train import eval_frames
 from study.analysis.explore import cell_text
 from study.analysis.load import AnalysisError, load_studies, stage_summary
 from study.analysis.looks import common_share, looks_json, looks_of, plan_looks
+from study.analysis.pairs import pair_rows, paired_matrices
 from study.analysis.stats import crossed_diff, detectable, halfwidth, seeds_for
 from study.analysis.tuning import rms, tuning_draws
 from study.base.space import MODE_KEY, Confirm, Space, trial_keys
@@ -67,40 +65,6 @@ def chosen_hparams(per_trial: pd.DataFrame, mode: str, cell: dict, select: str, 
     best = rows.sort_values([select, "epochs_run"], ascending=False).iloc[0]
     return {**{k: float(best[k]) for k in keys}, "from_trial": str(best["trial_id"]), select: float(best[select]),
             "candidates": int(len(rows))}
-
-
-def frame_matrix(vals: list, ids: list) -> tuple[np.ndarray, list[int]]:
-    """[trials, frames] from each trial's per-test-frame values and frame indices, over the frames every trial
-    evaluated (in frame order); a trial without per-frame values leaves no common frame."""
-    if not vals:
-        return np.empty((0, 0)), []
-    first = ids[0]
-    ok = lambda v, i: v is not None and i is not None and not isinstance(v, float) and len(v) == len(i) > 0  # noqa: E731
-    if all(ok(v, i) and len(i) == len(first) and np.array_equal(i, first) for v, i in zip(vals, ids)):
-        order = np.argsort(np.asarray(first, dtype=int), kind="stable")  # the confirm design: the same frames
-        return np.asarray([np.asarray(v, dtype=float) for v in vals])[:, order], \
-            [int(f) for f in np.asarray(first, dtype=int)[order]]
-    per = [{int(f): float(x) for f, x in zip(i, v)} if ok(v, i) else {} for v, i in zip(vals, ids)]
-    common = sorted(set.intersection(*(set(p) for p in per)))
-    return np.array([[p[f] for f in common] for p in per], dtype=float).reshape(len(per), len(common)), common
-
-
-def pair_rows(per_trial: pd.DataFrame, modes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trials of the two modes, indexed by seed and aligned row by row: a seed without a trial of both modes is
-    left out (a re-reported seed keeps its last row)."""
-    a, b = (per_trial[per_trial[MODE_KEY] == m].drop_duplicates("seed", keep="last").set_index("seed") for m in modes)
-    seeds = sorted(set(a.index) & set(b.index))
-    return a.loc[seeds], b.loc[seeds]
-
-
-def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """([pairs, frames], [pairs, frames]) of `key` per test frame for aligned pair rows (pair_rows), on the frames
-    that every trial of both evaluated."""
-    col = f"{key}_frames"
-    if col not in a or "test_frames" not in a or not len(a):
-        return np.empty((len(a), 0)), np.empty((len(b), 0))
-    m, _ = frame_matrix(a[col].tolist() + b[col].tolist(), a["test_frames"].tolist() + b["test_frames"].tolist())
-    return m[: len(a)], m[len(a):]
 
 
 def tuned_hparams(tuned: dict[str, dict], select: str) -> dict[str, dict[str, Any]]:
@@ -197,18 +161,16 @@ def look_trials(plan: dict, k: int) -> list[dict]:
     return [t for t in plan["trials"] if t["seed"] in seeds]
 
 
-def plan_from_records(space: Space, cbase: dict, study: Store, seed: int, tuned: Optional[dict] = None) -> dict:
-    """The confirm plan from the finished explore stage's records (plan_confirm) and the deciding tuning's outcome;
-    PlanError when there is nothing to plan from."""
+def plan_from_records(space: Space, study: Store, seed: int, test_frames: int, tuned: Optional[dict] = None) -> dict:
+    """The confirm plan from the finished explore stage's records (plan_confirm), the deciding tuning's outcome and
+    the confirm cell's number of evaluated test frames (the runner counts them on the dataset); PlanError when there
+    is nothing to plan from."""
     try:
         explore = load_studies([study.uri])  # where it lies: a local folder or a URI
     except AnalysisError as e:
         raise PlanError(f"confirm stage: cannot read the explore stage ({e})") from None
     per = stage_summary(explore, cell=list(space.grid), modes=tuple(space.confirm.modes))
-    cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
-    ds = open_dataset(cfg.dataset)
-    n_test = len(eval_frames(cfg, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]))
-    return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, n_test, seed, tuned,
+    return plan_confirm(space.confirm, per, list(space.search), space.max_epochs, test_frames, seed, tuned,
                         {m: space.mode_keys(m) for m in space.confirm.modes})
 
 

@@ -49,14 +49,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from study.analysis.confirm import MODE_KEY, pair_rows, paired_matrices
+from posesplat.metrics import validation_twin
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, mirrored, settled, superiority
+from study.analysis.pairs import pair_rows, paired_matrices
 from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
-from posesplat.metrics import validation_twin
 from study.analysis.tuning import has_curve, rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
-from study.base.space import Confirm
+from study.base.space import MODE_KEY, Confirm
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
 EITHER, INCONCLUSIVE = "either", "inconclusive"

@@ -25,7 +25,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from posesplat import checkpoint
 from posesplat.config import ConfigError, make_config
-from posesplat.data import DatasetError
+from posesplat.data import DatasetError, evaluated_frames, open_dataset
 from posesplat.metrics import BY_NAME
 from study.analysis import analyze, tuning
 from study.analysis.confirm import (TUNE_SEEDS, PlanError, check_replan, look_folder, look_trials, plan_from_records,
@@ -371,6 +371,13 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
     return runs
 
 
+def confirm_test_frames(space: Space, cbase: dict) -> int:
+    """How many test frames each confirm trial evaluates: the confirm cell's test split on the dataset, capped."""
+    cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
+    frames = open_dataset(cfg.dataset).frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
+    return len(evaluated_frames(frames, cfg.eval_cap("test")))
+
+
 def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
                 tuned: Optional[dict] = None) -> dict[str, dict]:
     """Plan the confirm stage once (written before its first trial), then run or resume it look by look, stopping
@@ -380,7 +387,7 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
     plan = read_confirm_plan(store, args.repair)
     if plan is None:
         try:
-            plan = plan_from_records(space, cbase, study, args.seed, tuned)
+            plan = plan_from_records(space, study, args.seed, confirm_test_frames(space, cbase), tuned)
         except PlanError as e:
             raise StudyError(str(e)) from None
         check_replan(store, plan)
