@@ -7,13 +7,13 @@ Every error is one line naming the file and the key.
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from posesplat.messages import one_line, read_json
 from posesplat.modes import MODES, TERMS, ModeName, names as mode_names, with_term
 
 
@@ -109,38 +109,18 @@ class Config(BaseModel):
         return self
 
 
-def _one_line(err: ValidationError, source: str) -> str:
-    """Turn pydantic's first error into one line: '<source>: key 'x': problem'."""
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
-        key = str(e["loc"][0])
-        close = difflib.get_close_matches(key, list(Config.model_fields), n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{source}: unknown key '{key}'{hint}"
-    msg = e["msg"].removeprefix("Value error, ")
-    if not loc:
-        return f"{source}: {msg}"
-    return f"{source}: key '{loc}': {msg} (got {e.get('input')!r})"
-
-
 def make_config(values: dict[str, Any], source: str = "config") -> Config:
     """Validate a dict into a Config, raising ConfigError with one line on the first problem."""
     try:
         return Config.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, source)) from None
+        raise ConfigError(one_line(err, source, Config.model_fields)) from None
 
 
 def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
     """Read a JSON config file, apply overrides (e.g. from a study trial) and validate."""
     path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    values = read_json(path, ConfigError, "config file")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: must hold a JSON object of keys, not {type(values).__name__}")
     values.pop("_comment", None)

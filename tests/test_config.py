@@ -76,3 +76,25 @@ def test_removed_key_is_unknown():
     """num_workers was never used by train() and is gone: a config that sets it is refused, not silently ignored."""
     with pytest.raises(ConfigError, match="unknown key 'num_workers'"):
         make_config({"num_workers": 2})
+
+
+def test_every_config_reader_says_the_same_line_for_the_same_fault(tmp_path):
+    """A training config, a search space and a prep config that do not parse, or hold a bad value, are refused in
+    one line of one form (posesplat.messages): the file, the JSON line; the key, the problem and the value."""
+    from posesplat.prep.config import load_prep_config
+    from posesplat.prep.errors import PrepError
+    from study.base.space import SpaceError, load_space
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"grid_size": 32,\n  oops}')
+    for load, error in ((load_config, ConfigError), (load_space, SpaceError), (load_prep_config, PrepError)):
+        with pytest.raises(error) as e:
+            load(bad)
+        assert str(e.value).startswith(f"{bad}: not valid JSON (line 2: "), str(e.value)
+    with pytest.raises(ConfigError) as e:
+        make_config({"grid_size": 3}, "x.json")
+    assert str(e.value) == "x.json: key 'grid_size': Input should be greater than or equal to 8 (got 3)"
+    space = json.loads((ROOT / "search_spaces" / "smoke.json").read_text())
+    (tmp_path / "s.json").write_text(json.dumps({**space, "max_epochs": "many"}))
+    with pytest.raises(SpaceError, match=r"s.json: key 'max_epochs': Input should be a valid integer.* \(got 'many'\)"):
+        load_space(str(tmp_path / "s.json"))

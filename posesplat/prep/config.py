@@ -3,12 +3,12 @@ input paths (docs/prep.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from posesplat.messages import one_line, read_json
 from posesplat.prep.errors import PrepError
 
 
@@ -93,20 +93,13 @@ def load_prep_config(path: str | Path) -> tuple[PrepConfig, dict[str, Path], lis
     """Read and validate a prep config; returns it, its resolved input paths (camera, videos, masks) and the keys it
     does not use (with why)."""
     path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PrepError(f"{path}: no such config file") from None
-    except json.JSONDecodeError as e:
-        raise PrepError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    values = read_json(path, PrepError, "config file")
     if not isinstance(values, dict):
         raise PrepError(f"{path}: must be a JSON object of keys")
     try:
         cfg = PrepConfig.model_validate(values)
     except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(str(p) for p in e["loc"])
-        raise PrepError(f"{path}: key '{key}': {e['msg']}") from None
+        raise PrepError(one_line(err, str(path))) from None
     files = {"camera": resolve(cfg.project_directory, cfg.camera_fn, path, "camera_fn")}
     files |= {f"video {c}": resolve(cfg.data_directory, v, path, "video_fns") for c, v in enumerate(cfg.video_fns)}
     files |= {f"mask video {c}": resolve(cfg.data_directory, v, path, "mask_video_fns")

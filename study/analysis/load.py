@@ -8,7 +8,6 @@ directory, the confirm stage in its `confirm/` folder (same layout); see docs/me
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from posesplat import metrics as schema
+from posesplat.messages import parse_json
 from posesplat.modes import names as mode_names
 from posesplat.progress import Progress
 from study.base.storage import StorageError, Store, join_uri
@@ -143,11 +143,7 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             trials["checkpoint_path"] = [join_uri(store.uri, p) if isinstance(p, str) and "://" not in p
                                          and not p.startswith("/") else p for p in trials["checkpoint_path"]]
     if not a_file and store.exists("study.json"):
-        try:
-            info = json.loads(store.read_text("study.json"))
-        except json.JSONDecodeError as e:
-            raise AnalysisError(f"{join_uri(store.uri, 'study.json')}: not valid JSON (line {e.lineno}: {e.msg})"
-                                ) from None
+        info = parse_json(store.read_text("study.json"), join_uri(store.uri, "study.json"), AnalysisError)
     return metrics, trials, info
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from posesplat.config import ConfigError, make_config
+from posesplat.messages import one_line, read_json
 from posesplat.metrics import METRICS, names, validation_twin
 from posesplat.modes import DEFAULT_PAIR, MODES, ModeName
 
@@ -274,20 +275,11 @@ def with_options(space: Space, samples_per_cell: Optional[int] = None,
     try:
         return Space.model_validate({**space.model_dump(), **upd}), notes
     except ValidationError as e:
-        raise SpaceError(_one_line(e, f"{space.name} with options")) from None
+        raise SpaceError(one_line(e, f"{space.name} with options", KNOWN_KEYS)) from None
 
 
-def _one_line(err: ValidationError, source: str) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
-        key = str(e["loc"][-1])
-        close = difflib.get_close_matches(key, list(Space.model_fields) + list(Dist.model_fields)
-                                          + list(Scheduler.model_fields) + list(Resources.model_fields)
-                                          + list(Confirm.model_fields), n=1)
-        return f"{source}: unknown key '{loc}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{source}: key '{loc}': {msg}" if loc else f"{source}: {msg}"
+KNOWN_KEYS = [*Space.model_fields, *Dist.model_fields, *Scheduler.model_fields, *Resources.model_fields,
+              *Confirm.model_fields]  # what an unknown key in a space file is compared with ("did you mean")
 
 
 def find_space(name_or_path: str) -> Path:
@@ -314,14 +306,11 @@ def each_mode(space: Space, values: dict[str, Any], source: str, modes: Optional
 def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space:
     """Read and validate a space; its base config must itself be a valid training config."""
     path = find_space(name_or_path)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SpaceError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    raw = read_json(path, SpaceError, "search-space file")
     try:
         space = Space.model_validate(raw)
     except ValidationError as e:
-        raise SpaceError(_one_line(e, str(path))) from None
+        raise SpaceError(one_line(e, str(path), KNOWN_KEYS)) from None
     for extra in extra_modes or []:
         if extra not in MODES:
             raise SpaceError(f"--modes: unknown mode '{extra}' (choose from {', '.join(MODES)})")
@@ -340,7 +329,7 @@ def load_space(name_or_path: str, extra_modes: list[str] | None = None) -> Space
         try:
             scaled = space.scaled(gpu)
         except ValidationError as e:
-            raise SpaceError(_one_line(e, f"{path} ({'GPU' if gpu else 'cpu'} scale)")) from None
+            raise SpaceError(one_line(e, f"{path} ({'GPU' if gpu else 'cpu'} scale)")) from None
         for cell in scaled.cells():
             try:
                 make_config({**scaled.base_config, **cell}, f"{path}: grid cell {json.dumps(cell)}")
