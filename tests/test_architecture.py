@@ -121,3 +121,20 @@ def test_no_file_over_500_lines_and_no_function_over_60():
             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno + 1 > 60:
                 long.append(f"{path.relative_to(ROOT)}:{f.lineno} {f.name}: {f.end_lineno - f.lineno + 1} lines")
     assert not long, long
+
+
+def test_no_module_imports_the_package_that_holds_it():
+    """A package's __init__ imports its modules; a module that imports names back from its own package's __init__
+    makes a cycle that only a deferred import hides (posesplat.render and its gsplat backend did)."""
+    back = []
+    for path in sorted(p for root in ("posesplat", "study") for p in (ROOT / root).rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):  # __main__: run as a command, never imported by __init__
+            continue
+        package = ".".join(path.relative_to(ROOT).parent.parts)
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.module == package:
+                names = [a.name for a in n.names if not (path.parent / f"{a.name}.py").exists()
+                         and not (path.parent / a.name).is_dir()]
+                if names:
+                    back.append(f"{path.relative_to(ROOT)}:{n.lineno} imports {', '.join(names)} from {package}")
+    assert not back, back

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from posesplat.modes import MODES
-from posesplat.render import RenderError, projection
+from posesplat.render.interface import RenderError, projection
 
 TILE = 16  # gsplat's default tile size
 
