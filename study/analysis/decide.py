@@ -60,6 +60,7 @@ from study.base.space import MODE_KEY, Confirm
 
 SUPERIORITY_LEVEL = superiority(LEVEL)
 EITHER, INCONCLUSIVE = "either", "inconclusive"
+CALLS = ("2d", "3d", EITHER, INCONCLUSIVE)  # the calls on the default pair, as simulations count them
 
 
 @dataclass
@@ -418,3 +419,10 @@ def decide_pairs(per_trial: pd.DataFrame, trials: pd.DataFrame, plan: dict, seed
     design["tuning_error"] = tuning_error_json(draws, plan["tuning"], plan["quality"], selected(plan)) if draws else None
     return Decision(rec, reason, modes, quality, cost, measures, means, n_pairs,
                     len(seeds) - n_pairs, failures(trials, plan), None, design)
+
+
+def call_rates(calls: Sequence[str], right: Sequence[str], wrong: Sequence[str]) -> dict[str, float]:
+    """The share of each call (2d, 3d, either, inconclusive) among `calls`, and of the `right` and `wrong` ones."""
+    c = pd.Series(list(calls), dtype=object).value_counts(normalize=True)
+    return {**{k: float(c.get(k, 0.0)) for k in CALLS}, "right": float(sum(c.get(k, 0.0) for k in right)),
+            "wrong": float(sum(c.get(k, 0.0) for k in wrong))}

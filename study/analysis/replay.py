@@ -27,12 +27,9 @@ import pandas as pd
 from study.analysis import tuning
 from study.analysis.bank import Bank, planted
 from study.analysis.confirm import plan_confirm
-from study.analysis.decide import EITHER, INCONCLUSIVE, decide
+from study.analysis.decide import EITHER, INCONCLUSIVE, call_rates, decide
 from study.base.rows import COMPLETED, FAILED
 from study.base.space import MODE_KEY, Confirm, Space
-
-CALLS = ("2d", "3d", EITHER, INCONCLUSIVE)
-
 
 @dataclass(frozen=True)
 class ReplayDesign:
@@ -194,12 +191,8 @@ def replay_rates(bank: Bank, design: ReplayDesign, truth: ReplayTruth = AS_MEASU
         errs.append(err)
         trials.append(sum(sum(o["curve"]["runs"]) + sum(o["curve"]["diverged"]) for o in tuned.values())
                       + 2 * d.design["look"]["pairs"])
-    counts = pd.Series(calls).value_counts(normalize=True)
     return {"truth": truth.name, "n": n, "split": split,
-            "estimand": b.truth(c.modes, key, c.select),
-            **{k: float(counts.get(k, 0.0)) for k in CALLS},
-            "right": float(sum(counts.get(k, 0.0) for k in truth.right)),
-            "wrong": float(sum(counts.get(k, 0.0) for k in truth.wrong)),
+            "estimand": b.truth(c.modes, key, c.select), **call_rates(calls, truth.right, truth.wrong),
             "coverage": float(np.mean(cov)), "coverage_95": float(np.mean(cov95)),
             "tuning_coverage": float(np.mean(tcov)), "tuning_rms": float(np.sqrt(np.mean(np.square(errs)))),
             "trials": float(np.mean(trials))}

@@ -25,7 +25,7 @@ from posesplat.io import atomic_write
 from posesplat.modes import MODES as REGISTRY
 from study.analysis import tuning
 from study.analysis.bank import BankError, load_bank
-from study.analysis.decide import EITHER, INCONCLUSIVE, decide
+from study.analysis.decide import EITHER, INCONCLUSIVE, call_rates, decide
 from study.analysis.looks import common_share, looks_json, plan_looks
 from study.analysis.replay import ReplayDesign, replay_table
 from study.base.space import MODE_KEY, load_space
@@ -141,11 +141,7 @@ def rates(truth: Truth, seeds: int, frames: int, noise: Noise = Noise(), n: int 
         d = decide(per, trials, plan, report_all=False)
         calls.append(d.recommendation)
         covered += [e.lo <= truth.quality <= e.hi for e in d.quality.values()]
-    c = pd.Series(calls).value_counts(normalize=True)
-    return {"truth": truth.name, "seeds": seeds, "frames": frames, "n": n,
-            **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
-            "right": float(sum(c.get(k, 0.0) for k in truth.right)),
-            "wrong": float(sum(c.get(k, 0.0) for k in truth.wrong)),
+    return {"truth": truth.name, "seeds": seeds, "frames": frames, "n": n, **call_rates(calls, truth.right, truth.wrong),
             "coverage": float(np.mean(covered))}
 
 
@@ -279,11 +275,7 @@ def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise
         covered95.append(e95.lo <= land.estimand <= e95.hi)
         trials.append(sum(sum(o["curve"]["runs"]) + sum(o["curve"]["diverged"]) for o in tuned.values()))
         pairs.append(d.design["look"]["pairs"])
-    c = pd.Series(calls).value_counts(normalize=True)
-    return {"truth": land.name, "seeds": seeds, "frames": frames, "n": n,
-            **{k: float(c.get(k, 0.0)) for k in ("2d", "3d", EITHER, INCONCLUSIVE)},
-            "right": float(sum(c.get(k, 0.0) for k in land.right)),
-            "wrong": float(sum(c.get(k, 0.0) for k in land.wrong)),
+    return {"truth": land.name, "seeds": seeds, "frames": frames, "n": n, **call_rates(calls, land.right, land.wrong),
             "coverage": float(np.mean(covered)), "coverage_95": float(np.mean(covered95)),
             "tuning_trials": float(np.mean(trials)),
             "confirm_trials": 2 * float(np.mean(pairs)), "trials": float(np.mean(trials)) + 2 * float(np.mean(pairs)),
