@@ -88,7 +88,7 @@ def tuned_with_psnr(psnr_slope: float, seed: int = 0) -> dict:
     spec = load_space("comparison").scaled(False).confirm.tune
     rng = np.random.default_rng(seed)
     values = tuning.log_grid(spec.low, spec.high, spec.points)
-    runs = [tuning.Run(m, v, s, 0.8 - 0.004 * (i - 2) ** 2 + rng.normal(0, 0.015), 0,
+    runs = [tuning.TuningRun(m, v, s, 0.8 - 0.004 * (i - 2) ** 2 + rng.normal(0, 0.015), 0,
                        {"valid_heldout_psnr_fg": 16.0 + psnr_slope * i + rng.normal(0, 0.01)})
             for m in MODES for i, v in enumerate(values) for s in range(spec.seeds)]
     return tuning.summary(spec, MODES, runs)

@@ -29,7 +29,8 @@ def tune_rounds(spec: Tune, score, modes=("2d", "3d")) -> tuple[dict, list[dict]
         if not values:
             break
         rounds.append(values)
-        runs += [tuning.Run(m, v, s, score(v), r) for m, vs in values.items() for v in vs for s in range(spec.seeds)]
+        runs += [tuning.TuningRun(m, v, s, score(v), r)
+                 for m, vs in values.items() for v in vs for s in range(spec.seeds)]
     return tuning.summary(spec, modes, runs), rounds
 
 
@@ -229,7 +230,7 @@ def test_tuning_error_grows_with_the_selection_noise():
     def outcome(sd: float, per_seed: bool) -> dict:
         """Runs with noise of sd: a seed's own (the same at every value: the curve's shape exact) or each run's."""
         luck = rng.normal(0, sd, 2)
-        runs = [tuning.Run(m, v, s, planted(1.6e-2)(v) + (luck[s] if per_seed else rng.normal(0, sd)))
+        runs = [tuning.TuningRun(m, v, s, planted(1.6e-2)(v) + (luck[s] if per_seed else rng.normal(0, sd)))
                 for m in ("2d", "3d") for v in values for s in range(2)]
         return tuning.summary(Tune(low=4e-3, high=6.4e-2), ("2d", "3d"), runs)
 
@@ -319,7 +320,7 @@ def test_a_resolving_design_past_what_the_simulation_checked_says_so(cpu_design,
 
 def _precise_curve(score, values, seeds: int, sd: float, rng) -> dict:
     """A mode's JSON curve from `seeds` noisy runs per value of `score`."""
-    runs = [tuning.Run("2d", v, s, score(v) * (1 + rng.normal(0, sd))) for v in values for s in range(seeds)]
+    runs = [tuning.TuningRun("2d", v, s, score(v) * (1 + rng.normal(0, sd))) for v in values for s in range(seeds)]
     return tuning.summary(Tune(low=values[0], high=values[-1]), ("2d",), runs)["2d"]["curve"]
 
 

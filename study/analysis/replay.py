@@ -78,6 +78,7 @@ TRUTHS = [
     ReplayTruth("2D 5% worse", -0.05, 0.0, ("3d",), ("2d", EITHER)),
     ReplayTruth("2D 0.5% worse, 30% faster", -0.005, -0.3, ("2d",), ("3d",)),
     ReplayTruth("equal quality, 3D 30% cheaper", 0.0, 1 / 0.7 - 1, ("3d",), ("2d",)),
+    ReplayTruth("equal quality, equal cost", 0.0, 0.0, (EITHER, INCONCLUSIVE), ("2d", "3d")),
     ReplayTruth("2D 2.1% worse, 30% faster (border)", -0.021, -0.3, ("3d", INCONCLUSIVE), ("2d", EITHER)),
     ReplayTruth("2D 1.9% worse, 30% faster (border)", -0.019, -0.3, ("2d", INCONCLUSIVE), ("3d",)),
     ReplayTruth("2D 1.9% better, 3D 30% cheaper (border)", 0.019, 1 / 0.7 - 1, ("3d", INCONCLUSIVE), ("2d",)),
@@ -90,12 +91,12 @@ def replay_tuning(bank: Bank, design: ReplayDesign, seeds: Sequence[int]) -> dic
     its outcome (study.analysis.tuning.summary)."""
     spec, modes, select = design.confirm.tune, design.confirm.modes, design.confirm.select
     others = design.confirm.other_validation
-    runs: list[tuning.Run] = []
+    runs: list[tuning.TuningRun] = []
     for r in range(spec.max_widen + 1):
         values = tuning.next_values(spec, modes, runs)
         if not values:
             break
-        runs += [tuning.Run(m, v, s, bank.score(m, v, s, select), r, {k: bank.score(m, v, s, k) for k in others})
+        runs += [tuning.TuningRun(m, v, s, bank.score(m, v, s, select), r, {k: bank.score(m, v, s, k) for k in others})
                  for s in seeds for m, vs in values.items() for v in vs]
     return tuning.summary(spec, modes, runs)
 

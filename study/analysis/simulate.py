@@ -141,8 +141,8 @@ def rates(truth: Truth, seeds: int, frames: int, noise: Noise = Noise(), n: int 
         d = decide(per, trials, plan, report_all=False)
         calls.append(d.recommendation)
         covered += [e.lo <= truth.quality <= e.hi for e in d.quality.values()]
-    return {"truth": truth.name, "seeds": seeds, "frames": frames, "n": n, **call_rates(calls, truth.right, truth.wrong),
-            "coverage": float(np.mean(covered))}
+    return {"truth": truth.name, "seeds": seeds, "frames": frames, "n": n,
+            **call_rates(calls, truth.right, truth.wrong), "coverage": float(np.mean(covered))}
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def simulate_tuning(spec, land: Landscape, rng: np.random.Generator,
         values = tuning.next_values(spec, MODES, runs)
         if not values:
             break
-        runs += [tuning.Run(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + land.noise(rng, noise[1], v,
+        runs += [tuning.TuningRun(m, v, s, land.score(m, v, centre) * (1 + seed_luck[s] + land.noise(rng, noise[1], v,
                                                                                                centre)), r)
                  for m, vs in values.items() for v in vs for s in range(spec.seeds)]
     return tuning.summary(spec, MODES, runs)

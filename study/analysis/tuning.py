@@ -111,7 +111,7 @@ def unbracketed_reason(key: str, mode: str, side: str, c: Curve, widenings: int)
 
 
 @dataclass
-class Run:
+class TuningRun:
     """One tuning trial's outcome: NaN score when it diverged, failed or has no validation score."""
 
     mode: str
@@ -123,21 +123,21 @@ class Run:
     # quality metric's validation twin), for that metric's own tuning error
 
 
-def widenings(runs: Sequence[Run], mode: str) -> int:
+def widenings(runs: Sequence[TuningRun], mode: str) -> int:
     """Widening rounds `mode` has had: the rounds it trained in after the first."""
     return max(len({r.round for r in runs if r.mode == mode}) - 1, 0)
 
 
-def tried(runs: Sequence[Run], mode: str) -> list[float]:
+def tried(runs: Sequence[TuningRun], mode: str) -> list[float]:
     return sorted({r.value for r in runs if r.mode == mode})
 
 
-def mode_curve(runs: Sequence[Run], mode: str, maximize: bool = True) -> Curve:
+def mode_curve(runs: Sequence[TuningRun], mode: str, maximize: bool = True) -> Curve:
     rows = [r for r in runs if r.mode == mode]
     return curve([r.value for r in rows], [r.score for r in rows], maximize)
 
 
-def next_values(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool = True) -> dict[str, list[float]]:
+def next_values(spec, modes: Sequence[str], runs: Sequence[TuningRun], maximize: bool = True) -> dict[str, list[float]]:
     """The values each mode trains at in the next round: the first grid when nothing ran yet; then, for each mode
     whose choice is at an end and that has widened fewer than `spec.max_widen` times, `spec.widen_points` values
     beyond that end (never past a hard limit). An empty dict: tuning is done."""
@@ -154,7 +154,7 @@ def next_values(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool 
     return out
 
 
-def summary(spec, modes: Sequence[str], runs: Sequence[Run], maximize: bool = True,
+def summary(spec, modes: Sequence[str], runs: Sequence[TuningRun], maximize: bool = True,
             higher: Optional[dict[str, bool]] = None) -> dict:
     """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed, the widenings, the reason
     the decision must be inconclusive when it is not, and `others`: the curve of each other validation metric the

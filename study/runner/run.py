@@ -317,7 +317,7 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
     cbase, modes = confirm_config(space, base), list(space.confirm.modes)
     seeds = stage_seeds(TUNE_SEEDS, args.seed, spec.seeds)
     maximize = BY_NAME[space.confirm.select].higher_is_better is not False
-    runs: list[tuning.Run] = []
+    runs: list[tuning.TuningRun] = []
     for r in range(spec.max_widen + 1):
         store = study.child("tune", f"round{r}")
         plan = read_round_plan(store, args.repair)
@@ -367,7 +367,7 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
             if len(hit):
                 score = float(hit[select].iloc[-1])
                 extra = {k: float(hit[k].iloc[-1]) if k in hit else float("nan") for k in others}
-        runs.append(tuning.Run(t[MODE_KEY], float(t[key]), int(t["seed"]), score, plan["round"], extra))
+        runs.append(tuning.TuningRun(t[MODE_KEY], float(t[key]), int(t["seed"]), score, plan["round"], extra))
     return runs
 
 
