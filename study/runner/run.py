@@ -371,9 +371,10 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
     return runs
 
 
-def confirm_test_frames(space: Space, cbase: dict) -> int:
-    """How many test frames each confirm trial evaluates: the confirm cell's test split on the dataset, capped."""
-    cfg = make_config({**cbase, **space.confirm.cell}, "confirm config")
+def confirm_test_frames(cbase: dict) -> int:
+    """How many test frames each confirm trial evaluates: the confirm cell's test split on the dataset, capped
+    (`cbase`: confirm_config, the cell included)."""
+    cfg = make_config(cbase, "confirm config")
     frames = open_dataset(cfg.dataset).frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
     return len(evaluated_frames(frames, cfg.eval_cap("test")))
 
@@ -387,7 +388,7 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
     plan = read_confirm_plan(store, args.repair)
     if plan is None:
         try:
-            plan = plan_from_records(space, study, args.seed, confirm_test_frames(space, cbase), tuned)
+            plan = plan_from_records(space, study, args.seed, confirm_test_frames(cbase), tuned)
         except PlanError as e:
             raise StudyError(str(e)) from None
         check_replan(store, plan)
