@@ -251,6 +251,25 @@ def test_smoke_summary_matches_the_report(smoke_run):
         assert f"  {key}: 2d vs 3d " in out and (pct is None or pct in out)
 
 
+BOXES = "│╭╮╰╯─┌┐└┘"  # the box-drawing characters of Ray's trial and status tables
+
+
+def test_smoke_output_reads_like_a_tool(smoke_run):
+    """Piped, the command prints the study's own lines: one per trial end, one per stage, the decision; Ray's trial
+    boxes and status tables are in <study>/ray.log, which the first line names (issue 48)."""
+    study, out = smoke_run
+    lines = out.splitlines()
+    ended = [l for l in lines if ": trial " in l and (" ended (" in l or " failed (" in l)]
+    stages = [study, *sorted(study.glob("tune/round*")), study / "confirm"]
+    n = sum(pq.read_table(s / "trials.parquet").num_rows for s in stages if (s / "trials.parquet").exists())
+    assert len(lines) < 150 and len(ended) == n >= 4, out
+    assert not any(c in out for c in BOXES)
+    assert f"Ray's console output (trial boxes, status tables): {study / 'ray.log'} (--verbose shows it here)" in lines[:5]
+    assert any(l.startswith("decision: ") for l in lines) and f"TensorBoard: tensorboard --logdir {study}" in out
+    log = (study / "ray.log").read_text()
+    assert "Trial status" in log and any(c in log for c in BOXES)
+
+
 PLANTED = [0.5, 0.6, 0.1, 0.7]  # validation score by seed: some later trials better than earlier ones, one worse
 
 

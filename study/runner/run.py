@@ -41,6 +41,7 @@ from study.runner import _ray_compat, resources
 from study.runner._ray_compat import UnsupportedRay
 from study.runner.board import Names
 from study.runner.cluster import connect_ray, own_ray
+from study.runner.console import LOG_NAME, StageProgress, ray_output, ray_output_to, study_log
 from study.runner.interrupts import INTERRUPTED, RESUME, SAID, TERMINATED, signals_as_interrupt
 from study.runner.preflight import owner, study_plan
 from study.runner.search import (STATE_FORMAT, PerModeSearcher, PlannedSearcher, SchedulerState, StateError,
@@ -84,6 +85,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none); "
                                                          "re-running the same command also resumes")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own console output (its trial boxes and "
+                   "status tables) on screen instead of in <study>/ray.log")
     p.add_argument("--repair", action="store_true", help="recover a study whose study.json or Ray state is damaged, "
                                                          "as the error message says (damaged files are kept aside)")
     return p.parse_args(argv)
@@ -118,11 +121,15 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
             info["checkpoint_format"] = checkpoint.FORMAT
         info["runs"] = info.get("runs", 0) + 1
         study.write_json(info, "study.json")
-        connect_ray(args.address)
+        log = None if args.verbose else ray_log_path(study)
+        if log is not None:
+            print(f"Ray's console output (trial boxes, status tables): {log} (--verbose shows it here)", flush=True)
+        with ray_output_to(log):
+            connect_ray(args.address)
         clean_scratch()
         trainable = trainable_factory(args, space, gpu, gpu_mem, pixels, trial_fn)
         failed = None
-        with signals_as_interrupt():
+        with signals_as_interrupt(), study_log(log):
             try:
                 ended = run_explore(args, space, base, study, trainable)
                 info.setdefault("explore_finished", datetime.now(timezone.utc).isoformat())
@@ -140,6 +147,11 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
                 print(f"error: {failed}", file=sys.stderr)
                 return Outcome(study, 1)
             return Outcome(study, finish(study, not args.no_report))
+
+
+def ray_log_path(study: Store) -> Path:
+    """Where Ray's console output goes: `<study>/ray.log`, or beside the command for a study behind a URI."""
+    return Path(study.path(LOG_NAME)) if study.local else Path.cwd() / f"{study.name}.{LOG_NAME}"
 
 
 def all_failed(stage: str, statuses: dict[str, dict]) -> Optional[str]:
@@ -192,12 +204,13 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
         return sink.trials
     _ray_compat.defer_checkpoint_deletion()
     run_dir = join_uri(store.uri, "ray")
+    progress = StageProgress(label, searcher.total, len(sink.ended()))
     tuner = None
     if _ray_compat.can_resume(run_dir):  # not tune.Tuner.can_restore: see _ray_compat
         print(f"resuming the {label} stage in {store.uri}", flush=True)
         tuner = restore_or_set_aside(args, store, label, sink, lambda: _ray_compat.restore_tuner(
             run_dir, trainable, constants(sink.base),
-            lambda scheduler: study_callbacks(sink, scheduler, args.max_failures),
+            lambda scheduler: study_callbacks(sink, scheduler, args.max_failures, progress),
             args.max_failures, args.max_concurrent))
     elif sink.evidence():
         restore_or_set_aside(args, store, label, sink, None)
@@ -212,7 +225,7 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
                                         trial_dirname_creator=sink.names.dirname if sink.names else None),
             run_config=tune.RunConfig(
                 name="ray", storage_path=store.uri,
-                callbacks=study_callbacks(sink, scheduler, args.max_failures),
+                callbacks=study_callbacks(sink, scheduler, args.max_failures, progress),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 # the best-validation checkpoint and the latest (which Ray always keeps: resume starts from it)
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=searcher.metric,
@@ -222,7 +235,8 @@ def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher,
         )
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
     try:
-        results = tuner.fit()  # on Ctrl-C, SIGUSR1 or SIGTERM Tune saves its state and returns early
+        with ray_output():  # Ray's trial boxes and status tables into the study's ray.log (--verbose: on screen)
+            results = tuner.fit()  # on Ctrl-C, SIGUSR1 or SIGTERM Tune saves its state and returns early
     finally:  # Tune leaves its interrupt handlers installed: a later Ctrl-C would be swallowed
         for sig, h in handlers.items():
             signal.signal(sig, h)
@@ -413,8 +427,9 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
     return ended
 
 
-def study_callbacks(sink, scheduler, max_failures: int) -> list:
-    """The study's Tune callbacks, in a fixed order (Ray restores callback states by position)."""
+def study_callbacks(sink, scheduler, max_failures: int, progress: StageProgress) -> list:
+    """The study's Tune callbacks, in a fixed order (Ray restores callback states by position; the stateless
+    progress comes last, so a stage started before it existed resumes)."""
 
 
     # Ray's own result files (progress.csv, result.json: ExperimentAnalysis reads them), but not its TensorBoard
@@ -422,7 +437,7 @@ def study_callbacks(sink, scheduler, max_failures: int) -> list:
     # the TBX logger, so these two are listed here, after the study's (stateless: positions do not matter)
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return ([sink] + ([SchedulerState(scheduler)] if scheduler else []) + [TrialRetries(max_failures, sink)]
-            + [CSVLoggerCallback(), JsonLoggerCallback()])
+            + [CSVLoggerCallback(), JsonLoggerCallback(), progress])
 
 
 def finish(study: Store, report: bool) -> int:
@@ -441,6 +456,7 @@ def summary_and_report(study: Store, report: bool) -> int:
     study is behind a URI). Returns the exit status: 0 with a report (or none asked for), 1 when the report could
     not be written."""
     print(summary(study.uri, study.uri))
+    print(f"TensorBoard: tensorboard --logdir {study.uri}", flush=True)
     if study.local:
         return 1 if report and analyze.report([study.root]) else 0
     if not report:

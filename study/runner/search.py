@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from posesplat.io import strict_dumps
 from study.base.space import MODE_KEY, Space, trial_keys
 from study.runner import _ray_compat
+from study.runner.console import say
 from study.runner.resources import oom_resized
 from study.runner.sink import error_text, trial_resources
 
@@ -99,6 +100,7 @@ class PerModeSearcher(Searcher):
     def _fresh_inner(self) -> dict[str, Any]:
         """Per mode: an OptunaSearch with its own seeded TPE sampler, or a seeded generator (algo "random")."""
         inner: dict[str, Any] = {}
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" INFO lines: not the user's news
         for i, m in enumerate(self.space.modes):
             if self.algo == "optuna":
                 inner[m] = OptunaSearch(
@@ -354,8 +356,7 @@ class TrialRetries(Callback):
             return
         trial.update_resources({**need, "GPU": new})  # the trial is pending again: applied at its restart
         self.resized[trial.trial_id] = self.resized.get(trial.trial_id, 0) + 1
-        print(f"trial {trial.trial_id} ran out of GPU memory with {need['GPU']:g} of a GPU: retried with {new:g}",
-              flush=True)
+        say(f"trial {trial.trial_id} ran out of GPU memory with {need['GPU']:g} of a GPU: retried with {new:g}")
         if self.sink is not None:
             self.sink.note(trial, gpu_fraction=new, oom_retries=self.resized[trial.trial_id], oom_error=error)
 
