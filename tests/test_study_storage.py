@@ -16,7 +16,7 @@ import pytest
 
 from made_studies import add_confirm, make_study
 from study.runner.run import main
-from study.base.storage import Store, StudyError, StudyLock, join_uri
+from study.base.storage import Store, StudyError, StudyLock, is_uri, join_uri
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -136,3 +136,11 @@ def test_a_study_behind_a_uri_is_analysed_where_it_lies(s3, tmp_path, capsys):
     assert "behind a URI" in err and "--out" in err and len(err.splitlines()) == 1
     assert analyze([join_uri(uri, "nothing-here"), "--out", str(tmp_path / "c")]) == 2
     assert "no such study directory" in capsys.readouterr().err
+
+
+def test_one_test_says_where_a_location_lies(tmp_path):
+    """A URI names its filesystem by a scheme; a relative or absolute path, or a Path, is local (study.base.storage
+    is_uri, the one test that Store, joining, the loader, the renders and the preflight use)."""
+    assert all(is_uri(u) for u in ("s3://b/x?endpoint_override=h:9000", "file:///tmp/x", "gs://b", "hdfs://n/x"))
+    assert not any(is_uri(p) for p in ("studies", "/abs/studies", tmp_path, "./a:b"))
+    assert Store(tmp_path).local and join_uri("s3://b/x?k=v", "y") == "s3://b/x/y?k=v"

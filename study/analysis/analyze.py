@@ -15,13 +15,14 @@ from typing import Optional
 
 from study.analysis.load import AnalysisError, _study_dir, load_study, load_studies  # noqa: F401  (the public loading API)
 from study.analysis.report import write_report
+from study.base.storage import is_uri
 
 
 def default_out(paths: list[str]) -> Path:
     """`<study>/report` of a single local input; a combined report or a study behind a URI needs --out."""
     if len(paths) > 1:
         raise AnalysisError("several inputs: give --out DIR for the combined report")
-    if "://" in str(paths[0]):
+    if is_uri(paths[0]):
         raise AnalysisError(f"{paths[0]}: a study behind a URI is read where it lies; give --out DIR for the report "
                             f"(written on this machine)")
     return _study_dir(paths[0]) / "report"

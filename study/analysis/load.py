@@ -21,7 +21,7 @@ from posesplat import metrics as schema
 from posesplat.messages import parse_json
 from posesplat.modes import names as mode_names
 from posesplat.progress import Progress
-from study.base.storage import StorageError, Store, join_uri
+from study.base.storage import StorageError, Store, is_uri, join_uri
 from study.base.rows import SELECT
 from study.base.space import MODE_KEY
 
@@ -140,7 +140,7 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if not a_file and store.exists("trials.parquet"):
         trials = _read_table(store, "trials.parquet").to_pandas()
         if "checkpoint_path" in trials:  # relative to the stage folder since the study may have been moved
-            trials["checkpoint_path"] = [join_uri(store.uri, p) if isinstance(p, str) and "://" not in p
+            trials["checkpoint_path"] = [join_uri(store.uri, p) if isinstance(p, str) and not is_uri(p)
                                          and not p.startswith("/") else p for p in trials["checkpoint_path"]]
     if not a_file and store.exists("study.json"):
         info = parse_json(store.read_text("study.json"), join_uri(store.uri, "study.json"), AnalysisError)

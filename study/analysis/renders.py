@@ -24,6 +24,7 @@ from study.analysis.confirm import in_cell
 from study.analysis.plots import plt  # pyplot on the Agg backend, loaded at import (plots.py says why)
 from study.base.rows import SELECT
 from study.base.space import MODE_KEY
+from study.base.storage import is_uri
 
 N_FRAMES = 3  # test frames in the qualitative panel
 N_TURN = 24  # views of the turntable
@@ -34,7 +35,7 @@ TURN_PX = 256  # the turntable is rendered at least this tall (the model is 3D: 
 def inside(path: str, root: Optional[Path]) -> bool:
     """The local file `path`, links and `..` resolved, lies in the folder `root` (None: a study behind a URI, whose
     checkpoints stay remote)."""
-    return root is not None and "://" not in path and Path(path).resolve().is_relative_to(root.resolve())
+    return root is not None and not is_uri(path) and Path(path).resolve().is_relative_to(root.resolve())
 
 
 def warn(note: str) -> str:
@@ -56,7 +57,7 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
         rows = rows.sort_values(list(SELECT), ascending=False)
         for _, r in rows.iterrows():
             p = paths.get((r["study"], r["trial_id"]))
-            if isinstance(p, str) and "://" not in p and not inside(p, root):
+            if isinstance(p, str) and not is_uri(p) and not inside(p, root):
                 notes.append(warn(f"Qualitative renders of {mode} skipped: its checkpoint {p} lies outside the study "
                                   f"{root or '(behind a URI)'}; not followed."))
                 break

@@ -28,9 +28,15 @@ class StudyError(RuntimeError):
     """A study cannot start or continue; one line."""
 
 
+def is_uri(location: str | Path) -> bool:
+    """Whether `location` names its filesystem by a scheme (s3://, gs://, hdfs://, file://) rather than being a
+    local path: the one test of where a study, a dataset or a checkpoint lies."""
+    return "://" in str(location)
+
+
 def join_uri(base: str, *parts: str) -> str:
     """Append path parts to a local path or a URI, keeping its query (s3://b/p?endpoint_override=... + x)."""
-    if "://" not in base:
+    if not is_uri(base):
         return "/".join([base.rstrip("/"), *parts])
     u = urllib.parse.urlsplit(base)
     return urllib.parse.urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
@@ -45,7 +51,7 @@ class Store:
 
     def __init__(self, location: str | Path):
         location = str(location)
-        if "://" in location:
+        if is_uri(location):
             try:
                 self.fs, root = pafs.FileSystem.from_uri(location)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
@@ -67,7 +73,7 @@ class Store:
 
     def parent(self) -> "Store":
         """The folder holding this one (a URI keeps its query: s3://b/x/y?endpoint_override=... -> s3://b/x?...)."""
-        if "://" not in self.uri:
+        if not is_uri(self.uri):
             return Store(Path(self.root).parent)
         u = urllib.parse.urlsplit(self.uri)
         return Store(urllib.parse.urlunsplit(u._replace(path=u.path.rstrip("/").rsplit("/", 1)[0])))

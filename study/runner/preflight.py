@@ -21,7 +21,7 @@ from posesplat.data import open_dataset
 from posesplat.metrics import GEOMETRY_NAMES
 from study.base.records import dict_diff, read_study_json
 from study.base.space import Space, confirm_config, load_space, with_options
-from study.base.storage import StorageError, Store, StudyError
+from study.base.storage import StorageError, Store, StudyError, is_uri
 from study.runner import _ray_compat
 from study.runner.cluster import check_reachable, detect_gpu
 from study.runner.search import STATE_FORMAT
@@ -52,7 +52,7 @@ def study_plan(args: argparse.Namespace) -> Plan:
     notes = gpu_notes + notes
     base = dict(space.base_config)
     dataset = args.dataset or base.get("dataset") or "data/synthetic_mouse.zarr"
-    if "://" not in dataset:
+    if not is_uri(dataset):
         dataset = str(Path(dataset).resolve())
     study = Store(args.storage).child(args.name or space.name)
     if args.resume and not study.exists("study.json"):
@@ -162,7 +162,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 def check_writable(storage: str) -> None:
     """Refuse storage the driver cannot write to, before anything is created there."""
-    if "://" in storage:
+    if is_uri(storage):
         try:
             store = Store(storage)
             probe = f".probe-{os.getpid()}"
