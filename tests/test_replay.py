@@ -117,3 +117,15 @@ def test_the_tuning_error_draws_cover_the_realised_tuning_error_on_real_runs(ban
         lo, hi = np.quantile(draws, [0.025, 0.975])
         inside.append(lo <= tuning_error(bank, tuned, c.modes, c.quality[0], c.select) <= hi)
     assert np.mean(inside) >= 0.90, np.mean(inside)
+
+
+def test_the_designs_table_replays_each_design_the_bank_can_hold(capsys, tmp_path):
+    """bench.replay_designs prints one row per design (the shipped one first) and refuses a missing bank in one line."""
+    from bench.replay_designs import DESIGNS, main
+
+    assert main(["--replays", "4"]) == 0
+    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ") and "x" in l.split("|")[1]]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == [f"{k} x {p}" for k, p in DESIGNS]
+    assert main(["--bank", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err
