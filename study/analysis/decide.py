@@ -311,8 +311,9 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
         return r, f"{c} is worse than {r} by more than the {m} margin ({shown})"
     priced = cost is not None and cost.has_ci
     strict = {k: e.with_level(superiority(level)) for k, e in quality.items()}
+    reference_better = all(e.hi < 0 for e in strict.values())  # significantly, on every quality metric (3 and 7)
     if any(e.lo <= -margin for e in quality.values()):
-        if all(e.hi < 0 for e in strict.values()) and not (priced and cost.hi < -cost_margin):
+        if reference_better and not (priced and cost.hi < -cost_margin):
             return r, (f"{r} is significantly better on every quality metric ({c} vs {r}: {shown}) and {c} is not "
                        f"cheaper on the primary cost by more than {100 * cost_margin:g}% "
                        f"({cost.pct() if cost else 'n/a'}); {c} may be worse by more than the {m} margin")
@@ -331,7 +332,7 @@ def rule(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, co
                               f"seen from {r} ({shown}): {c} may be better by more than {m}")
     if all(e.lo > 0 for e in strict.values()):
         return c, f"{c} is significantly better than {r} on every quality metric ({shown}), though not cheaper"
-    if all(e.hi < 0 for e in strict.values()):
+    if reference_better:
         return r, (f"{c} is within the {m} margin ({shown}) but not cheaper, and {r} is significantly better on "
                    f"every quality metric")
     costs = (f"neither is cheaper on the primary cost by more than {100 * cost_margin:g}% "
