@@ -433,3 +433,34 @@ def test_a_signal_that_breaks_the_report_is_the_interrupt(tmp_path, monkeypatch)
             run.finish(Store(tmp_path), True)
     finally:
         INTERRUPTED.clear()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed KeyboardInterrupt
+def test_a_signal_a_finaliser_swallowed_is_the_interrupt(tmp_path, monkeypatch):
+    """A signal whose handler runs inside a __del__ (the garbage collector's, while the report is written): Python
+    prints "Exception ignored" and the report goes on to finish. The driver must still exit as interrupted (seen
+    once in the walk's report-SIGTERM-driver case as exit 0). SIGINT here: SIGTERM's watcher would end pytest."""
+    import gc
+    import os
+    import signal
+    from study.base.storage import Store
+    from study.runner import run
+    from study.runner.interrupts import INTERRUPTED, signals_as_interrupt
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, before __del__ returns
+
+    def report_with_a_finaliser(*args, **kwargs):
+        Finalised()
+        gc.collect()
+        return None  # the report was written
+
+    monkeypatch.setattr(run, "summary", lambda *args: "summary")
+    monkeypatch.setattr(run.analyze, "report", report_with_a_finaliser)
+    try:
+        with signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            run.finish(Store(tmp_path), True)
+        assert INTERRUPTED.is_set()
+    finally:
+        INTERRUPTED.clear()

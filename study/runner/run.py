@@ -442,13 +442,17 @@ def study_callbacks(sink, scheduler, max_failures: int, progress: StageProgress)
 
 def finish(study: Store, report: bool) -> int:
     """summary_and_report's exit status. A signal that breaks the report mid-way is the interrupt it is, whatever
-    error it caused (e.g. an extension's import it landed in): the same command resumes and writes the report."""
+    error it caused (e.g. an extension's import it landed in): the same command resumes and writes the report. So is
+    one whose KeyboardInterrupt Python swallowed ("Exception ignored in ...": it landed in a __del__)."""
     try:
-        return summary_and_report(study, report)
+        rc = summary_and_report(study, report)
     except Exception:
         if INTERRUPTED.is_set():
             raise KeyboardInterrupt from None
         raise
+    if INTERRUPTED.is_set():  # the handler's KeyboardInterrupt landed in a finaliser, which swallows it
+        raise KeyboardInterrupt
+    return rc
 
 
 def summary_and_report(study: Store, report: bool) -> int:
