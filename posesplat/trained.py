@@ -12,7 +12,7 @@ from posesplat.checkpoint import read as read_checkpoint
 from posesplat.config import Config, make_config
 from posesplat.data import MultiViewDataset, open_dataset
 from posesplat.model import PoseSplatter
-from posesplat.render import RenderOut, pick_backend, render
+from posesplat.render import Gaussians, RenderOut, pick_backend, render
 from posesplat.setup import build_model, prepare
 
 
@@ -31,23 +31,33 @@ def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config
 
 
 @functools.lru_cache(maxsize=4)
-def _opened(path: str) -> MultiViewDataset:
-    """A dataset opened (and validated) once for the frames rendered from it."""
+def opened_dataset(path: str) -> MultiViewDataset:
+    """A dataset opened (and validated) once for the frames reconstructed from it."""
     return open_dataset(path)
 
 
 @torch.no_grad()
+def reconstruct(model: PoseSplatter, cfg: Config, frame: int) -> Gaussians:
+    """The world-space Gaussians of `frame`, reconstructed from its observed views (the holdout views unseen)."""
+    ds = opened_dataset(cfg.dataset)
+    observed, _ = ds.view_split(cfg.holdout_views)
+    device = next(model.parameters()).device
+    b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
+    return model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
+
+
+@torch.no_grad()
+def render_gaussians(g: Gaussians, mode: str, cfg: Config, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
+                     height: int) -> RenderOut:
+    """Gaussians of a model trained on `cfg` rendered into cameras [V,4,4], [V,3,3] over the dataset's background."""
+    device = g.means.device
+    background = torch.tensor(opened_dataset(cfg.dataset).background, dtype=torch.float32, device=device)
+    return render(g, mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
+                  pick_backend(cfg.backend, device), background)
+
+
 def render_frame(
     model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
 ) -> RenderOut:
     """Reconstruct `frame` from its observed views and render it into arbitrary cameras [V,4,4], [V,3,3]."""
-    ds = _opened(cfg.dataset)
-    observed, _ = ds.view_split(cfg.holdout_views)
-    device = next(model.parameters()).device
-    b = {k: v.to(device) for k, v in ds.load(int(frame), observed, cfg.image_downsample).items()}
-    g = model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
-    background = torch.tensor(ds.background, dtype=torch.float32, device=device)
-    return render(
-        g, model.mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
-        pick_backend(cfg.backend, device), background,
-    )
+    return render_gaussians(reconstruct(model, cfg, frame), model.mode, cfg, viewmats, Ks, width, height)
