@@ -2,6 +2,7 @@
 that cover the planted difference, running/interrupted/one-sided/several studies, bad input refused with one line,
 renders from real checkpoints, and the HTML report rendered by headless Chromium with its images decoded."""
 
+import html
 import json
 import re
 import shutil
@@ -406,8 +407,37 @@ def test_panel_and_turntable_render_the_checkpoints(tmp_path, checkpoints, capfd
     assert all(f.max() > 50 for f in frames)  # the animal is in view from every side
 
 
-@pytest.mark.slow
+def test_comparison_video_and_splat_files(tmp_path, checkpoints):
+    """The video: one frame per test frame, three panels (truth, 3d, 2d) of equal size, a still beside it; the
+    splat files: one PLY per picked test frame and mode, in the models/ folder, said in a note."""
+    import imageio.v3 as iio
+
+    from posesplat.trained import load_checkpoint
+    from study.analysis import renders
+
+    rows = {m: pd.Series({"trial_id": f"t{m}", "lr": 3e-3, "epochs_run": 1}) for m in ("2d", "3d")}
+    models = {mode: (*load_checkpoint(checkpoints[mode], device="cpu"), rows[mode]) for mode in ("2d", "3d")}
+    _, frames, view = renders.test_frames(models)["3d"]
+    path, caption = renders.compare_video(models, tmp_path, "test_heldout_iou")
+    movie = iio.imread(path)
+    assert movie.shape == (len(frames), 304, 768, 3)
+    assert f"{len(frames)} consecutive test frames ({frames[0]} to {frames[-1]})" in caption and "IoU" in caption
+    assert "3d: trial t3d; 2d: trial t2d" in caption  # the reference first
+    ink = (movie[len(frames) // 2] < 200).any(axis=(0, 2))  # columns with anything drawn on the white figure
+    runs = np.flatnonzero(np.diff(np.r_[0, ink.astype(int), 0]))
+    widths = runs[1::2] - runs[::2]
+    assert len(widths) == 3 and widths.min() > 200, widths  # three panels side by side
+    assert iio.imread(tmp_path / "compare.png").shape == (304, 768, 3)
+    notes = renders.splat_files(models, tmp_path)
+    picks = renders.test_frames(models, renders.N_FRAMES)["2d"][1]
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "models").rglob("*.ply")) == sorted(
+        f"models/{m}/frame{k}.ply" for m in ("2d", "3d") for k in picks)
+    assert len(notes) == 1 and "models/2d/frame{" in notes[0] and "docs/export.md" in notes[0]
+
+
 def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, checkpoints):
+    """The report from real checkpoints: panel, turntables, splat files and the comparison video, which plays in
+    headless Chromium (about 7 s: in the default suite)."""
     import imageio.v3 as iio
 
     study = make_study(tmp_path, effect=0.0, seeds=range(3), cells=CELLS[:1])
@@ -429,9 +459,15 @@ def test_qualitative_panel_and_turntables_from_checkpoints(tmp_path, capsys, che
         assert gif[0].max() > 50  # the animal is in view
     page = (report / "report.html").read_text()
     assert page.count("data:image/gif;base64,") == 2 and "qualitative" in page
-    assert "geometry" in page
+    assert "geometry" in page and page.count("<video") == 1
+    movie = iio.imread(report / "compare.mp4")
+    assert len(movie) >= 2 and movie.shape[1:] == (304, 768, 3)
+    assert "![a frame of compare.mp4](compare.png)" in (report / "decision.md").read_text()
+    assert {p.parent.name for p in (report / "models").rglob("frame*.ply")} == {"2d", "3d"}
     if CHROMIUM:  # the renders decode in a browser too: 5 plots, the panel, the geometry panel, 2 turntables
-        assert open_in_chromium(report / "report.html", tmp_path)[:2] == (9, 9)
+        decoded, total, dom = open_in_chromium(report / "report.html", tmp_path)
+        assert (decoded, total) == (9, 9)
+        assert videos_played(dom) == [(4, len(movie) / 8)]  # HAVE_ENOUGH_DATA, 8 frames a second
 
 
 def test_geometry_figure_skipped_without_true_geometry(tmp_path, checkpoints, small_dataset):
@@ -480,10 +516,14 @@ def test_renders_skipped_with_a_note_when_checkpoints_are_gone(tmp_path, capsys)
 
 
 def open_in_chromium(page: Path, tmp_path: Path) -> tuple[int, int, str]:
-    """Open a report in headless Chromium: (images decoded, images on the page, the DOM after load)."""
+    """Open a report in headless Chromium: (images decoded, images on the page, the DOM after load). The DOM's
+    data-video attribute holds each video's readyState:duration once its data loaded or failed (videos_played)."""
     probe = ("<script>window.addEventListener('load', () => { const im = [...document.images];"
              "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0).length"
-             " + '/' + im.length); });</script>")
+             " + '/' + im.length); const v = [...document.querySelectorAll('video')];"
+             "Promise.all(v.map(x => x.readyState >= 2 ? 1 : new Promise(r => { x.addEventListener('loadeddata', r);"
+             " x.addEventListener('error', r); }))).then(() => document.body.setAttribute('data-video',"
+             " v.map(x => x.readyState + ':' + x.duration).join(','))); });</script>")
     test_page = tmp_path / "probe.html"
     test_page.write_text(page.read_text().replace("</body>", probe + "</body>"))
     r = subprocess.run(
@@ -494,6 +534,25 @@ def open_in_chromium(page: Path, tmp_path: Path) -> tuple[int, int, str]:
     decoded = re.search(r'data-decoded="(\d+)/(\d+)"', r.stdout)
     assert decoded, r.stderr[-2000:]
     return int(decoded.group(1)), int(decoded.group(2)), r.stdout
+
+
+def test_markdown_and_html_have_the_same_sections(tmp_path, capsys):
+    """decision.md and report.html come from one list of sections: the same headings in the same order."""
+    study = make_study(tmp_path, effect=0.05, seeds=range(3))
+    add_confirm(study, 0.0, -0.3)
+    assert run([study], capsys)[0] == 0
+    md = re.findall(r"^(#{2,3}) (.+)$", (study / "report" / "decision.md").read_text(), re.M)
+    page = re.findall(r"<h([23])[^>]*>(.+?)</h\1>", (study / "report" / "report.html").read_text())
+    assert [(len(h), t) for h, t in md] == [(int(h), html.unescape(t)) for h, t in page]
+    assert [t for _, t in md][:3] == ["Confirm stage (the decision)", "Explore stage (exploratory)", "Per cell"]
+    assert [t for _, t in md][-2:] == ["Notes", "Figures"]
+
+
+def videos_played(dom: str) -> list[tuple[int, float]]:
+    """(readyState, duration in seconds) of each video on a page open_in_chromium loaded."""
+    found = re.search(r'data-video="([^"]*)"', dom)
+    assert found, "the page's videos never loaded nor failed"
+    return [(int(r), float(d)) for r, d in (v.split(":") for v in found.group(1).split(",") if v)]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (Debian: apt-get install -y chromium)")

@@ -1,4 +1,5 @@
-"""Qualitative figures from checkpoints: held-out renders beside ground truth, and a turntable GIF per mode.
+"""Qualitative figures from checkpoints: held-out renders beside ground truth and a turntable GIF per mode (each
+mode's best trial); splat files and a side-by-side video over consecutive test frames (each mode's median trial).
 
 Needs `posesplat.trained.load_checkpoint` / `render_frame` and the dataset the trials trained on; anything missing
 is reported as a note and the figure skipped, never a crash of the analysis. Only checkpoints inside the study are
@@ -18,15 +19,19 @@ import torch
 
 from posesplat.checkpoint import CheckpointError
 from posesplat.data import open_dataset
+from posesplat.export import ExportError, exportable, file_name, write_splats
 from posesplat.progress import Progress
-from posesplat.trained import load_checkpoint, render_frame
+from posesplat.scores import image_metrics
+from posesplat.trained import load_checkpoint, reconstruct, render_frame
 from study.analysis.confirm import in_cell
 from study.analysis.plots import plt  # pyplot on the Agg backend, loaded at import (plots.py says why)
 from study.base.rows import SELECT
 from study.base.space import MODE_KEY
 from study.base.storage import is_uri
 
-N_FRAMES = 3  # test frames in the qualitative panel
+N_FRAMES = 3  # test frames in the qualitative panel (and the report's splat files)
+N_VIDEO = 48  # consecutive test frames in the comparison video, at most
+VIDEO_FPS = 8  # its playback rate (slow enough to follow one frame's errors)
 N_TURN = 24  # views of the turntable
 CHUNK = 8  # views rendered per call
 TURN_PX = 256  # the turntable is rendered at least this tall (the model is 3D: no upsampling of pixels)
@@ -44,17 +49,27 @@ def warn(note: str) -> str:
     return note
 
 
+def ranked(rows: pd.DataFrame, median_of: Optional[str] = None) -> pd.DataFrame:
+    """The order in which trials are tried for a mode's renders: best validation score first (SELECT); with
+    `median_of` (a test metric), the trial at the median of that metric first, then its neighbours outwards."""
+    if median_of is None:
+        return rows.sort_values(list(SELECT), ascending=False)
+    rows = rows[np.isfinite(rows[median_of].to_numpy(float))].sort_values([median_of, "trial_id"])
+    away = np.abs(np.arange(len(rows)) - (len(rows) - 1) / 2)  # a tie between two middles: the lower one first
+    return rows.iloc[np.lexsort((np.arange(len(rows)), away))]
+
+
 def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
-                     root: Optional[Path]) -> tuple[dict, list[str]]:
-    """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}) whose checkpoint file
-    exists in the study folder `root`; a mode whose trials point outside it is skipped with a warning."""
+                     root: Optional[Path], median_of: Optional[str] = None) -> tuple[dict, list[str]]:
+    """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}), or its median trial
+    by `median_of`, whose checkpoint file exists in the study folder `root`; a mode whose trials point outside it is
+    skipped with a warning."""
     if not len(trials) or "checkpoint_path" not in trials:
         return {}, ["Qualitative renders skipped: no trials.parquet with checkpoint paths."]
     paths = {(s, t): p for s, t, p in zip(trials["study"], trials["trial_id"], trials["checkpoint_path"])}
     picked, notes = {}, []
     for mode, cell in cells.items():
-        rows = in_cell(per_trial[per_trial[MODE_KEY] == mode], cell)
-        rows = rows.sort_values(list(SELECT), ascending=False)
+        rows = ranked(in_cell(per_trial[per_trial[MODE_KEY] == mode], cell), median_of)
         for _, r in rows.iterrows():
             p = paths.get((r["study"], r["trial_id"]))
             if isinstance(p, str) and not is_uri(p) and not inside(p, root):
@@ -65,7 +80,7 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
                 picked[mode] = (r, Path(p))
                 break
         else:
-            notes.append(f"Qualitative renders of {mode} skipped: no checkpoint file of its best cell's trials exists.")
+            notes.append(f"Qualitative renders of {mode} skipped: no checkpoint file of its cell's trials exists.")
     return picked, notes
 
 
@@ -104,9 +119,10 @@ def orbit(extrinsics: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
     return look_at(ring, np.asarray(centre, dtype=float))
 
 
-def test_picks(models: dict) -> dict:
-    """Per mode: (dataset, up to N_FRAMES evenly spaced test frames, the first held-out view); the frames are the
-    ones every mode tests when their splits share any (so the modes are shown side by side), else each mode's own."""
+def test_frames(models: dict, n: Optional[int] = None) -> dict:
+    """Per mode: (dataset, its test frames, the first held-out view). The frames are the ones every mode tests when
+    their splits share any (so the modes are shown side by side), else each mode's own; with `n`, up to n of them
+    evenly spaced."""
     tests = {}
     for mode, (cfg, model, _) in models.items():
         ds = open_dataset(cfg.dataset)
@@ -116,15 +132,16 @@ def test_picks(models: dict) -> dict:
     for mode, (cfg, _, _) in models.items():
         ds, frames = tests[mode]
         pool = common or sorted(map(int, frames))
-        picks = [pool[i] for i in np.linspace(0, len(pool) - 1, min(N_FRAMES, len(pool))).round().astype(int)]
+        if n is not None:
+            pool = [pool[i] for i in np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int)]
         _, held = ds.view_split(cfg.holdout_views)
-        picked[mode] = (ds, picks, held[0] if held else ds.n_views - 1)
+        picked[mode] = (ds, pool, held[0] if held else ds.n_views - 1)
     return picked
 
 
 def qualitative_panel(models: dict, out: Path) -> tuple[Path, str]:
     """Rows: test frames; per mode: ground truth | held-out render | |error| (shared colour scale)."""
-    picked = test_picks(models)
+    picked = test_frames(models, N_FRAMES)
     common = len({tuple(p) for _, p, _ in picked.values()}) == 1
     panels = []  # (frame, mode, gt, render) as float [H,W,3]
     for mode, (cfg, model, _) in Progress(models.items(), desc="qualitative renders", leave=False):
@@ -177,7 +194,7 @@ def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
     """Rows: test frames; columns: true depth, each mode's rendered depth, true normals, each mode's normals of the
     rendered depth (the definition the metrics compare), held-out view. None when the dataset has no true geometry
     (an imported recording, a synthetic store before format 2) or the modes test different frames."""
-    picked = test_picks(models)
+    picked = test_frames(models, N_FRAMES)
     (ds, picks, view), modes = next(iter(picked.values())), list(models)
     if (ds.geometry_note is not None or len({(tuple(p), v) for _, p, v in picked.values()}) > 1
             or len({cfg.image_downsample for cfg, _, _ in models.values()}) > 1):
@@ -244,13 +261,75 @@ def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int 
                   f"observed views and rendered from {n_views} cameras circling the animal.")
 
 
-def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path,
-                   root: Optional[Path]) -> tuple[list, list[str]]:
-    """The qualitative panel and turntables from the checkpoints in the study folder `root`, with notes on whatever
-    had to be skipped and why."""
-    picked, notes = pick_checkpoints(per_trial, trials, cells, root)
-    if not picked:
-        return [], notes
+def splat_files(models: dict, out: Path) -> list[str]:
+    """`models/<mode>/frame<k>.ply` in `out` (3DGS PLY, posesplat.export) for up to N_FRAMES test frames of each
+    mode, and a note saying what they are; a mode with no 3D extent gets a note instead."""
+    notes, written = [], {}
+    for mode, (ds, frames, _) in test_frames(models, N_FRAMES).items():
+        cfg, model, row = models[mode]
+        try:
+            exportable(mode)
+        except ExportError as e:
+            notes.append(f"No splat files of {mode}: {e}.")
+            continue
+        for k in frames:
+            write_splats(reconstruct(model, cfg, k), mode, out / "models" / mode / file_name(k, "ply"))
+        written[mode] = f"models/{mode}/frame{{{','.join(map(str, frames))}}}.ply (trial {row['trial_id']})"
+    if written:
+        notes.append(f"Splat files of each mode's median confirm trial, test frames in the world frame, for any 3DGS "
+                     f"viewer (docs/export.md): {'; '.join(written.values())}.")
+    return notes
+
+
+def compare_video(models: dict, out: Path, metric: str, n_max: int = N_VIDEO) -> Optional[tuple[Path, str]]:
+    """compare.mp4: one held-out view over up to n_max consecutive test frames, ground truth | each mode (the
+    reference first), with the frame number and each mode's IoU on the frame; compare.png, its middle frame (the
+    still decision.md shows). None when the modes test different frames, views or image sizes."""
+    picked = test_frames(models)
+    if len({(tuple(f), v) for _, f, v in picked.values()}) > 1 or \
+            len({cfg.image_downsample for cfg, _, _ in models.values()}) > 1:
+        return None
+    ds, frames, view = next(iter(picked.values()))
+    frames, modes = frames[:n_max], list(models)[::-1]
+    shots, seen = [], 0  # per frame: (title, image) per panel; where any panel shows the body
+    for f in Progress(frames, desc="comparison video", unit="frame", leave=False):
+        t = ds.load(f, [view], models[modes[0]][0].image_downsample)
+        h, w = t["images"].shape[1:3]
+        panels, seen = [(f"truth: frame {f}, view {view}", t["images"][0].numpy())], seen + t["masks"][0].numpy()
+        for mode in modes:
+            cfg, model, _ = models[mode]
+            r = render_frame(model, cfg, f, t["viewmats"], t["Ks"], w, h)
+            iou = image_metrics(r, t["images"].to(r.rgb.device), t["masks"].to(r.rgb.device))["iou"][0]
+            panels.append((f"{mode}: IoU {iou:.3f}", r.rgb[0].clamp(0, 1).cpu().numpy()))
+            seen = seen + (r.alpha[0] > 0.5).cpu().numpy()
+        shots.append(panels)
+    box = crop(seen > 0, margin=max(h, w) // 16)
+    fig, axes = plt.subplots(1, 1 + len(modes), figsize=(2.56 * (1 + len(modes)), 3.04), dpi=100)
+    for ax in axes:
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.04)
+    shown, movie = [], []
+    for panels in shots:
+        shown = shown or [ax.imshow(img[box], interpolation="nearest") for ax, (_, img) in zip(axes, panels)]
+        for im, ax, (title, img) in zip(shown, axes, panels):
+            im.set_data(img[box])
+            ax.set_title(title, fontsize=9)
+        fig.canvas.draw()
+        movie.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    path = out / "compare.mp4"
+    iio.imwrite(path, np.stack(movie), extension=".mp4", fps=VIDEO_FPS, codec="libx264", pixelformat="yuv420p",
+                macro_block_size=16)
+    iio.imwrite(path.with_suffix(".png"), movie[len(movie) // 2])
+    trials = "; ".join(f"{m}: trial {models[m][2]['trial_id']}" for m in modes)
+    return path, (f"Held-out view {view} over {len(frames)} consecutive test frames ({frames[0]} to {frames[-1]}), "
+                  f"{VIDEO_FPS} frames a second: ground truth, then each mode's median confirm trial by {metric} "
+                  f"({trials}) with its IoU on the frame (over the whole view; shown cropped to the body). Flicker and pose errors over time show here, not in a "
+                  f"single frame.")
+
+
+def load_models(picked: dict, notes: list[str]) -> dict:
+    """mode -> (config, model, trial row) of the picked checkpoints; one that cannot be loaded gets a note."""
     models = {}
     for mode, (row, path) in picked.items():
         try:
@@ -260,6 +339,30 @@ def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             note = f"Qualitative renders of {mode} skipped: {why if why.startswith(f'{path}:') else f'{path}: {why}'}"
             notes.append(warn(note) if isinstance(e, CheckpointError) else note)
+    return models
+
+
+def median_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path, root: Optional[Path],
+                   metric: str) -> tuple[list, list[str]]:
+    """From each mode's median confirm trial by `metric`: the splat files and the comparison video."""
+    picked, notes = pick_checkpoints(per_trial, trials, cells, root, median_of=metric)
+    models = load_models(picked, notes)
+    if len(models) < len(cells):
+        return [], notes
+    notes += splat_files(models, out)
+    video = compare_video(models, out, metric)
+    return [video] if video else [], notes + ([] if video else ["Comparison video skipped: the modes test "
+                                                                "different frames, views or image sizes."])
+
+
+def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path,
+                   root: Optional[Path]) -> tuple[list, list[str]]:
+    """The qualitative panel and turntables from the checkpoints in the study folder `root`, with notes on whatever
+    had to be skipped and why."""
+    picked, notes = pick_checkpoints(per_trial, trials, cells, root)
+    if not picked:
+        return [], notes
+    models = load_models(picked, notes)
     figs = []
     if models:
         try:

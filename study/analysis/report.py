@@ -13,7 +13,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -266,11 +266,12 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         head = [f"**Recommendation: {d.recommendation}** — {d.reason}.", "", *design_lines(d, plan)]
         if depends:
             head += ["", depends]
-        md = decision_markdown(modes, head, ctable, tables, multiplicity, notes, figures)
+        parts = sections(ctable, tables, multiplicity, notes, figures)
+        md = decision_markdown(modes, head, parts)
         (staging / "decision.md").write_text("\n".join(md) + "\n")
         (staging / "decision.json").write_text(json.dumps(d.to_json(), indent=1, allow_nan=False) + "\n")
         write_csv_tables(staging, ctable, tables, stages, cell)
-        (staging / "report.html").write_text(html_page(d, head, ctable, notes, tables, multiplicity, figures))
+        (staging / "report.html").write_text(html_page(d, head, parts))
         swap_folder(staging, out)  # prepare_out refused an `out` that is not a report directory
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -307,26 +308,62 @@ def report_figures(stages: Stages, d: Decision, plan: Optional[dict], staging: P
         return figures, ["Renders skipped (--no-renders)."]
     if plan is None or not len(stages.confirm_trials):
         return figures, []
-    from study.analysis.renders import render_figures  # deferred: torch and the renderer, only for renders
+    from study.analysis.renders import median_figures, render_figures  # deferred: torch and the renderer
 
-    made, why = render_figures(stages.confirm_trials, stages.confirm.trials, {m: plan["cell"] for m in modes},
-                               staging, stages.folder)
-    return figures + made, why + (["Renders show each mode's confirm trial with the best validation score, from "
-                                   "its last checkpoint: the epoch that was scored."] if made else [])
+    cells = {m: plan["cell"] for m in modes}
+    made, why = render_figures(stages.confirm_trials, stages.confirm.trials, cells, staging, stages.folder)
+    if not made:
+        return figures, why
+    video, more = median_figures(stages.confirm_trials, stages.confirm.trials, cells, staging, stages.folder,
+                                 plan["quality"][0])
+    return figures + made + video, why + more + [
+        "Renders show each mode's confirm trial with the best validation score (the splat files and the video: its "
+        "median trial), from its last checkpoint: the epoch that was scored."]
 
 
-def decision_markdown(modes, head: list[str], ctable: pd.DataFrame, tables: dict[str, pd.DataFrame],
-                      multiplicity: str, notes: list[str], figures: list[tuple[Path, str]]) -> list[str]:
-    """decision.md's lines: the recommendation and design, the confirm table, the explore tables, notes, figures."""
-    md = [f"# {report_title(modes)}", "", *head]
+@dataclass
+class Section:
+    """One part of the report below its head, written alike into decision.md and report.html (a section is added
+    to `sections` only)."""
+
+    title: str
+    level: int = 2
+    paragraphs: list[str] = field(default_factory=list)  # Markdown inline: **bold**, `code`
+    table: Optional[pd.DataFrame] = None
+    bullets: Optional[list[str]] = None  # a list, even empty, is shown as one
+    figures: Optional[list[tuple[Path, str]]] = None  # (file in the report, caption)
+    exploratory: bool = False  # greyed on the page: it decides nothing
+
+
+def sections(ctable: pd.DataFrame, tables: dict[str, pd.DataFrame], multiplicity: str, notes: list[str],
+             figures: list[tuple[Path, str]]) -> list[Section]:
+    """The report's sections in order: the confirm table, the explore tables, notes, figures."""
+    out = []
     if len(ctable):
-        md += ["", "## Confirm stage (the decision)", "", ctable.drop(columns="key").to_markdown(index=False)]
+        out.append(Section("Confirm stage (the decision)", table=ctable.drop(columns="key")))
     if tables:
-        md += ["", "## Explore stage (exploratory)", "", multiplicity]
-    for title, tbl in tables.items():
-        md += ["", f"### {title}", "", tbl.to_markdown(index=False)]
-    md += ["", "## Notes", "", *[f"- {n}" for n in notes]]
-    return md + ["", "## Figures", "", *[f"- `{p.name}`: {cap}" for p, cap in figures]]
+        out.append(Section("Explore stage (exploratory)", paragraphs=[multiplicity], exploratory=True))
+    out += [Section(title, 3, table=tbl, exploratory=True) for title, tbl in tables.items()]
+    return out + [Section("Notes", bullets=notes), Section("Figures", figures=figures)]
+
+
+def figure_markdown(path: Path, caption: str) -> list[str]:
+    """A figure's lines in decision.md: its name and caption; a video also its still (`<name>.png` beside it)."""
+    still = [f"  ![a frame of {path.name}]({path.with_suffix('.png').name})"] if path.suffix in VIDEO else []
+    return [f"- `{path.name}`: {caption}", *still]
+
+
+def decision_markdown(modes, head: list[str], parts: list[Section]) -> list[str]:
+    """decision.md's lines: the title, the recommendation and design, then each section."""
+    md = [f"# {report_title(modes)}", "", *head]
+    for sec in parts:
+        md += ["", f"{'#' * sec.level} {sec.title}"]
+        md += [line for p in sec.paragraphs for line in ("", p)]
+        md += ["", sec.table.to_markdown(index=False)] if sec.table is not None else []
+        md += ["", *[f"- {b}" for b in sec.bullets]] if sec.bullets is not None else []
+        md += ["", *[line for p, cap in sec.figures for line in figure_markdown(p, cap)]] if sec.figures is not None \
+            else []
+    return md
 
 
 def write_csv_tables(staging: Path, ctable: pd.DataFrame, tables: dict[str, pd.DataFrame], stages: Stages,
@@ -355,35 +392,44 @@ def report_title(modes) -> str:
     return f"{mode_label(modes[0])} vs {mode_label(modes[1])} Gaussian splatting: decision"
 
 
-def html_page(d: Decision, head: list[str], ctable: pd.DataFrame, notes: list[str], tables: dict[str, pd.DataFrame],
-              multiplicity: str, figures: list[tuple[Path, str]]) -> str:
-    """One self-contained page: banner, design, tables, notes and every figure embedded as a data URI."""
-    mime = {".png": "image/png", ".gif": "image/gif"}
-    figs = "".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:{mime[p.suffix]};base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(cap)}</figcaption></figure>'
-        for p, cap in figures if p.suffix in mime
-    )
+IMAGE = {".png": "image/png", ".gif": "image/gif"}  # figure suffix -> MIME type on the page
+VIDEO = {".mp4": "video/mp4"}
+
+
+def figure_html(path: Path, caption: str) -> str:
+    """A figure embedded as a data URI (the page is one self-contained file): an image, or a video that loops."""
+    data = f"data:{({**IMAGE, **VIDEO})[path.suffix]};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    shown = (f'<video controls loop muted playsinline src="{data}"></video>' if path.suffix in VIDEO
+             else f'<img alt="{html.escape(path.stem)}" src="{data}">')
+    return f"<figure>{shown}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def section_html(sec: Section) -> str:
+    """One section as HTML: heading, paragraphs, table, bullets, figures."""
+    grey = " class='explore'" if sec.exploratory else ""
+    parts = [f"<h{sec.level}{grey}>{html.escape(sec.title)}</h{sec.level}>",
+             *[f"<p{grey}>{_md_inline(p)}</p>" for p in sec.paragraphs]]
+    if sec.table is not None:
+        parts.append(sec.table.to_html(index=False, border=0))
+    if sec.bullets is not None:
+        parts.append("<ul>" + "".join(f"<li>{_md_inline(b)}</li>" for b in sec.bullets) + "</ul>")
+    parts += [figure_html(p, cap) for p, cap in sec.figures or [] if p.suffix in IMAGE or p.suffix in VIDEO]
+    return "".join(parts)
+
+
+def html_page(d: Decision, head: list[str], parts: list[Section]) -> str:
+    """One self-contained page: banner, design, then each section, every figure embedded as a data URI."""
     paras = [h for h in head if h]
-    parts = [
+    return "".join([
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report_title(d.modes))}"
         "</title><style>body{font-family:system-ui,sans-serif;max-width:1280px;margin:1em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;padding:3px 6px}"
-        "th{background:#eee;text-align:left}img{max-width:100%}figure{margin:1.5em 0}.rec{font-size:120%;padding:.6em;"
-        "background:#f4f4d0}.explore{color:#555}</style></head><body>",
+        "th{background:#eee;text-align:left}img,video{max-width:100%}figure{margin:1.5em 0}.rec{font-size:120%;"
+        "padding:.6em;background:#f4f4d0}.explore{color:#555}</style></head><body>",
         f"<h1>{html.escape(report_title(d.modes))}</h1>",
         f"<p class='rec'>{_md_inline(paras[0])}</p>", *[f"<p>{_md_inline(p)}</p>" for p in paras[1:]],
-    ]
-    if len(ctable):
-        parts += ["<h2>Confirm stage (the decision)</h2>", ctable.drop(columns="key").to_html(index=False, border=0)]
-    if tables:
-        parts += ["<h2 class='explore'>Explore stage (exploratory)</h2>",
-                  f"<p class='explore'>{html.escape(multiplicity)}</p>"]
-    for t, tbl in tables.items():
-        parts += [f"<h3 class='explore'>{html.escape(t)}</h3>", tbl.to_html(index=False, border=0)]
-    parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
-              f"<h2>Figures</h2>{figs}</body></html>"]
-    return "".join(parts)
+        *[section_html(sec) for sec in parts], "</body></html>",
+    ])
 
 
 def status_notes(tables: Tables, per_trial: pd.DataFrame, stage: str, modes: list[str]) -> list[str]:
