@@ -2,6 +2,7 @@
 and memory growth is read off the smallest and largest grid. Rows come from a real (tiny) CPU measurement where the
 code path allows it."""
 
+import pytest
 import torch
 
 from bench import render as bench_render
@@ -69,3 +70,25 @@ def test_tables_not_rerun_are_kept_with_the_date_they_were_measured(tmp_path, mo
     assert two.split("\n\n")[1] == "Measured 2026-11-25 10:16 UTC."
     assert bench_main.main(["--only", "1", "--out", str(out)]) == 0  # a second rerun keeps table 2's date
     assert out.read_text().split("\n## ")[2].split("\n\n")[1] == "Measured 2026-11-25 10:16 UTC."
+
+
+def test_trial_time_parts_are_exclusive_and_add_up():
+    """bench.trial_time's Clock: a wrapped call's part excludes the wrapped calls inside it, a label can follow the
+    enclosing call's, and the parts sum to the outer call's time."""
+    import time
+
+    from bench.trial_time import Clock, in_eval
+
+    clock = Clock()
+    inner = clock.wrap(lambda: time.sleep(0.02), in_eval("eval render", "train forward"))
+    step = clock.wrap(lambda: (time.sleep(0.01), inner()), "optimiser and checks")
+    evaluate = clock.wrap(lambda: (time.sleep(0.01), inner(), inner()), "evaluation (panels, tally)")
+    t0 = time.perf_counter()
+    step()
+    evaluate()
+    total = time.perf_counter() - t0
+    parts = dict(clock.parts)
+    assert parts["train forward"] == pytest.approx(0.02, abs=0.015)
+    assert parts["eval render"] == pytest.approx(0.04, abs=0.02)
+    assert parts["optimiser and checks"] == pytest.approx(0.01, abs=0.01)
+    assert sum(parts.values()) == pytest.approx(total, abs=1e-3)
