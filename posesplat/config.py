@@ -84,6 +84,10 @@ class Config(BaseModel):
     eval_valid_frames: Optional[int] = Field(
         None, ge=1, description="cap on valid frames evaluated, when it differs from eval_frames (null: eval_frames)")
     seed: int = Field(0, description="seeds the weights, frame order and view choice")
+    # --- resources ---
+    frames_in_memory_mb: float = Field(
+        1024, ge=0, description="decoded frames a run keeps in memory, every view downsampled (16 bytes a pixel, "
+        "32 with true geometry); beyond it frames are read from the store each time; 0: always read")
 
     def eval_cap(self, split: str) -> Optional[int]:
         """The cap on `split`'s evaluated frames: eval_valid_frames for the valid split where set, else eval_frames."""

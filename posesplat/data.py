@@ -48,6 +48,9 @@ class MultiViewDataset:
             raise DatasetError(f"{self.path}: no such dataset (make the default one with `python -m posesplat.synth`)")
         self.root = _open_group(self.path)
         self._validate()
+        self._arrays: dict[str, object] = {}  # the arrays frames are read from, opened once (_array)
+        self._kept: Optional[dict[tuple, dict[str, torch.Tensor]]] = None  # keep_in_memory's decoded frames
+        self._budget, self._used = 0, 0  # bytes
 
     # ------------------------------------------------------------------ validation
     def _err(self, array: str, problem: str) -> DatasetError:
@@ -238,6 +241,34 @@ class MultiViewDataset:
         return observed, held
 
     # ------------------------------------------------------------------ loading
+    def keep_in_memory(self, budget_mb: float) -> None:
+        """From now on `load` and `gt_geometry` decode every view of a frame once and keep it (downsampled), until
+        the kept tensors reach `budget_mb`; later frames are read from the store each time. A training run reads
+        each frame once instead of at every step and evaluation. The tensors returned are copies either way."""
+        self._kept, self._budget, self._used = {}, int(budget_mb * 2**20), 0
+
+    def _array(self, name: str):
+        """The zarr array at `name` ("images", "gt/depth"), looked up in the store once (a lookup costs about as
+        much as reading a small frame)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.root[name]
+        return self._arrays[name]
+
+    def kept_mb(self) -> float:
+        """Memory held by keep_in_memory's frames (MB)."""
+        return self._used / 2**20
+
+    def _remember(self, key: tuple, decode) -> dict[str, torch.Tensor]:
+        """The kept tensors of `key`, or `decode()`'s, kept while the budget allows."""
+        if key in self._kept:
+            return self._kept[key]
+        got = decode()
+        size = sum(t.nbytes for t in got.values())
+        if self._used + size <= self._budget:
+            self._kept[key] = got
+            self._used += size
+        return got
+
     def load(self, frame: int, views: Sequence[int], downsample: int = 1) -> dict[str, torch.Tensor]:
         """One frame's chosen views as float tensors, box-downsampled by an integer factor."""
         if not 0 <= frame < self.n_frames:
@@ -245,8 +276,18 @@ class MultiViewDataset:
         views = self._check_views(views, "images")
         if downsample < 1 or self.height < downsample or self.width < downsample:
             raise self._err("images", f"downsample {downsample} does not fit images of {self.height}x{self.width}")
-        img = self.root["images"][frame][views]  # [V, H, W, 3] uint8
-        msk = self.root["masks"][frame][views]
+        if self._kept is None:
+            return self._decode(frame, views, downsample)
+        every = self._remember(("images", frame, downsample),
+                               lambda: self._decode(frame, list(range(self.n_views)), downsample))
+        pick = torch.tensor(views)
+        return {**{k: every[k][pick] for k in ("images", "masks", "Ks", "viewmats")},
+                **{k: every[k].clone() for k in ("centre", "heading", "frame")}, "views": pick}
+
+    def _decode(self, frame: int, views: list[int], downsample: int) -> dict[str, torch.Tensor]:
+        """`load`'s tensors read from the store (views checked)."""
+        img = self._array("images")[frame][views]  # [V, H, W, 3] uint8
+        msk = self._array("masks")[frame][views]
         self._check_mask(msk, frame)
         images = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255)
         masks = torch.from_numpy(np.ascontiguousarray(msk)).float()
@@ -268,7 +309,7 @@ class MultiViewDataset:
         """Ground-truth primitives of a frame [P, 10] (docs/dataset.md), or None."""
         if not self.has_gt:
             return None
-        return np.asarray(self.root["gt"]["params"][frame])
+        return np.asarray(self._array("gt/params")[frame])
 
     def gt_geometry(self, frame: int, views: Sequence[int], downsample: int = 1) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """True z-depth [V, H, W] (m, 0 off the body) and outward world normals [V, H, W, 3] of a frame's views, box-
@@ -276,8 +317,17 @@ class MultiViewDataset:
         if self.geometry_note is not None:
             return None
         views = self._check_views(views, "gt/depth")
-        depth = torch.from_numpy(np.asarray(self.root["gt"]["depth"][frame][views], dtype=np.float32))
-        normal = torch.from_numpy(np.asarray(self.root["gt"]["normal"][frame][views], dtype=np.float32))
+        if self._kept is None:
+            return self._decode_geometry(frame, views, downsample)
+        every = self._remember(("gt", frame, downsample), lambda: dict(zip(
+            ("depth", "normal"), self._decode_geometry(frame, list(range(self.n_views)), downsample))))
+        pick = torch.tensor(views)
+        return every["depth"][pick], every["normal"][pick]
+
+    def _decode_geometry(self, frame: int, views: list[int], downsample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`gt_geometry`'s tensors read from the store (views checked)."""
+        depth = torch.from_numpy(np.asarray(self._array("gt/depth")[frame][views], dtype=np.float32))
+        normal = torch.from_numpy(np.asarray(self._array("gt/normal")[frame][views], dtype=np.float32))
         if downsample > 1:
             on = (depth > 0).float()[:, None]  # [V, 1, H, W]
             share = F.avg_pool2d(on, downsample).clamp_min(1e-12)

@@ -8,6 +8,7 @@ error and a Chamfer-style surface distance. Lengths are in the dataset's unit (m
 from __future__ import annotations
 
 import torch
+from scipy.spatial import KDTree
 from torch import Tensor
 
 from posesplat.render.project import depth_to_points
@@ -55,6 +56,7 @@ def surface_distance(pred: Tensor, true: Tensor) -> float:
     measures on DTU. Each side evenly subsampled to MAX_POINTS. NaN when either set is empty."""
     if not len(pred) or not len(true):
         return float("nan")
-    a, b = _subsample(pred.double()), _subsample(true.double())
-    d = torch.cdist(a, b)  # [N, M]
-    return float(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()))
+    a, b = (_subsample(p.double()).cpu().numpy() for p in (pred, true))
+    to_true, _ = KDTree(b).query(a)  # nearest-neighbour distances [N], exact (a k-d tree, not the N x M matrix)
+    to_pred, _ = KDTree(a).query(b)  # [M]
+    return float(0.5 * (to_true.mean() + to_pred.mean()))

@@ -104,6 +104,7 @@ def check_ell(cfg: Config, ds: MultiViewDataset, frames: np.ndarray, observed: l
 def prepare(cfg: Config, volume_idx: Optional[list[list[int]]] = None) -> Setup:
     """Open and validate the data, split frames and views, and derive the grid crop and image size."""
     ds = open_dataset(cfg.dataset)
+    ds.keep_in_memory(cfg.frames_in_memory_mb)
     frames = ds.frame_split(cfg.max_frames, cfg.frame_jump, cfg.split)
     observed, heldout = ds.view_split(cfg.holdout_views)
     ell = cfg.ell or ds.ell

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -185,11 +186,12 @@ def check_gradient(cfg: Config, norm: torch.Tensor, loss: torch.Tensor, where: s
         )
 
 
-def train_step(run: Run, frame: int, pick: torch.Tensor, step: int, where: str) -> dict[str, torch.Tensor]:
-    """One optimiser step on `frame` rendered into its observed views `pick`; returns the loss and its terms.
-    `step` counts the run's steps from 1 (2DGS's terms warm up by it); `where` names the step in errors."""
+def train_step(run: Run, b: dict[str, torch.Tensor], pick: torch.Tensor, step: int, where: str
+               ) -> dict[str, torch.Tensor]:
+    """One optimiser step on a frame's observed views `b` (load_frame), rendered into those of `pick`; returns the
+    loss and its terms. `step` counts the run's steps from 1 (2DGS's terms warm up by it); `where` names the step in
+    errors."""
     cfg, setup = run.cfg, run.setup
-    b = load_frame(setup, frame, setup.observed, cfg.image_downsample)
     g = run.model(b["images"], b["masks"], b["viewmats"], b["Ks"], b["centre"], b["heading"])
     dist_on, normal_on = geometry_terms(cfg, step, cfg.epochs * run.steps)
     out = render(
@@ -220,14 +222,19 @@ def train_epoch(run: Run, epoch: int, epochs: int, progress: bool) -> EpochRun:
     bar = Progress(range(run.steps), desc=f"{cfg.gaussian_mode} epoch {epoch}/{epochs}", disable=not progress,
                    leave=False)
     done = EpochRun(PeakMemory(run.setup.device))
-    with done.memory:
+    step_frame = lambda step: frames[int(order[step % len(frames)])]
+    load = lambda step: load_frame(run.setup, step_frame(step), run.setup.observed, cfg.image_downsample)
+    with done.memory, ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as ahead:
         t0 = time.perf_counter()
+        coming = ahead.submit(load, 0)  # the next step's frame is read while this one trains
         for step in bar:
-            frame = frames[int(order[step % len(frames)])]
+            frame, b = step_frame(step), coming.result()
+            if step + 1 < run.steps:
+                coming = ahead.submit(load, step + 1)
             pick = torch.randperm(len(run.setup.observed), generator=gen)[: cfg.views_per_step]
             where = f"epoch {epoch}, step {step + 1} (frame {int(frame)}, mode {cfg.gaussian_mode}, lr {cfg.lr:g})"
             try:
-                parts = train_step(run, frame, pick, (epoch - 1) * run.steps + step + 1, where)
+                parts = train_step(run, b, pick, (epoch - 1) * run.steps + step + 1, where)
             except torch.OutOfMemoryError as e:
                 raise oom_error(cfg, run.setup.device, e, f"training (epoch {epoch}, step {step + 1})") from e
             for k, v in parts.items():

@@ -147,3 +147,16 @@ def test_a_trained_debug_model_scores_its_documented_iou(tmp_path):
     cfg = cfg.model_copy(update={"dataset": str(store), "device": "cpu"})
     iou = train(cfg, progress=False)[-1]["test_heldout_iou"]
     assert abs(iou - documented_iou("3d")) <= IOU_BAND, iou
+
+
+def test_surface_distance_equals_brute_force():
+    """The k-d tree's nearest neighbours give the Chamfer distance of the full distance matrix (torch.cdist), with
+    the subsample above MAX_POINTS applied alike."""
+    from posesplat.geometry import MAX_POINTS, _subsample
+
+    g = torch.Generator().manual_seed(0)
+    for n, m in ((5, 9), (3000, 700), (MAX_POINTS + 900, MAX_POINTS * 2)):
+        a, b = torch.randn(n, 3, generator=g), torch.randn(m, 3, generator=g) + 0.3
+        d = torch.cdist(_subsample(a.double()), _subsample(b.double()))
+        brute = float(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()))
+        assert surface_distance(a, b) == pytest.approx(brute, rel=1e-12, abs=0)

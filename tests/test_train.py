@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,18 @@ def test_geometry_metrics_and_an_older_store(small_dataset, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "gt/depth" in line]
     assert err == [f"warning: {old}: format_version 1 has no gt/depth and gt/normal (added in format 2): geometry "
                    f"metrics are NaN; regenerate it with `python -m posesplat.synth --force`"]
+
+
+def test_frames_in_memory_train_and_score_as_reads_from_the_store(small_dataset, tmp_path):
+    """A run that keeps its frames in memory trains and scores exactly as one that reads every frame from the store
+    (frames_in_memory_mb 0): every metric but time, memory and the checkpoint's size equal, the weights equal."""
+    varying = {"epoch_time_s", "eval_time_s", "render_ms", "checkpoint_bytes", *PEAK_MEM.values()}
+    runs = {mb: train(tiny_config(small_dataset, frames_in_memory_mb=mb, eval_frames=3, epochs=2),
+                      ckpt_path=tmp_path / f"{mb}.pt", progress=False) for mb in (0, 1024)}
+    for a, b in zip(runs[0], runs[1024], strict=True):
+        assert a.keys() == b.keys()
+        for k in a.keys() - varying:
+            same = a[k] == b[k] if isinstance(a[k], str) else np.array_equal(a[k], b[k], equal_nan=True)
+            assert same, (k, a[k], b[k])
+    weights = [read_checkpoint(tmp_path / f"{mb}.pt")["model"] for mb in (0, 1024)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
