@@ -84,6 +84,12 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
     return picked, notes
 
 
+def failure(e: Exception) -> str:
+    """An error as one line of a note: its type and its message's first line."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -349,8 +355,14 @@ def median_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
     models = load_models(picked, notes)
     if len(models) < len(cells):
         return [], notes
-    notes += splat_files(models, out)
-    video = compare_video(models, out, metric)
+    try:
+        notes += splat_files(models, out)
+    except Exception as e:  # a disk that fills, a gsplat without its exporter: say so and go on
+        notes.append(f"Splat files skipped: {failure(e)}")
+    try:
+        video = compare_video(models, out, metric)
+    except Exception as e:  # e.g. an imageio-ffmpeg without its ffmpeg binary
+        return [], notes + [f"Comparison video skipped: {failure(e)}"]
     return [video] if video else [], notes + ([] if video else ["Comparison video skipped: the modes test "
                                                                 "different frames, views or image sizes."])
 
@@ -368,15 +380,15 @@ def render_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, o
         try:
             figs.append(qualitative_panel(models, out))
         except Exception as e:
-            notes.append(f"Qualitative panel skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+            notes.append(f"Qualitative panel skipped: {failure(e)}")
         try:
             geo = geometry_figure(models, out)
             figs += [geo] if geo else []
         except Exception as e:
-            notes.append(f"Geometry panel skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+            notes.append(f"Geometry panel skipped: {failure(e)}")
     for mode, (cfg, model, row) in models.items():
         try:
             figs.append(turntable(mode, cfg, model, row, out))
         except Exception as e:
-            notes.append(f"Turntable of {mode} skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+            notes.append(f"Turntable of {mode} skipped: {failure(e)}")
     return figs, notes
