@@ -96,11 +96,16 @@ def find_volume_idx(hulls: Tensor, margin: int = 2, multiple: int = 4) -> list[l
         other = tuple(a for a in range(3) if a != axis)
         idx = torch.nonzero(occupied.any(dim=other)).flatten()
         n = hulls.shape[axis]
-        lo, hi = max(int(idx.min()) - margin, 0), min(int(idx.max()) + 1 + margin, n)
-        while (hi - lo) % multiple and (hi - lo) < n:
-            if hi < n:
-                hi += 1
-            else:
-                lo -= 1
-        out.append([lo, hi])
+        out.append(widened(max(int(idx.min()) - margin, 0), min(int(idx.max()) + 1 + margin, n), n, multiple))
     return out
+
+
+def widened(lo: int, hi: int, n: int, multiple: int = 4) -> list[int]:
+    """The cell range [lo, hi) of an axis of n cells grown to a multiple of `multiple` cells (upwards while it can,
+    then downwards), or to the whole axis: the U-Nets halve a crop twice."""
+    while (hi - lo) % multiple and hi - lo < n:
+        if hi < n:
+            hi += 1
+        else:
+            lo -= 1
+    return [lo, hi]

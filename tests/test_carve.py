@@ -91,3 +91,17 @@ def test_a_view_that_lost_the_animal_has_no_say():
     lost = masks.clone()
     lost[0] = 0  # camera 0's segmentation lost the animal in this frame (as prep's tracking treats it)
     assert torch.equal(hull_of(lost, Es, K, H, W) > 0.5, two > 0.5) and float((two > 0.5).sum()) > 100
+
+
+def test_a_crop_range_is_widened_to_a_multiple_of_four_within_the_axis():
+    """find_volume_idx's and the importer's crops share `widened`: the range grows to a multiple of 4 cells, upwards
+    first, never past the axis, and keeps every cell it had; an axis too short stays whole."""
+    from posesplat.carve import widened
+
+    assert widened(3, 9, 32) == [3, 11]
+    assert widened(30, 32, 32) == [28, 32]  # at the top: grows downwards
+    assert widened(0, 31, 31) == [0, 31]  # the whole axis, not a multiple
+    for lo in range(0, 20):
+        for hi in range(lo + 1, 21):
+            a, b = widened(lo, hi, 20)
+            assert 0 <= a <= lo < hi <= b <= 20 and ((b - a) % 4 == 0 or (a, b) == (0, 20))

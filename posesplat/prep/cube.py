@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from posesplat.carve import widened
 from posesplat.prep.config import PrepConfig
 from posesplat.prep.errors import PrepError
 from posesplat.prep.track import REACH_DIRS
@@ -63,10 +64,5 @@ def crop_indices(boxes: list, grid_size: int, margin: int = 2, multiple: int = 4
     for ax in range(3):
         lo = max(min(b[ax][0] for b in boxes) - margin, 0)
         hi = min(max(b[ax][1] for b in boxes) + margin, grid_size)
-        while (hi - lo) % multiple and hi - lo < grid_size:
-            if hi < grid_size:
-                hi += 1
-            else:
-                lo -= 1
-        out.append([lo, hi])
+        out.append(widened(lo, hi, grid_size, multiple))
     return out
