@@ -130,7 +130,7 @@ def test_study_stops_at_a_settled_look(tmp_path, small_dataset, effect, looks_ru
     assert sorted(set(rows["seed"])) == plan["seeds"][: 3 * looks_run]
     from study.analysis.report import decision_of, read_stages
 
-    d, _ = decision_of(read_stages([study]), None)
+    d, _ = decision_of(read_stages([study]))
     assert d.design["look"]["index"] == looks_run and d.design["look"]["stopped_early"] == (looks_run == 1)
     if winner:
         assert d.recommendation == winner and d.n_pairs == 3
@@ -188,8 +188,8 @@ def test_kill_between_looks_resumes_to_the_same_verdict(tmp_path, small_dataset)
     assert len(rows) == 24 and not rows.duplicated(["trial_id", "epoch"]).any()
     from study.analysis.report import decision_of, read_stages
 
-    a, _ = decision_of(read_stages([tmp_path / "whole" / "looks"]), None)
-    b, _ = decision_of(read_stages([study]), None)
+    a, _ = decision_of(read_stages([tmp_path / "whole" / "looks"]))
+    b, _ = decision_of(read_stages([study]))
     assert (a.recommendation, a.design["look"], a.n_pairs) == (b.recommendation, b.design["look"], b.n_pairs)
     for k in a.quality:
         assert (a.quality[k].mean, a.quality[k].lo, a.quality[k].hi) == pytest.approx(

@@ -15,7 +15,7 @@ def stopped_early(study: Store) -> bool:
     """Whether the confirm stage's records settle the decision at an interim look (study.analysis.decide, the analysis's
     own rule: a pure function of the ended trials' records, so a resumed study stops at the same look)."""
     try:
-        d, _ = decision_of(read_stages([study.uri]), None)
+        d, _ = decision_of(read_stages([study.uri]))
     except AnalysisError:  # nothing scored yet
         return False
     return bool((d.design.get("look") or {}).get("stopped_early"))
@@ -25,7 +25,7 @@ def summary(study_dir: str | Path, name: str) -> str:
     """Trial counts per stage and the confirm stage's decision with its intervals: the numbers of the report."""
     try:
         stages = read_stages([study_dir])
-        d, _ = decision_of(stages, None)
+        d, _ = decision_of(stages)
     except AnalysisError as e:  # e.g. every trial failed before its first epoch
         return f"study {name}: {e}"
     info = next(iter(stages.explore.infos.values()), {}) if stages.explore else {}

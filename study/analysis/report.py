@@ -13,7 +13,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -103,7 +103,17 @@ def no_decision(reason: str, modes: list[str]) -> Decision:
     return Decision(INCONCLUSIVE, reason, modes, {}, None, {}, {}, 0, 0, {})
 
 
-def decision_of(stages: Stages, margin: Optional[float]) -> tuple[Decision, list[str]]:
+def with_margin(stages: Stages, margin: Optional[float]) -> tuple[Stages, list[str]]:
+    """The stages with `margin` in place of the confirm plan's, and the note that says the test is no longer the
+    planned one; as they are without a margin, a plan, or a change."""
+    if margin is None or stages.plan is None or math.isclose(margin, stages.plan["margin"]):
+        return stages, []
+    return replace(stages, plan={**stages.plan, "margin": margin}), [
+        f"--margin {margin:g} replaces the pre-specified margin {stages.plan['margin']:g} after the fact: this is no "
+        f"longer the planned test."]
+
+
+def decision_of(stages: Stages) -> tuple[Decision, list[str]]:
     """The confirm stage's decision (or why there is none) and notes on it."""
     notes: list[str] = []
     plan = stages.plan
@@ -111,10 +121,6 @@ def decision_of(stages: Stages, margin: Optional[float]) -> tuple[Decision, list
         return no_decision("the study has no confirm stage, so nothing is decided: the explore stage's tables are "
                            "exploratory (add a `confirm` block to the space, docs/search_spaces.md)",
                            list(stages.modes)), notes
-    if margin is not None and not math.isclose(margin, plan["margin"]):
-        notes.append(f"--margin {margin:g} replaces the pre-specified margin {plan['margin']:g} after the fact: "
-                     f"this is no longer the planned test.")
-        plan = {**plan, "margin": margin}
     if stages.confirm is None or stages.confirm_trials.empty:
         return no_decision("the confirm stage has not reported an evaluated trial yet (still running or "
                            "interrupted: run the study command again)", plan["modes"]), notes
@@ -244,12 +250,12 @@ def decision_plot_rows(d: Decision) -> list[tuple[str, float, float, float]]:
 def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = None, threshold: Optional[float] = None,
                  renders: bool = True) -> Decision:
     """Analyse the inputs and write the report directory (built aside, then swapped in)."""
-    stages = read_stages(paths, threshold)
+    stages, dnotes = with_margin(read_stages(paths, threshold), margin)
     per = stages.explore_trials
     if per.empty and stages.confirm_trials.empty:
         raise AnalysisError(f"{', '.join(map(str, paths))}: no trial has reached a validation epoch yet")
-    d, dnotes = decision_of(stages, margin)
-    plan = stages.plan if margin is None or stages.plan is None else {**stages.plan, "margin": margin}
+    d, more = decision_of(stages)
+    dnotes, plan = dnotes + more, stages.plan
     modes, cell = d.modes, stages.cell
     explore_notes = (status_notes(stages.explore, per, "explore", modes) if len(per) else
                      ["No explore-stage records were read: the report has no exploratory tables."])
