@@ -242,10 +242,12 @@ class MultiViewDataset:
 
     # ------------------------------------------------------------------ loading
     def keep_in_memory(self, budget_mb: float) -> None:
-        """From now on `load` and `gt_geometry` decode every view of a frame once and keep it (downsampled), until
-        the kept tensors reach `budget_mb`; later frames are read from the store each time. A training run reads
-        each frame once instead of at every step and evaluation. The tensors returned are copies either way."""
-        self._kept, self._budget, self._used = {}, int(budget_mb * 2**20), 0
+        """From now on `load` and `gt_geometry` decode every view of a frame once and keep it (downsampled), while
+        the kept tensors fit in `budget_mb`; other frames are read from the store each time, their chosen views
+        only, as without it (budget 0: always). A training run then reads each frame once instead of at every step
+        and evaluation. The tensors returned are copies either way."""
+        self._kept = {} if budget_mb > 0 else None
+        self._budget, self._used = int(budget_mb * 2**20), 0
 
     def _array(self, name: str):
         """The zarr array at `name` ("images", "gt/depth"), looked up in the store once (a lookup costs about as
@@ -258,16 +260,19 @@ class MultiViewDataset:
         """Memory held by keep_in_memory's frames (MB)."""
         return self._used / 2**20
 
-    def _remember(self, key: tuple, decode) -> dict[str, torch.Tensor]:
-        """The kept tensors of `key`, or `decode()`'s, kept while the budget allows."""
-        if key in self._kept:
-            return self._kept[key]
-        got = decode()
-        size = sum(t.nbytes for t in got.values())
-        if self._used + size <= self._budget:
-            self._kept[key] = got
-            self._used += size
-        return got
+    def _kept_frame(self, key: tuple, decode_all) -> Optional[dict[str, torch.Tensor]]:
+        """Every view of the frame `key` = (kind, frame, downsample): kept, or decoded by decode_all() and kept when
+        it fits in the budget (16 bytes a pixel and view: RGB and mask, or depth and normal); None when it does not
+        fit (the caller reads the views it needs)."""
+        if self._kept is None:
+            return None
+        if key not in self._kept:
+            pixels = (self.height // key[2]) * (self.width // key[2]) * self.n_views
+            if self._used + 16 * pixels > self._budget:
+                return None
+            self._kept[key] = decode_all()
+            self._used += sum(t.nbytes for t in self._kept[key].values())
+        return self._kept[key]
 
     def load(self, frame: int, views: Sequence[int], downsample: int = 1) -> dict[str, torch.Tensor]:
         """One frame's chosen views as float tensors, box-downsampled by an integer factor."""
@@ -276,10 +281,10 @@ class MultiViewDataset:
         views = self._check_views(views, "images")
         if downsample < 1 or self.height < downsample or self.width < downsample:
             raise self._err("images", f"downsample {downsample} does not fit images of {self.height}x{self.width}")
-        if self._kept is None:
+        every = self._kept_frame(("images", frame, downsample),
+                                 lambda: self._decode(frame, list(range(self.n_views)), downsample))
+        if every is None:
             return self._decode(frame, views, downsample)
-        every = self._remember(("images", frame, downsample),
-                               lambda: self._decode(frame, list(range(self.n_views)), downsample))
         pick = torch.tensor(views)
         return {**{k: every[k][pick] for k in ("images", "masks", "Ks", "viewmats")},
                 **{k: every[k].clone() for k in ("centre", "heading", "frame")}, "views": pick}
@@ -317,10 +322,10 @@ class MultiViewDataset:
         if self.geometry_note is not None:
             return None
         views = self._check_views(views, "gt/depth")
-        if self._kept is None:
-            return self._decode_geometry(frame, views, downsample)
-        every = self._remember(("gt", frame, downsample), lambda: dict(zip(
+        every = self._kept_frame(("gt", frame, downsample), lambda: dict(zip(
             ("depth", "normal"), self._decode_geometry(frame, list(range(self.n_views)), downsample))))
+        if every is None:
+            return self._decode_geometry(frame, views, downsample)
         pick = torch.tensor(views)
         return every["depth"][pick], every["normal"][pick]
 

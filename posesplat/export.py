@@ -91,14 +91,17 @@ def file_name(frame: int, fmt: str) -> str:
 
 
 def parse_frames(text: str, n_frames: int) -> range:
-    """`A:B` (frames A to B-1, as in Python), `A:` (to the end) or `K` (one frame), checked against the dataset's
-    n_frames."""
-    head, colon, tail = text.partition(":")
+    """`A:B` (frames A to B-1, as in Python), `A:` (to the end), `:B` (from frame 0) or `K` (one frame), checked
+    against the dataset's n_frames."""
+    head, colon, tail = text.strip().partition(":")
     try:
-        start = int(head) if head else 0
-        stop = (int(tail) if tail else n_frames) if colon else start + 1
+        if not colon:
+            start = int(head)
+            stop = start + 1
+        else:
+            start, stop = int(head) if head else 0, int(tail) if tail else n_frames
     except ValueError:
-        raise ExportError(f"--frames {text!r}: expected A:B (frames A to B-1), A: or K, in whole numbers") from None
+        raise ExportError(f"--frames {text!r}: expected A:B (frames A to B-1), A:, :B or K, in whole numbers") from None
     if not 0 <= start < stop <= n_frames:
         raise ExportError(f"--frames {text!r}: the dataset has frames 0 to {n_frames - 1}; the range must be "
                           f"non-empty and lie within them")
@@ -128,7 +131,7 @@ def export_frames(checkpoint: str | Path, frames: str, fmt: str, out: Path, devi
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m posesplat.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a trained model's checkpoint.pt (python -m posesplat.train, or a study's trial)")
-    p.add_argument("--frames", required=True, help="A:B (frames A to B-1 of the checkpoint's dataset), A: or K")
+    p.add_argument("--frames", required=True, help="A:B (frames A to B-1 of the checkpoint's dataset), A:, :B or K")
     p.add_argument("--format", default="ply", help=f"one of {', '.join(FORMATS)} (default ply)")
     p.add_argument("--out", required=True, type=Path, help="folder for the files (created if missing)")
     p.add_argument("--device", help="cpu or cuda (default: the checkpoint's config)")

@@ -7,6 +7,7 @@ error and a Chamfer-style surface distance. Lengths are in the dataset's unit (m
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.spatial import KDTree
 from torch import Tensor
@@ -57,6 +58,8 @@ def surface_distance(pred: Tensor, true: Tensor) -> float:
     if not len(pred) or not len(true):
         return float("nan")
     a, b = (_subsample(p.double()).cpu().numpy() for p in (pred, true))
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # a diverged render: NaN, as a distance matrix gives
+        return float("nan")
     to_true, _ = KDTree(b).query(a)  # nearest-neighbour distances [N], exact (a k-d tree, not the N x M matrix)
     to_pred, _ = KDTree(a).query(b)  # [M]
     return float(0.5 * (to_true.mean() + to_pred.mean()))

@@ -92,3 +92,21 @@ def test_trial_time_parts_are_exclusive_and_add_up():
     assert parts["eval render"] == pytest.approx(0.04, abs=0.02)
     assert parts["optimiser and checks"] == pytest.approx(0.01, abs=0.01)
     assert sum(parts.values()) == pytest.approx(total, abs=1e-3)
+
+
+def test_trial_time_counts_another_threads_calls_apart():
+    """A wrapped call from another thread (the read-ahead) neither enters nor disturbs the main thread's parts."""
+    import threading
+    import time
+
+    from bench.trial_time import AHEAD, Clock
+
+    clock = Clock()
+    read = clock.wrap(lambda: time.sleep(0.03), "data")
+    step = clock.wrap(lambda: time.sleep(0.05), "train forward")
+    ahead = threading.Thread(target=read)
+    ahead.start()
+    step()
+    ahead.join()
+    assert clock.parts[AHEAD] == pytest.approx(0.03, abs=0.02)
+    assert clock.parts["train forward"] == pytest.approx(0.05, abs=0.02) and clock.parts.get("data", 0.0) == 0.0

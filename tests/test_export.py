@@ -105,6 +105,7 @@ def test_bad_input_is_one_line_and_nothing_written(checkpoints, tmp_path, capsys
     refused([ck, "--frames", "20:99", "--out", str(out)], capsys, says="the dataset has frames 0 to 23")
     refused([ck, "--frames", "3:3", "--out", str(out)], capsys, says="must be non-empty")
     refused([ck, "--frames", "a:b", "--out", str(out)], capsys, says="expected A:B")
+    refused([ck, "--frames", "", "--out", str(out)], capsys, says="expected A:B")
     refused([ck, "--frames", "0:2", "--format", "obj", "--out", str(out)], capsys, says="--format 'obj': unknown")
     refused([str(checkpoints["2d_screen"]), "--frames", "0:2", "--out", str(out)], capsys,
             says="mode '2d_screen': its Gaussians are ellipses drawn in each image")

@@ -160,3 +160,5 @@ def test_surface_distance_equals_brute_force():
         d = torch.cdist(_subsample(a.double()), _subsample(b.double()))
         brute = float(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()))
         assert surface_distance(a, b) == pytest.approx(brute, rel=1e-12, abs=0)
+    a[0, 1] = float("nan")  # a diverged render's point: NaN, as the distance matrix gives, not an error
+    assert math.isnan(surface_distance(a, b))

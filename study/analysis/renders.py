@@ -8,6 +8,7 @@ read (its trials.parquet may point anywhere), and they load without unpickling (
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,13 +60,13 @@ def ranked(rows: pd.DataFrame, median_of: Optional[str] = None) -> pd.DataFrame:
     return rows.iloc[np.lexsort((np.arange(len(rows)), away))]
 
 
-def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
-                     root: Optional[Path], median_of: Optional[str] = None) -> tuple[dict, list[str]]:
+def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, root: Optional[Path],
+                     median_of: Optional[str] = None, what: str = "Qualitative renders") -> tuple[dict, list[str]]:
     """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}), or its median trial
     by `median_of`, whose checkpoint file exists in the study folder `root`; a mode whose trials point outside it is
-    skipped with a warning."""
+    skipped with a warning. The notes name `what` was skipped."""
     if not len(trials) or "checkpoint_path" not in trials:
-        return {}, ["Qualitative renders skipped: no trials.parquet with checkpoint paths."]
+        return {}, [f"{what} skipped: no trials.parquet with checkpoint paths."]
     paths = {(s, t): p for s, t, p in zip(trials["study"], trials["trial_id"], trials["checkpoint_path"])}
     picked, notes = {}, []
     for mode, cell in cells.items():
@@ -73,14 +74,14 @@ def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict,
         for _, r in rows.iterrows():
             p = paths.get((r["study"], r["trial_id"]))
             if isinstance(p, str) and not is_uri(p) and not inside(p, root):
-                notes.append(warn(f"Qualitative renders of {mode} skipped: its checkpoint {p} lies outside the study "
+                notes.append(warn(f"{what} of {mode} skipped: its checkpoint {p} lies outside the study "
                                   f"{root or '(behind a URI)'}; not followed."))
                 break
             if isinstance(p, str) and Path(p).is_file():
                 picked[mode] = (r, Path(p))
                 break
         else:
-            notes.append(f"Qualitative renders of {mode} skipped: no checkpoint file of its cell's trials exists.")
+            notes.append(f"{what} of {mode} skipped: no checkpoint file of its cell's trials exists.")
     return picked, notes
 
 
@@ -330,12 +331,13 @@ def compare_video(models: dict, out: Path, metric: str, n_max: int = N_VIDEO) ->
     trials = "; ".join(f"{m}: trial {models[m][2]['trial_id']}" for m in modes)
     return path, (f"Held-out view {view} over {len(frames)} consecutive test frames ({frames[0]} to {frames[-1]}), "
                   f"{VIDEO_FPS} frames a second: ground truth, then each mode's median confirm trial by {metric} "
-                  f"({trials}) with its IoU on the frame (over the whole view; shown cropped to the body). Flicker and pose errors over time show here, not in a "
-                  f"single frame.")
+                  f"({trials}) with its IoU on the frame (over the whole view; shown cropped to the body). Flicker and "
+                  f"pose errors over time show here, not in a single frame.")
 
 
-def load_models(picked: dict, notes: list[str]) -> dict:
-    """mode -> (config, model, trial row) of the picked checkpoints; one that cannot be loaded gets a note."""
+def load_models(picked: dict, notes: list[str], what: str = "Qualitative renders") -> dict:
+    """mode -> (config, model, trial row) of the picked checkpoints; one that cannot be loaded gets a note saying
+    `what` was skipped."""
     models = {}
     for mode, (row, path) in picked.items():
         try:
@@ -343,21 +345,24 @@ def load_models(picked: dict, notes: list[str]) -> dict:
             models[mode] = (cfg, model, row)
         except Exception as e:  # a foreign checkpoint, a dataset that moved: say so and go on
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            note = f"Qualitative renders of {mode} skipped: {why if why.startswith(f'{path}:') else f'{path}: {why}'}"
+            note = f"{what} of {mode} skipped: {why if why.startswith(f'{path}:') else f'{path}: {why}'}"
             notes.append(warn(note) if isinstance(e, CheckpointError) else note)
     return models
 
 
 def median_figures(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, out: Path, root: Optional[Path],
                    metric: str) -> tuple[list, list[str]]:
-    """From each mode's median confirm trial by `metric`: the splat files and the comparison video."""
-    picked, notes = pick_checkpoints(per_trial, trials, cells, root, median_of=metric)
-    models = load_models(picked, notes)
+    """From each mode's median confirm trial by `metric`: the splat files and the comparison video (notes say what
+    was skipped: both, where a mode's median checkpoint is missing)."""
+    what = "Splat files and the comparison video"
+    picked, notes = pick_checkpoints(per_trial, trials, cells, root, median_of=metric, what=what)
+    models = load_models(picked, notes, what)
     if len(models) < len(cells):
         return [], notes
     try:
         notes += splat_files(models, out)
-    except Exception as e:  # a disk that fills, a gsplat without its exporter: say so and go on
+    except Exception as e:  # a disk that fills, a gsplat without its exporter: say so, leave no partial files
+        shutil.rmtree(out / "models", ignore_errors=True)
         notes.append(f"Splat files skipped: {failure(e)}")
     try:
         video = compare_video(models, out, metric)

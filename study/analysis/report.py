@@ -323,8 +323,8 @@ def report_figures(stages: Stages, d: Decision, plan: Optional[dict], staging: P
     video, more = median_figures(stages.confirm_trials, stages.confirm.trials, cells, staging, stages.folder,
                                  plan["quality"][0])
     return figures + made + video, why + more + [
-        "Renders show each mode's confirm trial with the best validation score (the splat files and the video: its "
-        "median trial), from its last checkpoint: the epoch that was scored."]
+        "The qualitative and geometry panels and the turntables show each mode's confirm trial with the best "
+        "validation score, from its last checkpoint: the epoch that was scored."]
 
 
 @dataclass
