@@ -171,7 +171,7 @@ def test_a_new_mode_trains_and_the_study_takes_it(iso, small_dataset):
     assert refitted[iso].per_kvoxel_mb > 0 and resources.peak_mb(iso, 32, model=refitted) == pytest.approx(
         refitted[iso].base_mb + refitted[iso].per_kvoxel_mb * 32.768 + refitted[iso].per_kpixel_mb * PAPER_KPIX)
     assert resources.change_line(iso, fitted.get(iso), refitted[iso]).startswith("  3d_iso: new, base ")
-    from study.analysis.report import report_title
+    from study.analysis.page import report_title
 
     assert report_title([iso, "3d"]) == "isotropic 3D vs 3D Gaussian splatting: decision"
     g, f = make_scene(iso, 200, 64, torch.device("cpu"))
