@@ -49,7 +49,7 @@ def machine(date: str) -> str:
                 break
     except OSError:
         pass
-    import gsplat
+    import gsplat  # deferred: its version for the machine line only
 
     gpu = "none"
     if torch.cuda.is_available():

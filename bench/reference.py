@@ -58,9 +58,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def run_one(cfg: dict) -> dict:
     """Train one configuration in this process (one thread); the last epoch's decision metrics. A run whose loss
     diverges is a result, as in the study's tuning (its scores NaN, its error kept), not a crash of the bank."""
-    import torch
+    import torch  # deferred: torch and the model load in the spawned workers, not in the driver
 
-    from posesplat.train import NonFiniteLossError, train
+    from posesplat.train import NonFiniteLossError, train  # deferred: as torch, in the workers only
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -180,10 +180,10 @@ def shared_luck(runs: list[dict], modes: list[str], key: str = "test_heldout_iou
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: only for the figure, after the runs
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the Agg backend
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in res["modes"]:

@@ -55,7 +55,7 @@ def comparison_cell_space(epochs: int, samples: int) -> dict:
 
 def run_study(space: dict, storage: Path, dataset: str) -> dict:
     """Run `python -m study.run` on `space`; its wall times, metrics and trials."""
-    from study.analysis.load import load_study
+    from study.analysis.load import load_study  # deferred: the analysis only once a study has run
 
     path = storage / f"{space['name']}.json"
     path.write_text(json.dumps(space))
@@ -94,7 +94,7 @@ def sequential_baseline(configs: list[tuple[Config, int]]) -> float:
 
 def best_per_mode(metrics: pd.DataFrame) -> dict[str, tuple[float, int]]:
     """(lr, seed) of each mode's trial with the highest held-out validation IoU at its last epoch."""
-    from study.analysis.load import trial_summary
+    from study.analysis.load import trial_summary  # deferred: as load_study above
 
     best = {m: r.sort_values("valid_heldout_iou").iloc[-1] for m, r in trial_summary(metrics).groupby(MODE_KEY)}
     return {m: (round(float(b["lr"]), 6), int(b["seed"])) for m, b in best.items()}

@@ -84,9 +84,9 @@ def in_eval(eval_label: str, train_label: str) -> Callable[[Optional[str]], str]
 def instrument(clock: Clock) -> None:
     """Wrap the functions a trial spends its time in (those of the code on sys.path; a name an older tree lacks is
     skipped)."""
-    import torch
+    import torch  # deferred: the worker's modules come from the tree under test (PYTHONPATH)
 
-    from posesplat import data, model, scores, train
+    from posesplat import data, model, scores, train  # deferred: the tree under test's modules
 
     patches = [
         (train, "prepare", "setup"), (train, "build_model", "setup"), (train, "make_optimizer", "setup"),
@@ -109,7 +109,7 @@ def instrument(clock: Clock) -> None:
 
 def trial_config(mode: str, dataset: str, gpu: bool = False) -> dict:
     """The confirm-cell trial of the CPU design, or of the GPU design on CUDA (bench.reference's construction)."""
-    from study.base.space import confirm_trial_config, load_space
+    from study.base.space import confirm_trial_config, load_space  # deferred: the tree under test's
 
     space = load_space("comparison").scaled(gpu)
     base = {**space.base_config, "dataset": dataset, "epochs": space.max_epochs, "device": "cuda" if gpu else "cpu"}
@@ -120,10 +120,10 @@ def worker(mode: str, trials: int, dataset: str, gpu: bool = False) -> dict:
     """In this process: one warm-up trial (timed whole: the first trial of a fresh process), then `trials` timed
     trials with their split; returns {"first_s", "import_s", "trials": [{part: s, "total": s}]}."""
     t0 = time.perf_counter()
-    import torch
+    import torch  # deferred: timed as the worker's import cost, from the tree under test
 
-    from posesplat.config import make_config
-    from posesplat.train import train
+    from posesplat.config import make_config  # deferred: as torch
+    from posesplat.train import train  # deferred: as torch
 
     torch.set_num_threads(1)
     cfg = make_config(trial_config(mode, dataset, gpu), "bench trial")
@@ -237,7 +237,8 @@ TITLE = "## 7. A trial's time split"
 TABLE_NOTE = (
     "`python -m bench.trial_time{old} --rounds {rounds} --trials {trials}`. One confirm-cell trial of the CPU design "
     "(comparison space scaled down: grid 32, 100 frames, 8 epochs of 10 steps, 8 valid and 33 test frames evaluated "
-    "once, lr 0.016; with --gpu the GPU design's, on CUDA), one thread, in a process that already ran one trial (a study's Ray workers run many). Each "
+    "once, lr 0.016; with --gpu the GPU design's, on CUDA), one thread, in a process that already ran one trial (a "
+    "study's Ray workers run many). Each "
     "part is the time inside the functions that do it less the timed functions they call: data (frames, masks and "
     "true geometry from the store), the step's forward (carving, U-Nets, head, render, loss), backward, the "
     "optimiser with the finiteness checks, evaluation's forward and renders, image metrics, geometry errors (with "
