@@ -166,7 +166,7 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
     import subprocess
     import sys
 
-    from study.runner.preflight import study_plan
+    from study.runner.preflight import check_study
     from study.runner.run import parse_args
     from study.runner.search import STATE_FORMAT
     from study.base.storage import StudyError
@@ -174,7 +174,7 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"name": "old", "grid": {"grid_size": [16], "max_frames": [12]}}))
     args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset)])
-    plan = study_plan(args)
+    plan = check_study(args)
     study = tmp_path / "s" / "old"
     stages = ("ray", "tune/round0/ray", "tune/round1/ray", "confirm/ray")  # every stage's Ray folder is read
     files = [study / stage / f"explore_{mode}-1" / "checkpoint_000001" / "checkpoint.pt"
@@ -186,7 +186,7 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
             "state_format": STATE_FORMAT, "user": "someone-else", "host": "elsewhere"}
     (study / "study.json").write_text(json.dumps(held))
     with pytest.raises(StudyError) as err:
-        study_plan(args)
+        check_study(args)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{study}: 8 of its trials' checkpoints are of format 1"), msg
     command = re.search(r"`(python -m posesplat\.checkpoint upgrade [^`]+ --trust)`", msg).group(1)
@@ -194,7 +194,7 @@ def test_study_resume_refuses_format_1_checkpoints_until_upgraded(tmp_path, smal
                        timeout=300)
     assert r.returncode == 0 and len(lines(r.stdout)) == 8, r.stderr
     capsys.readouterr()
-    assert study_plan(args).info == held
+    assert check_study(args).info == held
     assert all(ck.with_name("checkpoint.pt.format1").is_file() for ck in files)
     note = [line for line in lines(capsys.readouterr().out) if line.startswith("note: ")]
     assert len(note) == 1 and "started by someone-else@elsewhere" in note[0] and "resume only studies you made" in note[0]

@@ -139,7 +139,7 @@ def test_dataset_from_a_uri_reads_like_the_path(small_dataset, tmp_path):
     training run and a study plan take it as it is."""
     from posesplat.config import make_config
     from posesplat.train import train
-    from study.runner.preflight import study_plan
+    from study.runner.preflight import check_study
     from study.runner.run import parse_args
 
     uri = small_dataset.resolve().as_uri()
@@ -151,7 +151,7 @@ def test_dataset_from_a_uri_reads_like_the_path(small_dataset, tmp_path):
     cfg = make_config({"dataset": uri, **TINY_MODEL, "max_frames": 12, "eval_frames": 1, "steps_per_epoch": 2,
                        "epochs": 1})
     assert train(cfg, progress=False)[-1]["valid_heldout_iou"] > 0
-    plan = study_plan(parse_args(["--space", "smoke", "--storage", str(tmp_path / "s"), "--dataset", uri]))
+    plan = check_study(parse_args(["--space", "smoke", "--storage", str(tmp_path / "s"), "--dataset", uri]))
     assert plan.base["dataset"] == uri  # not resolved against the driver's working directory
     with pytest.raises(DatasetError, match="memory://nothing.zarr: not a readable zarr dataset"):
         open_dataset("memory://nothing.zarr")

@@ -444,7 +444,7 @@ def test_deciding_on_geometry_without_true_geometry_is_refused(tmp_path, capsys,
     """A space whose confirm stage decides on depth error, on a store without true depth and normals (here a
     format-1 copy; an imported recording is the same): one line naming the store and the metric, nothing written.
     On the store with them the same space passes the checks."""
-    from study.runner.preflight import study_plan
+    from study.runner.preflight import check_study
     from study.runner.run import parse_args
 
     old = format_1_copy(small_dataset, tmp_path / "old.zarr")
@@ -457,20 +457,20 @@ def test_deciding_on_geometry_without_true_geometry_is_refused(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(old) in err and "has no gt/depth" in err, err
     assert "confirm.quality decides on test_heldout_depth_err" in err and not storage.exists()
-    assert study_plan(parse_args(argv + ["--dataset", str(small_dataset)])).space.confirm.quality[-1] == \
+    assert check_study(parse_args(argv + ["--dataset", str(small_dataset)])).space.confirm.quality[-1] == \
         "test_heldout_depth_err"
 
 
 def test_budget_below_grace_period_caps_it(tmp_path, capsys, small_dataset):
     """`--max-epochs 3` with a space whose ASHA grace period is 5 runs with grace 3 (Ray's ASHA would assert)."""
-    from study.runner.preflight import study_plan
+    from study.runner.preflight import check_study
     from study.runner.run import parse_args
 
     space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [12]}, max_epochs=8,
                         scheduler={"grace_period": 5, "reduction_factor": 3})
     args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset),
                        "--max-epochs", "3", "--num-samples", "2"])
-    plan = study_plan(args)
+    plan = check_study(args)
     assert plan.pixels == 32 * 32  # 64x64 images at the default image_downsample 2: the memory model's pixels
     base, plan = plan.base, plan.space
     assert (plan.max_epochs, plan.scheduler.grace_period, plan.samples_per_cell, base["epochs"]) == (3, 3, 2, 3)
@@ -484,12 +484,12 @@ def test_max_frames_null_means_all_frames(tmp_path, small_dataset):
     """`"max_frames": [null]` in a grid (search_spaces/paper.json) trains on every frame of the recording."""
     from posesplat.config import make_config
     from posesplat.data import open_dataset
-    from study.runner.preflight import study_plan
+    from study.runner.preflight import check_study
     from study.runner.run import parse_args
 
     assert load_space("paper").grid["max_frames"] == [None]
     space = _space_file(tmp_path, grid={"grid_size": [16], "max_frames": [None, 12]})
-    plan = study_plan(parse_args(["--space", str(space), "--storage", str(tmp_path / "s"),
+    plan = check_study(parse_args(["--space", str(space), "--storage", str(tmp_path / "s"),
                                   "--dataset", str(small_dataset)]))
     base, plan = plan.base, plan.space
     s = PerModeSearcher(plan, "valid_heldout_iou", "max", algo="random")

@@ -13,7 +13,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from study.runner.preflight import study_plan
+from study.runner.preflight import check_study
 from study.runner.run import main, parse_args
 
 SPACE = {
@@ -48,14 +48,14 @@ def test_gpu_workers_decide_gpu_even_from_a_cpu_only_head(small_dataset, tmp_pat
                                      "cpu": {"max_epochs": 2, "base_config": {"steps_per_epoch": 1}}}))
         argv = ["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset),
                 "--address", c.address]
-        plan = study_plan(parse_args(argv))
+        plan = check_study(parse_args(argv))
         assert ray.is_initialized() and ray.get_runtime_context().gcs_address == c.address
         assert plan.gpu and plan.space.max_epochs == 5 and plan.base["device"] == "cuda"
         assert plan.base["steps_per_epoch"] == 6
         # the worker's "GPU" is only a resource count: the probe finds no CUDA there and says what it assumes
         assert plan.gpu_mem_mb == 16000 and "assumes 16000 MB per GPU" in capsys.readouterr().out
-        assert study_plan(parse_args(argv + ["--gpu-mem-mb", "40000"])).gpu_mem_mb == 40000
-        cpu = study_plan(parse_args(argv + ["--cpu"]))
+        assert check_study(parse_args(argv + ["--gpu-mem-mb", "40000"])).gpu_mem_mb == 40000
+        cpu = check_study(parse_args(argv + ["--cpu"]))
         assert not cpu.gpu and cpu.space.max_epochs == 2 and cpu.base["device"] == "cpu" and cpu.gpu_mem_mb is None
         assert not (tmp_path / "s").exists()  # planning writes nothing
     finally:

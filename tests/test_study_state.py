@@ -153,19 +153,19 @@ def test_another_ray_is_refused_in_one_line(monkeypatch):
 
 def test_study_of_an_earlier_version_is_refused_on_resume(tmp_path, small_dataset):
     """A study whose study.json has no state format (its state is pickled Ray objects) is refused in one line."""
-    from study.runner.preflight import study_plan
+    from study.runner.preflight import check_study
     from study.runner.run import parse_args
     from study.base.storage import StudyError
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"name": "old", "grid": {"grid_size": [16], "max_frames": [12]}}))
     args = parse_args(["--space", str(space), "--storage", str(tmp_path / "s"), "--dataset", str(small_dataset)])
-    plan = study_plan(args)
+    plan = check_study(args)
     (tmp_path / "s" / "old").mkdir(parents=True)
     held = {"space": plan.space.model_dump(mode="json"), "options": vars(args), "base_config": plan.base}
     (tmp_path / "s" / "old" / "study.json").write_text(json.dumps(held))
     with pytest.raises(StudyError) as e:
-        study_plan(args)
+        check_study(args)
     assert "started by an earlier posesplat-study" in str(e.value) and "\n" not in str(e.value)
     (tmp_path / "s" / "old" / "study.json").write_text(json.dumps({**held, "state_format": STATE_FORMAT}))
-    assert study_plan(args).info["state_format"] == STATE_FORMAT
+    assert check_study(args).info["state_format"] == STATE_FORMAT

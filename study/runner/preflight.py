@@ -27,7 +27,7 @@ from study.runner.cluster import check_reachable, detect_gpu
 from study.runner.search import STATE_FORMAT
 
 
-class Plan(NamedTuple):
+class CheckedStudy(NamedTuple):
     """What a validated study will run."""
 
     space: Space
@@ -38,7 +38,7 @@ class Plan(NamedTuple):
     pixels: int  # pixels of one training image after image_downsample, for the memory model
     info: Optional[dict]  # study.json of the study being resumed (None: a new study)
 
-def study_plan(args: argparse.Namespace) -> Plan:
+def check_study(args: argparse.Namespace) -> CheckedStudy:
     """Validate everything before the study starts: space, options, storage, cluster, dataset, study directory
     (nothing written on error). With --address this connects to the cluster, whose resources decide GPU or CPU."""
     _ray_compat.check_ray()
@@ -85,7 +85,7 @@ def study_plan(args: argparse.Namespace) -> Plan:
     for note in notes:
         print(note, flush=True)
     d = make_config(base, "base_config").image_downsample
-    return Plan(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held)
+    return CheckedStudy(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held)
 
 def owner() -> dict[str, str]:
     """Who runs the driver where: study.json records it when a study starts."""

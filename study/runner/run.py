@@ -43,7 +43,7 @@ from study.runner.board import Names
 from study.runner.cluster import connect_ray, own_ray
 from study.runner.console import LOG_NAME, StageProgress, ray_output, ray_output_to, study_log
 from study.runner.interrupts import INTERRUPTED, RESUME, SAID, TERMINATED, signals_as_interrupt
-from study.runner.preflight import owner, study_plan
+from study.runner.preflight import check_study, owner
 from study.runner.search import (STATE_FORMAT, PerModeSearcher, PlannedSearcher, SchedulerState, StateError,
                                  StratifiedASHA, TrialRetries)
 from study.runner.sink import ParquetSink
@@ -110,14 +110,14 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
     KeyboardInterrupt (the study is left resumable); one that Ray ended unfinished otherwise, StudyError."""
     INTERRUPTED.clear()
     TERMINATED.clear()
-    space, base, study, gpu, gpu_mem, pixels, held = study_plan(args)
+    space, base, study, gpu, gpu_mem, pixels, held = check_study(args)
     with StudyLock(study):
         t0 = time.time()
         info = held or {
             "space": space.model_dump(mode="json"), "options": vars(args), "base_config": base,
             "started": datetime.now(timezone.utc).isoformat(), "gpu": gpu, "state_format": STATE_FORMAT, **owner(),
         }
-        if "finished" not in info:  # a new study, or one whose checkpoints study_plan checked
+        if "finished" not in info:  # a new study, or one whose checkpoints check_study checked
             info["checkpoint_format"] = checkpoint.FORMAT
         info["runs"] = info.get("runs", 0) + 1
         study.write_json(info, "study.json")
