@@ -18,7 +18,7 @@ from posesplat.losses import loss_terms
 from posesplat.memory import PeakMemory
 from posesplat.modes import names
 from posesplat.render import render
-from posesplat.setup import build_model, load_frame, prepare
+from posesplat.run_setup import build_model, load_frame, prepare
 
 from bench.render import fmt_ms
 

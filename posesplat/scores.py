@@ -18,7 +18,7 @@ from posesplat.data import inside_body
 from posesplat.model import PoseSplatter
 from posesplat.pose import yaw_rotmat
 from posesplat.render import Gaussians, RenderOut, render
-from posesplat.setup import Setup, load_frame
+from posesplat.run_setup import Setup, load_frame
 
 EVAL_KEYS = [f"{split}_{k}" for split in metrics_schema.SPLITS for k in metrics_schema.IMAGE]  # image metrics
 FRAME_KEYS = metrics_schema.names(per_frame=True)  # also reported per test frame, as `<key>_frames`

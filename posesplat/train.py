@@ -3,7 +3,7 @@
 `train(cfg, ...)` is the loop the study calls: it reports an `EpochReport` (metrics, checkpoint file, image panels)
 after every epoch. Checkpoints hold the config, learnable state, optimiser, scheduler, epoch, RNG states, grid crop
 and the metrics history: nothing derived (posesplat.checkpoint writes and restores them, and never unpickles).
-The run's setup is posesplat.setup, the objective posesplat.losses, what evaluation measures posesplat.scores,
+The run's setup is posesplat.run_setup, the objective posesplat.losses, what evaluation measures posesplat.scores,
 peak memory and running out of it posesplat.memory.
 """
 
@@ -34,8 +34,8 @@ from posesplat.model import PoseSplatter, to_world
 from posesplat.modes import MODES
 from posesplat.progress import Progress
 from posesplat.render import Gaussians, render
+from posesplat.run_setup import Setup, build_model, load_frame, prepare
 from posesplat.scores import EVAL_KEYS, Tally
-from posesplat.setup import Setup, build_model, load_frame, prepare
 
 
 class NonFiniteLossError(RuntimeError):

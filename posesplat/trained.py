@@ -13,7 +13,7 @@ from posesplat.config import Config, make_config
 from posesplat.data import MultiViewDataset, open_dataset
 from posesplat.model import PoseSplatter
 from posesplat.render import Gaussians, RenderOut, pick_backend, render
-from posesplat.setup import build_model, prepare
+from posesplat.run_setup import build_model, prepare
 
 
 def load_checkpoint(path: str | Path, device: str | None = None) -> tuple[Config, PoseSplatter]:

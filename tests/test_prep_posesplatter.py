@@ -208,7 +208,7 @@ def test_ell_is_derived_when_not_given(tmp_path):
 
 def test_too_small_an_ell_is_warned_at_import_and_refused_by_the_trainer(tmp_path):
     from posesplat.config import ConfigError, make_config
-    from posesplat.setup import prepare
+    from posesplat.run_setup import prepare
 
     rec = make_recording(tmp_path / "rec", frames=30, extra_keys=MM)
     rec.config.write_text(json.dumps({**json.loads(rec.config.read_text()), "ell": 0.5 * rec.ell_ps}))
