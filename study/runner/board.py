@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from posesplat.metrics import METRICS
 from study.base.rows import FAILED, STOPPED
 from study.base.storage import Store
-from study.base.space import MODE_KEY
+from study.base.space import MODE_KEY, Space
 
 GROUPS = {g: {m.name: m.description for m in METRICS if m.group == g} for g in ("quality", "loss", "cost")}
 CONSTANTS = tuple(m.name for m in METRICS if m.group == "info")  # in HParams only: the same every epoch
@@ -96,6 +96,17 @@ class Names:
         known = [*self.metrics, *(n for g in GROUPS.values() for n in g)]
         ordered = [n for n in dict.fromkeys(known) if n in names]
         return ordered + sorted(set(names) - set(ordered))
+
+
+def study_metrics(space: Space) -> tuple[str, ...]:
+    """The metrics the study decides on, first in TensorBoard's HParams table."""
+    confirm = (*space.confirm.quality, space.confirm.cost) if space.confirm else ()
+    return tuple(dict.fromkeys((space.metric, *confirm)))
+
+
+def stage_names(space: Space, stage: str, cell, label_keys: tuple[str, ...]) -> Names:
+    """How a stage names its runs, with the study's metrics and the space's fixed keys."""
+    return Names(stage, tuple(cell), label_keys, study_metrics(space), space.fixed_keys())
 
 
 STAGES = ("explore", "tune", "confirm")

@@ -37,6 +37,7 @@ class CheckedStudy(NamedTuple):
     gpu_mem_mb: Optional[float]  # memory of one GPU, for the memory model (None without GPUs)
     pixels: int  # pixels of one training image after image_downsample, for the memory model
     info: Optional[dict]  # study.json of the study being resumed (None: a new study)
+    confirm_base: Optional[dict]  # the tuning's and confirm stage's base config (confirm_config); None without confirm
 
 def check_study(args: argparse.Namespace) -> CheckedStudy:
     """Validate everything before the study starts: space, options, storage, cluster, dataset, study directory
@@ -80,12 +81,13 @@ def check_study(args: argparse.Namespace) -> CheckedStudy:
             print(f"note: {study.uri} was started by {held.get('user')}@{held.get('host')}; resuming runs Ray's pickled "
                   f"experiment state in it, so resume only studies you made", flush=True)
     ds = open_dataset(dataset)  # DatasetError names the store and the array
-    check_cells(space, base, ds)
+    cbase = confirm_config(space, base) if space.confirm is not None else None
+    check_cells(space, base, cbase, ds)
     check_geometry(space, ds)
     for note in notes:
         print(note, flush=True)
     d = make_config(base, "base_config").image_downsample
-    return CheckedStudy(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held)
+    return CheckedStudy(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held, cbase)
 
 def owner() -> dict[str, str]:
     """Who runs the driver where: study.json records it when a study starts."""
@@ -120,12 +122,13 @@ def check_checkpoints(study: Store) -> None:
                          f"{where} --trust`{'' if study.local else ' (on a copy: the command takes local files)'}, "
                          f"then resume")
 
-def check_cells(space: Space, base: dict, ds) -> None:
+def check_cells(space: Space, base: dict, cbase: Optional[dict], ds) -> None:
     """Every trial's frame and view split exists on the dataset (else every trial would fail, each retried): frames
-    per cell, at least one observed and one held-out view (the decision is made on held-out views)."""
+    per cell and at the confirm cell (`cbase`), at least one observed and one held-out view (the decision is made on
+    held-out views)."""
     cells = [make_config({**base, **cell}, f"grid cell {json.dumps(cell)}") for cell in space.cells()]
-    if space.confirm is not None:
-        cells.append(make_config(confirm_config(space, base), "confirm config"))
+    if cbase is not None:
+        cells.append(make_config(cbase, "confirm config"))
     for cfg in cells:
         ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))
         observed, held = ds.view_split(cfg.holdout_views)

@@ -35,11 +35,11 @@ from study.analysis.looks import looks_of
 from study.analysis.outcome import stopped_early, summary
 from study.base.records import read_confirm_plan, read_round_plan
 from study.base.rows import FAILED
-from study.base.space import MODE_KEY, Space, SpaceError, confirm_config, trial_keys
+from study.base.space import MODE_KEY, Space, SpaceError, trial_keys
 from study.base.storage import StorageError, Store, StudyError, StudyLock, join_uri, set_aside
 from study.runner import _ray_compat, resources
 from study.runner._ray_compat import UnsupportedRay
-from study.runner.board import Names
+from study.runner.board import Names, stage_names
 from study.runner.cluster import connect_ray, own_ray
 from study.runner.console import LOG_NAME, StageProgress, ray_output, ray_output_to, study_log
 from study.runner.interrupts import INTERRUPTED, RESUME, SAID, TERMINATED, signals_as_interrupt
@@ -110,7 +110,7 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
     KeyboardInterrupt (the study is left resumable); one that Ray ended unfinished otherwise, StudyError."""
     INTERRUPTED.clear()
     TERMINATED.clear()
-    space, base, study, gpu, gpu_mem, pixels, held = check_study(args)
+    space, base, study, gpu, gpu_mem, pixels, held, cbase = check_study(args)
     with StudyLock(study):
         t0 = time.time()
         info = held or {
@@ -136,8 +136,8 @@ def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> 
                 study.write_json(info, "study.json")
                 failed = all_failed("explore", ended)
                 if space.confirm is not None and failed is None:
-                    tuned = run_tuning(args, space, base, study, trainable, info)
-                    failed = all_failed("confirm", run_confirm(args, space, base, study, trainable, tuned))
+                    tuned = run_tuning(args, space, cbase, study, trainable, info)
+                    failed = all_failed("confirm", run_confirm(args, space, cbase, study, trainable, tuned))
             finally:
                 info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
                 study.write_json(info, "study.json")
@@ -308,27 +308,22 @@ def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store
     scheduler = (StratifiedASHA(space.modes, space.max_epochs, space.scheduler.grace_period,
                                 space.scheduler.reduction_factor, space.metric, space.metric_mode)
                  if space.scheduler.type == "asha" else None)
-    names = Names("explore", tuple(space.grid), tuple(space.search), study_metrics(space), space.fixed_keys())
+    names = stage_names(space, "explore", space.grid, tuple(space.search))
     sink = ParquetSink(study, study.name, base, space.max_epochs, names, study)
     return fit_stage(args, study, trainable(base, study, names, study), sink, searcher, scheduler, "explore")
 
 
-def study_metrics(space: Space) -> tuple[str, ...]:
-    """The metrics the study decides on, first in TensorBoard's HParams table."""
-    confirm = (*space.confirm.quality, space.confirm.cost) if space.confirm else ()
-    return tuple(dict.fromkeys((space.metric, *confirm)))
-
-
-def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
+def run_tuning(args: argparse.Namespace, space: Space, cbase: dict, study: Store, trainable,
                info: dict) -> Optional[dict]:
     """The deciding tuning at the confirm cell (study/analysis/tuning.py), in rounds `<study>/tune/round<r>/`: round 0
     is each mode's first log grid, each later round widens the modes whose choice sits at an end. A round's plan is
     written before its trials and read back on resume; the next round follows from the records alone. Returns the
-    per-mode outcome (also recorded in study.json), or None when the space has no `confirm.tune`."""
+    per-mode outcome (also recorded in study.json), or None when the space has no `confirm.tune`. `cbase`: the
+    confirm cell's base config (preflight's confirm_base)."""
     spec = space.confirm.tune
     if spec is None:
         return None
-    cbase, modes = confirm_config(space, base), list(space.confirm.modes)
+    modes = list(space.confirm.modes)
     seeds = stage_seeds(TUNE_SEEDS, args.seed, spec.seeds)
     maximize = BY_NAME[space.confirm.select].higher_is_better is not False
     runs: list[tuning.TuningRun] = []
@@ -346,7 +341,7 @@ def run_tuning(args: argparse.Namespace, space: Space, base: dict, study: Store,
             print(f"tuning round {r}: " + "; ".join(f"{m} {spec.key} {', '.join(f'{v:.3g}' for v in vs)}"
                                                    for m, vs in values.items())
                   + f" x {len(seeds)} seeds at {json.dumps(space.confirm.cell)}", flush=True)
-        names = Names("tune", tuple(space.confirm.cell), (spec.key, "seed"), study_metrics(space), space.fixed_keys())
+        names = stage_names(space, "tune", space.confirm.cell, (spec.key, "seed"))
         sink = ParquetSink(store, study.name, cbase, space.max_epochs, names, study)
         searcher = PlannedSearcher(plan["trials"], space.metric, space.metric_mode, args.max_concurrent)
         fit_stage(args, store, trainable(cbase, store, names, study), sink, searcher, None, f"tuning round {r}")
@@ -393,12 +388,12 @@ def confirm_test_frames(cbase: dict) -> int:
     return len(evaluated_frames(frames, cfg.eval_cap("test")))
 
 
-def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable,
+def run_confirm(args: argparse.Namespace, space: Space, cbase: dict, study: Store, trainable,
                 tuned: Optional[dict] = None) -> dict[str, dict]:
     """Plan the confirm stage once (written before its first trial), then run or resume it look by look, stopping
-    at the first look whose verdict is settled (study.analysis.looks). Returns the trial rows of the looks that ran."""
+    at the first look whose verdict is settled (study.analysis.looks). Returns the trial rows of the looks that ran.
+    `cbase`: the confirm cell's base config (preflight's confirm_base)."""
     store = study.child("confirm")
-    cbase = confirm_config(space, base)
     plan = read_confirm_plan(store, args.repair)
     if plan is None:
         try:
@@ -408,7 +403,7 @@ def run_confirm(args: argparse.Namespace, space: Space, base: dict, study: Store
         check_replan(store, plan)
         store.write_json(plan, "plan.json")
         print(plan_text(plan), flush=True)
-    names = Names("confirm", tuple(space.confirm.cell), ("seed",), study_metrics(space), space.fixed_keys())
+    names = stage_names(space, "confirm", space.confirm.cell, ("seed",))
     looks, ended = looks_of(plan), {}
     for k, look in enumerate(looks):  # each look its own stage (study.analysis.confirm.look_folder); a settled one ends it
         lstore = store.child(*look_folder(k))
