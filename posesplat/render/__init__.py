@@ -28,7 +28,22 @@ def render(
     distortion: bool = False,
 ) -> RenderOut:
     """Render Gaussians into C cameras; differentiable with respect to every Gaussian field. `distortion` also
-    renders 2DGS's depth distortion (an extra sort of the pairs: only when a loss needs it)."""
+    renders 2DGS's depth distortion (an extra sort of the pairs: only when a loss needs it).
+
+    Args:
+        g: N world-space Gaussians, with the fields of the mode (`Mode.fields`).
+        mode: a key of posesplat.modes.MODES ("2d", "3d", "2d_screen").
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes: x right, y down, z forward).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+        backend: "torch", "gsplat" (CUDA) or "auto" (see pick_backend).
+        background: [3] colour behind the Gaussians, or None (black).
+        distortion: also render the depth distortion (the gsplat backend: mode 2d only).
+    Returns:
+        out: RenderOut: rgb [C, H, W, 3], alpha, depth [C, H, W], normals [C, H, W, 3], surfel_normals
+            [C, H, W, 3] (2d only, else None), distortion [C, H, W] (else None).
+    """
     check_inputs(g, mode, viewmats, Ks)
     if pick_backend(backend, g.means.device) == "gsplat":
         rgb, alpha, depth, snormals, dist = render_gsplat(g, mode, viewmats, Ks, width, height, background,

@@ -43,13 +43,32 @@ def render_gsplat(
     g, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Optional[Tensor] = None,
     distortion: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    """rgb [C, H, W, 3], alpha [C, H, W], expected depth [C, H, W] and, from `rasterization_2dgs`, the surfels'
-    composited world normals [C, H, W, 3] (else None) and, if asked, its depth distortion `render_distort`
-    [C, H, W] (else None), from gsplat's CUDA rasterisers (render_mode "RGB+ED").
+    """rgb [C, H, W, 3], alpha [C, H, W] and expected depth [C, H, W] from gsplat's CUDA rasterisers (render_mode
+    "RGB+ED"). From `rasterization_2dgs`, also the surfels' composited world normals [C, H, W, 3] (else None). If
+    asked, also its depth distortion `render_distort` [C, H, W] (else None).
 
     gsplat composites each Gaussian's centre depth, also in rasterization_2dgs (its distortion too): there it
     differs from the torch backend's ray-surfel intersection depth except where surfels face the camera
-    (docs/rendering.md)."""
+    (docs/rendering.md).
+
+    Args:
+        g: N world-space Gaussians (render.Gaussians) with the mode's fields.
+        mode: a key of posesplat.modes.MODES.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+        background: [3] colour behind the Gaussians, or None (black).
+        distortion: also render the depth distortion (modes rendered by `rasterization_2dgs` only).
+    Returns:
+        rgb: [C, H, W, 3] composited colours, background included.
+        alpha: [C, H, W] accumulated opacity.
+        depth: [C, H, W] expected depth of the Gaussians' centres.
+        normals: [C, H, W, 3] the surfels' composited world normals, or None.
+        distortion: [C, H, W] depth distortion, or None.
+    Raises:
+        RenderError: distortion without `rasterization_2dgs`, or a surfel mode without a gsplat rasteriser.
+    """
     import gsplat  # deferred: gsplat, CUDA only
 
     C = viewmats.shape[0]
@@ -77,9 +96,21 @@ def render_gsplat(
 
 
 def native_inputs(g, mode: str, name: str) -> tuple[Tensor, Tensor]:
-    """quats [N, 4] and scales [N, 3] as gsplat's own rasterisers take them: identity rotations for a mode without
-    any, one scale repeated on three axes, and a surfel's two scales with a third that `rasterization_2dgs` ignores
-    (its CUDA projection uses 1); two scales for any other rasteriser would be read as a third of 1 world unit."""
+    """quats [N, 4] and scales [N, 3] as gsplat's own rasterisers take them. A mode without rotations gets identity
+    ones, and one scale is repeated on three axes. A surfel's two scales get a third that `rasterization_2dgs`
+    ignores (its CUDA projection uses 1). Two scales for any other rasteriser would be read as a third of 1 world
+    unit.
+
+    Args:
+        g: N Gaussians (render.Gaussians): scales [N, 1], [N, 2] or [N, 3]; quats [N, 4] or None.
+        mode: the mode's name, for the error message.
+        name: the gsplat rasteriser the mode names (`Mode.gsplat`), e.g. "rasterization".
+    Returns:
+        quats: [N, 4] rotations, wxyz.
+        scales: [N, 3] scales.
+    Raises:
+        RenderError: a number of scales that gsplat.{name} cannot take.
+    """
     n, k = g.means.shape[0], g.scales.shape[1]
     quats = g.quats if g.quats is not None else g.means.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4).contiguous()
     if k == 3:

@@ -43,7 +43,16 @@ class RenderOut:
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
-    """'auto' -> gsplat on CUDA, torch elsewhere; gsplat without CUDA is refused with one line."""
+    """'auto' -> gsplat on CUDA, torch elsewhere; gsplat without CUDA is refused with one line.
+
+    Args:
+        requested: "auto", "torch" or "gsplat" (the config's `backend`).
+        device: the device of the Gaussians.
+    Returns:
+        backend: "torch" or "gsplat".
+    Raises:
+        RenderError: an unknown backend, or gsplat without CUDA.
+    """
     if requested == "auto":
         return "gsplat" if device.type == "cuda" else "torch"
     if requested not in BACKENDS:
@@ -54,7 +63,15 @@ def pick_backend(requested: str, device: torch.device) -> str:
 
 
 def projection(mode: str) -> Projection:
-    """The mode's projection (render/project.py PROJECTIONS); an unknown mode, or one without, is one line."""
+    """The mode's projection (render/project.py PROJECTIONS); an unknown mode, or one without, is one line.
+
+    Args:
+        mode: a Gaussian mode's name (a key of posesplat.modes.MODES).
+    Returns:
+        projection: the mode's Projection (its rasteriser kind and projection function).
+    Raises:
+        RenderError: an unknown mode, or a mode without a projection.
+    """
     if mode not in MODES:
         raise RenderError(f"render: unknown Gaussian mode {mode!r} (choose from {', '.join(MODES)})")
     if mode not in PROJECTIONS:
@@ -63,7 +80,16 @@ def projection(mode: str) -> Projection:
 
 
 def check_inputs(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor) -> None:
-    """Raise RenderError naming the first missing or mis-shaped input (cheap: shapes only)."""
+    """Raise RenderError naming the first missing or mis-shaped input (cheap: shapes only).
+
+    Args:
+        g: N Gaussians; each field of the mode must be set, with shape [N, *tail] (`Mode.fields`).
+        mode: a key of posesplat.modes.MODES.
+        viewmats: [C, 4, 4] world-to-camera matrices.
+        Ks: [C, 3, 3] intrinsics, one per viewmat.
+    Raises:
+        RenderError: an unknown mode, or the first missing or mis-shaped input, by name.
+    """
     projection(mode)
     n = g.means.shape[0] if g.means is not None and g.means.dim() == 2 else None
     for name, tail in MODES[mode].fields.items():
@@ -81,6 +107,21 @@ def check_inputs(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor) -> None:
 
 
 def project_any(g: Gaussians, mode: str, viewmats: Tensor, Ks: Tensor, width: int, height: int):
-    """(kind, radii, means2d, depths, conics-or-ray-transforms) for the torch rasteriser."""
+    """(kind, radii, means2d, depths, conics-or-ray-transforms) for the torch rasteriser.
+
+    Args:
+        g: N Gaussians with the mode's fields (checked by check_inputs).
+        mode: a key of posesplat.render.project.PROJECTIONS.
+        viewmats: [C, 4, 4] world-to-camera matrices.
+        Ks: [C, 3, 3] intrinsics, in pixels.
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+    Returns:
+        kind: "conic" or "surfel" (which alpha the rasteriser evaluates).
+        radii: [C, N, 2] int pixel radii; 0 where a Gaussian is culled.
+        means2d: [C, N, 2] projected centres, in pixels.
+        depths: [C, N] camera z of the centres.
+        shape: [C, N, 3] conics ("conic") or [C, N, 3, 3] ray transforms ("surfel").
+    """
     p = projection(mode)
     return (p.kind, *p.fn(g, viewmats, Ks, width, height))

@@ -21,12 +21,26 @@ NEAR, FAR = 0.01, 1e10
 
 
 def quat_scale_to_matrix(quats: Tensor, scales: Tensor) -> Tensor:
-    """R(q) @ diag(s): [N, 4], [N, 3] -> [N, 3, 3]."""
+    """R(q) @ diag(s): [N, 4], [N, 3] -> [N, 3, 3].
+
+    Args:
+        quats: [N, 4] rotations, wxyz (any norm).
+        scales: [N, 3] scales along the rotated axes.
+    Returns:
+        M: [N, 3, 3] R(q) with its columns scaled; M M^T is the covariance.
+    """
     return quat_to_rotmat(quats) * scales[:, None, :]
 
 
 def world_to_cam(means: Tensor, viewmats: Tensor) -> Tensor:
-    """[N, 3] world points -> [C, N, 3] camera coordinates."""
+    """[N, 3] world points -> [C, N, 3] camera coordinates.
+
+    Args:
+        means: [N, 3] world points.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+    Returns:
+        means_c: [C, N, 3] the points in each camera's coordinates.
+    """
     return torch.einsum("cij,nj->cni", viewmats[:, :3, :3], means) + viewmats[:, None, :3, 3]
 
 
@@ -56,7 +70,22 @@ def _conics_radii(cov2d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def project_3d(
     means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """3D Gaussians -> radii [C,N,2] int, means2d [C,N,2], depths [C,N], conics [C,N,3]."""
+    """3D Gaussians -> radii [C,N,2] int, means2d [C,N,2], depths [C,N], conics [C,N,3].
+
+    Args:
+        means: [N, 3] world centres.
+        quats: [N, 4] rotations, wxyz.
+        scales: [N, 3] world standard deviations along the rotated axes.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+    Returns:
+        radii: [C, N, 2] int pixel radii, ceil(3.33 sigma) per axis; 0: culled (near plane, degenerate, off-image).
+        means2d: [C, N, 2] projected centres, in pixels.
+        depths: [C, N] camera z of the centres.
+        conics: [C, N, 3] inverse 2D covariances (a, b, c), after the EPS2D dilation.
+    """
     M = quat_scale_to_matrix(quats, scales)
     covars = M @ M.transpose(-1, -2)  # [N, 3, 3]
     R = viewmats[:, :3, :3]
@@ -81,7 +110,22 @@ def project_3d(
 def project_2dgs(
     means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """2D surfels (scales [N, 2]) -> radii [C,N,2] int, means2d [C,N,2], depths [C,N], ray transforms [C,N,3,3]."""
+    """2D surfels (scales [N, 2]) -> radii [C,N,2] int, means2d [C,N,2], depths [C,N], ray transforms [C,N,3,3].
+
+    Args:
+        means: [N, 3] world centres.
+        quats: [N, 4] rotations, wxyz; the third axis is the surfel's normal.
+        scales: [N, 2] world scales along the surfel's two in-plane axes.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+    Returns:
+        radii: [C, N, 2] int pixel radii, ceil(3.33 sigma) per axis; 0: culled (near plane, degenerate, off-image).
+        means2d: [C, N, 2] projected centres, in pixels.
+        depths: [C, N] camera z of the centres.
+        ray_transforms: [C, N, 3, 3] K [s1 u, s2 v, p_c] per camera (gsplat's ray-splat transforms).
+    """
     scales3 = torch.cat([scales, torch.ones_like(scales[:, :1])], dim=-1)
     RS_wl = quat_scale_to_matrix(quats, scales3)  # [N, 3, 3]
     means_c = world_to_cam(means, viewmats)  # [C, N, 3]
@@ -103,7 +147,23 @@ def project_screen(
     anchors: Tensor, offsets: Tensor, scales: Tensor, angles: Tensor, viewmats: Tensor, Ks: Tensor,
     width: int, height: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Screen-space Gaussians: projected anchors + pixel offsets, one pixel covariance for every camera."""
+    """Screen-space Gaussians: projected anchors + pixel offsets, one pixel covariance for every camera.
+
+    Args:
+        anchors: [N, 3] world anchors.
+        offsets: [N, 2] pixel offsets from the projected anchors.
+        scales: [N, 2] pixel standard deviations along the rotated axes.
+        angles: [N] in-image rotations, in radians.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+    Returns:
+        radii: [C, N, 2] int pixel radii, ceil(3.33 sigma) per axis; 0: culled (near plane, degenerate, off-image).
+        means2d: [C, N, 2] projected centres, in pixels.
+        depths: [C, N] camera z of the anchors.
+        conics: [C, N, 3] inverse 2D covariances (a, b, c), after the EPS2D dilation.
+    """
     means_c = world_to_cam(anchors, viewmats)
     tz = means_c[..., 2]
     means2d = torch.einsum("cij,cnj->cni", Ks[:, :2, :3], means_c) / tz[..., None] + offsets
@@ -116,7 +176,15 @@ def project_screen(
 
 
 def surfel_normals(quats: Tensor, means: Tensor, viewmats: Tensor) -> Tensor:
-    """World normals [C, N, 3] of surfels (their rotation's third axis), each turned to face the camera (2DGS)."""
+    """World normals [C, N, 3] of surfels (their rotation's third axis), each turned to face the camera (2DGS).
+
+    Args:
+        quats: [N, 4] surfel rotations, wxyz.
+        means: [N, 3] world centres.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+    Returns:
+        normals: [C, N, 3] world unit normals, each facing camera c.
+    """
     n = quat_to_rotmat(quats)[:, :, 2]  # [N, 3]
     cam = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # camera centres [C, 3]
     facing = ((means[None] - cam[:, None]) * n[None]).sum(-1, keepdim=True)  # [C, N, 1]; > 0: faces away
@@ -124,7 +192,15 @@ def surfel_normals(quats: Tensor, means: Tensor, viewmats: Tensor) -> Tensor:
 
 
 def depth_to_points(depth: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
-    """World points [C, H, W, 3] at z-depth [C, H, W] through the pixel centres (u = j + 0.5, v = i + 0.5)."""
+    """World points [C, H, W, 3] at z-depth [C, H, W] through the pixel centres (u = j + 0.5, v = i + 0.5).
+
+    Args:
+        depth: [C, H, W] camera z per pixel.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+    Returns:
+        points: [C, H, W, 3] world points.
+    """
     C, H, W = depth.shape
     i, j = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
                           torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5, indexing="ij")
@@ -138,7 +214,15 @@ def depth_to_points(depth: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
 
 def depth_to_normal(depth: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
     """World normals [C, H, W, 3] of a z-depth map [C, H, W] by central differences of its back-projected points
-    (gsplat's `depth_to_normal`): facing the camera, 0 on the image border."""
+    (gsplat's `depth_to_normal`): facing the camera, 0 on the image border.
+
+    Args:
+        depth: [C, H, W] camera z per pixel.
+        viewmats: [C, 4, 4] world-to-camera matrices (OpenCV axes).
+        Ks: [C, 3, 3] pinhole intrinsics, in pixels.
+    Returns:
+        normals: [C, H, W, 3] world unit normals; 0 on the one-pixel image border.
+    """
     P = depth_to_points(depth, viewmats, Ks)
     down = P[:, 2:, 1:-1] - P[:, :-2, 1:-1]  # [C, H-2, W-2, 3]
     right = P[:, 1:-1, 2:] - P[:, 1:-1, :-2]
@@ -148,8 +232,8 @@ def depth_to_normal(depth: Tensor, viewmats: Tensor, Ks: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Projection:
-    """How one mode projects: `kind` picks the rasteriser's alpha ("conic": a pixel-space Gaussian; "surfel": a
-    ray-splat intersection); `fn(g, viewmats, Ks, width, height)` -> radii [C,N,2] int, means2d [C,N,2],
+    """How one mode projects. `kind` picks the rasteriser's alpha ("conic": a pixel-space Gaussian; "surfel": a
+    ray-splat intersection). `fn(g, viewmats, Ks, width, height)` -> radii [C,N,2] int, means2d [C,N,2],
     depths [C,N], and conics [C,N,3] ("conic") or ray transforms [C,N,3,3] ("surfel"). g: render.Gaussians."""
 
     kind: Literal["conic", "surfel"]

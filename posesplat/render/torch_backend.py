@@ -3,12 +3,12 @@
 Algorithm (differentiable end to end, no Python loop over Gaussians or pixels):
 1. Order Gaussians by (camera, depth); enumerate the pixels of each one's box (repeat_interleave + arange), in
    chunks of Gaussians so that no more than CHUNK_PAIRS candidate pairs exist at once.
-2. Without gradients: alpha per pair, drop pairs under 1/255 (gsplat skips them); stable-sort by pixel id, so each
-   pixel's pairs are contiguous and front to back; transmittance by a segmented exclusive cumulative sum of
-   log(1 - alpha); drop every pair at or after the one that would take T to 1e-4 (gsplat stops there). What is left
+2. Without gradients: alpha per pair; drop pairs under 1/255 (gsplat skips them). Stable-sort by pixel id, so each
+   pixel's pairs are contiguous and front to back. Transmittance by a segmented exclusive cumulative sum of
+   log(1 - alpha). Drop every pair at or after the one that would take T to 1e-4 (gsplat stops there). What is left
    is exactly the set of pairs with a non-zero weight, often a small fraction of the boxes in dense scenes.
 3. With gradients, on the surviving pairs only: one gather of the packed per-Gaussian parameters, alpha,
-   transmittance by the same segmented cumulative sum (float64), weights alpha * T, and one index_add of
+   transmittance by the same segmented cumulative sum (float64) and weights alpha * T. Then one index_add of
    (w * colour, w * depth, w, w * normal) into the pixels. Depth is each pair's camera z: the Gaussian's centre
    (conic) or the ray-surfel intersection (surfel, 2DGS's rule: the centre where the low-pass floor wins).
 4. On request, 2DGS's depth distortion from the same weights and depths: each pixel's pairs sorted by depth and two
@@ -78,10 +78,11 @@ def _alpha(kind: str, q: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
 
 
 def _surfel_extent(S: Tensor, mu: Tensor, o: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """Screen bounds lo, hi [G, 2] of the pixels where a surfel can reach alpha 1/255: its disc u^2 + v^2 <= e^2,
-    e^2 = 2 ln(255 o), seen in perspective (the exact bounding box of the projected conic: 2DGS's dual-conic formula,
-    gsplat's 1-sigma box with radius e), united with the low-pass floor's disc |x - mu|^2 <= ln(255 o). The whole
-    image where the disc reaches behind the camera plane. S: ray transforms WH [G, 3, 3], mu: means2d [G, 2].
+    """Screen bounds lo, hi [G, 2] of the pixels where a surfel can reach alpha 1/255. They bound its disc
+    u^2 + v^2 <= e^2, e^2 = 2 ln(255 o), seen in perspective, united with the low-pass floor's disc
+    |x - mu|^2 <= ln(255 o). The disc's box is the exact bounding box of the projected conic (2DGS's dual-conic
+    formula, gsplat's 1-sigma box with radius e). The whole image where the disc reaches behind the camera plane.
+    S: ray transforms WH [G, 3, 3], mu: means2d [G, 2].
 
     gsplat instead evaluates the 16 px tiles touched by ceil(3.33 x 1-sigma box), which under perspective can miss
     faint pixels of large oblique surfels; this box misses none (docs/rendering.md)."""
@@ -162,9 +163,21 @@ def contributing_pairs(kind: str, radii: Tensor, depths: Tensor, packed: Tensor,
                        height: int) -> tuple[Tensor, Tensor]:
     """The pairs gsplat composites, sorted by (camera, pixel, depth): (camera * N + Gaussian) ids [P], pixel ids [P].
 
-    Boxes are enumerated in depth-ordered chunks; a pixel whose transmittance is already below T_MIN after the
-    chunks in front (the sum of log(1 - alpha) does not depend on order) takes no more pairs, and a box whose
-    pixels are all done is skipped before its pixels are enumerated."""
+    Boxes are enumerated in depth-ordered chunks. A pixel whose transmittance is already below T_MIN after the
+    chunks in front takes no more pairs (the sum of log(1 - alpha) does not depend on order). A box whose pixels are
+    all done is skipped before its pixels are enumerated.
+
+    Args:
+        kind: "conic" (3d, 2d_screen) or "surfel" (2d).
+        radii: [C, N, 2] int pixel radii; 0: not visible.
+        depths: [C, N] camera z of the centres.
+        packed: [C * N, K] per (camera, Gaussian) parameters (`_pack`).
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+    Returns:
+        ids: [P] (camera * N + Gaussian) id of each pair.
+        pix: [P] flat pixel id of each pair, (camera * H + row) * W + column.
+    """
     C, N = depths.shape
     cg, x0, x1, y0, y1 = _boxes(kind, radii, depths, packed, width, height)
     counts = (x1 - x0) * (y1 - y0)
@@ -213,9 +226,30 @@ def rasterize(
     normals: Tensor | None = None,  # [C, N, 3] world normals to composite (surfels), or None
     distortion: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Composite front to back: rgb [C, H, W, 3], alpha [C, H, W], expected depth [C, H, W] (sum w z / alpha, 0
-    where alpha is 0), given `normals` their weighted sum [C, H, W, 3] (not normalised, as gsplat's) and, if asked,
-    the depth distortion [C, H, W] (`pair_distortion`)."""
+    """Composite front to back: rgb [C, H, W, 3], alpha [C, H, W] and expected depth [C, H, W]. The depth is
+    sum w z / alpha, 0 where alpha is 0. Given `normals`, also their weighted sum [C, H, W, 3] (not normalised, as
+    gsplat's). If asked, also the depth distortion [C, H, W] (`pair_distortion`).
+
+    Args:
+        kind: "conic" (3d, 2d_screen) or "surfel" (2d).
+        radii: [C, N, 2] int pixel radii; 0: not visible.
+        means2d: [C, N, 2] projected centres, in pixels.
+        depths: [C, N] camera z of the centres.
+        shape: [C, N, 3] conics ("conic") or [C, N, 3, 3] ray transforms ("surfel").
+        colors: [N, 3] RGB in [0, 1].
+        opacities: [N] in (0, 1).
+        width: W, the image width in pixels.
+        height: H, the image height in pixels.
+        background: [3] colour behind the Gaussians, or None (black).
+        normals: [C, N, 3] world normals to composite (surfels), or None.
+        distortion: also return the depth distortion.
+    Returns:
+        rgb: [C, H, W, 3] composited colours, background included.
+        alpha: [C, H, W] sum of the weights w.
+        depth: [C, H, W] expected camera z.
+        normals: [C, H, W, 3] weighted sum of `normals`, or None without them.
+        distortion: [C, H, W] depth distortion, or None unless asked.
+    """
     C = depths.shape[0]
     packed = _pack(means2d, shape, depths, opacities, colors)  # [C*N, K]
     ids, pix = contributing_pairs(kind, radii, depths, packed, width, height)
@@ -241,10 +275,19 @@ def rasterize(
 
 
 def pair_distortion(w: Tensor, z: Tensor, pix: Tensor, n_pixels: int) -> Tensor:
-    """2DGS's depth distortion per pixel [n_pixels]: sum over the pixel's pairs i, j of w_i w_j |z_i - z_j| (both
-    orders, as the paper's double sum and gsplat's render_distort), from weights w [P], depths z [P] and pixel ids
-    pix [P] (sorted). O(P log P), not O(P^2): each pixel's pairs sorted by depth, where the sum is
-    2 sum_i w_i (z_i sum_{j<i} w_j - sum_{j<i} w_j z_j), two segmented cumulative sums (float64)."""
+    """2DGS's depth distortion per pixel [n_pixels]: sum over the pixel's pairs i, j of w_i w_j |z_i - z_j|. Both
+    orders count, as in the paper's double sum and gsplat's render_distort. O(P log P), not O(P^2): with each
+    pixel's pairs sorted by depth, the sum is 2 sum_i w_i (z_i sum_{j<i} w_j - sum_{j<i} w_j z_j). That is two
+    segmented cumulative sums (float64).
+
+    Args:
+        w: [P] weights alpha * T of the pairs.
+        z: [P] camera z of the pairs.
+        pix: [P] flat pixel ids of the pairs (sorted).
+        n_pixels: the number of pixels, C * H * W.
+    Returns:
+        distortion: [n_pixels] in the dtype of w; 0 for pixels without pairs.
+    """
     order = torch.argsort(z.detach(), stable=True)
     order = order[torch.argsort(pix[order], stable=True)]  # by pixel, then depth
     ws, zs, ps = w[order], z[order], pix[order]

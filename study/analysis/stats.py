@@ -2,7 +2,7 @@
 
 The confirm stage's decision uses `crossed_diff`: a t interval for a paired seeds x test-frames design, with the
 seed, frame and residual variance components of a two-way random-effects model and Satterthwaite's degrees of
-freedom; `seeds_for`, `halfwidth` and `detectable` plan such a design. Its coverage is simulated in
+freedom. `seeds_for`, `halfwidth` and `detectable` plan such a design. Its coverage is simulated in
 tests/test_decide.py and docs/analysis.md.
 
 The explore stage's descriptive tables use 95% percentile bootstraps (9,999 resamples, fixed seed so a report is
@@ -75,7 +75,11 @@ def _ci(data: tuple[np.ndarray, ...], statistic, paired: bool) -> tuple[float, f
 
 
 def mean_ci(x: Sequence[float]) -> Estimate:
-    """Mean of the finite values of x with its bootstrap interval."""
+    """Mean of the finite values of x with its bootstrap interval.
+
+    Args:
+        x: [n] values, e.g. one per trial; non-finite ones are dropped.
+    """
     x = _finite(x)
     if not len(x):
         return NAN
@@ -88,6 +92,10 @@ def diff_ci(a: Sequence[float], b: Sequence[float], *, paired: bool, relative: b
 
     paired: a[i] and b[i] belong together (same cell and seed) and are resampled together; pairs with a non-finite
     member are dropped. Unpaired: each sample is resampled on its own.
+
+    Args:
+        a: [n_a] values of side A, e.g. per-seed values of mode A.
+        b: [n_b] values of side B; n_b = n_a when paired.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if paired:
@@ -147,10 +155,10 @@ def _two_level(blocks: list[list[list[tuple[np.ndarray, Optional[tuple]]]]], sha
     means over resampled units of the mean over that unit's resampled frames.
 
     blocks[b][s][u] is (per-frame values, frame indices or None) of unit u on side s of block b; the sides of a
-    block share the unit draw (pairs). Frames are drawn as positions within a frame list: every unit that evaluated
-    the same frame list (same indices, in the same order) gets the same positions in a resample, so a frame's
-    effect is shared as it is in the data (crossed design: the trials of a cell see the same test frames, and a
-    pair's two modes too). Units with unknown or different frame lists get independent draws. share_sides=False
+    block share the unit draw (pairs). Frames are drawn as positions within a frame list. Every unit that evaluated
+    the same frame list (same indices, in the same order) gets the same positions in a resample. So a frame's effect
+    is shared as it is in the data: in the crossed design the trials of a cell see the same test frames, and a
+    pair's two modes too. Units with unknown or different frame lists get independent draws. share_sides=False
     never shares between the sides of a block (independent frame resampling of a pair's members). nested=True draws
     frames afresh for every resampled unit (the textbook hierarchical bootstrap, frames nested in trials), still
     shared by the sides of a pair with the same frame list when share_sides.
@@ -212,6 +220,11 @@ def mean_ci_frames(values: FrameValues, frames: FrameIds = None, *, nested: bool
     values[i]: trial i's per-frame values; frames[i]: their frame indices (trials with the same frame list share
     the frame draw of a resample, see _two_level). Non-finite frame values are dropped; a trial without any finite
     value is dropped. n is the number of trials.
+
+    Args:
+        values: [trials][frames] per-frame values of each trial (frame counts may differ).
+        frames: [trials][frames] frame indices of those values; None (or None for a trial): unknown.
+        nested: draw frames afresh for every resampled trial (frames nested in trials).
     """
     units = [t for t in _frame_sets(values, frames) if len(t[0])]
     if not units:
@@ -233,6 +246,10 @@ def diff_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, relative: bo
     the same resampled frame positions (share_pair_frames), otherwise independent ones. Unpaired: each side's trials
     are resampled on their own (frames still shared where the frame lists match). A pair with a member without
     finite values is dropped.
+
+    Args:
+        a, b: [trials][frames] per-frame values of sides A and B; frames_a, frames_b: their frame indices or None.
+        nested: draw frames afresh for every resampled trial (frames nested in trials).
     """
     d, r = diff_rel_ci_frames(a, b, paired=paired, frames_a=frames_a, frames_b=frames_b,
                               share_pair_frames=share_pair_frames, nested=nested, n_resamples=n_resamples)
@@ -242,7 +259,7 @@ def diff_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, relative: bo
 def diff_rel_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, frames_a: FrameIds = None,
                        frames_b: FrameIds = None, share_pair_frames: bool = True, nested: bool = False,
                        n_resamples: int = N_RESAMPLES) -> tuple[Estimate, Estimate]:
-    """(difference, relative difference) of diff_ci_frames from one set of resamples."""
+    """(difference, relative difference) of diff_ci_frames from one set of resamples; Args: as diff_ci_frames."""
     sa, sb = _frame_sets(a, frames_a), _frame_sets(b, frames_b)
     if paired:
         keep = [i for i in range(min(len(sa), len(sb))) if len(sa[i][0]) and len(sb[i][0])]
@@ -270,7 +287,13 @@ def diff_rel_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, frames_a
 
 
 def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
-    """Indices of the points that no other point beats on both lower cost and higher quality, by rising cost."""
+    """Indices of the points that no other point beats on both lower cost and higher quality, by rising cost.
+
+    Args:
+        cost, quality: [n] per point; points with a non-finite value are left out.
+    Returns:
+        front: [k] int indices into cost and quality.
+    """
     cost, quality = np.asarray(cost, dtype=float), np.asarray(quality, dtype=float)
     front, best = [], -np.inf
     for i in np.lexsort((-quality, cost)):  # by cost, then the better quality first among equal costs
@@ -288,8 +311,8 @@ class Crossed(Estimate):
     """A difference estimated from a balanced seeds x test-frames design, with its t interval.
 
     var_seed, var_frame, var_resid are the variance components of the (linearised) per-(seed, frame) difference
-    (seed-to-seed, frame-to-frame, and the rest); se and df are the standard error of the estimate and its
-    Satterthwaite degrees of freedom; n is the number of seeds (pairs), n_frames the number of test frames."""
+    (seed-to-seed, frame-to-frame, and the rest). se and df are the standard error of the estimate and its
+    Satterthwaite degrees of freedom. n is the number of seeds (pairs), n_frames the number of test frames."""
 
     se: float = float("nan")
     df: float = float("nan")
@@ -315,7 +338,11 @@ class Crossed(Estimate):
 
 def variance_components(z: np.ndarray) -> tuple[float, float, float]:
     """(seed, frame, residual) variance components of a complete [S, F] matrix by two-way ANOVA without replication
-    (method of moments, each component clamped at 0). With one frame: (variance over seeds, 0, 0)."""
+    (method of moments, each component clamped at 0). With one frame: (variance over seeds, 0, 0).
+
+    Args:
+        z: [S, F] values, seeds x test frames, all finite.
+    """
     z = np.asarray(z, dtype=float)
     s, f = z.shape
     if f == 1:
@@ -331,9 +358,15 @@ def variance_components(z: np.ndarray) -> tuple[float, float, float]:
 def crossed_se(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int) -> tuple[float, float]:
     """(standard error, Satterthwaite df) of the mean of a seeds x frames design with these variance components.
 
-    Var(mean) = var_seed / S + var_frame / F + var_resid / (S F), written as (MS_S + MS_F - MS_E) / (S F) with the
-    expected mean squares MS_S = F var_seed + var_resid (S - 1 df), MS_F = S var_frame + var_resid (F - 1 df),
-    MS_E = var_resid ((S - 1)(F - 1) df); the df of that combination by Satterthwaite's formula."""
+    Var(mean) = var_seed / S + var_frame / F + var_resid / (S F). It is written as (MS_S + MS_F - MS_E) / (S F) with
+    expected mean squares. MS_S = F var_seed + var_resid, with S - 1 df. MS_F = S var_frame + var_resid, with F - 1
+    df. MS_E = var_resid, with (S - 1)(F - 1) df. The df of that combination comes from Satterthwaite's formula.
+
+    Args:
+        var_seed, var_frame, var_resid: the variance components (variance_components); seeds, frames: S and F.
+    Returns:
+        se, df: NaN with fewer than 2 seeds; df in [1, S F - 1].
+    """
     s, f = seeds, frames
     if s < 2:
         return float("nan"), float("nan")
@@ -354,10 +387,14 @@ def crossed_diff(a: np.ndarray, b: np.ndarray, *, relative: bool = True, level: 
     column f: test frame f, the same frames for every trial), with a t interval.
 
     The relative difference r = mean(a) / mean(b) - 1 is linearised (delta method): z = (a - (1 + r) b) / mean(b),
-    whose mean is 0 and whose variance is that of the estimate of r; the absolute difference uses z = a - b. The
+    whose mean is 0 and whose variance is that of the estimate of r. The absolute difference uses z = a - b. The
     variance of mean(z) comes from the two-way random-effects decomposition of z (variance_components), so seeds,
     frames and their interaction each count. One column (no frames, e.g. a cost per trial) is the paired t
-    interval over seeds. Rows with a non-finite value are dropped first."""
+    interval over seeds. Rows with a non-finite value are dropped first.
+
+    Args:
+        a, b: [S, F] values of sides A and B (e.g. modes), seeds x test frames, paired row by row.
+    """
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape != b.shape:
         raise ValueError(f"paired matrices differ in shape: {a.shape} vs {b.shape}")
@@ -402,9 +439,9 @@ def detectable(var_seed: float, var_frame: float, var_resid: float, seeds: int, 
 
 def seeds_for(var_seed: float, var_frame: float, var_resid: float, frames: int, target: float,
               level: float = 0.95, most: int = 1000) -> Optional[int]:
-    """Fewest seeds (at least 2) whose expected interval half-width is at most `target`; None when even `most`
-    seeds do not get there (the frame-to-frame variance alone, var_frame / F, sets a floor: more test frames are
-    needed then). Vectorised over the candidate numbers of seeds (halfwidth, one at a time, is the reference)."""
+    """Fewest seeds (at least 2) whose expected interval half-width is at most `target`. None when even `most`
+    seeds do not get there: the frame-to-frame variance alone, var_frame / F, sets a floor, and more test frames
+    are needed then. Vectorised over the candidate numbers of seeds (halfwidth, one at a time, is the reference)."""
     s = np.arange(2, most + 1, dtype=float)
     f = float(frames)
     if frames == 1:
@@ -441,7 +478,7 @@ class TunedCrossed(Crossed):
 
 def tuned_interval(mean: float, se: float, df: float, tuning: np.ndarray, level: float,
                    samples: int = 40_000) -> tuple[float, float]:
-    """The `level` interval for the truth when estimate - truth = t(df) x se + a draw of `tuning` [draws]."""
+    """The `level` interval (lo, hi) for the truth when estimate - truth = t(df) x se + a draw of `tuning` [draws]."""
     rng = np.random.default_rng(SEED)
     err = stats.t.rvs(df, size=samples, random_state=rng) * se + rng.choice(tuning, samples)
     q_lo, q_hi = np.quantile(err, [(1 - level) / 2, (1 + level) / 2])
@@ -449,7 +486,11 @@ def tuned_interval(mean: float, se: float, df: float, tuning: np.ndarray, level:
 
 
 def with_tuning(e: Crossed, tuning: np.ndarray) -> Crossed:
-    """`e` with the tuning's error draws added (TunedCrossed), at its own level; `e` itself without draws or se."""
+    """`e` with the tuning's error draws added (TunedCrossed), at its own level; `e` itself without draws or se.
+
+    Args:
+        tuning: [draws] draws of the tuning's contribution to the error, as in tuned_interval.
+    """
     if not (len(tuning) and math.isfinite(e.se) and math.isfinite(e.df)):
         return e
     lo, hi = tuned_interval(e.mean, e.se, e.df, tuning, e.level)
