@@ -33,9 +33,10 @@ from study.base.space import MODE_KEY
 RAY_KEYS = _ray_compat.result_keys()  # Tune's bookkeeping in every result: everything else a trial reports is kept
 
 
-def full_config(base: dict, tuned: dict) -> dict[str, Any]:
-    """The complete training config of a trial, lists JSON-encoded so every column is a scalar."""
-    cfg = make_config({**base, **{k: v for k, v in tuned.items() if not k.startswith("_")}}).model_dump(mode="json")
+def full_config(base: dict, keys: dict) -> dict[str, Any]:
+    """The complete training config of a trial (its own keys over the stage's base), lists JSON-encoded so every
+    column is a scalar."""
+    cfg = make_config({**base, **{k: v for k, v in keys.items() if not k.startswith("_")}}).model_dump(mode="json")
     return {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in cfg.items()}
 
 
@@ -87,6 +88,7 @@ class ParquetSink(Callback):
         self.names = names  # study.runner.board.Names: the stage's TensorBoard run names (None: no TensorBoard ending)
         self.board = board or self.store  # whose tensorboard/ holds the runs (the study's, for both stages)
         self.trials: dict[str, dict] = {}
+        self.configs: dict[str, dict] = {}  # trial id -> full_config, validated once per trial (config_of)
         self.reconciled = False
         self.damaged: Optional[str] = None  # where a damaged trials.parquet was set aside (rebuilt from Ray's state)
         if self.store.exists("trials.parquet"):  # a resumed study keeps the rows of trials it will not see again
@@ -108,9 +110,15 @@ class ParquetSink(Callback):
             return self.ended()
         return {part_of(p)[0] for p in self.store.list("metrics", "part-*.parquet")}
 
+    def config_of(self, tid: str, keys: dict) -> dict[str, Any]:
+        """A trial's config columns (full_config), validated on its first result only: a trial's keys never change."""
+        if tid not in self.configs:
+            self.configs[tid] = full_config(self.base, keys)
+        return self.configs[tid]
+
     def _row(self, trial, **status) -> dict:
         row = self.trials.get(trial.trial_id, {})
-        row.update(study=self.study_name, trial_id=trial.trial_id, **full_config(self.base, trial.config))
+        row.update(study=self.study_name, trial_id=trial.trial_id, **self.config_of(trial.trial_id, trial.config))
         row.setdefault("status", PENDING)
         row.setdefault("stopped_at_epoch", None)
         row.setdefault("last_epoch", 0)
@@ -170,7 +178,7 @@ class ParquetSink(Callback):
             status = COMPLETED if last_epoch >= self.budget(config) else STOPPED
         metrics = {k: v for k, v in last.items() if k not in RAY_KEYS and k != "epoch" and k not in config
                    and not isinstance(v, (dict, list))}
-        self.trials[tid] = {**metrics, "study": self.study_name, "trial_id": tid, **full_config(self.base, config),
+        self.trials[tid] = {**metrics, "study": self.study_name, "trial_id": tid, **self.config_of(tid, config),
                             "status": status, "last_epoch": last_epoch, "error": error,
                             "stopped_at_epoch": last_epoch if status == STOPPED else None,
                             "checkpoint_path": self.checkpoint_file(ckpt)}
@@ -240,7 +248,7 @@ class ParquetSink(Callback):
         # the dataset agrees (an empty list of a non-evaluated epoch would otherwise be list<null>)
         lists = {k: v for k, v in result.items() if k not in RAY_KEYS and isinstance(v, list)
                  and all(isinstance(x, (int, float)) for x in v)}
-        row = {"study": self.study_name, "trial_id": trial.trial_id, **full_config(self.base, trial.config), **metrics,
+        row = {"study": self.study_name, "trial_id": trial.trial_id, **self.config_of(trial.trial_id, trial.config), **metrics,
                **lists, "hostname": result.get("hostname") or socket.gethostname(),
                "timestamp": datetime.now(timezone.utc)}
         self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet",

@@ -47,8 +47,8 @@ def run_trial(config: dict, base_config: dict, study_uri: str, names: Optional[N
     TensorBoard events are written on the worker and copied into the study's `tensorboard/<run>/` (study.runner.board;
     board_uri, default the stage's folder) after every epoch, so they reach the study's storage (a shared path or a
     URI) from any node."""
-    tuned = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg = make_config({**base_config, **tuned}, "trial config")
+    keys = {k: v for k, v in config.items() if not k.startswith("_")}  # the trial's own keys: mode, cell, tuned, seed
+    cfg = make_config({**base_config, **keys}, "trial config")
     ctx = tune.get_context()
     torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
     clean_scratch()
@@ -66,8 +66,8 @@ def run_trial(config: dict, base_config: dict, study_uri: str, names: Optional[N
     study, tid = Store(study_uri), ctx.get_trial_id()
     tb_dir = scratch_dir("tb")
     names = names or Names("trial", ("grid_size", "max_frames"), ())
-    board = TrialBoard(tb_dir, names, tuned, tid, first_epoch=done + 1)
-    run = names.folder(tuned, tid)
+    board = TrialBoard(tb_dir, names, keys, tid, first_epoch=done + 1)
+    run = names.folder(keys, tid)
     board_store = Store(board_uri) if board_uri else study
 
     def report(r: EpochReport) -> None:
