@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -14,11 +13,12 @@ import ray
 from study.runner import resources
 from study.runner.interrupts import INTERRUPTED, RAY_GCS, TERMINATED
 from study.base.storage import StudyError
+from study.runner.options import Options
 
 
 DEFAULT_GPU_MEM_MB = 16e3
 
-def detect_gpu(args: argparse.Namespace) -> tuple[bool, Optional[float], list[str]]:
+def detect_gpu(args: Options) -> tuple[bool, Optional[float], list[str]]:
     """(trials get GPUs, memory of one GPU in MB, notes). Locally from torch; with --address from the cluster's
     resources, since the driver may run on a CPU-only head node. `--cpu` forces CPU; `--gpu-mem-mb` sets the memory
     (else it is measured: locally, or by a small task on a cluster GPU; DEFAULT_GPU_MEM_MB when that fails)."""

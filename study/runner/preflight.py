@@ -3,7 +3,6 @@ cluster, dataset, and a held study's settings, scheduler state and checkpoints."
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import io
 import json
@@ -24,6 +23,7 @@ from study.base.space import Space, confirm_config, load_space, with_options
 from study.base.storage import StorageError, Store, StudyError, is_uri
 from study.runner import _ray_compat
 from study.runner.cluster import check_reachable, detect_gpu
+from study.runner.options import Options
 from study.runner.search import STATE_FORMAT
 
 
@@ -39,7 +39,7 @@ class CheckedStudy(NamedTuple):
     info: Optional[dict]  # study.json of the study being resumed (None: a new study)
     confirm_base: Optional[dict]  # the tuning's and confirm stage's base config (confirm_config); None without confirm
 
-def check_study(args: argparse.Namespace) -> CheckedStudy:
+def check_study(args: Options) -> CheckedStudy:
     """Validate everything before the study starts: space, options, storage, cluster, dataset, study directory
     (nothing written on error). With --address this connects to the cluster, whose resources decide GPU or CPU."""
     _ray_compat.check_ray()
@@ -147,7 +147,7 @@ def check_geometry(space: Space, ds) -> None:
                          f"{', '.join(wanted)}: remove them from confirm.quality (the report shows geometry wherever "
                          f"the dataset has it)")
 
-def check_options(args: argparse.Namespace) -> None:
+def check_options(args: Options) -> None:
     """Refuse numeric options Ray would reject later with a traceback (or silently misread)."""
     bad = [(f"--{k.replace('_', '-')}", v, need) for k, v, need, ok in (
         ("max_concurrent", args.max_concurrent, "at least 1", lambda v: v >= 1),

@@ -1,4 +1,5 @@
-"""Run the 2D-vs-3D Gaussian splatting study with Ray Tune: `python -m study.run --space comparison`.
+"""The study's driver: explore, the deciding tuning, confirm, then the report, with Ray Tune (the command line:
+study.runner.options).
 
 Every trial trains one (gaussian_mode, grid_size, max_frames, lr, ssim_lambda, seed) combination with posesplat's
 training loop and reports each epoch. Metrics go to `<study>/metrics/` (parquet), trial states to
@@ -8,7 +9,6 @@ Re-running the same command on the same study directory resumes it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -43,53 +43,12 @@ from study.runner.board import Names, stage_names
 from study.runner.cluster import connect_ray, own_ray
 from study.runner.console import LOG_NAME, StageProgress, ray_output, ray_output_to, study_log
 from study.runner.interrupts import INTERRUPTED, RESUME, SAID, TERMINATED, signals_as_interrupt
+from study.runner.options import Options, parse_args
 from study.runner.preflight import check_study, owner
 from study.runner.search import (STATE_FORMAT, PerModeSearcher, PlannedSearcher, SchedulerState, StateError,
                                  StratifiedASHA, TrialRetries)
 from study.runner.sink import ParquetSink
 from study.runner.trainable import clean_scratch, run_trial
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where there is one (the help text says what an unset option means)."""
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default == []:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0],
-                                formatter_class=_HelpFormatter)
-    p.add_argument("--space", default="comparison", help="search space: a name in search_spaces/ or a JSON file path")
-    p.add_argument("--name", help="study name (default: the space's name)")
-    p.add_argument("--storage", default="studies", help="directory or URI (s3://, gs://, hdfs://, file://) that "
-                                                        "holds studies; on a cluster every node must reach it")
-    p.add_argument("--dataset", help="dataset to train on (default: the space's base config or "
-                                     "data/synthetic_mouse.zarr)")
-    p.add_argument("--num-samples", type=int, help="trials per (mode, grid cell); default from the space")
-    p.add_argument("--max-epochs", type=int, help="epoch budget per trial; default from the space")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial; default from the memory model")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; default from the space")
-    p.add_argument("--max-concurrent", type=int, help="most trials running at once (default: as resources allow)")
-    p.add_argument("--search", choices=["optuna", "random"], default="optuna",
-                   help="per-mode Optuna TPE, or seeded random search as a baseline")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samplers and of the trials")
-    p.add_argument("--modes", nargs="*", default=[], help="extra modes to add to the space's, e.g. 2d_screen")
-    p.add_argument("--cpu", action="store_true", help="use the space's CPU scale-down even if a GPU is present")
-    p.add_argument("--max-failures", type=int, default=1, help="retries of a trial from its last checkpoint")
-    p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one); its "
-                                     "resources decide whether trials get GPUs")
-    p.add_argument("--gpu-mem-mb", type=float, help="memory of one GPU for the memory model (default: measured; "
-                                                    "on a cluster by a small task on a GPU node, else 16000)")
-    p.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none); "
-                                                         "re-running the same command also resumes")
-    p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own console output (its trial boxes and "
-                   "status tables) on screen instead of in <study>/ray.log")
-    p.add_argument("--repair", action="store_true", help="recover a study whose study.json or Ray state is damaged, "
-                                                         "as the error message says (damaged files are kept aside)")
-    return p.parse_args(argv)
 
 
 class Outcome(NamedTuple):
@@ -99,7 +58,7 @@ class Outcome(NamedTuple):
     rc: int
 
 
-def run_study(args: argparse.Namespace, trial_fn: Optional[Callable] = None) -> Outcome:
+def run_study(args: Options, trial_fn: Optional[Callable] = None) -> Outcome:
     """Set up and run (or resume) both stages, then write the report, all under the study's lock.
     `trial_fn(config, base_config, study_uri)` is what each trial runs (default: study.runner.trainable.run_trial; tests
     give a cheap one).
@@ -163,7 +122,7 @@ def all_failed(stage: str, statuses: dict[str, dict]) -> Optional[str]:
     return None
 
 
-def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem: Optional[float], pixels: int,
+def trainable_factory(args: Options, space: Space, gpu: bool, gpu_mem: Optional[float], pixels: int,
                       trial_fn: Optional[Callable]) -> Callable[[dict, Store, Names, Store], Any]:
     """(base config, stage store, run names, the study's store: its tensorboard/ holds both stages' runs) -> the
     Tune trainable of a stage, with its per-trial resources."""
@@ -193,7 +152,7 @@ def trainable_factory(args: argparse.Namespace, space: Space, gpu: bool, gpu_mem
     return make
 
 
-def fit_stage(args: argparse.Namespace, store: Store, trainable, sink, searcher, scheduler,
+def fit_stage(args: Options, store: Store, trainable, sink, searcher, scheduler,
               label: str) -> dict[str, dict]:
     """Run (or resume) one stage's Tuner in `<store>/ray`; returns the stage's trial rows. The study's own records
     decide: a stage whose trials all ended (completed, stopped by the scheduler, or failed) is not run again; one
@@ -259,7 +218,7 @@ def constants(base: dict) -> dict:
     return make_config(base, "base_config").model_dump(mode="json")
 
 
-def restore_or_set_aside(args: argparse.Namespace, store: Store, label: str, sink, restore: Optional[Callable]):
+def restore_or_set_aside(args: Options, store: Store, label: str, sink, restore: Optional[Callable]):
     """The restored Tuner, when Ray's experiment state agrees with the study's records; otherwise a refusal naming
     the damage, or with --repair the stage's Ray state and records set aside (never deleted) and None (the stage
     runs again). Ray restarts an experiment whose state file is truncated; that must not happen over records."""
@@ -301,7 +260,7 @@ def set_stage_aside(store: Store, label: str, sink, problem: str) -> None:
     sink.damaged = None
 
 
-def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store, trainable) -> dict[str, dict]:
+def run_explore(args: Options, space: Space, base: dict, study: Store, trainable) -> dict[str, dict]:
 
     searcher = PerModeSearcher(space, space.metric, space.metric_mode, args.search, args.seed,
                                max_concurrent=args.max_concurrent)
@@ -313,7 +272,7 @@ def run_explore(args: argparse.Namespace, space: Space, base: dict, study: Store
     return fit_stage(args, study, trainable(base, study, names, study), sink, searcher, scheduler, "explore")
 
 
-def run_tuning(args: argparse.Namespace, space: Space, cbase: dict, study: Store, trainable,
+def run_tuning(args: Options, space: Space, cbase: dict, study: Store, trainable,
                info: dict) -> Optional[dict]:
     """The deciding tuning at the confirm cell (study/analysis/tuning.py), in rounds `<study>/tune/round<r>/`: round 0
     is each mode's first log grid, each later round widens the modes whose choice sits at an end. A round's plan is
@@ -388,7 +347,7 @@ def confirm_test_frames(cbase: dict) -> int:
     return len(evaluated_frames(frames, cfg.eval_cap("test")))
 
 
-def run_confirm(args: argparse.Namespace, space: Space, cbase: dict, study: Store, trainable,
+def run_confirm(args: Options, space: Space, cbase: dict, study: Store, trainable,
                 tuned: Optional[dict] = None) -> dict[str, dict]:
     """Plan the confirm stage once (written before its first trial), then run or resume it look by look, stopping
     at the first look whose verdict is settled (study.analysis.looks). Returns the trial rows of the looks that ran.
