@@ -2,10 +2,10 @@
 
 Trains each mode of the space's confirm block at its confirm cell, with exactly the confirm stage's training config
 (study.base.space.confirm_config), over a log grid of learning rates and several seeds, outside the study's search and
-without Ray. Prints each mode's validation and test curve against lr, each mode's optimum (chosen on the mean validation
-score, as the study chooses) and the difference of the two modes at their optima with its interval (paired by seed, over
-seeds and test frames: study.analysis.stats.crossed_diff). It is how a user checks a study's verdict against brute
-force. Runs are appended to `<out>/runs.jsonl` as they finish: running the command again resumes."""
+without Ray. Prints each mode's validation and test curve against lr. Also each mode's optimum, chosen on the mean
+validation score as the study chooses. And the difference of the two modes at their optima with its interval (paired by
+seed, over seeds and test frames: study.analysis.stats.crossed_diff). It is how a user checks a study's verdict against
+brute force. Runs are appended to `<out>/runs.jsonl` as they finish: running the command again resumes."""
 
 from __future__ import annotations
 

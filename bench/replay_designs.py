@@ -1,9 +1,9 @@
 """Designs replayed on a bank: `python -m bench.replay_designs [--bank PATH] [--replays N]`.
 
-For each split of a CPU budget between tuning seeds and confirm pairs that the bank's seeds can hold, the whole
-procedure replayed on the bank (study.analysis.replay.replay_rates): `either` on the bank as measured and planted
-exactly equal, 3d on "2D 5% worse", the worst wrong direction, and the median half-width of the IoU interval at the
-planted-equal truth. It prints the table of docs/analysis.md ("Designs on the same bank")."""
+For each split of a CPU budget between tuning seeds and confirm pairs that the bank's seeds can hold, it replays the
+whole procedure on the bank (study.analysis.replay.replay_rates). It reports `either` on the bank as measured and
+planted exactly equal, and 3d on "2D 5% worse". Also the worst wrong direction, and the median half-width of the IoU
+interval at the planted-equal truth. It prints the table of docs/analysis.md ("Designs on the same bank")."""
 
 from __future__ import annotations
 

@@ -101,9 +101,9 @@ def best_per_mode(metrics: pd.DataFrame) -> dict[str, tuple[float, int]]:
 
 
 def split_overhead(metrics: pd.DataFrame) -> tuple[float, float]:
-    """(seconds per epoch, seconds per trial) that a one-at-a-time study adds, from the metrics' timestamps: the
-    spacing of a trial's epochs beyond their training and evaluation time, and the time from one trial's last epoch
-    to the next trial's first beyond that epoch's work (what starting a trial adds)."""
+    """(seconds per epoch, seconds per trial) that a one-at-a-time study adds, from the metrics' timestamps. Per
+    epoch: the spacing of a trial's epochs beyond their training and evaluation time. Per trial: the time from one
+    trial's last epoch to the next trial's first, beyond that epoch's work (what starting a trial adds)."""
     m = metrics.sort_values("timestamp").assign(work=lambda d: d.epoch_time_s + d.eval_time_s)
     t = (m.timestamp - m.timestamp.min()).dt.total_seconds()
     same = m.trial_id.eq(m.trial_id.shift())

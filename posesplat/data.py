@@ -242,9 +242,9 @@ class MultiViewDataset:
 
     # ------------------------------------------------------------------ loading
     def keep_in_memory(self, budget_mb: float) -> None:
-        """From now on `load` and `gt_geometry` decode every view of a frame once and keep it (downsampled), while
-        the kept tensors fit in `budget_mb`; other frames are read from the store each time, their chosen views
-        only, as without it (budget 0: always). A training run then reads each frame once instead of at every step
+        """From now on `load` and `gt_geometry` decode every view of a frame once and keep it (downsampled). They
+        do so while the kept tensors fit in `budget_mb`. Other frames are read from the store each time, their chosen
+        views only, as without it (budget 0: always). A training run then reads each frame once instead of at every step
         and evaluation. The tensors returned are copies either way."""
         self._kept = {} if budget_mb > 0 else None
         self._budget, self._used = int(budget_mb * 2**20), 0

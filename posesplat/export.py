@@ -2,9 +2,10 @@
 
     python -m posesplat.export CHECKPOINT --frames A:B [--format ply|splat|ply_compressed] --out DIR
 
-One file per frame, `frame<k>` plus the format's suffix: the Gaussians the model emits for frame k, reconstructed
-from its observed views, in the recording's world frame (the pose applied). Written by `gsplat.export_splats` in the
-3DGS conventions its viewers expect: log scales, logit opacities, SH degree 0 from the colour, unit wxyz quaternions.
+One file per frame, `frame<k>` plus the format's suffix. It holds the Gaussians the model emits for frame k,
+reconstructed from its observed views, in the recording's world frame (the pose applied). Written by
+`gsplat.export_splats` in the 3DGS conventions its viewers expect: log scales, logit opacities, SH degree 0 from the
+colour, unit wxyz quaternions.
 A 2d surfel gets a thin third axis (SURFEL_THICKNESS of its smaller scale): a 3DGS viewer shows it as a disc.
 2d_screen has no 3D extent: refused. docs/export.md says how to open the files.
 """

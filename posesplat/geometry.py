@@ -20,9 +20,10 @@ MAX_POINTS = 4096  # surface points kept per side for the Chamfer distance (an e
 @torch.no_grad()
 def view_errors(depth: Tensor, normals: Tensor, depth_gt: Tensor, normal_gt: Tensor, masks: Tensor
                 ) -> dict[str, list[float]]:
-    """Per view, over the pixels where the true mask is set: mean |depth - true depth| (m), the same relative to
-    the true depth (the camera distance along z), and the mean angle between the depth map's normals and the true
-    normals (degrees; pixels without a rendered normal, on the image border, are left out). NaN without pixels.
+    """Per view, over the pixels where the true mask is set: mean |depth - true depth| (m), and the same relative
+    to the true depth (the camera distance along z). Also the mean angle between the depth map's normals and the
+    true normals, in degrees. Pixels without a rendered normal, on the image border, are left out of the angle. NaN
+    without pixels.
 
     depth, depth_gt [V, H, W]; normals, normal_gt [V, H, W, 3] world; masks [V, H, W] (true mask, 0/1)."""
     m = masks > 0.5

@@ -1,8 +1,8 @@
 """Per-voxel head: picks voxels by an adaptive threshold and turns each into one Gaussian of the mode.
 
 What a Gaussian is made of comes from the mode's registry entry (posesplat.modes: `head` layout, `frame`,
-`scale_unit`): `3d` 14 parameters (offset 3, log-scale 3, quaternion 4, colour 3, opacity 1), `2d` 13 (two
-log-scales), `2d_screen` 9 (pixel offset 2, log-scale 2, angle 1, colour 3, opacity 1). In the world frame means are
+`scale_unit`). `3d` has 14 parameters (offset 3, log-scale 3, quaternion 4, colour 3, opacity 1). `2d` has 13 (two
+log-scales). `2d_screen` has 9 (pixel offset 2, log-scale 2, angle 1, colour 3, opacity 1). In the world frame means are
 voxel centres plus a learned offset of at most one voxel; in the screen frame the centre is an anchor and the offset
 (at most px_per_voxel pixels) is added after projection.
 """

@@ -1,5 +1,5 @@
 """Writing files and folders on the local filesystem so that a reader, or a run killed halfway, never sees half of
-one: a file is written under a temporary name beside it and renamed; a finished folder replaces the previous one by
+one. A file is written under a temporary name beside it and renamed. A finished folder replaces the previous one by
 two renames. Strict JSON (NaN as null) for every JSON file the project writes."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def staging_folder(out: Path) -> Path:
 
 def swap_folder(staging: Path, out: Path) -> None:
     """Put the finished folder `staging` at `out`. A previous `out` goes aside first and is deleted only once the new
-    one is in place (put back if that fails), so some whole version is always at `out` or beside it; callers decide
+    one is in place (put back if that fails). So some whole version is always at `out` or beside it. Callers decide
     beforehand whether `out` may be replaced at all."""
     old = beside(out, "old")
     if out.exists():

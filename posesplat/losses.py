@@ -40,9 +40,10 @@ def training_loss(cfg: Config, terms: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def normal_error(out: RenderOut) -> torch.Tensor:
-    """2DGS's normal consistency per pixel [V, H, W]: 1 - <sum_i w_i n_i, alpha n_d>, the surfels' composited normals
-    (not normalised) against the unit normals n_d of the rendered depth weighted by the accumulated alpha, which is
-    not differentiated (2DGS's train.py and renderer: 0 where nothing is drawn, 1 - alpha^2 cos elsewhere)."""
+    """2DGS's normal consistency per pixel [V, H, W]: 1 - <sum_i w_i n_i, alpha n_d>. It compares the surfels'
+    composited normals (not normalised) with the unit normals n_d of the rendered depth. The n_d are weighted by the
+    accumulated alpha, which is not differentiated. As in 2DGS's train.py and renderer, it is 0 where nothing is
+    drawn and 1 - alpha^2 cos elsewhere."""
     return 1 - (out.surfel_normals * out.normals * out.alpha.detach()[..., None]).sum(-1)
 
 

@@ -28,8 +28,9 @@ def oom_error(cfg: Config, device: torch.device, e: BaseException, where: str) -
 
 class PeakMemory:
     """Peak memory of a block: CUDA max_memory_allocated, or on CPU the process's resident-set high-water mark
-    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start, after glibc has returned
-    freed memory to the system (malloc_trim), so cached allocations do not hide the block's own peak."""
+    (VmHWM, reset through /proc/self/clear_refs) minus the resident set at the start. On CPU the start is taken after
+    glibc has returned freed memory to the system (malloc_trim), so cached allocations do not hide the block's own
+    peak."""
 
     def __init__(self, device: torch.device):
         self.device = device

@@ -1,9 +1,9 @@
 """The metrics schema: every value the training loop reports per epoch, with its unit, which direction is better,
 whether it is also reported per test frame, and how the analysis turns a trial's epochs into one number.
 
-Evaluation (posesplat.train, posesplat.scores), the study's parquet types and TensorBoard groups
-(study.runner.sink, study.runner.board), the analysis (study.analysis.load) and the space's choice of decision
-metrics (study.base.space) all read this table, so a new metric is one entry here plus the line that measures it.
+Evaluation (posesplat.train, posesplat.scores) reads this table. So do the study's parquet types and TensorBoard
+groups (study.runner.sink, study.runner.board), the analysis (study.analysis.load) and the space's choice of
+decision metrics (study.base.space). A new metric is therefore one entry here plus the line that measures it.
 """
 
 from __future__ import annotations

@@ -2,17 +2,20 @@
 
 `python -m posesplat.prep CONFIG [--out DATASET.zarr] [--workers N] [--trim]`; `prep(config, ...)` in Python.
 
-Steps, each written atomically with its inputs' fingerprint into a work folder beside the output (so a re-run skips
-what is finished and an interrupted run resumes): `cameras` (HDF5 -> metric OpenCV cameras), `track` (per frame: a
-centre triangulated from the masks, then the visual hull's centroid and covariance), `pose` (up direction, world
-frame, smoothed centres, headings from the hull's principal axis with the 180-degree ambiguity resolved by
-continuity), `frames` (images and masks written in parallel, one zarr chunk per frame, no locks; crop indices from
-the carved volumes) and `finish` (the store is renamed into place). See docs/prep.md.
+Each step is written atomically with its inputs' fingerprint into a work folder beside the output. So a re-run
+skips what is finished and an interrupted run resumes. The steps:
+`cameras` (HDF5 -> metric OpenCV cameras).
+`track` (per frame: a centre triangulated from the masks, then the visual hull's centroid and covariance).
+`pose` (up direction, world frame, smoothed centres, headings from the hull's principal axis with the 180-degree
+ambiguity resolved by continuity).
+`frames` (images and masks written in parallel, one zarr chunk per frame, no locks; crop indices from the carved
+volumes).
+`finish` (the store is renamed into place). See docs/prep.md.
 
 Modules, in the order prep() uses them (pipeline.py): config.py and inputs.py (the config, its files and the
 videos checked: videos.py), cameras.py, up.py, track.py (with hull.py's per-frame geometry), pose.py, cube.py (the
-cube's side and crop), frames.py, store.py (finish); cache.py and blocks.py run the steps resumably and in parallel;
-cli.py is the command line.
+cube's side and crop), frames.py, store.py (finish). Also cache.py and blocks.py, which run the steps resumably and
+in parallel. And cli.py, the command line.
 """
 
 from posesplat.prep.cache import PREP_VERSION

@@ -36,9 +36,9 @@ def grid_points(n: int, side: float) -> np.ndarray:
 
 
 def hull(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, world: np.ndarray) -> np.ndarray:
-    """Visual hull: bool [P] for world points [P, 3] (masks [V, H, W]), by the rule of carve.carve: a view whose mask
-    touches its image border has a say only about the points it images, the others about every point; a point is in
-    the hull when at least two views have a say and all of those show foreground."""
+    """Visual hull: bool [P] for world points [P, 3] (masks [V, H, W]), by the rule of carve.carve. A view whose mask
+    touches its image border has a say only about the points it images. The other views have a say about every
+    point. A point is in the hull when at least two views have a say and all of those show foreground."""
     inside = np.ones(len(world), dtype=bool)
     say = np.zeros(len(world), dtype=np.int64)
     for m, K, E in zip(masks, Ks, Es):

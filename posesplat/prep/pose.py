@@ -1,6 +1,6 @@
-"""The pose step: the up direction and world frame (z up, metres, origin on the floor under the path), then per
-frame the smoothed centre and the heading from the hull's principal axis, its 180-degree ambiguity resolved by
-continuity and the direction of travel."""
+"""The pose step: the up direction and world frame (z up, metres, origin on the floor under the path). Then per
+frame the smoothed centre and the heading from the hull's principal axis. The heading's 180-degree ambiguity is
+resolved by continuity and the direction of travel."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The finish step and the output's guard: the finished store gets the cameras, poses and attributes and is swapped
-into place; an output that prep did not write is never replaced, one already up to date is left as it is."""
+"""The finish step and the output's guard. The finished store gets the cameras, poses and attributes and is swapped
+into place. An output that prep did not write is never replaced. One already up to date is left as it is."""
 
 from __future__ import annotations
 

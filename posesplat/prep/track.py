@@ -64,8 +64,8 @@ def config_sides(cfg: PrepConfig, ps_unit_m: float) -> tuple[Optional[float], Op
 
 def track_block(job: TrackJob, j0: int, j1: int) -> dict[str, np.ndarray]:
     """Per output frame: rough centre, hull centroid [3], trunk covariance [3, 3], lowest point along the cameras'
-    up, the hull's reach from its centroid [REACH_DIRS + 2] (horizontal directions of the floor basis, then up and
-    down) and whether the hull touches the tracking cube's faces (the reach is then a lower bound)."""
+    up. Also the hull's reach from its centroid [REACH_DIRS + 2] (horizontal directions of the floor basis, then up
+    and down). And whether the hull touches the tracking cube's faces (the reach is then a lower bound)."""
     Ks, Es, obs = job.rig.Ks, job.rig.Es, list(job.rig.observed)
     up = camera_up(Es)
     basis = world_from_calib(up, np.zeros((1, 3)), 0.0)[:3, :3]  # rows: two horizontal axes and up

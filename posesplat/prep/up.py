@@ -69,9 +69,9 @@ def _lines_from_npz(path: Path, n: int) -> list:
 
 
 def up_from_lines(lines: list, Ks: np.ndarray, Es: np.ndarray, source: str) -> np.ndarray:
-    """Up [3] (calibration frame) from vertical segments (per camera, pixels in the Ks' convention): each segment
-    back-projects to a plane through its camera's centre that contains the vertical, so up is the direction common to
-    all planes, the least-squares null vector of their stacked normals; its sign is the cameras' up side."""
+    """Up [3] (calibration frame) from vertical segments (per camera, pixels in the Ks' convention). Each segment
+    back-projects to a plane through its camera's centre that contains the vertical. So up is the direction common to
+    all planes, the least-squares null vector of their stacked normals. Its sign is the cameras' up side."""
     normals = []
     for c, segs in enumerate(lines):
         Kinv, R = np.linalg.inv(Ks[c]), Es[c, :3, :3]

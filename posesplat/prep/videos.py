@@ -34,8 +34,8 @@ def frame_times(path: Path) -> np.ndarray:
 
 def video_info(path: Path) -> tuple[int, int, int, float, Optional[float]]:
     """(frames decoded, width, height, container fps, the rate to seek with or None). A rate to seek with exists
-    when every frame's timestamp is the first one plus its index over a constant rate (to a tenth of a frame): a
-    time seek then lands on a frame index; otherwise frames must be decoded from the start."""
+    when every frame's timestamp is the first one plus its index over a constant rate (to a tenth of a frame). A
+    time seek then lands on a frame index. Otherwise frames must be decoded from the start."""
     try:
         gen = imageio_ffmpeg.read_frames(str(path), output_params=PASSTHROUGH)
         meta = next(gen)
@@ -87,8 +87,8 @@ def binarise(frame: np.ndarray, ds: int, threshold: int) -> np.ndarray:
 def check_videos(cfg: PrepConfig, files: dict[str, Path], config: Path, trim: bool,
                  log: Callable[[str], None]) -> tuple[int, int, int, float, dict[str, Optional[float]]]:
     """(source frames, width, height, container fps, per video the fps to seek with or None to decode from the
-    start): sizes agree with each other and the config, lengths agree (or are trimmed to the shortest), and a
-    configured fps that disagrees with the containers is reported (frames are read by index, never by time)."""
+    start). Sizes agree with each other and the config. Lengths agree (or are trimmed to the shortest). A configured
+    fps that disagrees with the containers is reported (frames are read by index, never by time)."""
     infos = {name: video_info(p) for name, p in files.items() if name.startswith(("video", "mask video"))}
     _, W, H, fps, _ = infos["video 0"]
     for name, (_, w, h, _, _) in infos.items():

@@ -1,5 +1,5 @@
 """gsplat backend (CUDA): a mode's own gsplat rasteriser where its registry entry names one (`rasterization` for 3d,
-`rasterization_2dgs` for 2d), else the mode's projection (ours, as in the torch backend) followed by gsplat's tile
+`rasterization_2dgs` for 2d). Otherwise the mode's projection (ours, as in the torch backend), then gsplat's tile
 intersection and `rasterize_to_pixels` with our conics (2d_screen)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def render_gsplat(
     "RGB+ED"). From `rasterization_2dgs`, also the surfels' composited world normals [C, H, W, 3] (else None). If
     asked, also its depth distortion `render_distort` [C, H, W] (else None).
 
-    gsplat composites each Gaussian's centre depth, also in rasterization_2dgs (its distortion too): there it
+    gsplat composites each Gaussian's centre depth, also in rasterization_2dgs (its distortion too). There it
     differs from the torch backend's ray-surfel intersection depth except where surfels face the camera
     (docs/rendering.md).
 

@@ -117,8 +117,8 @@ def load_bank(path: Path | str) -> Bank:
 def planted(bank: Bank, modes: Sequence[str], select: str, quality: dict[str, Optional[float]],
             cost: Optional[tuple[str, float]] = None) -> Bank:
     """The bank with modes[0]'s runs scaled so that each quality metric's estimand (test, at the optima) is
-    quality[k] (None: as measured), its validation twin scaled alike (the optima stay where they are), and with
-    cost = (key, d): the cost's relative difference at the optima d. The noise stays the bank's own, scaled."""
+    quality[k] (None: as measured). Its validation twin is scaled alike (the optima stay where they are). With
+    cost = (key, d), the cost's relative difference at the optima is d. The noise stays the bank's own, scaled."""
     a, b = modes
     factors = {}
     for key, target in quality.items():

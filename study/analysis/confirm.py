@@ -80,9 +80,10 @@ def tuned_hparams(tuned: dict[str, dict], select: str) -> dict[str, dict[str, An
 def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[str], epochs: int, test_frames: int,
                  seed: int, tuned: Optional[dict[str, dict]] = None,
                  mode_config: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
-    """The confirm plan (JSON-ready) from the explore stage's per-trial table (read at each trial's best validation
-    epoch, as study.analysis.load.trial_summary gives it) and, when the space has a deciding tuning, its outcome `tuned`
-    (then each mode's value of the tuned key comes from it and the other keys are fixed by the confirm block).
+    """The confirm plan (JSON-ready) from the explore stage's per-trial table and, when the space has a deciding
+    tuning, its outcome `tuned`. The table is read at each trial's best validation epoch, as
+    study.analysis.load.trial_summary gives it. With `tuned`, each mode's value of the tuned key comes from it and the
+    other keys are fixed by the confirm block.
     `mode_config`: the keys the space fixes per mode (Space.mode_keys), in each trial and recorded in the plan."""
     mode_config = {m: dict((mode_config or {}).get(m, {})) for m in confirm.modes}
     if tuned is not None:
@@ -133,8 +134,9 @@ def plan_confirm(confirm: Confirm, per_trial: pd.DataFrame, search_keys: list[st
 
 def looks_common(planned: dict, tuned: Optional[dict[str, dict]], confirm: Confirm, pairs: int, frames: int) -> float:
     """The share of the last look's error variance that every look shares (study.analysis.looks.common_share), for
-    the looks' levels: the tuning's error (its draws' mean square; none without a deciding tuning) and the test
-    frames', from the first quality metric's planning variance; 0 (the tabled, conservative levels) without one."""
+    the looks' levels. It counts the tuning's error (its draws' mean square; none without a deciding tuning) and the
+    test frames'. The share comes from the first quality metric's planning variance; without one it is 0 (the
+    tabled, conservative levels)."""
     if planned.get("var_seed") is None:
         return 0.0
     vt = rms(tuning_draws(tuned, confirm.modes)) ** 2 if tuned else 0.0
@@ -148,9 +150,9 @@ def mode_config_text(plan: dict) -> str:
 
 
 def look_folder(k: int) -> tuple[str, ...]:
-    """Where look k (0-based) keeps its records inside confirm/: the first in confirm/ itself (the fixed design's
-    layout, so a one-look study reads as before), look k + 1 in confirm/look<k + 1>/, each with its own Ray
-    experiment, metrics and trials table."""
+    """Where look k (0-based) keeps its records inside confirm/. The first keeps them in confirm/ itself (the fixed
+    design's layout, so a one-look study reads as before). Look k + 1 keeps them in confirm/look<k + 1>/. Each look
+    has its own Ray experiment, metrics and trials table."""
     return () if k == 0 else (f"look{k + 1}",)
 
 

@@ -1,8 +1,8 @@
 """The decision, from the confirm stage alone: equivalence and non-inferiority against a pre-specified margin.
 
 Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and
-counted), estimate each quality metric's relative difference (challenger - reference) / reference over seeds and
-test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff), then apply the rule:
+counted). Then estimate each quality metric's relative difference (challenger - reference) / reference over seeds
+and test frames, and the primary cost's over seeds (study.analysis.stats.crossed_diff). Then apply the rule:
 
 1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
 2. some quality interval wholly below -margin (at 1 - 5%/k for k
@@ -31,8 +31,8 @@ test frames and the primary cost's over seeds (study.analysis.stats.crossed_diff
                                                                           significantly better
 
 A quality metric where lower is better (an error: posesplat.metrics' direction) enters the rule as its relative
-reduction (reference - challenger) / reference, so that + is better on every quality metric and a growing error is a
-deficit; `Decision.quality` holds these, `Decision.measures` the plain differences.
+reduction (reference - challenger) / reference. So + is better on every quality metric and a growing error is a
+deficit. `Decision.quality` holds these, `Decision.measures` the plain differences.
 
 Intervals are 95%; "significantly better" in 6 to 8 uses 97.5% intervals, so that the two directions together
 claim a difference that is not there at most 2.5% of the time. With sequential looks (study.analysis.looks: the plan names
@@ -164,12 +164,12 @@ def fewest_pairs(e: Crossed, margin: float, draws: np.ndarray, least: int, most:
 
 def pairs_needed(quality: dict[str, Crossed], margin: float, draws: Optional[dict[str, np.ndarray]] = None,
                  least: int = MIN_PAIRS, most: int = 1000, level: float = LEVEL) -> Optional[int]:
-    """Fewest pairs (at least `least`) that would settle the rule at the present estimates and variances, with the
-    decision's own intervals at `level` (the look that decides: a study with looks decides its last at a stricter
-    level than 95%) and the tuning's error `draws` per metric (default each estimate's own): where an estimate lies below
-    -margin, that metric's interval wholly below it at the rule's level for "worse on some metric" (the easiest such
-    metric); else every interval that reaches -margin wholly above it. None when `most` do not (the tuning's error,
-    which pairs do not lower, or the frames' alone reaches the margin)."""
+    """Fewest pairs (at least `least`) that would settle the rule at the present estimates and variances. The
+    decision's own intervals are at `level` (the look that decides: a study with looks decides its last at a stricter
+    level than 95%). The tuning's error is `draws` per metric (default each estimate's own). Where an estimate lies
+    below -margin, that metric's interval must lie wholly below it, at the rule's level for "worse on some metric"
+    (the easiest such metric). Else every interval that reaches -margin must lie wholly above it. None when `most` do
+    not (the tuning's error, which pairs do not lower, or the frames' alone reaches the margin)."""
     least = max(least, MIN_PAIRS)
 
     def fewest(k: str, at: float) -> Optional[int]:
@@ -192,9 +192,9 @@ def selected(plan: dict) -> str:
 
 
 def own_curve(tuned: dict[str, dict], key: str, select: str) -> Optional[str]:
-    """The validation metric whose tuning curve gives quality metric `key` its own tuning error: its validation
-    twin where every mode's tuning recorded it (None: the tuned metric's error stands in, as for a study written
-    before the tuning recorded other metrics, or a metric validation does not measure)."""
+    """The validation metric whose tuning curve gives quality metric `key` its own tuning error. It is its
+    validation twin where every mode's tuning recorded it. None means the tuned metric's error stands in: as for a
+    study written before the tuning recorded other metrics, or a metric validation does not measure."""
     twin = validation_twin(key)
     return twin if twin != select and has_curve(tuned, twin) else None
 
@@ -231,11 +231,11 @@ CHECKED_TUNING_FACTOR = 2  # tuning seeds per value, as a multiple of the study'
 def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[str, dict], modes: Sequence[str],
                         pairs: int, select: str, most: int = MOST_TUNING_SEEDS, level: float = LEVEL
                         ) -> Optional[tuple[int, int]]:
-    """(tuning seeds per value, pairs) that would settle the rule at the present estimates and variances when the
-    tuning's error is what keeps an interval across the margin: the same tuning curves with more seeds per value
-    (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs` pairs; of the
-    candidates up to `most` seeds per value, the one with the fewest trials (tuning and confirm). None when none
-    does."""
+    """(tuning seeds per value, pairs) that would settle the rule at the present estimates and variances. This is
+    for when the tuning's error is what keeps an interval across the margin. It assumes the same tuning curves with
+    more seeds per value (study.analysis.tuning.with_seeds), whose selection error is smaller, and at least `pairs`
+    pairs. Of the candidates up to `most` seeds per value, the one with the fewest trials (tuning and confirm). None
+    when none does."""
     now, values = seeds_per_value(tuned), sum(len(tuned[m]["curve"]["values"]) for m in modes)
     shape = stand_ins(tuned, modes)  # the curves' shapes as measured, whatever the projected seeds
     found = []
@@ -251,8 +251,8 @@ def tuning_seeds_needed(quality: dict[str, Crossed], margin: float, tuned: dict[
 
 def resolve_hint(d: Decision, plan: dict) -> Decision:
     """An inconclusive `d` (its tuning bracketed) with what would resolve it in its reason: more pairs
-    (`seeds_to_resolve`), or where no number of pairs would, because the tuning's error keeps an interval across
-    the margin, more tuning seeds per value and pairs (`design.tuning_seeds_to_resolve`; `checked`: within the
+    (`seeds_to_resolve`). Where no number of pairs would, because the tuning's error keeps an interval across the
+    margin: more tuning seeds per value and pairs (`design.tuning_seeds_to_resolve`; `checked`: within the
     CHECKED_TUNING_FACTOR times today's seeds the simulation checked, else the reason warns)."""
     if d.recommendation != INCONCLUSIVE or unbracketed(plan):
         return d

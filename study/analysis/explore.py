@@ -3,10 +3,10 @@
 A cell is one value of every grid key of the study's space (study.analysis.load.cell_keys), the modes are the pair the
 space compares (study.analysis.load.compared_modes).
 
-Exploratory only: the explore trials of the two modes ran with different hyperparameters (each mode's own tuning), some
-were stopped early by ASHA, and many groups are compared at once, so these intervals are descriptions, not tests; the
-decision comes from the confirm stage (study.analysis.decide). Intervals are 95% percentile bootstraps over seeds and,
-where per-frame values exist, test frames (study.analysis.stats)."""
+Exploratory only: the explore trials of the two modes ran with different hyperparameters (each mode's own tuning).
+Some were stopped early by ASHA, and many groups are compared at once. So these intervals are descriptions, not tests.
+The decision comes from the confirm stage (study.analysis.decide). Intervals are 95% percentile bootstraps over seeds
+and, where per-frame values exist, test frames (study.analysis.stats)."""
 
 from __future__ import annotations
 
@@ -48,9 +48,9 @@ def _as_list(v) -> Optional[np.ndarray]:
 
 
 def frame_values(rows: pd.DataFrame, key: str) -> Optional[tuple[list[np.ndarray], list[Optional[np.ndarray]]]]:
-    """(per-frame values, frame indices) of every trial in `rows` with a finite `key`, or None when `key` has no
-    per-frame column or some of those trials have no per-frame values (a study from before they were recorded):
-    the caller then falls back to the trial-level bootstrap."""
+    """(per-frame values, frame indices) of every trial in `rows` with a finite `key`. None when `key` has no
+    per-frame column, or when some of those trials have no per-frame values (a study from before they were recorded).
+    The caller then falls back to the trial-level bootstrap."""
     col = FRAME_VALUES.get(key)
     if col is None or col not in rows:
         return None

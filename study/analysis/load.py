@@ -1,9 +1,9 @@
 """A study (local or behind a URI) into tables: metrics rows, the trials table, study.json, and one row per trial.
 
-Every trial is summarised at its epoch of best validation (`valid_heldout_iou`, ties broken by `valid_heldout_psnr`,
-then the earlier epoch) by `trial_summary`, or at its last evaluated epoch by `final_summary` (the confirm stage
-scores the epoch its design fixed in advance, never one chosen on test data). The explore stage lives in the study
-directory, the confirm stage in its `confirm/` folder (same layout); see docs/metrics.md.
+Every trial is summarised by `trial_summary` at its epoch of best validation (`valid_heldout_iou`, ties broken by
+`valid_heldout_psnr`, then the earlier epoch). Or it is summarised by `final_summary` at its last evaluated epoch: the
+confirm stage scores the epoch its design fixed in advance, never one chosen on test data. The explore stage lives in
+the study directory, the confirm stage in its `confirm/` folder (same layout); see docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -278,9 +278,9 @@ def over_epochs(t: pd.DataFrame, evaluated: pd.DataFrame) -> dict[str, float]:
 
 def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, last: bool = False,
                   cell: Iterable[str] = DEFAULT_CELL, modes: Optional[tuple[str, str]] = None) -> pd.DataFrame:
-    """One row per trial with a validation epoch: quality at its best validation epoch (at its last evaluated epoch
-    when `last`), costs over its epochs, and epochs to reach the IoU threshold of its cell (the cell keys `cell`, the
-    threshold of the two `modes`: see cell_thresholds)."""
+    """One row per trial with a validation epoch. It holds quality at its best validation epoch (at its last
+    evaluated epoch when `last`) and costs over its epochs. It also holds epochs to reach the IoU threshold of its
+    cell (the cell keys `cell`, the threshold of the two `modes`: see cell_thresholds)."""
     cell = list(cell)
     rows = []
     for (study, tid), t in metrics.sort_values("epoch").groupby(["study", "trial_id"], sort=False):
@@ -330,9 +330,10 @@ def stage_summary(stage: Tables, threshold: Optional[float] = None, *, last: boo
 
 def cell_thresholds(per_trial: pd.DataFrame, threshold: Optional[float], cell: Iterable[str] = DEFAULT_CELL,
                     modes: Optional[tuple[str, str]] = None) -> dict[tuple[int, ...], float]:
-    """The validation IoU a trial must reach to count as converged, per cell (a tuple over the cell keys):
-    `threshold` when given, else 90% of the lower of the two `modes`' medians (over trials) of the best validation
-    held-out IoU, so both compared modes can reach it (of every mode's when neither of them ran in the cell)."""
+    """The validation IoU a trial must reach to count as converged, per cell (a tuple over the cell keys). It is
+    `threshold` when given. Else it is 90% of the lower of the two `modes`' medians (over trials) of the best
+    validation held-out IoU, so both compared modes can reach it. Where neither of them ran in the cell, every mode's
+    medians count."""
     out = {}
     for key, c in per_trial.groupby(list(cell)):
         key = tuple(map(int, key))

@@ -2,15 +2,16 @@
 a look's verdict is settled so the stage may stop before its last planned pair.
 
 Two boundaries (the space's `confirm.boundaries`). O'Brien-Fleming's: look k of K runs the decision rule with its
-intervals at z_k = C(K) sqrt(K/k) (K = 2: 99.48% at half the pairs, 95.2% at all of them): strict early looks, the
-last close to the fixed design's 95%. Pocock's: one level at every look (K = 2: 97.06%), which stops a clear verdict
-at the first look more often and pays with a wider last look; the shipped comparison space uses it, because the
-tuning's error, part of every interval, does not shrink with pairs, so only a boundary that spends more of the error
-rate early saves trials (Haybittle-Peto's 99.9% almost never stopped; docs/analysis.md). An interim look stops the
-stage only on a verdict that more pairs cannot overturn at that strictness: the challenger worse beyond the margin,
-or non-inferior and cheaper, or better on every quality metric. "Equivalent" and "inconclusive" wait for the last
-look (an equivalence call rests on the absence of a cost difference, which more pairs could still show). Error
-rates of the whole procedure with looks: docs/analysis.md (study.analysis.simulate).
+intervals at z_k = C(K) sqrt(K/k) (K = 2: 99.48% at half the pairs, 95.2% at all of them). Its early looks are
+strict, the last close to the fixed design's 95%. Pocock's: one level at every look (K = 2: 97.06%). It stops a clear
+verdict at the first look more often and pays with a wider last look. The shipped comparison space uses it. It does
+so because the tuning's error, part of every interval, does not shrink with pairs. So only a boundary that spends
+more of the error rate early saves trials (Haybittle-Peto's 99.9% almost never stopped; docs/analysis.md).
+
+An interim look stops the stage only on a verdict that more pairs cannot overturn at that strictness. Such verdicts are:
+the challenger worse beyond the margin, or non-inferior and cheaper, or better on every quality metric. "Equivalent" and
+"inconclusive" wait for the last look. An equivalence call rests on the absence of a cost difference, which more pairs
+could still show. Error rates of the whole procedure with looks: docs/analysis.md (study.analysis.simulate).
 
     looks = plan_looks(14, 2, "pocock")  # [Look(pairs=7, level=0.9706), Look(pairs=14, level=0.9706)]
     stop = settled(quality, cost, margin, cost_margin, level=looks[0].level)
@@ -50,8 +51,8 @@ def plan_looks(n_pairs: int, n_looks: int, boundaries: str = "obrien-fleming", m
     or Pocock levels (one look: LEVEL), for looks whose estimates share `common` of the last look's error variance.
 
     The tabled constants assume independent increments (common = 0). The tuning's error and the test frames' are
-    the same at every look, so the looks' estimates agree more than that, and the tabled levels spend less than 5%:
-    with common > 0 the constant is solved for the looks' correlations (`look_correlations`, `boundary_constant`).
+    the same at every look. So the looks' estimates agree more than that, and the tabled levels spend less than 5%.
+    With common > 0 the constant is solved for the looks' correlations (`look_correlations`, `boundary_constant`).
 
     Args:
         n_pairs: the planned pairs (confirm seeds).
@@ -106,8 +107,8 @@ def boundary_constant(shape: list[float], corr: np.ndarray, alpha: float) -> flo
 def common_share(tuning_var: float, var_seed: float, var_frame: float, var_resid: float, pairs: int,
                  frames: int) -> float:
     """The share of the last look's error variance that every look shares: the tuning's error (`tuning_var`, its
-    mean square) and the test frames' (the same frames at every look); the seeds' part falls as 1 / pairs. 0 where
-    a component is unknown (the tabled, conservative levels)."""
+    mean square) and the test frames' (the same frames at every look). The seeds' part falls as 1 / pairs. It is 0
+    where a component is unknown (the tabled, conservative levels)."""
     common = tuning_var + var_frame / frames
     falling = (var_seed + var_resid / frames) / pairs
     total = common + falling
@@ -126,10 +127,10 @@ def looks_json(looks: list[Look]) -> list[dict]:
 
 def settled(quality: dict[str, Crossed], cost: Optional[Crossed], margin: float, cost_margin: float,
             level: float) -> bool:
-    """Whether an interim look's verdict, with every interval at `level` (the quality ones Bonferroni-adjusted as in
-    study.analysis.decide.rule), is one more pairs cannot overturn: some quality metric worse beyond -margin; or every
-    one above -margin and the cost below -cost_margin; or its mirror (the reference as good and cheaper); or every one
-    significantly better (at superiority(level))."""
+    """Whether an interim look's verdict is one more pairs cannot overturn. Every interval is at `level` (the quality
+    ones Bonferroni-adjusted as in study.analysis.decide.rule). Such verdicts: some quality metric worse
+    beyond -margin. Or every one above -margin and the cost below -cost_margin. Or its mirror (the reference as good
+    and cheaper). Or every one significantly better (at superiority(level))."""
     if not quality or not all(e.has_ci for e in quality.values()):
         return False
     per_metric = {k: e.with_level(1 - (1 - level) / len(quality)) for k, e in quality.items()}

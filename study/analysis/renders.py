@@ -63,8 +63,8 @@ def ranked(rows: pd.DataFrame, median_of: Optional[str] = None) -> pd.DataFrame:
 def pick_checkpoints(per_trial: pd.DataFrame, trials: pd.DataFrame, cells: dict, root: Optional[Path],
                      median_of: Optional[str] = None, what: str = "Qualitative renders") -> tuple[dict, list[str]]:
     """Each mode's best trial (best validation score in its cell: mode -> {grid key: value}), or its median trial
-    by `median_of`, whose checkpoint file exists in the study folder `root`; a mode whose trials point outside it is
-    skipped with a warning. The notes name `what` was skipped."""
+    by `median_of`. Only trials whose checkpoint file exists in the study folder `root` count. A mode whose trials
+    point outside it is skipped with a warning. The notes name `what` was skipped."""
     if not len(trials) or "checkpoint_path" not in trials:
         return {}, [f"{what} skipped: no trials.parquet with checkpoint paths."]
     paths = {(s, t): p for s, t, p in zip(trials["study"], trials["trial_id"], trials["checkpoint_path"])}

@@ -1,10 +1,10 @@
 """The whole decision procedure replayed on a bank of real runs (study.analysis.bank): the real model's noise, with no
 noise model in between.
 
-Each replay draws seeds from the bank without replacement and runs what a study runs, in its order: the deciding
-tuning's rounds on the first `tune.seeds` seeds (every value and mode on the same seeds, widening by the edge rule:
-study.analysis.tuning), the confirm plan at the chosen values (study.analysis.confirm.plan_confirm), the confirm pairs
-on the next seeds (both modes on one seed, as a study pairs them), the looks and the decision
+Each replay draws seeds from the bank without replacement and runs what a study runs, in its order. First the
+deciding tuning's rounds on the first `tune.seeds` seeds (every value and mode on the same seeds, widening by the edge
+rule: study.analysis.tuning). Then the confirm plan at the chosen values (study.analysis.confirm.plan_confirm). Then
+the confirm pairs on the next seeds (both modes on one seed, as a study pairs them). Last the looks and the decision
 (study.analysis.decide.decide). The truth is the bank's own estimand: the relative difference of the mean test score of
 each mode at its optimum of mean validation score, over the bank's seeds.
 
@@ -56,9 +56,9 @@ class ReplayDesign:
 
 @dataclass(frozen=True)
 class ReplayTruth:
-    """A truth on the bank: the quality estimand per metric (None: as the bank measures it), the cost's (None: as
-    measured), and the calls that are right and those in the wrong direction for it (a call in neither, such as
-    'either' at a border truth, is counted in its own column only)."""
+    """A truth on the bank: the quality estimand per metric (None: as the bank measures it) and the cost's (None: as
+    measured). Also the calls that are right and those in the wrong direction for it. A call in neither, such as
+    'either' at a border truth, is counted in its own column only."""
 
     name: str
     quality: Optional[float]
@@ -156,10 +156,10 @@ def tuning_error(bank: Bank, tuned: dict, modes: Sequence[str], key: str, select
 
 def replay_rates(bank: Bank, design: ReplayDesign, truth: ReplayTruth = AS_MEASURED, n: int = 200, seed: int = 0,
                  split: bool = False) -> dict:
-    """n replays of the whole procedure on `truth`'s bank: the share of each call, right and wrong, the coverage of
-    the IoU interval for the estimand at the level decided at and at 95%, the share of realised tuning errors inside
-    the tuning draws' central 95% (`tuning_coverage`), and the mean trials. `split`: draws from one half of the
-    seeds, the truth from the other (the pairs cut to what fits)."""
+    """n replays of the whole procedure on `truth`'s bank. It reports the share of each call, right and wrong, and
+    the coverage of the IoU interval for the estimand at the level decided at and at 95%. Also the share of realised
+    tuning errors inside the tuning draws' central 95% (`tuning_coverage`), and the mean trials. `split`: draws from one
+    half of the seeds, the truth from the other (the pairs cut to what fits)."""
     b = truth.bank(bank, design)
     c = design.confirm
     key = c.quality[0]

@@ -1,10 +1,10 @@
 """Planted-truth simulation of the confirm stage: how often the decision is right, wrong, or inconclusive.
 
-`python -m study.simulate [--studies N]` generates confirm-stage outputs in the schema the analysis reads (the per-trial
-table of study.analysis.load.trial_summary, the trials table, the plan; `write_study` writes them as a real study
-folder), with known differences between the modes and noise at least that measured in a real confirm stage, runs
-study.analysis.decide on each, and prints (and with --write, puts into docs/analysis.md) the rates of every call and the
-coverage of the 95% intervals. tests/test_decide.py asserts the rates."""
+`python -m study.simulate [--studies N]` generates confirm-stage outputs in the schema the analysis reads. These are the
+per-trial table of study.analysis.load.trial_summary, the trials table and the plan (`write_study` writes them as a
+real study folder). They have known differences between the modes and noise at least that measured in a real confirm
+stage. It runs study.analysis.decide on each. It prints the rates of every call and the coverage of the 95% intervals
+(and with --write, puts them into docs/analysis.md). tests/test_decide.py asserts the rates."""
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ class Noise:
     """Relative standard deviations of the per-(seed, frame) difference between the modes (seed, frame, rest), of
     the levels both modes share (a seed's luck, a frame's difficulty), and of the per-pair cost ratio.
 
-    Defaults are at least those measured in the CPU comparison space's confirm stage (docs/analysis.md): relative
-    difference of IoU sd 0.96% (seed), 1.00% (frame), 1.13% (rest); of foreground PSNR 0.67%, 0.27%, 0.53%; the
-    cost ratio of a pair 1.8% on a quiet machine."""
+    Defaults are at least those measured in the CPU comparison space's confirm stage (docs/analysis.md). The relative
+    difference of IoU has sd 0.96% (seed), 1.00% (frame), 1.13% (rest). That of foreground PSNR has 0.67%, 0.27%,
+    0.53%. The cost ratio of a pair has 1.8% on a quiet machine."""
 
     seed: float = 0.0105
     frame: float = 0.0105
@@ -147,10 +147,11 @@ def rates(truth: Truth, seeds: int, frames: int, noise: Noise = Noise(), n: int 
 
 @dataclass(frozen=True)
 class Landscape:
-    """A planted truth for the whole procedure (tuning included): each mode's expected score against lr,
-    level * (1 - curvature * (log10 lr - log10 opt)^2), or with `tent` slopes level * (1 - slope * |log10 lr -
-    log10 opt|) (slope per decade below and above the optimum), with each mode's optimum `at` a multiple of the
-    centre of the design's first tuning grid, and its primary cost relative to the reference's. The estimand is the
+    """A planted truth for the whole procedure (tuning included). Each mode's expected score against lr is
+    level * (1 - curvature * (log10 lr - log10 opt)^2). With `tent` slopes it is
+    level * (1 - slope * |log10 lr - log10 opt|) (slope per decade below and above the optimum). Each mode's optimum
+    is `at` a multiple of the centre of the design's first tuning grid. Each mode's primary cost is planted relative
+    to the reference's. The estimand is the
     relative difference at each mode's own optimum: level[2d] / level[3d] - 1."""
 
     name: str
@@ -247,9 +248,9 @@ def procedure_rates(land: Landscape, spec, seeds: int, frames: int, noise: Noise
                     ) -> dict:
     """The whole procedure on a planted landscape, n times: the deciding tuning (real selection and widening), the
     confirm stage at the chosen values (simulated as in `rates`), the real decision (with the tuning's error in its
-    intervals). Rates of each call, the coverage of the IoU interval for the estimand (the difference at the optima)
-    at the level decided at and at 95% (`coverage_95`: the look's 95% interval), and the mean trials of the tuning
-    and of the whole tuning + confirm procedure. `conditional`: decide as if the
+    intervals). Rates of each call, and the coverage of the IoU interval for the estimand (the difference at the
+    optima) at the level decided at and at 95% (`coverage_95`: the look's 95% interval). Also the mean trials of the
+    tuning and of the whole tuning + confirm procedure. `conditional`: decide as if the
     chosen values were given (no tuning error in the intervals, no edge rule), as before the estimand. `looks`:
     sequential looks at `boundaries` (study.analysis.looks.plan_looks); a study that stops at an interim look uses only
     its pairs."""

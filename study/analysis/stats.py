@@ -154,14 +154,14 @@ def _two_level(blocks: list[list[list[tuple[np.ndarray, Optional[tuple]]]]], sha
     """Resampled means: for each block (a set of units resampled together) and each side of it, [n_resamples]
     means over resampled units of the mean over that unit's resampled frames.
 
-    blocks[b][s][u] is (per-frame values, frame indices or None) of unit u on side s of block b; the sides of a
+    `blocks[b][s][u]` is (per-frame values, frame indices or None) of unit u on side s of block b. The sides of a
     block share the unit draw (pairs). Frames are drawn as positions within a frame list. Every unit that evaluated
     the same frame list (same indices, in the same order) gets the same positions in a resample. So a frame's effect
     is shared as it is in the data: in the crossed design the trials of a cell see the same test frames, and a
-    pair's two modes too. Units with unknown or different frame lists get independent draws. share_sides=False
-    never shares between the sides of a block (independent frame resampling of a pair's members). nested=True draws
+    pair's two modes too. Units with unknown or different frame lists get independent draws. `share_sides=False`
+    never shares between the sides of a block (independent frame resampling of a pair's members). `nested=True` draws
     frames afresh for every resampled unit (the textbook hierarchical bootstrap, frames nested in trials), still
-    shared by the sides of a pair with the same frame list when share_sides.
+    shared by the sides of a pair with the same frame list when `share_sides`.
     """
     keys: dict = {}
     sides: list[list[_Side]] = []
@@ -241,8 +241,8 @@ def diff_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, relative: bo
                    nested: bool = False, n_resamples: int = N_RESAMPLES) -> Estimate:
     """mean(a) - mean(b) (divided by mean(b) when relative: a ratio of means) of per-frame data, two-level interval.
 
-    Each mean is over trials of the trial's mean over its frames. paired: a[i] and b[i] are a pair (same cell and
-    seed), resampled together; when both members evaluated the same frames (frames_a[i] == frames_b[i]) they get
+    Each mean is over trials of the trial's mean over its frames. `paired`: a[i] and b[i] are a pair (same cell and
+    seed), resampled together. When both members evaluated the same frames (frames_a[i] == frames_b[i]) they get
     the same resampled frame positions (share_pair_frames), otherwise independent ones. Unpaired: each side's trials
     are resampled on their own (frames still shared where the frame lists match). A pair with a member without
     finite values is dropped.
@@ -310,9 +310,9 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
 class Crossed(Estimate):
     """A difference estimated from a balanced seeds x test-frames design, with its t interval.
 
-    var_seed, var_frame, var_resid are the variance components of the (linearised) per-(seed, frame) difference
-    (seed-to-seed, frame-to-frame, and the rest). se and df are the standard error of the estimate and its
-    Satterthwaite degrees of freedom. n is the number of seeds (pairs), n_frames the number of test frames."""
+    `var_seed`, `var_frame`, `var_resid` are the variance components of the (linearised) per-(seed, frame) difference
+    (seed-to-seed, frame-to-frame, and the rest). `se` and `df` are the standard error of the estimate and its
+    Satterthwaite degrees of freedom. `n` is the number of seeds (pairs), `n_frames` the number of test frames."""
 
     se: float = float("nan")
     df: float = float("nan")

@@ -5,9 +5,9 @@ decision, the planted-truth simulation and the brute-force reference (bench/refe
 
 A mode's choice is the grid value with the best mean validation score over the round's seeds; a diverged trial
 (NaN score) counts as the worst score. The choice is *bracketed* when a tried value on each side of it scores worse,
-or when it sits on a hard limit of the key (an optimum there is an answer). Otherwise it is at an edge: the study
-widens that end of the grid by `widen_points` values at the grid's own log step and tunes again, at most
-`max_widen` times; a choice still at an edge after that makes the decision "inconclusive".
+or when it sits on a hard limit of the key (an optimum there is an answer). Otherwise it is at an edge. Then the
+study widens that end of the grid by `widen_points` values at the grid's own log step and tunes again, at most
+`max_widen` times. A choice still at an edge after that makes the decision "inconclusive".
 """
 
 from __future__ import annotations
@@ -138,8 +138,8 @@ def mode_curve(runs: Sequence[TuningRun], mode: str, maximize: bool = True) -> C
 
 
 def next_values(spec, modes: Sequence[str], runs: Sequence[TuningRun], maximize: bool = True) -> dict[str, list[float]]:
-    """The values each mode trains at in the next round: the first grid when nothing ran yet; then, for each mode
-    whose choice is at an end and that has widened fewer than `spec.max_widen` times, `spec.widen_points` values
+    """The values each mode trains at in the next round: the first grid when nothing ran yet. Then each mode whose
+    choice is at an end, and that has widened fewer than `spec.max_widen` times, gets `spec.widen_points` values
     beyond that end (never past a hard limit). An empty dict: tuning is done."""
     if not runs:
         return {m: log_grid(spec.low, spec.high, spec.points) for m in modes}
@@ -156,9 +156,10 @@ def next_values(spec, modes: Sequence[str], runs: Sequence[TuningRun], maximize:
 
 def summary(spec, modes: Sequence[str], runs: Sequence[TuningRun], maximize: bool = True,
             higher: Optional[dict[str, bool]] = None) -> dict:
-    """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed, the widenings, the reason
-    the decision must be inconclusive when it is not, and `others`: the curve of each other validation metric the
-    runs carry (`higher`: whether higher is better, per metric; default yes), against the same values."""
+    """JSON-ready outcome per mode: the curve, the chosen value, whether it is bracketed and the widenings. Also the
+    reason the decision must be inconclusive when it is not bracketed. And `others`: the curve of each other
+    validation metric the runs carry, against the same values (`higher`: whether higher is better, per metric;
+    default yes)."""
     out = {}
     for m in modes:
         c = mode_curve(runs, m, maximize)
@@ -216,9 +217,9 @@ def _curve_arrays(c: dict, maximize: bool, at: Optional[np.ndarray] = None
 
 
 def pooled_sd(c: dict, maximize: bool = True) -> float:
-    """The run-to-run standard deviation of a curve's scores (JSON curve of `summary`), pooled over its NEAR best
-    values with replicates (the noise where the selection happens; far values score lower and may vary less);
-    without replicates, the residual sd of a quadratic in log(value) (NaN with fewer than 4 values)."""
+    """The run-to-run standard deviation of a curve's scores (JSON curve of `summary`). It is pooled over its NEAR
+    best values with replicates (the noise where the selection happens; far values score lower and may vary less).
+    Without replicates, it is the residual sd of a quadratic in log(value) (NaN with fewer than 4 values)."""
     pairs = [(c["se"][i] ** 2 * c["runs"][i], c["runs"][i] - 1) for i in near_best(c, maximize)
              if c["se"][i] is not None and c["runs"][i] > 1]
     if pairs:
@@ -261,9 +262,9 @@ def concave_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def peak_bounds(x: np.ndarray, g: np.ndarray, i: int) -> tuple[float, float]:
-    """Bounds on the peak of a concave curve g near its best knot i: the parabola through i and its neighbours
-    (right for a smooth top), and where the secants beyond them cross (the most a concave curve can rise; right for
-    a peak). At an end of x, g[i] twice."""
+    """Bounds on the peak of a concave curve g near its best knot i. The lower comes from the parabola through i and
+    its neighbours (right for a smooth top). The upper is where the secants beyond them cross (the most a concave
+    curve can rise; right for a peak). At an end of x, g[i] twice."""
     if i == 0 or i == len(x) - 1:
         return float(g[i]), float(g[i])
     a, b, _ = coef = np.polyfit(x[i - 1:i + 2], g[i - 1:i + 2], 2)
@@ -284,20 +285,20 @@ def peak_bounds(x: np.ndarray, g: np.ndarray, i: int) -> tuple[float, float]:
 def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True,
                  concave: Optional[bool] = None, other: Optional[dict] = None, other_maximize: bool = True
                  ) -> np.ndarray:
-    """Relative score lost by re-running this mode's tuning (parametric bootstrap): a smooth stand-in for the truth
-    at each value tried; each draw takes a run-to-run sd from the pooled estimate's sampling distribution
-    (sd x sqrt(df / chi2(df))), adds the selection's noise (that sd / sqrt(runs)) to every value's mean, picks the
-    best, and records (optimum - picked) / optimum, so the loss of a grid's coarseness counts too. Values that
-    collapsed (`kept_values`) are left out: no selection picks them, and a quadratic would bend to them.
-    The stand-in is a quadratic in log(value), its optimum its peak where that lies inside the values tried, fitted
-    per draw to the means less a draw of their noise: the measured curve is itself a noisy estimate of the truth
-    (a lucky value can make it peak in the wrong place), so each draw re-runs the selection on a plausible truth (on
-    the bank of real runs this covered 92.7-94.3% of the realised errors where the measured curve alone covered
-    89.7%: docs/analysis.md). Where
-    the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the concave fit instead, its optimum drawn
-    uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error model holds"); `concave` forces
-    the choice. `other`: another metric's JSON curve over the same values; then each draw's loss is that metric's
-    (its quadratic stand-in at the selection's optimum minus at the value picked, relative), with the same picks.
+    """Relative score lost by re-running this mode's tuning (parametric bootstrap). The draws use a smooth stand-in
+    for the truth at each value tried. Each draw takes a run-to-run sd from the pooled estimate's sampling
+    distribution (sd x sqrt(df / chi2(df))). It adds the selection's noise (that sd / sqrt(runs)) to every value's
+    mean and picks the best. It records (optimum - picked) / optimum, so the loss of a grid's coarseness counts too.
+    Values that collapsed (`kept_values`) are left out: no selection picks them, and a quadratic would bend to them.
+    The stand-in is a quadratic in log(value), its optimum its peak where that lies inside the values tried. It is
+    fitted per draw to the means less a draw of their noise. The measured curve is itself a noisy estimate of the
+    truth (a lucky value can make it peak in the wrong place). So each draw re-runs the selection on a plausible
+    truth. On the bank of real runs this covered 92.7-94.3% of the realised errors, where the measured curve alone
+    covered 89.7% (docs/analysis.md). Where the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the
+    concave fit instead, its optimum drawn uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error
+    model holds"); `concave` forces the choice. `other`: another metric's JSON curve over the same values; then each
+    draw's loss is that metric's (its quadratic stand-in at the selection's optimum minus at the value picked,
+    relative), with the same picks.
     Shape [draws]."""
     x, y, n = _curve_arrays(c, maximize)
     sd, df = pooled_sd(c, maximize), noise_df(c, maximize)

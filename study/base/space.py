@@ -62,10 +62,10 @@ COST_KEYS = tuple(m.name for m in METRICS if m.group == "cost" and m.over_epochs
 
 
 class Tune(BaseModel):
-    """The deciding tuning (study/analysis/tuning.py, docs/analysis.md): before the confirm stage, each mode trains at
-    the confirm cell with the confirm stage's training config over a log grid of `key`, `seeds` paired seeds per value,
-    no early stopping; its choice is the best mean validation score. A choice at an end of the grid widens that end by
-    `widen_points` values, at most `max_widen` times; a hard limit of the key is not an end."""
+    """The deciding tuning (study/analysis/tuning.py, docs/analysis.md), before the confirm stage. Each mode trains at
+    the confirm cell with the confirm stage's training config over a log grid of `key`. It trains `seeds` paired seeds
+    per value, with no early stopping. Its choice is the best mean validation score. A choice at an end of the grid
+    widens that end by `widen_points` values, at most `max_widen` times; a hard limit of the key is not an end."""
 
     model_config = ConfigDict(extra="forbid")
     key: str = "lr"
@@ -298,7 +298,7 @@ def find_space(name_or_path: str) -> Path:
 
 def each_mode(space: Space, values: dict[str, Any], source: str, modes: Optional[list[str]] = None) -> None:
     """Validate `values` as the trials of each mode (default: the space's) get them: with the mode and the keys the
-    space fixes for it (a key a mode cannot have, such as 2DGS's normal term for 3d, is refused in one line)."""
+    space fixes for it. A key a mode cannot have, such as 2DGS's normal term for 3d, is refused in one line."""
     for m in modes or space.modes:
         make_config({**values, MODE_KEY: m, **space.mode_keys(m)}, source)  # a trial's keys bar the cell and seed
 

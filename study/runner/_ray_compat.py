@@ -2,17 +2,18 @@
 tested with (pinned in pyproject.toml). Everything else in `study` uses Ray's documented surface.
 
 What is private here, and why there is no public way:
-- a restored Tuner keeps the run options of the study's first run (callbacks, failure config, concurrency) in its
-  pickle, and `Tuner.restore` takes no new ones: `restore_tuner` replaces them on the Tuner's local driver;
-- a trial's retry limit is fixed when Ray creates it: `set_max_failures` applies a resumed run's `--max-failures`;
-- `Tuner.can_restore` looks only for `tuner.pkl`, written before Ray's first experiment snapshot; a run killed in
-  between restores as a new experiment of one trial (Ray's restore passes no `num_samples`): `can_resume` also
-  asks for that snapshot;
-- Ray deletes a trial's checkpoint beyond `CheckpointConfig.num_to_keep` the moment the trial registers a newer one,
-  while its stored experiment snapshot (taken every 10 s or so) still lists it; a driver killed in between resumes
-  from that snapshot and restores the trial from the deleted checkpoint (the trial fails) or deletes it again (a
-  traceback, and the rest of Ray's checkpoint bookkeeping skipped). No setting orders the two (num_to_keep=None
-  keeps every epoch's checkpoint): `defer_checkpoint_deletion` deletes only once a snapshot without it is stored.
+- A restored Tuner keeps the run options of the study's first run (callbacks, failure config, concurrency) in its
+  pickle. `Tuner.restore` takes no new ones: `restore_tuner` replaces them on the Tuner's local driver.
+- A trial's retry limit is fixed when Ray creates it. `set_max_failures` applies a resumed run's `--max-failures`.
+- `Tuner.can_restore` looks only for `tuner.pkl`, written before Ray's first experiment snapshot. A run killed in
+  between restores as a new experiment of one trial (Ray's restore passes no `num_samples`). So `can_resume` also
+  asks for that snapshot.
+- Ray deletes a trial's checkpoint beyond `CheckpointConfig.num_to_keep` the moment the trial registers a newer one.
+  At that moment its stored experiment snapshot (taken every 10 s or so) still lists it. A driver killed in between
+  resumes from that snapshot. It then restores the trial from the deleted checkpoint (the trial fails) or deletes it
+  again (a traceback, and the rest of Ray's checkpoint bookkeeping skipped). No setting orders the two
+  (num_to_keep=None keeps every epoch's checkpoint): `defer_checkpoint_deletion` deletes only once a snapshot
+  without it is stored.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Per-trial resources: CPUs, and a GPU fraction sized by a memory model so trials that need more get more.
 
-The model is linear in the voxels of the grid and in the pixels of an image (what benchmark table 2 shows), per mode:
+The model is linear in the voxels of the grid and in the pixels of an image (what benchmark table 2 shows). Per mode:
     peak_mb(mode, grid, pixels) = base_mb + per_kvoxel_mb * grid_size**3 / 1000 + per_kpixel_mb * pixels / 1000
-The coefficients come from `python -m bench` table 2 (docs/benchmarks.md), written to study/runner/memory_model.json with
-the device they were measured on. Measured on CPU (resident-set high-water mark with the torch renderer) they
-overestimate a GPU trial that renders with gsplat, which needs far less memory per pixel; the fraction also keeps a
-1.5x safety factor. A trial's pixels are those of the dataset's images after `image_downsample`; where they are not
-known the paper's 288x256 is assumed. Fractions are multiples of STEP (1/20 of a GPU), at least 1/max_trials_per_gpu
-(space `resources.max_trials_per_gpu`, default 8) and at most one GPU; a trial that runs out of GPU memory is retried
-with twice its fraction (study.runner.search.TrialRetries). After a study, `python -m study.resources STUDY [--write]`
-refits the model from the peaks its trials measured.
+The coefficients come from `python -m bench` table 2 (docs/benchmarks.md). They are written to
+study/runner/memory_model.json with the device they were measured on. Measured on CPU (resident-set high-water mark with
+the torch renderer) they overestimate a GPU trial that renders with gsplat, which needs far less memory per pixel; the
+fraction also keeps a 1.5x safety factor. A trial's pixels are those of the dataset's images after `image_downsample`;
+where they are not known the paper's 288x256 is assumed. Fractions are multiples of STEP (1/20 of a GPU), at least
+1/max_trials_per_gpu (space `resources.max_trials_per_gpu`, default 8) and at most one GPU; a trial that runs out of GPU
+memory is retried with twice its fraction (study.runner.search.TrialRetries). After a study,
+`python -m study.resources STUDY [--write]` refits the model from the peaks its trials measured.
 """
 
 from __future__ import annotations

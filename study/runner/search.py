@@ -1,8 +1,8 @@
 """Fair search and early stopping: every cell crossed with every mode, one sampler and one ASHA per mode.
 
-`PerModeSearcher` emits trials round-robin over (cell, sample, mode), so each mode gets the same number of trials
-and every (grid_size, max_frames) cell is paired across modes; the continuous dimensions come from a separate Optuna
-TPE sampler per mode (or a seeded random sampler), so one mode's results never steer the other's tuning.
+`PerModeSearcher` emits trials round-robin over (cell, sample, mode). So each mode gets the same number of trials
+and every (grid_size, max_frames) cell is paired across modes. The continuous dimensions come from a separate Optuna
+TPE sampler per mode (or a seeded random sampler). So one mode's results never steer the other's tuning.
 `StratifiedASHA` keeps one ASHA scheduler per mode: a trial only competes with trials of its own mode.
 Ray's experiment state does not include the scheduler; `SchedulerState` carries it in the same snapshot (as a
 callback state), so a resumed study makes the same early-stopping decisions as an uninterrupted one.
@@ -333,11 +333,11 @@ class StratifiedASHA(FIFOScheduler):
 
 
 class TrialRetries(Callback):
-    """Applies `--max-failures` to every trial at every step (Ray keeps each trial's limit from when it was created,
-    in the experiment snapshot, so without this a resumed study would ignore a changed value), and answers a trial
+    """Applies `--max-failures` to every trial at every step. Ray keeps each trial's limit from when it was created,
+    in the experiment snapshot. Without this a resumed study would ignore a changed value. It also answers a trial
     that ran out of GPU memory (posesplat.memory.OutOfMemoryError) by retrying it with twice its GPU fraction, at most
-    one GPU: such a retry is not counted against `--max-failures` (it needs one to happen at all: with
-    `--max-failures 0` an OOM fails the trial). The fractions given are recorded in `trials.parquet`."""
+    one GPU. Such a retry is not counted against `--max-failures`. But it needs one to happen at all: with
+    `--max-failures 0` an OOM fails the trial. The fractions given are recorded in `trials.parquet`."""
 
     def __init__(self, max_failures: int, sink=None):
         self.max_failures, self.sink = max_failures, sink
