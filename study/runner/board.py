@@ -141,7 +141,7 @@ def _scalar_summary(tag: str, value: float, description: str, first: bool):
 
 def _hparam_value(v: Any):
     """(proto Value, DataType name) of a hyperparameter. The plugin's only number type is float64, which its table
-    prints with 5 significant digits (a grid size of 16 shows as `16.000`), so integers (grid size, frames, seed,
+    prints with 5 significant digits (a grid size of 16 shows as `16.000`). So integers (grid size, frames, seed,
     model size) are written as text: they show as `16` and filter by value, as the discrete settings they are."""
     if isinstance(v, bool):
         return struct_pb2.Value(bool_value=v), "DATA_TYPE_BOOL"

@@ -123,9 +123,9 @@ def check_checkpoints(study: Store) -> None:
                          f"then resume")
 
 def check_cells(space: Space, base: dict, cbase: Optional[dict], ds) -> None:
-    """Every trial's frame and view split exists on the dataset (else every trial would fail, each retried): frames
-    per cell and at the confirm cell (`cbase`), at least one observed and one held-out view (the decision is made on
-    held-out views)."""
+    """Every trial's frame and view split exists on the dataset, else every trial would fail, each retried. Frames
+    per cell and at the confirm cell (`cbase`); at least one observed and one held-out view (the decision is made
+    on held-out views)."""
     cells = [make_config({**base, **cell}, f"grid cell {json.dumps(cell)}") for cell in space.cells()]
     if cbase is not None:
         cells.append(make_config(cbase, "confirm config"))

@@ -155,8 +155,8 @@ def trainable_factory(args: Options, space: Space, gpu: bool, gpu_mem: Optional[
 def fit_stage(args: Options, store: Store, trainable, sink, searcher, scheduler,
               label: str) -> dict[str, dict]:
     """Run (or resume) one stage's Tuner in `<store>/ray`; returns the stage's trial rows. The study's own records
-    decide: a stage whose trials all ended (completed, stopped by the scheduler, or failed) is not run again; one
-    that a signal interrupted raises KeyboardInterrupt; one that Ray ended unfinished without a signal is refused
+    decide. A stage whose trials all ended (completed, stopped by the scheduler, or failed) is not run again. One
+    that a signal interrupted raises KeyboardInterrupt. One that Ray ended unfinished without a signal is refused
     like damaged state. Ray's state must agree with the records: missing, damaged or foreign state is refused
     (`--repair` sets the stage aside and runs it again) before Ray could start over and the sink drop the records."""
     if len(sink.ended()) >= searcher.total:

@@ -3,8 +3,8 @@ trials table, through the study's `Store` (study.base.storage).
 
 One part file per (trial, epoch), named by both and written whole: a resumed study that re-reports an epoch replaces
 that part instead of duplicating it. Ray saves its experiment state every few seconds, so after a crash it may know
-less than the parquet does; at the first step of every (re)started run the sink drops what Ray will redo (parts of
-trials Ray no longer knows, epochs after a trial's restored state), so the parquet ends with exactly one row per
+less than the parquet does. At the first step of every (re)started run the sink drops what Ray will redo: parts of
+trials Ray no longer knows, and epochs after a trial's restored state. So the parquet ends with exactly one row per
 (trial, epoch). Schema: docs/metrics.md.
 """
 
@@ -46,9 +46,9 @@ COUNTS = ("last_epoch", "stopped_at_epoch", "selected_epoch", *(m.name for m in 
 
 
 def column_type(name: str) -> pa.DataType:
-    """The parquet type of a study column, for columns whose values are all null (which pyarrow would type `null`,
-    a type duckdb, polars and pandas read differently): text and counts by name, a training config key by its
-    Config field (lists and dicts are stored JSON-encoded), any other column (a metric) float64."""
+    """The parquet type of a study column whose values are all null. pyarrow would type it `null`, which duckdb,
+    polars and pandas read differently. Text and counts go by name, a training config key by its Config field
+    (lists and dicts are stored JSON-encoded), and any other column (a metric) is float64."""
     if name in TEXT:
         return pa.string()
     if name in COUNTS:
