@@ -4,7 +4,7 @@ Trains each mode of the space's confirm block at its confirm cell, with exactly 
 (study.base.space.confirm_config), over a log grid of learning rates and several seeds, outside the study's search and
 without Ray. Prints each mode's validation and test curve against lr. Also each mode's optimum, chosen on the mean
 validation score as the study chooses. And the difference of the two modes at their optima with its interval (paired by
-seed, over seeds and test frames: study.analysis.stats.crossed_diff). It is how a user checks a study's verdict against
+seed, over seeds and test frames: study.analysis.crossed.crossed_diff). It is how a user checks a study's verdict against
 brute force. Runs are appended to `<out>/runs.jsonl` as they finish: running the command again resumes."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from posesplat.metrics import FRAMES, frame_column
 from posesplat.progress import Progress
 from study.base.space import MODE_KEY, confirm_trial_config, load_space
 from study.analysis.bank import read_runs
-from study.analysis.stats import crossed_diff
+from study.analysis.crossed import crossed_diff
 from study.analysis.tuning import BRACKETED, best_index, curve, edge, log_grid
 
 ROOT = Path(__file__).resolve().parents[1]

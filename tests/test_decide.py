@@ -11,7 +11,7 @@ from scipy.stats import t as t_dist
 
 from study.analysis.decide import EITHER, INCONCLUSIVE, decide, rule
 from study.analysis.simulate import TRUTHS, Noise, Truth, generate, make_plan, rates, write_study
-from study.analysis.stats import Crossed, crossed_diff, crossed_se, halfwidth, seeds_for, variance_components
+from study.analysis.crossed import Crossed, crossed_diff, crossed_se, halfwidth, seeds_for, variance_components
 
 
 def est(mean: float, half: float, n: int = 10, var_seed: float = 1e-5) -> Crossed:
@@ -162,7 +162,7 @@ def test_inconclusive_says_how_many_seeds_would_resolve_it():
 
 
 def interval_at(e: Crossed, pairs: int, level: float) -> tuple[float, float]:
-    """e's t interval at `level` were it measured on `pairs` pairs with its variance components (stats.crossed_se)."""
+    """e's t interval at `level` were it measured on `pairs` pairs with its variance components (crossed.crossed_se)."""
     se, df = crossed_se(e.var_seed, e.var_frame, e.var_resid, pairs, e.n_frames)
     h = float(t_dist.ppf(0.5 + level / 2, df)) * se
     return e.mean - h, e.mean + h

@@ -6,7 +6,7 @@ import numpy as np
 from study.analysis.decide import EITHER, INCONCLUSIVE, clears, decide, rule
 from study.analysis.looks import looks_json, plan_looks, settled
 from study.analysis.simulate import Noise, Truth, generate, make_plan
-from study.analysis.stats import Crossed
+from study.analysis.crossed import Crossed
 
 MODES = ["2d", "3d"]
 

@@ -261,7 +261,7 @@ def test_inconclusive_from_the_tuning_error_names_the_tuning_seeds_that_would_re
     tuning seeds per value (and pairs) would resolve it, and at that design the rule does resolve it."""
     from study.analysis.decide import NO_PAIRS, CHECKED_TUNING_FACTOR
     from study.analysis.simulate import Noise, Truth, generate, make_plan, simulate_tuning
-    from study.analysis.stats import crossed_se, tuned_interval
+    from study.analysis.crossed import crossed_se, tuned_interval
 
     d, land = cpu_design, _landscape("2D 0.5% worse and 30% faster at the optima")
     truth = Truth("x", land.estimand, land.cost, (), ())

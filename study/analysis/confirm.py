@@ -20,7 +20,7 @@ from study.analysis.explore import cell_text
 from study.analysis.load import AnalysisError, load_studies, stage_summary
 from study.analysis.looks import common_share, looks_json, looks_of, plan_looks
 from study.analysis.pairs import pair_rows, paired_matrices
-from study.analysis.stats import crossed_diff, detectable, halfwidth, seeds_for
+from study.analysis.crossed import crossed_diff, detectable, halfwidth, seeds_for
 from study.analysis.tuning import rms, tuning_draws
 from study.base.space import MODE_KEY, Confirm, Space, trial_keys
 from study.base.storage import Store, StudyError

@@ -2,7 +2,7 @@
 
 Top to bottom: pair the confirm trials by seed (failed trials out; a pair with a failed member is dropped and
 counted). Then estimate each quality metric's relative difference (challenger - reference) / reference over seeds
-and test frames, and the primary cost's over seeds (study.analysis.stats.crossed_diff). Then apply the rule:
+and test frames, and the primary cost's over seeds (study.analysis.crossed.crossed_diff). Then apply the rule:
 
 1. fewer than MIN_PAIRS pairs, or a quality estimate missing          -> inconclusive
 2. some quality interval wholly below -margin (at 1 - 5%/k for k
@@ -53,7 +53,7 @@ from posesplat.metrics import validation_twin
 from study.analysis.load import COST, FRAME_VALUES, HIGHER, QUALITY, SHORT
 from study.analysis.looks import LEVEL, MIN_PAIRS, Look, looks_json, looks_of, mirrored, settled, superiority
 from study.analysis.pairs import pair_rows, paired_matrices
-from study.analysis.stats import Crossed, crossed_diff, crossed_se, with_tuning
+from study.analysis.crossed import Crossed, crossed_diff, crossed_se, with_tuning
 from study.analysis.tuning import has_curve, rms, seeds_per_value, stand_ins, tuning_draws, with_seeds
 from study.base.rows import ENDED, FAILED, SCORED
 from study.base.space import MODE_KEY, Confirm

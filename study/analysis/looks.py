@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import multivariate_normal, norm
 
-from study.analysis.stats import Crossed
+from study.analysis.crossed import Crossed
 
 LEVEL = 0.95  # the study's interval level (the fixed design's)
 MIN_PAIRS = 3  # fewer pairs decide nothing (study.analysis.decide), so no look comes earlier

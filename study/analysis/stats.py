@@ -1,9 +1,4 @@
-"""Intervals (pure numpy/scipy; no study I/O).
-
-The confirm stage's decision uses `crossed_diff`: a t interval for a paired seeds x test-frames design, with the
-seed, frame and residual variance components of a two-way random-effects model and Satterthwaite's degrees of
-freedom. `seeds_for`, `halfwidth` and `detectable` plan such a design. Its coverage is simulated in
-tests/test_decide.py and docs/analysis.md.
+"""Intervals (pure numpy/scipy; no study I/O). The confirm stage's interval is study.analysis.crossed.
 
 The explore stage's descriptive tables use 95% percentile bootstraps (9,999 resamples, fixed seed so a report is
 reproducible): over trials (`mean_ci`, `diff_ci`: `scipy.stats.bootstrap`) or, where per-test-frame values exist,
@@ -15,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -79,6 +74,8 @@ def mean_ci(x: Sequence[float]) -> Estimate:
 
     Args:
         x: [n] values, e.g. one per trial; non-finite ones are dropped.
+    Returns:
+        estimate: the mean, its 95% percentile interval (NaN bounds below 2 values) and n; NAN without values.
     """
     x = _finite(x)
     if not len(x):
@@ -96,6 +93,10 @@ def diff_ci(a: Sequence[float], b: Sequence[float], *, paired: bool, relative: b
     Args:
         a: [n_a] values of side A, e.g. per-seed values of mode A.
         b: [n_b] values of side B; n_b = n_a when paired.
+        paired: resample (a[i], b[i]) together.
+        relative: divide the difference by mean(b).
+    Returns:
+        estimate: the difference, its 95% interval and n (pairs, or min(n_a, n_b)); NAN if it cannot be computed.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if paired:
@@ -225,6 +226,9 @@ def mean_ci_frames(values: FrameValues, frames: FrameIds = None, *, nested: bool
         values: [trials][frames] per-frame values of each trial (frame counts may differ).
         frames: [trials][frames] frame indices of those values; None (or None for a trial): unknown.
         nested: draw frames afresh for every resampled trial (frames nested in trials).
+        n_resamples: bootstrap resamples.
+    Returns:
+        estimate: the mean, its 95% interval (NaN bounds below 2 trials) and n; NAN without finite values.
     """
     units = [t for t in _frame_sets(values, frames) if len(t[0])]
     if not units:
@@ -241,15 +245,24 @@ def diff_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, relative: bo
                    nested: bool = False, n_resamples: int = N_RESAMPLES) -> Estimate:
     """mean(a) - mean(b) (divided by mean(b) when relative: a ratio of means) of per-frame data, two-level interval.
 
-    Each mean is over trials of the trial's mean over its frames. `paired`: a[i] and b[i] are a pair (same cell and
-    seed), resampled together. When both members evaluated the same frames (frames_a[i] == frames_b[i]) they get
+    Each mean is over trials of the trial's mean over its frames. paired: a[i] and b[i] are a pair (same cell and
+    seed), resampled together; when both members evaluated the same frames (frames_a[i] == frames_b[i]) they get
     the same resampled frame positions (share_pair_frames), otherwise independent ones. Unpaired: each side's trials
     are resampled on their own (frames still shared where the frame lists match). A pair with a member without
     finite values is dropped.
 
     Args:
-        a, b: [trials][frames] per-frame values of sides A and B; frames_a, frames_b: their frame indices or None.
+        a: [trials][frames] per-frame values of side A, e.g. mode A's trials.
+        b: [trials][frames] per-frame values of side B; b[i] pairs with a[i] when paired.
+        paired: resample the pairs (a[i], b[i]) together.
+        relative: divide the difference by mean(b).
+        frames_a: [trials][frames] frame indices of a's values, or None (unknown).
+        frames_b: [trials][frames] frame indices of b's values, or None (unknown).
+        share_pair_frames: a pair's members with the same frame list get the same frame draws.
         nested: draw frames afresh for every resampled trial (frames nested in trials).
+        n_resamples: bootstrap resamples.
+    Returns:
+        estimate: the difference, its 95% interval (NaN bounds below 2 trials a side) and n; NAN without values.
     """
     d, r = diff_rel_ci_frames(a, b, paired=paired, frames_a=frames_a, frames_b=frames_b,
                               share_pair_frames=share_pair_frames, nested=nested, n_resamples=n_resamples)
@@ -259,7 +272,21 @@ def diff_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, relative: bo
 def diff_rel_ci_frames(a: FrameValues, b: FrameValues, *, paired: bool, frames_a: FrameIds = None,
                        frames_b: FrameIds = None, share_pair_frames: bool = True, nested: bool = False,
                        n_resamples: int = N_RESAMPLES) -> tuple[Estimate, Estimate]:
-    """(difference, relative difference) of diff_ci_frames from one set of resamples; Args: as diff_ci_frames."""
+    """(difference, relative difference) of diff_ci_frames from one set of resamples.
+
+    Args:
+        a: [trials][frames] per-frame values of side A.
+        b: [trials][frames] per-frame values of side B; b[i] pairs with a[i] when paired.
+        paired: resample the pairs (a[i], b[i]) together.
+        frames_a: [trials][frames] frame indices of a's values, or None (unknown).
+        frames_b: [trials][frames] frame indices of b's values, or None (unknown).
+        share_pair_frames: a pair's members with the same frame list get the same frame draws.
+        nested: draw frames afresh for every resampled trial (frames nested in trials).
+        n_resamples: bootstrap resamples.
+    Returns:
+        difference: Estimate of mean(a) - mean(b).
+        relative: Estimate of (mean(a) - mean(b)) / mean(b).
+    """
     sa, sb = _frame_sets(a, frames_a), _frame_sets(b, frames_b)
     if paired:
         keep = [i for i in range(min(len(sa), len(sb))) if len(sa[i][0]) and len(sb[i][0])]
@@ -301,199 +328,3 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
             front.append(i)
             best = quality[i]
     return np.array(front, dtype=int)
-
-
-# ----------------------------------------------------------------------------------------------- confirm stage: seeds x frames
-
-
-@dataclass(frozen=True)
-class Crossed(Estimate):
-    """A difference estimated from a balanced seeds x test-frames design, with its t interval.
-
-    `var_seed`, `var_frame`, `var_resid` are the variance components of the (linearised) per-(seed, frame) difference
-    (seed-to-seed, frame-to-frame, and the rest). `se` and `df` are the standard error of the estimate and its
-    Satterthwaite degrees of freedom. `n` is the number of seeds (pairs), `n_frames` the number of test frames."""
-
-    se: float = float("nan")
-    df: float = float("nan")
-    var_seed: float = float("nan")
-    var_frame: float = float("nan")
-    var_resid: float = float("nan")
-    n_frames: int = 0
-    level: float = 0.95
-
-    def turned(self) -> "Crossed":
-        """The same estimate with its sign turned (-mean, [-hi, -lo]): a lower-is-better metric's reduction."""
-        return Crossed(-self.mean, -self.hi, -self.lo, self.n, self.se, self.df, self.var_seed, self.var_frame,
-                       self.var_resid, self.n_frames, self.level)
-
-    def with_level(self, level: float) -> "Crossed":
-        """The same estimate with a `level` interval (e.g. 0.975 for a test at half the error rate)."""
-        if not (math.isfinite(self.se) and math.isfinite(self.df)):
-            return self
-        h = float(stats.t.ppf(0.5 + level / 2, self.df)) * self.se
-        return Crossed(self.mean, self.mean - h, self.mean + h, self.n, self.se, self.df, self.var_seed,
-                       self.var_frame, self.var_resid, self.n_frames, level)
-
-
-def variance_components(z: np.ndarray) -> tuple[float, float, float]:
-    """(seed, frame, residual) variance components of a complete [S, F] matrix by two-way ANOVA without replication
-    (method of moments, each component clamped at 0). With one frame: (variance over seeds, 0, 0).
-
-    Args:
-        z: [S, F] values, seeds x test frames, all finite.
-    """
-    z = np.asarray(z, dtype=float)
-    s, f = z.shape
-    if f == 1:
-        return (float(z[:, 0].var(ddof=1)) if s > 1 else float("nan")), 0.0, 0.0
-    grand = z.mean()
-    ms_s = f * ((z.mean(1) - grand) ** 2).sum() / (s - 1) if s > 1 else float("nan")
-    ms_f = s * ((z.mean(0) - grand) ** 2).sum() / (f - 1)
-    resid = z - z.mean(1, keepdims=True) - z.mean(0, keepdims=True) + grand
-    ms_e = (resid ** 2).sum() / ((s - 1) * (f - 1)) if s > 1 else float("nan")
-    return max(0.0, (ms_s - ms_e) / f), max(0.0, (ms_f - ms_e) / s), float(ms_e)
-
-
-def crossed_se(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int) -> tuple[float, float]:
-    """(standard error, Satterthwaite df) of the mean of a seeds x frames design with these variance components.
-
-    Var(mean) = var_seed / S + var_frame / F + var_resid / (S F). It is written as (MS_S + MS_F - MS_E) / (S F) with
-    expected mean squares. MS_S = F var_seed + var_resid, with S - 1 df. MS_F = S var_frame + var_resid, with F - 1
-    df. MS_E = var_resid, with (S - 1)(F - 1) df. The df of that combination comes from Satterthwaite's formula.
-
-    Args:
-        var_seed, var_frame, var_resid: the variance components (variance_components); seeds, frames: S and F.
-    Returns:
-        se, df: NaN with fewer than 2 seeds; df in [1, S F - 1].
-    """
-    s, f = seeds, frames
-    if s < 2:
-        return float("nan"), float("nan")
-    if f == 1:
-        return math.sqrt(var_seed / s), float(s - 1)
-    ms = [(f * var_seed + var_resid, s - 1), (s * var_frame + var_resid, f - 1)]
-    if var_resid > 0:
-        ms.append((-var_resid, (s - 1) * (f - 1)))
-    total = sum(m for m, _ in ms)
-    var = total / (s * f)
-    denom = sum(m * m / d for m, d in ms if d > 0)
-    df = total * total / denom if denom > 0 else float(s - 1)
-    return math.sqrt(max(var, 0.0)), max(1.0, min(df, float(s * f - 1)))
-
-
-def crossed_diff(a: np.ndarray, b: np.ndarray, *, relative: bool = True, level: float = 0.95) -> Crossed:
-    """mean(a) - mean(b), divided by mean(b) when relative, for paired [S, F] matrices (row s: the pair of seed s;
-    column f: test frame f, the same frames for every trial), with a t interval.
-
-    The relative difference r = mean(a) / mean(b) - 1 is linearised (delta method): z = (a - (1 + r) b) / mean(b),
-    whose mean is 0 and whose variance is that of the estimate of r. The absolute difference uses z = a - b. The
-    variance of mean(z) comes from the two-way random-effects decomposition of z (variance_components), so seeds,
-    frames and their interaction each count. One column (no frames, e.g. a cost per trial) is the paired t
-    interval over seeds. Rows with a non-finite value are dropped first.
-
-    Args:
-        a, b: [S, F] values of sides A and B (e.g. modes), seeds x test frames, paired row by row.
-    """
-    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    if a.shape != b.shape:
-        raise ValueError(f"paired matrices differ in shape: {a.shape} vs {b.shape}")
-    keep = np.isfinite(a).all(1) & np.isfinite(b).all(1)
-    a, b = a[keep], b[keep]
-    s, f = a.shape
-    if s == 0 or f == 0:
-        return Crossed(float("nan"), float("nan"), float("nan"), 0)
-    mb = b.mean()
-    if relative:
-        if not mb:
-            return Crossed(float("nan"), float("nan"), float("nan"), s)
-        r = a.mean() / mb - 1
-        z = (a - (1 + r) * b) / mb
-    else:
-        r = a.mean() - mb
-        z = a - b
-    if s < 2:
-        return Crossed(float(r), float("nan"), float("nan"), s, n_frames=f, level=level)
-    comps = variance_components(z)
-    se, df = crossed_se(*comps, s, f)
-    h = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    return Crossed(float(r), float(r - h), float(r + h), s, se, df, *comps, n_frames=f, level=level)
-
-
-def halfwidth(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int,
-              level: float = 0.95) -> float:
-    """Expected half-width of the `level` interval of a seeds x frames design with these variance components."""
-    se, df = crossed_se(var_seed, var_frame, var_resid, seeds, frames)
-    return float(stats.t.ppf(0.5 + level / 2, df)) * se if math.isfinite(se) else float("inf")
-
-
-def detectable(var_seed: float, var_frame: float, var_resid: float, seeds: int, frames: int,
-               power: float = 0.8, level: float = 0.95) -> float:
-    """How far beyond a boundary (the margin) a true difference must lie to be shown beyond it with `power`:
-    (t_{level} + t_{power}) x standard error."""
-    se, df = crossed_se(var_seed, var_frame, var_resid, seeds, frames)
-    if not math.isfinite(se):
-        return float("inf")
-    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * se)
-
-
-def seeds_for(var_seed: float, var_frame: float, var_resid: float, frames: int, target: float,
-              level: float = 0.95, most: int = 1000) -> Optional[int]:
-    """Fewest seeds (at least 2) whose expected interval half-width is at most `target`. None when even `most`
-    seeds do not get there: the frame-to-frame variance alone, var_frame / F, sets a floor, and more test frames
-    are needed then. Vectorised over the candidate numbers of seeds (halfwidth, one at a time, is the reference)."""
-    s = np.arange(2, most + 1, dtype=float)
-    f = float(frames)
-    if frames == 1:
-        var, df = var_seed / s, s - 1
-    else:
-        terms = [(f * var_seed + var_resid, s - 1), (s * var_frame + var_resid, np.full_like(s, f - 1))]
-        if var_resid > 0:
-            terms.append((np.full_like(s, -var_resid), (s - 1) * (f - 1)))
-        total = sum(m for m, _ in terms)
-        var = total / (s * f)
-        denom = sum(m * m / d for m, d in terms)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            df = np.where(denom > 0, total * total / denom, s - 1)
-        df = np.clip(df, 1.0, s * f - 1)
-    half = stats.t.ppf(0.5 + level / 2, df) * np.sqrt(np.maximum(var, 0.0))
-    ok = np.nonzero(half <= target)[0]
-    return int(s[ok[0]]) if len(ok) else None
-
-
-@dataclass(frozen=True)
-class TunedCrossed(Crossed):
-    """A Crossed difference whose error also holds the tuning's: the estimate minus the truth is t(df) x conf_se
-    plus a draw of `tuning` (draws of the tuning's contribution). Intervals come from the quantiles of that sum
-    (Monte Carlo, fixed seed), so a skewed or heavy-tailed tuning error is covered as it is; `se` is the root mean
-    square of the whole error."""
-
-    conf_se: float = float("nan")
-    tuning: tuple = ()
-
-    def with_level(self, level: float) -> "TunedCrossed":
-        lo, hi = tuned_interval(self.mean, self.conf_se, self.df, np.asarray(self.tuning), level)
-        return replace(self, lo=lo, hi=hi, level=level)
-
-
-def tuned_interval(mean: float, se: float, df: float, tuning: np.ndarray, level: float,
-                   samples: int = 40_000) -> tuple[float, float]:
-    """The `level` interval (lo, hi) for the truth when estimate - truth = t(df) x se + a draw of `tuning` [draws]."""
-    rng = np.random.default_rng(SEED)
-    err = stats.t.rvs(df, size=samples, random_state=rng) * se + rng.choice(tuning, samples)
-    q_lo, q_hi = np.quantile(err, [(1 - level) / 2, (1 + level) / 2])
-    return float(mean - q_hi), float(mean - q_lo)
-
-
-def with_tuning(e: Crossed, tuning: np.ndarray) -> Crossed:
-    """`e` with the tuning's error draws added (TunedCrossed), at its own level; `e` itself without draws or se.
-
-    Args:
-        tuning: [draws] draws of the tuning's contribution to the error, as in tuned_interval.
-    """
-    if not (len(tuning) and math.isfinite(e.se) and math.isfinite(e.df)):
-        return e
-    lo, hi = tuned_interval(e.mean, e.se, e.df, tuning, e.level)
-    se = math.sqrt(e.se ** 2 + float(np.mean(tuning ** 2)))
-    return TunedCrossed(e.mean, lo, hi, e.n, se, e.df, e.var_seed, e.var_frame, e.var_resid, e.n_frames, e.level,
-                        conf_se=e.se, tuning=tuple(float(x) for x in tuning))
