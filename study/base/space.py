@@ -242,7 +242,8 @@ def confirm_config(space: Space, base: dict) -> dict:
 
 def trial_keys(cell: dict, mode: str, seed: int, tuned: dict, fixed: dict) -> dict:
     """A trial's own keys over its stage's base config, in the order every stage writes them: its cell, mode, seed,
-    tuned values, then the keys the space fixes for the mode (`Space.mode_keys`: they win)."""
+    tuned values, then the keys the space fixes for the mode (`Space.mode_keys`: they win). The cell is here even
+    where the base holds it too (confirm_config): these keys name the trial in run names, plans and trials.parquet."""
     return {**cell, MODE_KEY: mode, "seed": seed, **tuned, **fixed}
 
 
