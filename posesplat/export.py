@@ -44,9 +44,8 @@ class ExportError(ValueError):
 
 
 def exportable(mode: str) -> None:
-    """Refuse a mode whose Gaussians have no extent in the world (a screen-frame mode: 2d_screen)."""
-    if mode not in MODES:
-        raise ExportError(f"mode {mode!r}: unknown Gaussian mode (choose from {', '.join(MODES)})")
+    """Refuse a mode whose Gaussians have no extent in the world (a screen-frame mode: 2d_screen). The mode is a
+    model's, which its config validated."""
     if MODES[mode].frame != "world":
         raise ExportError(f"mode {mode!r}: its Gaussians are ellipses drawn in each image ({MODES[mode].summary}), "
                           f"with no 3D extent a 3DGS viewer could show; export a 3d or 2d model")

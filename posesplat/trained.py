@@ -47,17 +47,14 @@ def reconstruct(model: PoseSplatter, cfg: Config, frame: int) -> Gaussians:
 
 
 @torch.no_grad()
-def render_gaussians(g: Gaussians, mode: str, cfg: Config, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
-                     height: int) -> RenderOut:
-    """Gaussians of a model trained on `cfg` rendered into cameras [V,4,4], [V,3,3] over the dataset's background."""
-    device = g.means.device
-    background = torch.tensor(opened_dataset(cfg.dataset).background, dtype=torch.float32, device=device)
-    return render(g, mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
-                  pick_backend(cfg.backend, device), background)
-
-
 def render_frame(
     model: PoseSplatter, cfg: Config, frame: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int
 ) -> RenderOut:
     """Reconstruct `frame` from its observed views and render it into arbitrary cameras [V,4,4], [V,3,3]."""
-    return render_gaussians(reconstruct(model, cfg, frame), model.mode, cfg, viewmats, Ks, width, height)
+    g = reconstruct(model, cfg, frame)
+    device = g.means.device
+    background = torch.tensor(opened_dataset(cfg.dataset).background, dtype=torch.float32, device=device)
+    return render(
+        g, model.mode, viewmats.to(device).float(), Ks.to(device).float(), width, height,
+        pick_backend(cfg.backend, device), background,
+    )

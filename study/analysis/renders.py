@@ -19,11 +19,10 @@ import pandas as pd
 import torch
 
 from posesplat.checkpoint import CheckpointError
-from posesplat.data import open_dataset
 from posesplat.export import ExportError, exportable, file_name, write_splats
 from posesplat.progress import Progress
 from posesplat.scores import image_metrics
-from posesplat.trained import load_checkpoint, reconstruct, render_frame
+from posesplat.trained import load_checkpoint, opened_dataset, reconstruct, render_frame
 from study.analysis.confirm import in_cell
 from study.analysis.plots import plt  # pyplot on the Agg backend, loaded at import (plots.py says why)
 from study.base.rows import SELECT
@@ -132,7 +131,7 @@ def test_frames(models: dict, n: Optional[int] = None) -> dict:
     evenly spaced."""
     tests = {}
     for mode, (cfg, model, _) in models.items():
-        ds = open_dataset(cfg.dataset)
+        ds = opened_dataset(cfg.dataset)
         tests[mode] = (ds, ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"])
     common = sorted(set.intersection(*(set(map(int, t)) for _, t in tests.values())))
     picked = {}
@@ -248,7 +247,7 @@ def geometry_figure(models: dict, out: Path) -> Optional[tuple[Path, str]]:
 def turntable(mode: str, cfg, model, row: pd.Series, out: Path, *, n_views: int = N_TURN,
               px: int = TURN_PX) -> tuple[Path, str]:
     """A GIF of one test frame rendered from `n_views` cameras circling the animal, at least `px` pixels tall."""
-    ds = open_dataset(cfg.dataset)
+    ds = opened_dataset(cfg.dataset)
     test = ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
     frame = int(test[len(test) // 2])
     _, held = ds.view_split(cfg.holdout_views)
