@@ -74,11 +74,12 @@ def report_title(modes) -> str:
 
 IMAGE = {".png": "image/png", ".gif": "image/gif"}  # figure suffix -> MIME type on the page
 VIDEO = {".mp4": "video/mp4"}
+MIME = {**IMAGE, **VIDEO}  # every figure the page embeds
 
 
 def figure_html(path: Path, caption: str) -> str:
     """A figure embedded as a data URI (the page is one self-contained file): an image, or a video that loops."""
-    data = f"data:{({**IMAGE, **VIDEO})[path.suffix]};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    data = f"data:{MIME[path.suffix]};base64,{base64.b64encode(path.read_bytes()).decode()}"
     shown = (f'<video controls loop muted playsinline src="{data}"></video>' if path.suffix in VIDEO
              else f'<img alt="{html.escape(path.stem)}" src="{data}">')
     return f"<figure>{shown}<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -93,20 +94,20 @@ def section_html(sec: Section) -> str:
         parts.append(sec.table.to_html(index=False, border=0))
     if sec.bullets is not None:
         parts.append("<ul>" + "".join(f"<li>{_md_inline(b)}</li>" for b in sec.bullets) + "</ul>")
-    parts += [figure_html(p, cap) for p, cap in sec.figures or [] if p.suffix in IMAGE or p.suffix in VIDEO]
+    parts += [figure_html(p, cap) for p, cap in sec.figures or [] if p.suffix in MIME]
     return "".join(parts)
 
 
-def html_page(d: Decision, head: list[str], parts: list[Section]) -> str:
+def html_page(modes, head: list[str], parts: list[Section]) -> str:
     """One self-contained page: banner, design, then each section, every figure embedded as a data URI."""
     paras = [h for h in head if h]
     return "".join([
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report_title(d.modes))}"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report_title(modes))}"
         "</title><style>body{font-family:system-ui,sans-serif;max-width:1280px;margin:1em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;padding:3px 6px}"
         "th{background:#eee;text-align:left}img,video{max-width:100%}figure{margin:1.5em 0}.rec{font-size:120%;"
         "padding:.6em;background:#f4f4d0}.explore{color:#555}</style></head><body>",
-        f"<h1>{html.escape(report_title(d.modes))}</h1>",
+        f"<h1>{html.escape(report_title(modes))}</h1>",
         f"<p class='rec'>{_md_inline(paras[0])}</p>", *[f"<p>{_md_inline(p)}</p>" for p in paras[1:]],
         *[section_html(sec) for sec in parts], "</body></html>",
     ])

@@ -274,7 +274,7 @@ def write_report(paths: list[str | Path], out: Path, margin: Optional[float] = N
         (staging / "decision.md").write_text("\n".join(md) + "\n")
         (staging / "decision.json").write_text(json.dumps(d.to_json(), indent=1, allow_nan=False) + "\n")
         write_csv_tables(staging, ctable, tables, stages, cell)
-        (staging / "report.html").write_text(html_page(d, head, parts))
+        (staging / "report.html").write_text(html_page(modes, head, parts))
         swap_folder(staging, out)  # prepare_out refused an `out` that is not a report directory
     finally:
         shutil.rmtree(staging, ignore_errors=True)
