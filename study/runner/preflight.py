@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from posesplat import checkpoint
 from posesplat.config import make_config
-from posesplat.data import open_dataset
+from posesplat.data import evaluated_frames, open_dataset
 from posesplat.metrics import GEOMETRY_NAMES
 from study.base.records import dict_diff, read_study_json
 from study.base.space import Space, confirm_config, load_space, with_options
@@ -38,6 +38,7 @@ class CheckedStudy(NamedTuple):
     pixels: int  # pixels of one training image after image_downsample, for the memory model
     info: Optional[dict]  # study.json of the study being resumed (None: a new study)
     confirm_base: Optional[dict]  # the tuning's and confirm stage's base config (confirm_config); None without confirm
+    test_frames: Optional[int]  # test frames a confirm trial evaluates (the confirm cell's split, capped); None alike
 
 def check_study(args: Options) -> CheckedStudy:
     """Validate everything before the study starts: space, options, storage, cluster, dataset, study directory
@@ -82,12 +83,13 @@ def check_study(args: Options) -> CheckedStudy:
                   f"experiment state in it, so resume only studies you made", flush=True)
     ds = open_dataset(dataset)  # DatasetError names the store and the array
     cbase = confirm_config(space, base) if space.confirm is not None else None
-    check_cells(space, base, cbase, ds)
+    test_frames = check_cells(space, base, cbase, ds)
     check_geometry(space, ds)
     for note in notes:
         print(note, flush=True)
     d = make_config(base, "base_config").image_downsample
-    return CheckedStudy(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held, cbase)
+    return CheckedStudy(space, base, study, gpu, gpu_mem, (ds.height // d) * (ds.width // d), held, cbase,
+                        test_frames)
 
 def owner() -> dict[str, str]:
     """Who runs the driver where: study.json records it when a study starts."""
@@ -122,20 +124,22 @@ def check_checkpoints(study: Store) -> None:
                          f"{where} --trust`{'' if study.local else ' (on a copy: the command takes local files)'}, "
                          f"then resume")
 
-def check_cells(space: Space, base: dict, cbase: Optional[dict], ds) -> None:
+def check_cells(space: Space, base: dict, cbase: Optional[dict], ds) -> Optional[int]:
     """Every trial's frame and view split exists on the dataset, else every trial would fail, each retried. Frames
     per cell and at the confirm cell (`cbase`); at least one observed and one held-out view (the decision is made
-    on held-out views)."""
+    on held-out views). Returns how many test frames a confirm trial evaluates (None without a confirm cell)."""
     cells = [make_config({**base, **cell}, f"grid cell {json.dumps(cell)}") for cell in space.cells()]
     if cbase is not None:
         cells.append(make_config(cbase, "confirm config"))
+    tests = []
     for cfg in cells:
-        ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))
+        tests.append(ds.frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"])
         observed, held = ds.view_split(cfg.holdout_views)
         if not held:
             where = "base_config.holdout_views" if cfg.holdout_views is not None else "the dataset's holdout_views"
             raise StudyError(f"{ds.path}: no held-out view ({where} is empty); the study compares modes on "
                              f"held-out views: set holdout_views in the space's base_config")
+    return None if cbase is None else len(evaluated_frames(tests[-1], cells[-1].eval_cap("test")))
 
 def check_geometry(space: Space, ds) -> None:
     """A confirm stage that decides on a geometry metric needs true depth and normals: on a dataset without them

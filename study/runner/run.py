@@ -25,7 +25,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from posesplat import checkpoint
 from posesplat.config import ConfigError, make_config
-from posesplat.data import DatasetError, evaluated_frames, open_dataset
+from posesplat.data import DatasetError
 from posesplat.metrics import BY_NAME
 from study.analysis import analyze, tuning
 from study.analysis.confirm import (TUNE_SEEDS, PlanError, check_replan, look_folder, look_trials, plan_from_records,
@@ -69,7 +69,7 @@ def run_study(args: Options, trial_fn: Optional[Callable] = None) -> Outcome:
     KeyboardInterrupt (the study is left resumable); one that Ray ended unfinished otherwise, StudyError."""
     INTERRUPTED.clear()
     TERMINATED.clear()
-    space, base, study, gpu, gpu_mem, pixels, held, cbase = check_study(args)
+    space, base, study, gpu, gpu_mem, pixels, held, cbase, test_frames = check_study(args)
     with StudyLock(study):
         t0 = time.time()
         info = held or {
@@ -96,7 +96,8 @@ def run_study(args: Options, trial_fn: Optional[Callable] = None) -> Outcome:
                 failed = all_failed("explore", ended)
                 if space.confirm is not None and failed is None:
                     tuned = run_tuning(args, space, cbase, study, trainable, info)
-                    failed = all_failed("confirm", run_confirm(args, space, cbase, study, trainable, tuned))
+                    failed = all_failed("confirm", run_confirm(args, space, cbase, test_frames, study, trainable,
+                                                                 tuned))
             finally:
                 info["wall_time_s"] = info.get("wall_time_s", 0) + time.time() - t0
                 study.write_json(info, "study.json")
@@ -339,24 +340,16 @@ def round_runs(store: Store, plan: dict, space: Space) -> list:
     return runs
 
 
-def confirm_test_frames(cbase: dict) -> int:
-    """How many test frames each confirm trial evaluates: the confirm cell's test split on the dataset, capped
-    (`cbase`: confirm_config, the cell included)."""
-    cfg = make_config(cbase, "confirm config")
-    frames = open_dataset(cfg.dataset).frame_split(cfg.max_frames, cfg.frame_jump, tuple(cfg.split))["test"]
-    return len(evaluated_frames(frames, cfg.eval_cap("test")))
-
-
-def run_confirm(args: Options, space: Space, cbase: dict, study: Store, trainable,
+def run_confirm(args: Options, space: Space, cbase: dict, test_frames: int, study: Store, trainable,
                 tuned: Optional[dict] = None) -> dict[str, dict]:
     """Plan the confirm stage once (written before its first trial), then run or resume it look by look, stopping
     at the first look whose verdict is settled (study.analysis.looks). Returns the trial rows of the looks that ran.
-    `cbase`: the confirm cell's base config (preflight's confirm_base)."""
+    `cbase` and `test_frames`: the confirm cell's base config and its trials' test frames (preflight's)."""
     store = study.child("confirm")
     plan = read_confirm_plan(store, args.repair)
     if plan is None:
         try:
-            plan = plan_from_records(space, study, args.seed, confirm_test_frames(cbase), tuned)
+            plan = plan_from_records(space, study, args.seed, test_frames, tuned)
         except PlanError as e:
             raise StudyError(str(e)) from None
         check_replan(store, plan)
