@@ -70,8 +70,21 @@ def key(r: dict) -> tuple:
     return r["gaussian_mode"], r["max_frames"], r["seed"], round(r["lr"], 12), round(r["ssim_lambda"], 12)
 
 
+def recorded(stage: Path) -> int:
+    """How many epoch rows a stage's metrics folder holds (parts and compacted trial files, each row once), read
+    while a driver may be writing it (0 when a file went away between the listing and the read)."""
+    from study.base import metrics_folder
+
+    names = metrics_folder.current(sorted(p.name for p in (stage / "metrics").glob("*.parquet")))
+    try:
+        return sum(pq.read_metadata(stage / "metrics" / n).num_rows for n in names)
+    except OSError:
+        return 0
+
+
 def outcome(study: Path) -> tuple[dict, dict]:
-    """(rows by (config, epoch), trials by config), asserting no duplicate row and no gap in any trial's epochs."""
+    """(rows by (config, epoch), trials by config), asserting no duplicate row and no gap in any trial's epochs,
+    and that every ended trial's rows are one compacted file (the whole folder read as one dataset)."""
     rows, trials = {}, {}
     for r in pads.dataset(study / "metrics", format="parquet").to_table().to_pylist():
         assert (key(r), r["epoch"]) not in rows, f"duplicate row {key(r)}, epoch {r['epoch']}"
@@ -79,6 +92,9 @@ def outcome(study: Path) -> tuple[dict, dict]:
     for t in pq.read_table(study / "trials.parquet").to_pylist():
         assert key(t) not in trials, f"two trials with config {key(t)}"
         trials[key(t)] = t
+        if t["status"] in ("completed", "stopped", "failed") and t["last_epoch"]:
+            assert (study / "metrics" / f"trial-{t['trial_id']}.parquet").exists(), t["trial_id"]
+            assert not list((study / "metrics").glob(f"part-{t['trial_id']}-*.parquet")), t["trial_id"]
         epochs = sorted(r["epoch"] for (k, _), r in rows.items() if k == key(t))
         assert epochs == list(range(1, t["last_epoch"] + 1)), (key(t), epochs)
     assert {k for k, _ in rows} == set(trials)

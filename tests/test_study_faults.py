@@ -19,7 +19,7 @@ import pytest
 from study.runner.run import main
 from study.base.storage import StudyError, StudyLock
 from fake_study import FAKE_SPACE, fake_trial
-from shared import TINY_MODEL, dead_pid
+from shared import TINY_MODEL, dead_pid, recorded
 
 STATUS = ["completed"] * 4
 
@@ -99,7 +99,7 @@ def test_damaged_ray_state_is_refused_then_repaired(ray_local, tmp_path, small_d
     assert {"metrics", "trials.parquet"} <= set(aside), sorted(aside)
     kept = {f"metrics/{p.name}" for p in aside["metrics"].iterdir()}
     assert kept == {k for k in before if k.startswith("metrics/")}  # the old rows, all of them, set aside
-    assert len(list((study / "metrics").glob("part-*.parquet"))) == 12  # the stage run again: 4 trials x 3 epochs
+    assert recorded(study) == 12  # the stage run again: 4 trials x 3 epochs
 
 
 def test_damaged_trials_table_is_rebuilt_from_ray_state(ray_local, tmp_path, small_dataset, capsys):
@@ -241,7 +241,7 @@ def test_sigterm_is_an_interruption_with_exit_143(tmp_path, small_dataset):
                             cwd=Path(__file__).parent.parent)
     metrics = tmp_path / "studies" / "fake" / "metrics"
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(list(metrics.glob("part-*.parquet"))) < 2:
+    while time.time() < deadline and proc.poll() is None and recorded(metrics.parent) < 2:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
@@ -289,7 +289,7 @@ def test_kill_after_ray_deleted_a_checkpoint(tmp_path, small_dataset, ious, dele
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     rows = pq.read_table(study / "trials.parquet").to_pylist()
     assert sorted((t["status"], t["last_epoch"]) for t in rows) == [("completed", 3)] * 4, rows
-    parts = [p for part in (study / "metrics").glob("part-*.parquet") for p in pq.read_table(part).to_pylist()]
+    parts = pq.read_table(study / "metrics").to_pylist()
     assert sorted((p["trial_id"], p["epoch"]) for p in parts) == sorted((t["trial_id"], e) for t in rows
                                                                         for e in (1, 2, 3))
 

@@ -6,8 +6,8 @@ any stage, and decision.json's recommendation, plan, hyperparameters, tuning cho
 uninterrupted run's. Moments are found from the study's own files. Real local Ray, real zarr store, parquet read
 back. The walk runs the smoke space with a tiny deciding tuning (TUNE: 3 lr values x 1 seed per mode, whose best
 sits at the high end, so each mode widens once: tune/round0 and tune/round1); it is `slow` but for one case between
-the tuning rounds (DEFAULT). The two cases of the issue's defects and one during the report run in the default suite
-on the smoke space itself. Results: docs/study.md."""
+the tuning rounds (DEFAULT). The two cases of the issue's defects, one during the report and one inside a
+trial's metrics compaction (issue 46) run in the default suite on the smoke space itself. Results: docs/study.md."""
 
 import json
 import os
@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
-from shared import outcome, smoke_space
+from shared import outcome, recorded, smoke_space
 
 ROOT = Path(__file__).resolve().parent.parent
 RC = {"SIGKILL": -signal.SIGKILL, "SIGINT": 130, "SIGTERM": 143}
@@ -37,10 +37,6 @@ def command(space: str, storage: Path, dataset: Path) -> list[str]:
             str(dataset), "--max-concurrent", "1"]
 
 
-def parts(folder: Path) -> int:
-    return len(list(folder.glob("part-*.parquet")))
-
-
 def info(study: Path) -> dict:
     try:
         return json.loads((study / "study.json").read_text())
@@ -50,16 +46,16 @@ def info(study: Path) -> dict:
 
 MOMENTS = {  # moment -> is it here (read from the study's files)
     "ray_start": lambda s: (s / "study.json").exists(),  # written just before the driver starts Ray
-    "mid_explore": lambda s: parts(s / "metrics") >= 5,
+    "mid_explore": lambda s: recorded(s) >= 5,
     "end_explore": lambda s: "explore_finished" in info(s),
     "tune_plan": lambda s: (s / "tune" / "round0" / "plan.json").exists(),  # written before the round's trials
-    "mid_tune": lambda s: parts(s / "tune" / "round0" / "metrics") >= 9,  # of 18 (6 trials x 3 epochs)
+    "mid_tune": lambda s: recorded(s / "tune" / "round0") >= 9,  # of 18 (6 trials x 3 epochs)
     "widen_plan": lambda s: (s / "tune" / "round1" / "plan.json").exists(),
-    "mid_widen": lambda s: parts(s / "tune" / "round1" / "metrics") >= 3,  # of 6 (2 trials x 3 epochs)
+    "mid_widen": lambda s: recorded(s / "tune" / "round1") >= 3,  # of 6 (2 trials x 3 epochs)
     "plan": lambda s: (s / "confirm" / "plan.json").exists(),
     "confirm_tuner": lambda s: (s / "confirm" / "ray" / "tuner.pkl").exists(),  # before Ray's first snapshot
     "first_confirm_trial": lambda s: any((s / "confirm" / "ray").glob("confirm_*")),  # created, not yet started
-    "mid_confirm": lambda s: parts(s / "confirm" / "metrics") >= 9,
+    "mid_confirm": lambda s: recorded(s / "confirm") >= 9,
     "report": lambda s: any(s.glob(".report.tmp-*")),
 }
 
@@ -217,6 +213,29 @@ def test_sigterm_while_the_report_is_written(reference, small_dataset, tmp_path)
     """SIGTERM to the driver while it writes the report (its staging folder exists): exit 143, and the resume
     writes the uninterrupted decision."""
     check_case(reference, small_dataset, tmp_path, "report", "SIGTERM", "driver")
+
+
+def test_sigkill_inside_a_compaction(reference, small_dataset, tmp_path):
+    """The group killed inside the second trial's compaction (tests/killed_compaction.py): its trial file written,
+    one part removed, the others left. The records read each row once; the resume removes the leftovers and
+    finishes as the uninterrupted study."""
+    cmd = command(reference.space, tmp_path, small_dataset)
+    killed = [sys.executable, str(ROOT / "tests" / "killed_compaction.py"), "2", *cmd[3:]]
+    with open(tmp_path / "killed.err", "w") as err:
+        proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, cwd=ROOT)
+    try:
+        assert proc.wait(timeout=600) == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-3000:]
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    study = tmp_path / reference.name
+    files = sorted(p.name for p in (study / "metrics").glob("*.parquet"))
+    both = [n for n in files if n.startswith("trial-") and any(f.startswith(f"part-{n[6:-8]}-") for f in files)]
+    assert len(both) == 1, files  # the state the kill left: a trial file beside leftover parts
+    import pyarrow.parquet as pq
+
+    assert recorded(study) == sum(t["last_epoch"] for t in pq.read_table(study / "trials.parquet").to_pylist())
+    finishes_as_uninterrupted(reference, cmd, study)
 
 
 WALK = [  # ordered so that a prefix of the walk covers every moment

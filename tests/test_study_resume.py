@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import outcome
+from shared import outcome, recorded
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,10 @@ def wait_and_kill(proc: subprocess.Popen, study: Path, point: str) -> None:
     while time.time() < deadline and proc.poll() is None:
         if point == "trial_start" and (study / "trials.parquet").exists():
             break
-        if point in ("mid_epoch", "ctrl_c") and len(list((study / "metrics").glob("*.parquet"))) >= 5:
+        if point in ("mid_epoch", "ctrl_c") and recorded(study) >= 5:
             time.sleep(0.3)
             break
-        if point in ("confirm", "confirm_ctrl_c") and len(list(confirm.glob("*.parquet"))) >= 3:
+        if point in ("confirm", "confirm_ctrl_c") and recorded(confirm.parent) >= 3:
             break
         if point == "checkpoint":
             seen |= {p.name + p.parent.name for p in (study / "ray").glob("*/checkpoint_*")}
@@ -89,8 +89,8 @@ def test_sigkill_then_resume_matches_uninterrupted(setup, point, tmp_path):
     proc = subprocess.Popen(command(space, tmp_path, dataset), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     wait_and_kill(proc, study, point)
-    parts_before = len(list((study / "metrics").glob("*.parquet")))
-    confirm_before = len(list((study / "confirm" / "metrics").glob("*.parquet")))
+    parts_before = recorded(study)
+    confirm_before = recorded(study / "confirm")
     assert parts_before < len(ref_rows) or confirm_before < len(ref_confirm_rows)
     plan_before = (study / "confirm" / "plan.json").read_text() if point.startswith("confirm") else None
 

@@ -138,6 +138,36 @@ def test_a_study_behind_a_uri_is_analysed_where_it_lies(s3, tmp_path, capsys):
     assert "no such study directory" in capsys.readouterr().err
 
 
+def test_a_compacted_study_behind_a_uri_decides_as_its_parts(s3, tmp_path, capsys):
+    """Issue 46: the explore stage's trials compacted in the bucket (study.base.metrics_folder through the URI's
+    Store), one of them with a part left beside its trial file as a killed compaction leaves it: the analysis reads
+    each row once, in bulk, and decides exactly as on the local copy in parts."""
+    from study.analysis.analyze import main as analyze
+    from study.analysis.load import load_study
+    from study.base import metrics_folder
+
+    uri, fs, _ = s3
+    local = add_confirm(make_study(tmp_path / "local", "packed", effect=0.0), effect=-0.04, cost=-0.3)
+    remote = join_uri(uri, "packed")
+    fs.create_dir(Store(remote).root, recursive=True)
+    pafs.copy_files(str(local), Store(remote).root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    store = Store(remote)
+    tids = sorted(metrics_folder.parts_by_trial(store.list("metrics")))
+    for tid in tids:
+        assert metrics_folder.compact(store, tid)
+    left = sorted((local / "metrics").glob(f"part-{tids[0]}-*.parquet"))[0]
+    pafs.copy_files(str(left), store.path("metrics", left.name), source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    assert len(store.list("metrics")) == len(tids) + 1
+    assert len(load_study(remote)[0]) == len(load_study(local)[0])
+    assert analyze([str(local), "--no-renders", "--out", str(tmp_path / "a")]) == 0
+    assert analyze([remote, "--no-renders", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    a, b = (json.loads((tmp_path / d / "decision.json").read_text()) for d in "ab")
+    assert a["recommendation"] == b["recommendation"] and a["quality"] == b["quality"]
+    assert (tmp_path / "a" / "explore.csv").read_text() == (tmp_path / "b" / "explore.csv").read_text()
+
+
 def test_one_test_says_where_a_location_lies(tmp_path):
     """A URI names its filesystem by a scheme; a relative or absolute path, or a Path, is local (study.base.storage
     is_uri, the one test that Store, joining, the loader, the renders and the preflight use)."""

@@ -22,6 +22,7 @@ from study.analysis.looks import common_share, looks_json, looks_of, plan_looks
 from study.analysis.pairs import pair_rows, paired_matrices
 from study.analysis.crossed import crossed_diff, detectable, halfwidth, seeds_for
 from study.analysis.tuning import rms, tuning_draws
+from study.base import metrics_folder
 from study.base.space import MODE_KEY, Confirm, Space, trial_keys
 from study.base.storage import Store, StudyError
 from study.base.rows import FAILED
@@ -203,8 +204,8 @@ def check_replan(store: Store, plan: dict) -> None:
         try:
             rows += look.read_table("trials.parquet").to_pylist() if look.exists("trials.parquet") else []
         except Exception:  # a damaged trials table (the sink sets it aside next): every metrics part names its config
-            rows += [r for part in look.list("metrics", "part-*.parquet")
-                     for r in look.read_table("metrics", part).to_pylist()]
+            names = metrics_folder.current(look.list(metrics_folder.FOLDER))
+            rows += metrics_folder.read(look, names).to_pylist() if names else []
     planned = {(t[MODE_KEY], t["seed"], round(t["lr"], 12)) for t in plan["trials"]}
     ran = {(r[MODE_KEY], r["seed"], round(r["lr"], 12)) for r in rows}
     if ran - planned:

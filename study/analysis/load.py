@@ -21,6 +21,7 @@ from posesplat import metrics as schema
 from posesplat.messages import parse_json
 from posesplat.modes import names as mode_names
 from posesplat.progress import Progress
+from study.base import metrics_folder
 from study.base.storage import StorageError, Store, is_uri, join_uri
 from study.base.rows import SELECT
 from study.base.space import MODE_KEY
@@ -105,12 +106,13 @@ def stage_folder(path: str | Path) -> tuple[Store, Optional[tuple[str, ...]]]:
 
 
 def stage_of(path: str | Path) -> tuple[Store, list[tuple[str, ...]], bool]:
-    """(the stage folder, the metrics parts in it, whether the input was one file) of an input."""
+    """(the stage folder, the metrics files in it that hold its rows, whether the input was one file) of an input:
+    trial files and the parts of running trials (study.base.metrics_folder.current)."""
     store, file = stage_folder(path)
     if file is not None:
         return store, [file], True
     mdir = ("metrics",) if store.exists("metrics") else ()
-    parts = [(*mdir, n) for n in store.list("/".join(mdir), "*.parquet") if not n.startswith((".", "_"))]
+    parts = [(*mdir, n) for n in metrics_folder.current(store.list("/".join(mdir), "*.parquet"))]
     if not parts:
         raise AnalysisError(f"{path}: holds no metrics yet (no parquet files in {join_uri(store.uri, *mdir)})")
     return store, parts, False
@@ -124,12 +126,7 @@ def _study_dir(path: str | Path) -> Path:
 def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(metrics rows, trials table, study.json) of one study directory, its metrics/ folder or a parquet file."""
     store, parts, a_file = stage_of(path)
-    tables = [_read_table(store, *p) for p in Progress(parts, desc=f"reading {store.name}", leave=False,
-                                                    disable=len(parts) < 500)]
-    try:
-        metrics = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise AnalysisError(f"{path}: metrics parts have incompatible columns ({str(e).splitlines()[0]})") from None
+    metrics = read_rows(store, parts, path).to_pandas()
     missing = [c for c in REQUIRED if c not in metrics]
     if missing:
         raise AnalysisError(f"{join_uri(store.uri, *parts[0]) if len(parts) == 1 else path}: not a metrics table "
@@ -145,6 +142,23 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if not a_file and store.exists("study.json"):
         info = parse_json(store.read_text("study.json"), join_uri(store.uri, "study.json"), AnalysisError)
     return metrics, trials, info
+
+
+def read_rows(store: Store, parts: list[tuple[str, ...]], path: str | Path) -> pa.Table:
+    """The rows of a stage's metrics files, read in bulk (study.base.metrics_folder.read). When that fails, the
+    files are read one at a time to name the one that is damaged, or the columns that disagree."""
+    folder = "/".join(parts[0][:-1])
+    if all("/".join(p[:-1]) == folder for p in parts):
+        try:
+            return metrics_folder.read(store, [p[-1] for p in parts], folder)
+        except (pa.ArrowException, OSError):
+            pass  # named below
+    tables = [_read_table(store, *p) for p in Progress(parts, desc=f"reading {store.name}", leave=False,
+                                                    disable=len(parts) < 500)]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise AnalysisError(f"{path}: metrics parts have incompatible columns ({str(e).splitlines()[0]})") from None
 
 
 @dataclass

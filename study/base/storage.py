@@ -105,6 +105,10 @@ class Store:
         for name, typ in (types or {}).items():
             if name in table.column_names:
                 table = table.set_column(table.column_names.index(name), name, table[name].cast(typ))
+        self.write_arrow(table, *parts)
+
+    def write_arrow(self, table: pa.Table, *parts: str) -> None:
+        """Write an Arrow table as one parquet file (through a temporary name, as write_bytes)."""
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.write_bytes(buf.getvalue(), *parts)

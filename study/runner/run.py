@@ -161,6 +161,7 @@ def fit_stage(args: Options, store: Store, trainable, sink, searcher, scheduler,
     like damaged state. Ray's state must agree with the records: missing, damaged or foreign state is refused
     (`--repair` sets the stage aside and runs it again) before Ray could start over and the sink drop the records."""
     if len(sink.ended()) >= searcher.total:
+        sink.compact_ended()  # an ended stage of a study written before compaction, or killed while compacting
         return sink.trials
     _ray_compat.defer_checkpoint_deletion()
     run_dir = join_uri(store.uri, "ray")

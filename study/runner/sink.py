@@ -2,10 +2,11 @@
 trials table, through the study's `Store` (study.base.storage).
 
 One part file per (trial, epoch), named by both and written whole: a resumed study that re-reports an epoch replaces
-that part instead of duplicating it. Ray saves its experiment state every few seconds, so after a crash it may know
-less than the parquet does. At the first step of every (re)started run the sink drops what Ray will redo: parts of
-trials Ray no longer knows, and epochs after a trial's restored state. So the parquet ends with exactly one row per
-(trial, epoch). Schema: docs/metrics.md.
+that part instead of duplicating it. When a trial ends its parts become one file (study.base.metrics_folder), so a
+study's analysis reads a file per trial, not per epoch. Ray saves its experiment state every few seconds, so after a
+crash it may know less than the parquet does. At the first step of every (re)started run the sink drops what Ray
+will redo: rows of trials Ray no longer knows, and epochs after a trial's restored state. So the parquet ends with
+exactly one row per (trial, epoch). Schema: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ray.tune import Callback
 from posesplat.config import Config, make_config
 from posesplat.metrics import BY_NAME, FRAMES
 from study.base.rows import COMPLETED, ENDED, FAILED, PENDING, RUNNING, SELECT, SELECTED, STOPPED
+from study.base import metrics_folder as folder
 from study.base.storage import Store, set_aside
 from study.runner import _ray_compat
 from study.runner.board import runs, write_end
@@ -90,6 +92,7 @@ class ParquetSink(Callback):
         self.trials: dict[str, dict] = {}
         self.configs: dict[str, dict] = {}  # trial id -> full_config, validated once per trial (config_of)
         self.reconciled = False
+        self.folded = folder.compacted(self.store.list(folder.FOLDER))  # trials whose parts are one file
         self.damaged: Optional[str] = None  # where a damaged trials.parquet was set aside (rebuilt from Ray's state)
         if self.store.exists("trials.parquet"):  # a resumed study keeps the rows of trials it will not see again
             try:
@@ -108,7 +111,8 @@ class ParquetSink(Callback):
         was damaged, every trial with a metrics part."""
         if self.damaged is None:
             return self.ended()
-        return {part_of(p)[0] for p in self.store.list("metrics", "part-*.parquet")}
+        names = self.store.list(folder.FOLDER)
+        return set(folder.parts_by_trial(names)) | folder.compacted(names)
 
     def config_of(self, tid: str, keys: dict) -> dict[str, Any]:
         """A trial's config columns (full_config), validated on its first result only: a trial's keys never change."""
@@ -185,10 +189,14 @@ class ParquetSink(Callback):
 
     def reconcile(self, known: dict[str, int]) -> None:
         """Keep exactly what Ray's (restored) state knows: trial id -> last epoch it has a result for."""
-        for part in self.store.list("metrics", "part-*.parquet"):
-            tid, epoch = part_of(part)
-            if epoch > known.get(tid, 0):
-                self.store.delete("metrics", part)
+        for tid in folder.compacted(self.store.list(folder.FOLDER)):
+            if tid not in known:
+                self.store.delete(folder.FOLDER, folder.trial_name(tid))
+            elif self.last_recorded(tid) > known[tid]:  # Ray redoes epochs of an ended trial: its rows as parts
+                folder.expand(self.store, tid, upto=known[tid])
+        for tid, parts in folder.parts_by_trial(self.store.list(folder.FOLDER)).items():
+            for part in (p for epoch, p in parts.items() if epoch > known.get(tid, 0)):
+                self.store.delete(folder.FOLDER, part)
         for tid in set(self.trials) - set(known):
             del self.trials[tid]
         for tid, parts in runs(self.board).items():
@@ -203,12 +211,36 @@ class ParquetSink(Callback):
             self._flush()
         else:
             self.store.delete("trials.parquet")
+        self.compact_ended()
+
+    def last_recorded(self, tid: str) -> int:
+        """The last epoch of a compacted trial: its trials-table row, else its file."""
+        last = self.trials.get(tid, {}).get("last_epoch")
+        if last is None:
+            epochs = self.store.read_table(folder.FOLDER, folder.trial_name(tid)).column("epoch").to_pylist()
+            last = max(epochs, default=0)
+        return int(last)
+
+    def compact_ended(self) -> None:
+        """Compact every ended trial that still has parts: one that ended just before a kill, or a study written
+        before compaction existed. Leftover parts of a killed compaction go too."""
+        names = self.store.list(folder.FOLDER)
+        for tid in set(folder.parts_by_trial(names)) & (self.ended() | folder.compacted(names)):
+            folder.compact(self.store, tid, names)
+        self.folded = folder.compacted(self.store.list(folder.FOLDER))
+
+    def compact(self, tid: str) -> None:
+        """An ended trial's parts as one file (study.base.metrics_folder.compact)."""
+        if folder.compact(self.store, tid):
+            self.folded.add(tid)
+
+    def on_experiment_end(self, trials, **info):
+        self.compact_ended()
 
     def selection(self, tid: str) -> dict:
         """`selected_epoch` and `selected_*` of a trial from its metrics parts (after a rollback)."""
         best = None
-        for part in self.store.list("metrics", f"part-{tid}-*.parquet"):
-            row = self.store.read_table("metrics", part).to_pylist()[0]
+        for row in folder.trial_rows(self.store, tid).to_pylist():
             v = row.get(SELECTED[0])
             if isinstance(v, float) and math.isfinite(v) and (best is None or better(row, best)):
                 best = row
@@ -244,6 +276,9 @@ class ParquetSink(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: v for k, v in result.items() if k not in RAY_KEYS and not isinstance(v, (dict, list))}
         epoch = int(metrics["epoch"])
+        if trial.trial_id in self.folded:  # an ended trial that runs again (a resumed failure): parts again
+            folder.expand(self.store, trial.trial_id)
+            self.folded.discard(trial.trial_id)
         # per-test-frame lists (`*_frames`) go to the metrics part only, with a fixed type so that every part of
         # the dataset agrees (an empty list of a non-evaluated epoch would otherwise be list<null>)
         lists = {k: v for k, v in result.items() if k not in RAY_KEYS and isinstance(v, list)
@@ -251,7 +286,7 @@ class ParquetSink(Callback):
         row = {"study": self.study_name, "trial_id": trial.trial_id, **self.config_of(trial.trial_id, trial.config), **metrics,
                **lists, "hostname": result.get("hostname") or socket.gethostname(),
                "timestamp": datetime.now(timezone.utc)}
-        self.store.write_table([row], "metrics", f"part-{trial.trial_id}-{epoch:04d}.parquet",
+        self.store.write_table([row], folder.FOLDER, folder.part_name(trial.trial_id, epoch),
                                types={**null_types([row]), **{k: list_type(k) for k in lists}})
         ckpt = getattr(trial, "checkpoint", None)
         prev = self.trials.get(trial.trial_id, {})
@@ -272,11 +307,13 @@ class ParquetSink(Callback):
         self._row(trial, status=STOPPED if stopped else COMPLETED, stopped_at_epoch=last if stopped else None,
                   checkpoint_path=self.checkpoint_file(ckpt))
         self._flush()
+        self.compact(trial.trial_id)
         self._end_run(trial, STOPPED if stopped else COMPLETED, last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial, status=FAILED, error=error_text(trial))
         self._flush()
+        self.compact(trial.trial_id)
         self._end_run(trial, FAILED, int(self.trials[trial.trial_id].get("last_epoch") or 0))
 
     def _end_run(self, trial, status: str, epoch: int) -> None:
@@ -286,12 +323,6 @@ class ParquetSink(Callback):
 
 
 RAY_STATUS = {"TERMINATED": "ended", "ERROR": FAILED, "RUNNING": RUNNING, "PAUSED": RUNNING, "PENDING": PENDING}
-
-
-def part_of(name: str) -> tuple[str, int]:
-    """(trial id, epoch) of a metrics part file name `part-<trial id>-<epoch>.parquet`."""
-    tid, epoch = name.removeprefix("part-").removesuffix(".parquet").rsplit("-", 1)
-    return tid, int(epoch)
 
 
 def trial_resources(trial) -> dict[str, float]:
