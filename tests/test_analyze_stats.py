@@ -167,3 +167,23 @@ def test_long_frame_lists_are_bounded_in_memory():
     values = np.random.default_rng(0).normal(0, 1, (10, 3000))
     e = mean_ci_frames(list(values), [list(range(3000))] * 10, n_resamples=999)
     assert e.lo < e.mean < e.hi and e.n == 10
+
+
+def test_frame_means_by_counts_equal_the_gathered_frames():
+    """Issue 46: _shared_means (draw counts per frame list times the values) equals each unit's mean over the frames
+    its resample draws, gathered one by one, for units that share a frame list and units alone in theirs."""
+    from study.analysis.stats import _shared_means, _Side
+
+    rng = np.random.default_rng(3)
+    group = np.array([0, 0, 0, 1, 2, 2])
+    count = np.array([5, 5, 5, 3, 4, 4], dtype=float)
+    x = np.full((6, 5), np.nan)
+    for u, c in enumerate(count.astype(int)):
+        x[u, :c] = rng.normal(size=c)
+    shared = rng.random((7, 3, 5))
+    got = _shared_means(_Side(x, count, group), shared)
+    for r in range(7):
+        for u in range(6):
+            c = int(count[u])
+            want = np.mean([x[u, int(shared[r, group[u], j] * c)] for j in range(c)])
+            assert got[r, u] == pytest.approx(want, rel=1e-12, abs=1e-15)

@@ -197,6 +197,9 @@ def _two_level(blocks: list[list[list[tuple[np.ndarray, Optional[tuple]]]]], sha
                 if nested:
                     same = g == sb[0].group[unit]  # this side has the frame list of side 0: same positions
                     u = fresh if s == 0 else np.where(same[..., None], fresh, rng.random((m, n, fmax)))
+                elif len(np.unique(side.group)) * 4 <= len(side.group):  # few frame lists: means by counts
+                    out[b][s].append(_shared_means(side, shared)[rows, unit].mean(-1))
+                    continue
                 else:
                     u = shared[rows, g]  # [m, n, fmax]
                 cnt = side.count[unit]  # [m, n]
@@ -205,6 +208,22 @@ def _two_level(blocks: list[list[list[tuple[np.ndarray, Optional[tuple]]]]], sha
                 vals = np.where(np.arange(side.x.shape[1]) < cnt[..., None], vals, 0.0)
                 out[b][s].append((vals.sum(-1) / cnt).mean(-1))
     return [[np.concatenate(x) for x in sb] for sb in out]
+
+
+def _shared_means(side: _Side, shared: np.ndarray) -> np.ndarray:
+    """Each unit's mean over its resampled frames, [m, n], for frame draws shared by the units of a frame list
+    (shared: [m, groups, F] uniform draws). Equal to _two_level's gather up to the order of summation, but it counts
+    how often each frame was drawn per frame list and takes a product with the values, which costs m x frames per
+    frame list instead of m x frames per unit."""
+    m = shared.shape[0]
+    means = np.empty((m, len(side.group)))
+    for g in np.unique(side.group):
+        units = np.flatnonzero(side.group == g)
+        cnt = int(side.count[units[0]])  # a frame list: the same count for each of its units
+        pos = (shared[:, g, :cnt] * cnt).astype(int)  # [m, cnt]
+        draws = np.bincount((np.arange(m)[:, None] * cnt + pos).ravel(), minlength=m * cnt).reshape(m, cnt)
+        means[:, units] = draws @ side.x[units, :cnt].T / cnt
+    return means
 
 
 def _percentile(boot: np.ndarray) -> tuple[float, float]:
