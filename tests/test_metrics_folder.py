@@ -132,3 +132,58 @@ def test_sink_drops_the_trial_file_of_a_trial_ray_does_not_know(tmp_path, known)
     folder.compact(store, "a")
     ParquetSink(tmp_path, "s", {}, 3).reconcile(known)
     assert names(tmp_path) == [folder.part_name("b", e) for e in (1, 2) if known]
+
+
+def summary_by_loop(metrics: pd.DataFrame, thresholds: dict, last: bool, cell: list[str]) -> pd.DataFrame:
+    """trial_summary as it was written before issue 46: a loop over trials (the definition the vectorised one keeps)."""
+    import numpy as np
+
+    from study.analysis.load import COST
+    from study.base.rows import SELECT
+    from posesplat import metrics as schema
+
+    rows = []
+    for _, t in metrics.sort_values("epoch").groupby(["study", "trial_id"], sort=False):
+        ev = t[np.isfinite(t["valid_heldout_iou"])]
+        if ev.empty:
+            continue
+        best = ev.iloc[-1] if last else ev.sort_values([*SELECT, "epoch"], ascending=[False, False, True],
+                                                       na_position="last").iloc[0]
+        row = best.to_dict()
+        for k, _, _ in COST:
+            m = schema.BY_NAME.get(k)
+            if m is not None and m.over_epochs != "selected" and k in t:
+                v = (ev if m.evaluated else t)[k]
+                row[k] = float(v.median() if m.over_epochs == "median" else v.max())
+        reached = t[t["valid_heldout_iou"] >= thresholds[tuple(int(t[k].iloc[0]) for k in cell)]]
+        row.update(selected_epoch=int(best["epoch"]), epochs_run=int(t["epoch"].max()),
+                   checkpoint_mb=float(t["checkpoint_bytes"].where(t["checkpoint_bytes"] > 0).max()) / 1e6,
+                   mem_kind=str(t["mem_kind"].iloc[-1]), device=str(t["device"].iloc[-1]),
+                   iou_threshold=thresholds[tuple(int(best[k]) for k in cell)],
+                   epochs_to_threshold=float(reached["epoch"].min()) if len(reached) else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_trial_summary_vectorised_equals_the_loop_over_trials(tmp_path, last):
+    """Issue 46: the per-trial summary computed for all trials at once equals the loop over trials it replaces (same
+    rows in the same order, same columns, values and types), with ties, a trial that never evaluated, NaN costs and
+    trials stopped at different epochs."""
+    import numpy as np
+
+    from study.analysis.load import cell_thresholds, trial_summary
+
+    study = make_study(tmp_path, "s", frames=4, epochs=6, noise=0.05, rng_seed=4)
+    m = load_studies([study]).metrics
+    m = m[~((m["trial_id"] == m["trial_id"].iloc[0]) & (m["epoch"] > 3))]  # a trial stopped at epoch 3
+    m.loc[m["trial_id"] == m["trial_id"].iloc[-1], "valid_heldout_iou"] = np.nan  # a trial that never evaluated
+    tie = m.index[(m["trial_id"] == m["trial_id"].iloc[5])]
+    m.loc[tie, ["valid_heldout_iou", "valid_heldout_psnr"]] = 0.5  # every epoch tied: the earliest is selected
+    m.loc[m.index[::7], "epoch_time_s"] = np.nan
+    cell = ["grid_size", "max_frames"]
+    got = trial_summary(m, last=last, cell=cell, modes=("2d", "3d"))
+    want = summary_by_loop(m, cell_thresholds(got, None, cell, ("2d", "3d")), last, cell)
+    assert len(got) == m["trial_id"].nunique() - 1
+    pd.testing.assert_frame_equal(got, want[list(got.columns)])
+    assert list(got.columns) == list(want.columns)

@@ -73,9 +73,9 @@ def paired_frames(per_trial: pd.DataFrame, key: str, units: list[str], modes: Pa
         if fv is None:
             return None
         found: dict[tuple, list[tuple]] = {}
+        unit_of = list(rows[units].itertuples(index=False, name=None))
         for pos in np.lexsort((rows["trial_id"].to_numpy(str), rows["study"].to_numpy(str))):
-            unit = tuple(rows[units].iloc[pos])
-            found.setdefault(unit, []).append((fv[0][pos], fv[1][pos]))
+            found.setdefault(unit_of[pos], []).append((fv[0][pos], fv[1][pos]))
         side = {}
         for unit, trials in found.items():
             ids = None if any(i is None for _, i in trials) else np.concatenate([i for _, i in trials])

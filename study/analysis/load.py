@@ -278,15 +278,18 @@ def compared_modes(tables: "Tables") -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------- per trial
 
 
-def over_epochs(t: pd.DataFrame, evaluated: pd.DataFrame) -> dict[str, float]:
-    """A trial's costs that the schema summarises over epochs (median, max), over its evaluated epochs for a
-    metric measured only in evaluation; the others are taken at the selected epoch."""
+TRIAL = ["study", "trial_id"]  # a trial's key in the metrics rows
+
+
+def over_epochs(rows: pd.DataFrame, evaluated: pd.DataFrame, trials: pd.MultiIndex) -> dict[str, np.ndarray]:
+    """Each trial's costs that the schema summarises over epochs (median, max), over its evaluated epochs for a
+    metric measured only in evaluation; the others are taken at the selected epoch. Values in `trials`' order."""
     out = {}
     for k, _, _ in COST:
         m = schema.BY_NAME.get(k)
-        if m is not None and m.over_epochs != "selected" and k in t:
-            rows = (evaluated if m.evaluated else t)[k]
-            out[k] = float(rows.median() if m.over_epochs == "median" else rows.max())
+        if m is not None and m.over_epochs != "selected" and k in rows:
+            by = (evaluated if m.evaluated else rows).groupby(TRIAL, sort=False)[k]
+            out[k] = (by.median() if m.over_epochs == "median" else by.max()).reindex(trials).to_numpy(float)
     return out
 
 
@@ -294,35 +297,38 @@ def trial_summary(metrics: pd.DataFrame, threshold: Optional[float] = None, *, l
                   cell: Iterable[str] = DEFAULT_CELL, modes: Optional[tuple[str, str]] = None) -> pd.DataFrame:
     """One row per trial with a validation epoch. It holds quality at its best validation epoch (at its last
     evaluated epoch when `last`) and costs over its epochs. It also holds epochs to reach the IoU threshold of its
-    cell (the cell keys `cell`, the threshold of the two `modes`: see cell_thresholds)."""
+    cell (the cell keys `cell`, the threshold of the two `modes`: see cell_thresholds). Trials in the order they
+    first appear in the epoch-sorted rows; work per trial is vectorised, so the time grows with rows, not loops."""
     cell = list(cell)
-    rows = []
-    for (study, tid), t in metrics.sort_values("epoch").groupby(["study", "trial_id"], sort=False):
-        ev = t[np.isfinite(t["valid_heldout_iou"])]
-        if ev.empty:
-            continue
-        best = ev.iloc[-1] if last else ev.sort_values([*SELECT, "epoch"], ascending=[False, False, True],
-                                                       na_position="last").iloc[0]
-        row = best.to_dict()
-        row.update(over_epochs(t, ev))
-        row.update(
-            selected_epoch=int(best["epoch"]), epochs_run=int(t["epoch"].max()),
-            checkpoint_mb=float(t["checkpoint_bytes"].where(t["checkpoint_bytes"] > 0).max()) / 1e6,
-            mem_kind=str(t["mem_kind"].iloc[-1]) if "mem_kind" in t else "unknown",
-            device=str(t["device"].iloc[-1]) if "device" in t else "unknown",
-        )
-        rows.append(row)
-    per_trial = pd.DataFrame(rows)
-    if per_trial.empty:
-        return per_trial
+    m = metrics.sort_values("epoch")
+    order = pd.Series(m.groupby(TRIAL, sort=False).ngroup().to_numpy(), index=m.index)
+    ev = m[np.isfinite(m["valid_heldout_iou"])]
+    if ev.empty:
+        return pd.DataFrame()
+    chosen = ev if last else ev.sort_values([*SELECT, "epoch"], ascending=[False, False, True], na_position="last")
+    best = (chosen.groupby(TRIAL, sort=False).tail(1) if last else chosen.groupby(TRIAL, sort=False).head(1))
+    best = best.loc[order[best.index].sort_values(kind="stable").index]
+    trials = pd.MultiIndex.from_frame(best[TRIAL])
+    every = m.groupby(TRIAL, sort=False)
+    at_end = every.tail(1).set_index(TRIAL).reindex(trials)
+    per_trial = best.reset_index(drop=True).assign(**over_epochs(m, ev, trials))
+    empty = [c for c in per_trial if per_trial[c].isna().all() and not pd.api.types.is_numeric_dtype(per_trial[c])]
+    per_trial[empty] = per_trial[empty].astype(float)  # an all-null text column reads as float64, as a row's NaN does
+    per_trial = per_trial.assign(
+        selected_epoch=best["epoch"].astype(int).to_numpy(),
+        epochs_run=every["epoch"].max().reindex(trials).astype(int).to_numpy(),
+        checkpoint_mb=m["checkpoint_bytes"].where(m["checkpoint_bytes"] > 0).groupby(
+            [m["study"], m["trial_id"]], sort=False).max().reindex(trials).to_numpy(float) / 1e6,
+        mem_kind=at_end["mem_kind"].astype(str).to_numpy() if "mem_kind" in m else "unknown",
+        device=at_end["device"].astype(str).to_numpy() if "device" in m else "unknown",
+    )
     thresholds = cell_thresholds(per_trial, threshold, cell, modes)
-    first = {}
-    for (study, tid), t in metrics.groupby(["study", "trial_id"]):
-        key = tuple(int(t[k].iloc[0]) for k in cell)
-        reached = t[t["valid_heldout_iou"] >= thresholds.get(key, np.inf)]
-        first[(study, tid)] = float(reached["epoch"].min()) if len(reached) else np.nan
     per_trial["iou_threshold"] = [thresholds[tuple(map(int, key))] for key in per_trial[cell].itertuples(index=False)]
-    per_trial["epochs_to_threshold"] = [first[(s, t)] for s, t in zip(per_trial.study, per_trial.trial_id)]
+    th = pd.Series([thresholds.get(tuple(map(int, key)), np.inf) for key in m[cell].itertuples(index=False)],
+                   index=m.index)
+    reached = m[m["valid_heldout_iou"] >= th]
+    first = reached.groupby(TRIAL, sort=False)["epoch"].min().astype(float).reindex(trials)
+    per_trial["epochs_to_threshold"] = first.to_numpy(float)
     return per_trial
 
 
