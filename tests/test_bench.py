@@ -110,3 +110,20 @@ def test_trial_time_counts_another_threads_calls_apart():
     ahead.join()
     assert clock.parts[AHEAD] == pytest.approx(0.03, abs=0.02)
     assert clock.parts["train forward"] == pytest.approx(0.05, abs=0.02) and clock.parts.get("data", 0.0) == 0.0
+
+
+def test_analysis_scale_study_reads_the_same_in_both_layouts(tmp_path):
+    """bench.analysis_scale: the generated study (real schema, both stages, a confirm plan) is analysed in parts and
+    compacted, each row once, with a decision written (exit 0), and the table pairs each layout with the old code."""
+    from bench import analysis_scale as scale
+    from study.analysis.load import load_studies
+
+    parts = scale.write_study(tmp_path / "parts", rows=120, epochs=6)
+    packed = scale.compacted_copy(parts, tmp_path / "packed")
+    assert not list((packed / "metrics").glob("part-*")) and list((packed / "metrics").glob("trial-*"))
+    got = {name: scale.measure(str(s), tmp_path / f"report-{name}", 1, scale.ROOT) for name, s in
+           (("parts", parts), ("compacted", packed))}
+    assert got["parts"]["rows"] == got["compacted"]["rows"] == len(load_studies([parts, parts / "confirm"]).metrics)
+    rows = [{"rows": 120, "epochs": 6, "layout": layout, "code": code, "files": 10, "storage": "local disk",
+             "load_s": 1.0, "report_s": t} for layout, code, t in (("parts", "old", 4.0), ("compacted", "new", 2.0))]
+    assert scale.table(rows).splitlines()[-1].endswith("| 2.00 | 2.0x |")
