@@ -7,7 +7,7 @@ written through the sink's own types and the metrics folder's names. Each size i
 study.base.metrics_folder.compact). A fresh process then times loading the study's tables and the whole report
 without renders (load, decide, tables, HTML), on local disk and behind a local S3 server (moto, the test extra),
 with the current code and, on the parts, with an older worktree's (--old).
-Table 9 of docs/benchmarks.md.
+Table 8 of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def compacted_copy(study: Path, to: Path) -> Path:
 
 
 def run(sizes: list[tuple[int, int]], s3_files: int, repeats: int, old: Optional[Path]) -> list[dict]:
-    """Rows of table 9: per (rows, epochs per trial), layout, code and storage: the files, load and report seconds.
+    """Rows of table 8: per (rows, epochs per trial), layout, code and storage: the files, load and report seconds.
     The parts layout is read by the old code too (`old`: a worktree of the commit before compaction)."""
     server, query = s3_server() if s3_files else (None, None)
     out = []
@@ -233,7 +233,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-TITLE = "## 9. The analysis at cluster scale"
+TITLE = "## 8. The analysis at cluster scale"
 TABLE_NOTE = (
     "`python -m bench.analysis_scale {cmd}`. A generated study (half its epoch rows in "
     "the explore stage, half in a confirm stage of paired 2d/3d trials; the real schema, an evaluation every "
@@ -254,7 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "this many files (each costs 20-40 ms there; 0: local disk only)")
     p.add_argument("--old", type=Path, help="a worktree of the code before compaction, to read the parts layout too")
     p.add_argument("--repeats", type=int, default=1, help="fresh processes per measurement (the median)")
-    p.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md (table 9)")
+    p.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md (table 8)")
     a = p.parse_args(argv)
     if a.old is not None and not (a.old / "study" / "analysis").is_dir():
         print(f"error: --old {a.old}: not a checkout of this project (no study/analysis/)", file=sys.stderr)
