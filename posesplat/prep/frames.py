@@ -39,7 +39,10 @@ class FramesJob:
 
 def composite(frames: np.ndarray, mask_full: np.ndarray, mask: np.ndarray, ds: int, bg: np.ndarray) -> np.ndarray:
     """RGB frames [..., H, W, 3] -> uint8 [..., H/ds, W/ds, 3] on the background colour: composite, box-average,
-    re-mask (masks [..., H, W] and [..., H/ds, W/ds])."""
+    re-mask (masks [..., H, W] and [..., H/ds, W/ds]). Without downsampling the pixels are the frame's or the
+    background's rounded, so it stays in uint8 (the same values as the float path)."""
+    if ds == 1:
+        return np.where(mask[..., None], frames, np.round(bg * 255).clip(0, 255).astype(np.uint8))
     img = np.where(mask_full[..., None], frames.astype(np.float32), bg * 255)
     if ds > 1:
         h, w = img.shape[-3] // ds * ds, img.shape[-2] // ds * ds
@@ -48,12 +51,12 @@ def composite(frames: np.ndarray, mask_full: np.ndarray, mask: np.ndarray, ds: i
     return np.round(img).clip(0, 255).astype(np.uint8)
 
 
-def occupied_box(job: FramesJob, small: np.ndarray, j: int) -> list:
-    """Output frame j's carved animal in the heading-aligned cube (masks [V, h, w]): per axis [first, last + 1] of
-    its occupied cells, None where none."""
+def occupied_box(job: FramesJob, local: np.ndarray, small: np.ndarray, j: int) -> list:
+    """Output frame j's carved animal in the heading-aligned cube (cell centres `local` [G^3, 3], masks [V, h, w]):
+    per axis [first, last + 1] of its occupied cells, None where none."""
     Ks, Es, G = job.rig.Ks, job.rig.Es, job.grid_size
     c, s = np.cos(job.headings[j]), np.sin(job.headings[j])
-    world = grid_points(G, job.ell) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + job.centres[j]  # [G^3, 3]
+    world = local @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + job.centres[j]  # [G^3, 3]
     seen = [v for v in job.rig.observed if small[v].any()]
     occ = hull(small[seen], Ks[seen], Es[seen], world) if len(seen) >= 2 else np.zeros(len(world), bool)
     occ = occ.reshape(G, G, G)
@@ -72,7 +75,8 @@ def frames_block(job: FramesJob, j0: int, j1: int) -> dict[str, list]:
     if os.environ.get(FAULT_ENV, "") == f"frames:{j0 // BLOCK}":  # test hook: die between images and masks
         os.kill(os.getpid(), signal.SIGKILL)
     root["masks"][j0:j1] = small.astype(np.uint8)
-    return {"boxes": [occupied_box(job, small[j - j0], j) for j in range(j0, j1)]}
+    local = grid_points(job.grid_size, job.ell)  # [G^3, 3] the cube's cell centres
+    return {"boxes": [occupied_box(job, local, small[j - j0], j) for j in range(j0, j1)]}
 
 def create_store(store: Path, n_out: int, C: int, h: int, w: int) -> None:
     """The store's image and mask arrays, one chunk per frame, unless an interrupted run made them already."""
