@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import av
 import h5py
@@ -37,14 +37,52 @@ DATA = ROOT / "data" / "prep_speed"  # the recordings, kept for reruns (data/ is
 STEPS = ("track", "frames")  # the steps that print `<step>: started` and `<step>: done in` when piped
 
 
+SYNTH_MAX = 2000  # longer recordings repeat the 2000-frame one (FFmpeg's concat, packets copied)
+
+
 def base_recording(frames: int, data: Path) -> Path:
-    """The 128x128 synthetic recording of `frames` frames (made once, kept in `data`); its prep config."""
+    """The 128x128 synthetic recording of `frames` frames (made once, kept in `data`); its prep config. Longer than
+    SYNTH_MAX (a multiple of it): that recording's videos played several times over, joined without re-encoding."""
     from posesplat.synth import make_raw  # deferred: torch, for the generator only
 
     out = data / f"rec-{frames}-128"
-    if not (out / "prep.json").exists():
+    if (out / "prep.json").exists():
+        return out / "prep.json"
+    if frames <= SYNTH_MAX:
         print(f"making {out} ({frames} frames)", file=sys.stderr, flush=True)
         make_raw(out, frames=frames, progress=False)
+        return out / "prep.json"
+    if frames % SYNTH_MAX:
+        raise SystemExit(f"error: --frames {frames}: above {SYNTH_MAX} a multiple of it")
+    base = base_recording(SYNTH_MAX, data)
+    print(f"making {out} ({frames // SYNTH_MAX} x {base.parent.name})", file=sys.stderr, flush=True)
+    return derived(base, out, lambda src, dst: repeat_video(src, dst, frames // SYNTH_MAX), lambda K: K)
+
+
+def repeat_video(src: Path, dst: Path, times: int) -> None:
+    """A video played `times` times over, joined by FFmpeg's concat demuxer with the packets copied."""
+    listing = dst.with_suffix(".txt")
+    listing.write_text("".join(f"file '{src.resolve()}'\n" for _ in range(times)))
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
+           "-i", str(listing), "-c", "copy", str(dst)]
+    subprocess.run(cmd, check=True)
+    listing.unlink()
+
+
+def derived(base: Path, out: Path, video: Callable[[Path, Path], None], intrinsics: Callable) -> Path:
+    """A recording made from `base` (its prep config) into `out`: each video through video(src, dst), the camera
+    file's intrinsics [C, 3, 3] through intrinsics(K); its prep config."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
+    cfg = json.loads(base.read_text())
+    for name in [*cfg["video_fns"], *cfg["mask_video_fns"]]:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        video(base.parent / name, tmp / name)
+    shutil.copy(base.parent / cfg["camera_fn"], tmp / cfg["camera_fn"])
+    with h5py.File(tmp / cfg["camera_fn"], "r+") as h:
+        h["camera_parameters/intrinsic"][...] = intrinsics(h["camera_parameters/intrinsic"][()])
+    cfg.update(data_directory=str(out.resolve()), project_directory=str(out.resolve()))
+    (tmp / "prep.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp.rename(out)
     return out / "prep.json"
 
 
@@ -59,28 +97,19 @@ def scale_video(src: Path, dst: Path, side: int) -> None:
 def recording(frames: int, side: int, data: Path) -> Path:
     """The recording of `frames` frames at side x side (the 128x128 one scaled up); its prep config."""
     base = base_recording(frames, data)
-    if side == 128:
-        return base
     out = data / f"rec-{frames}-{side}"
-    if (out / "prep.json").exists():
+    if side == 128 or (out / "prep.json").exists():
         return out / "prep.json"
     print(f"making {out} (scaling the 128x128 videos)", file=sys.stderr, flush=True)
-    tmp = Path(tempfile.mkdtemp(dir=data))
-    cfg = json.loads(base.read_text())
-    for name in [*cfg["video_fns"], *cfg["mask_video_fns"]]:
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        scale_video(base.parent / name, tmp / name, side)
-    s = side / 128
-    shutil.copy(base.parent / cfg["camera_fn"], tmp / cfg["camera_fn"])
-    with h5py.File(tmp / cfg["camera_fn"], "r+") as h:  # OpenCV pixels: u' = s (u + 0.5) - 0.5
-        K = h["camera_parameters/intrinsic"][()]
-        K[:, :2, :2] *= s
-        K[:, :2, 2] = s * (K[:, :2, 2] + 0.5) - 0.5
-        h["camera_parameters/intrinsic"][...] = K
-    cfg.update(data_directory=str(out.resolve()), project_directory=str(out.resolve()))
-    (tmp / "prep.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    tmp.rename(out)
-    return out / "prep.json"
+    return derived(base, out, lambda src, dst: scale_video(src, dst, side), lambda K: scaled_intrinsics(K, side / 128))
+
+
+def scaled_intrinsics(K: np.ndarray, s: float) -> np.ndarray:
+    """Intrinsics [C, 3, 3] of images scaled by s, in OpenCV pixels (u' = s (u + 0.5) - 0.5)."""
+    K = K.copy()
+    K[:, :2, :2] *= s
+    K[:, :2, 2] = s * (K[:, :2, 2] + 0.5) - 0.5
+    return K
 
 
 def decode_floor(config: Path) -> float:
@@ -129,10 +158,10 @@ def same_dataset(a: Path, b: Path) -> str:
     return f"attrs {', '.join(differ)}" if differ else "yes"
 
 
-def measure(trees: dict[str, Path], configs: dict[tuple[int, int], Path], rounds: int, workers: int
-            ) -> tuple[dict, dict, dict]:
-    """Per (size, frames): each code's parts per round (the codes alternating), the decode floors, and whether the
-    codes' datasets are identical."""
+def measure(trees: dict[str, Path], configs: dict[tuple[int, int], Path], rounds: int, workers: int,
+            old_frames: int) -> tuple[dict, dict, dict]:
+    """Per (size, frames): each code's parts per round (the codes alternating; the old code only up to old_frames),
+    the decode floors, and whether the codes' datasets are identical."""
     got, floors, same = defaultdict(list), defaultdict(list), {}
     with tempfile.TemporaryDirectory(prefix="prep-speed-") as tmp:
         for key, config in configs.items():
@@ -140,11 +169,13 @@ def measure(trees: dict[str, Path], configs: dict[tuple[int, int], Path], rounds
                 floors[key].append(decode_floor(config))
                 outs = {}
                 for code, tree in trees.items():
+                    if code == "old" and key[1] > old_frames:
+                        continue
                     print(f"round {r + 1}/{rounds}: {key[1]} frames at {key[0]}x{key[0]} on {code} code",
                           file=sys.stderr, flush=True)
                     outs[code] = Path(tmp) / f"{code}.zarr"
                     got[(code, *key)].append(import_once(tree, config, outs[code], workers))
-                if len(trees) > 1:
+                if len(outs) > 1:
                     same[key] = same_dataset(*outs.values())
                 for out in outs.values():
                     shutil.rmtree(out, ignore_errors=True)
@@ -160,7 +191,7 @@ def table(got: dict, floors: dict, same: dict, codes: list[str], views: int = 6)
     keys = sorted({k[1:] for k in got})
     for side, frames in keys:
         floor = statistics.median(floors[(side, frames)])
-        for code in codes:
+        for code in [c for c in codes if (c, side, frames) in got]:
             m = {p: statistics.median(r[p] for r in got[(code, side, frames)]) for p in got[(code, side, frames)][0]}
             rows.append(f"| {side}x{side} | {frames} | {code} | {m['check']:.1f} | {frames / m['track']:.0f} | "
                         f"{frames / m['frames']:.0f} | {m['pose'] + m['finish']:.1f} | {m['total']:.1f} | "
@@ -168,7 +199,7 @@ def table(got: dict, floors: dict, same: dict, codes: list[str], views: int = 6)
                         f"{same.get((side, frames), '') if code == codes[-1] else ''} |")
     lines = ["\n".join(rows), ""]
     if len(codes) > 1:
-        for side, frames in keys:
+        for side, frames in [k for k in keys if all((c, *k) in got for c in codes)]:
             t = {c: statistics.median(r["total"] for r in got[(c, side, frames)]) for c in codes}
             lines.append(f"- {frames} frames at {side}x{side}, {views} cameras: {codes[-1]} imports "
                          f"{t[codes[0]] / t[codes[-1]]:.1f}x faster than {codes[0]} ({t[codes[0]]:.1f} s -> "
@@ -179,9 +210,10 @@ def table(got: dict, floors: dict, same: dict, codes: list[str], views: int = 6)
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.prep_speed", description=__doc__.splitlines()[0])
     p.add_argument("--old", type=Path, help="a worktree of the code to compare with (git worktree add DIR COMMIT)")
-    p.add_argument("--frames", default="500,2000", help="recording lengths (8000 takes the old code ~15 min)")
+    p.add_argument("--frames", default="500,2000", help="recording lengths at 128x128 (above 2000: a multiple of it)")
     p.add_argument("--sizes", default="128,512", help="image sides (512: the 128 recording scaled up)")
     p.add_argument("--big-frames", type=int, default=500, help="frames of the recordings larger than 128x128")
+    p.add_argument("--old-frames", type=int, default=2000, help="the old code imports recordings up to this long")
     p.add_argument("--rounds", type=int, default=1, help="imports per (recording, code), the codes alternating")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data", type=Path, default=DATA, help="where the recordings are made and kept")
@@ -195,11 +227,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     lengths = [int(f) for f in a.frames.split(",")]
     configs = {(s, f): recording(f, s, a.data) for s in sizes for f in (lengths if s == 128 else [a.big_frames])}
     trees = {"new": ROOT} if a.old is None else {"old": a.old.resolve(), "new": ROOT}
-    got, floors, same = measure(trees, configs, a.rounds, a.workers)
+    got, floors, same = measure(trees, configs, a.rounds, a.workers, a.old_frames)
     text = table(got, floors, same, list(trees))
     print(text)
     if a.write:
-        cmd = "python -m bench.prep_speed" + " ".join(["", *(argv if argv is not None else sys.argv[1:])])
+        cmd = (f"python -m bench.prep_speed{f' --old {a.old}' if a.old else ''} --frames {a.frames} --sizes {a.sizes} "
+               f"--big-frames {a.big_frames} --old-frames {a.old_frames} --rounds {a.rounds} --workers {a.workers} "
+               f"--write")
         write_doc(text, f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} with `{cmd}`. " + NOTE,
                   title=TITLE)
     return 0
