@@ -48,6 +48,7 @@ def packet_times(path: Path | str) -> np.ndarray:
     """Presentation time [N] (seconds, ascending, as FFmpeg prints them) of every frame of a video's first video
     stream, from its packets' timestamps without decoding; a stream whose packets carry none is decoded instead."""
     container, stream = open_video(path)
+    tb = stream.time_base or Fraction(1, 1)
     try:
         with container:
             pts = [p.pts for p in container.demux(stream) if p.size and not p.is_discard]
@@ -58,7 +59,6 @@ def packet_times(path: Path | str) -> np.ndarray:
         raise unreadable(path, e) from None
     if not pts:
         raise PrepError(f"{path}: unreadable video (no frames)")
-    tb = stream.time_base or Fraction(1, 1)
     return np.array([printed_time(t * (tb.numerator / tb.denominator)) for t in sorted(pts)])
 
 
@@ -121,7 +121,7 @@ class Reader:
         if self.ahead and self.ahead[0] <= start and (not self.fps or start - self.ahead[0] <= FORWARD):
             return
         if self.fps:  # seek to the keyframe before frame start (half a frame early: timestamps are rounded)
-            self.container.seek(self.t0 + int((start - 0.5) / self.fps / self.tb), stream=self.stream)
+            self.container.seek((self.t0 or 0) + int((start - 0.5) / self.fps / self.tb), stream=self.stream)
             self.frames = self._decode(restart=False)
             self.ahead = next(self.frames, None)
             if self.ahead is None or self.ahead[0] <= start:
