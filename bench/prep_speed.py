@@ -5,7 +5,7 @@ recording's length and image size, with the time to decode every video once as t
 `posesplat.synth --raw` (6 cameras, 128x128); a larger size is the same recording scaled up by FFmpeg (nearest
 neighbour, lossless H.264) with its intrinsics scaled to match. With `--old DIR` (a worktree of an earlier commit)
 the same imports run on that code too, old and new alternating in one run, and their datasets are compared array by
-array and attribute by attribute: table 8 of docs/benchmarks.md.
+array and attribute by attribute: table 9 of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="imports per (recording, code), the codes alternating")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data", type=Path, default=DATA, help="where the recordings are made and kept")
-    p.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md (table 8)")
+    p.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md (table 9)")
     a = p.parse_args(argv)
     if a.old is not None and not (a.old / "posesplat" / "prep").is_dir():
         print(f"error: --old {a.old}: not a checkout of this project (no posesplat/prep/)", file=sys.stderr)
@@ -239,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-TITLE = "## 8. Import throughput (`python -m posesplat.prep`)"
+TITLE = "## 9. Import throughput (`python -m posesplat.prep`)"
 NOTE = (
     "Synthetic recordings of 6 cameras (`posesplat.synth --raw`, 128x128; 512x512 is the same recording scaled up by "
     "FFmpeg, nearest neighbour, lossless H.264, intrinsics scaled), imported with `--workers 2` from a fresh output "
