@@ -6,6 +6,9 @@
 4. ASHA savings: epochs with early stopping against the full budget, and whether each mode's winner changes
    (bench/study_overhead.py)
 Prints each table and rewrites the output file with the machine and the date.
+Tables 5 and up come from their own commands and are kept here: 5-6 `python -m bench.reference`, 7 `python -m
+bench.trial_time`, 9 `python -m bench.prep_speed` (import throughput of posesplat.prep against recording length and
+image size, old and new code side by side).
 """
 
 from __future__ import annotations

@@ -127,3 +127,40 @@ def test_analysis_scale_study_reads_the_same_in_both_layouts(tmp_path):
     rows = [{"rows": 120, "epochs": 6, "layout": layout, "code": code, "files": 10, "storage": "local disk",
              "load_s": 1.0, "report_s": t} for layout, code, t in (("parts", "old", 4.0), ("compacted", "new", 2.0))]
     assert scale.table(rows).splitlines()[-1].endswith("| 2.00 | 2.0x |")
+
+
+def test_prep_speed_compares_datasets_value_by_value(tmp_path):
+    """bench.prep_speed's dataset comparison: equal stores are 'yes'; one changed pixel or attribute is named."""
+    import numpy as np
+    import zarr
+
+    from bench.prep_speed import same_dataset
+
+    def store(name, pixel=0, ell=0.26):
+        root = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=3)
+        images = np.zeros((2, 3, 4, 4, 3), dtype=np.uint8)
+        images[1, 2, 3, 3, 0] = pixel
+        root.create_array("images", data=images)
+        root.attrs.update({"ell": ell, "fps": 30.0})
+        return tmp_path / name
+
+    a = store("a.zarr")
+    assert same_dataset(a, store("b.zarr")) == "yes"
+    assert same_dataset(a, store("c.zarr", pixel=1)) == "array images"
+    assert same_dataset(a, store("d.zarr", ell=0.2600001)) == "attrs ell"
+
+
+def test_prep_speed_table_gives_rates_and_ratios():
+    """Frames per second of each part from the medians of the timed imports, and old / new of the whole import."""
+    from bench.prep_speed import table
+
+    def parts(track, frames, total):
+        return {"check": 1.0, "track": track, "pose": 0.5, "frames": frames, "finish": 0.5, "total": total}
+
+    got = {("old", 128, 500): [parts(50.0, 50.0, 102.0), parts(60.0, 40.0, 110.0), parts(40.0, 60.0, 104.0)],
+           ("new", 128, 500): [parts(5.0, 10.0, 17.0)]}
+    text = table(got, {(128, 500): [2.0, 4.0]}, {(128, 500): "yes"}, ["old", "new"])
+    rows = text.splitlines()
+    assert rows[2] == "| 128x128 | 500 | old | 1.0 | 10 | 10 | 1.0 | 104.0 | 4.8 | 3.0 | 34.7x |  |"
+    assert rows[3] == "| 128x128 | 500 | new | 1.0 | 100 | 50 | 1.0 | 17.0 | 29.4 | 3.0 | 5.7x | yes |"
+    assert rows[-1] == "- 500 frames at 128x128, 6 cameras: new imports 6.1x faster than old (104.0 s -> 17.0 s)."

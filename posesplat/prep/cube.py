@@ -8,7 +8,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from posesplat.carve import widened
 from posesplat.prep.config import PrepConfig
 from posesplat.prep.errors import PrepError
 from posesplat.prep.track import REACH_DIRS
@@ -57,6 +56,8 @@ def choose_ell(cfg: PrepConfig, given: Optional[float], need: np.ndarray, ps_uni
 
 def crop_indices(boxes: list, grid_size: int, margin: int = 2, multiple: int = 4) -> list[list[int]]:
     """volume_idx from per-frame occupied-cell boxes: their union plus a margin, widened to a multiple of 4."""
+    from posesplat.carve import widened  # deferred: carve loads torch, which the spawned block workers need not
+
     boxes = [b for b in boxes if b and all(r is not None for r in b)]
     if not boxes:
         raise PrepError("shape carving found no occupied voxel in any frame: check masks, cameras and ell")

@@ -18,7 +18,7 @@ from posesplat.prep.cube import crop_indices
 from posesplat.prep.hull import grid_points, hull
 from posesplat.prep.inputs import Inputs
 from posesplat.prep.pose import Pose
-from posesplat.prep.videos import Footage, read_masks, read_video
+from posesplat.prep.videos import Footage, close_readers, read_frames, read_masks
 
 FAULT_ENV = "POSESPLAT_PREP_FAULT"  # test hook: "frames:<block>" SIGKILLs the process in the middle of that block
 
@@ -37,42 +37,46 @@ class FramesJob:
     grid_size: int
 
 
-def composite(frame: np.ndarray, mask_full: np.ndarray, mask: np.ndarray, ds: int, bg: np.ndarray) -> np.ndarray:
-    """RGB frame -> uint8 [H/ds, W/ds, 3] on the background colour: composite, box-average, re-mask."""
-    img = np.where(mask_full[..., None], frame.astype(np.float32), bg * 255)
+def composite(frames: np.ndarray, mask_full: np.ndarray, mask: np.ndarray, ds: int, bg: np.ndarray) -> np.ndarray:
+    """RGB frames [..., H, W, 3] -> uint8 [..., H/ds, W/ds, 3] on the background colour: composite, box-average,
+    re-mask (masks [..., H, W] and [..., H/ds, W/ds]). Without downsampling the pixels are the frame's or the
+    background's rounded, so it stays in uint8 (the same values as the float path)."""
+    if ds == 1:
+        return np.where(mask[..., None], frames, np.round(bg * 255).clip(0, 255).astype(np.uint8))
+    img = np.where(mask_full[..., None], frames.astype(np.float32), bg * 255)
     if ds > 1:
-        h, w = img.shape[0] // ds * ds, img.shape[1] // ds * ds
-        img = img[:h, :w].reshape(h // ds, ds, w // ds, ds, 3).mean((1, 3))
+        h, w = img.shape[-3] // ds * ds, img.shape[-2] // ds * ds
+        img = img[..., :h, :w, :].reshape(*img.shape[:-3], h // ds, ds, w // ds, ds, 3).mean((-4, -2))
     img = np.where(mask[..., None], img, bg * 255)
     return np.round(img).clip(0, 255).astype(np.uint8)
+
+
+def occupied_box(job: FramesJob, local: np.ndarray, small: np.ndarray, j: int) -> list:
+    """Output frame j's carved animal in the heading-aligned cube (cell centres `local` [G^3, 3], masks [V, h, w]):
+    per axis [first, last + 1] of its occupied cells, None where none."""
+    Ks, Es, G = job.rig.Ks, job.rig.Es, job.grid_size
+    c, s = np.cos(job.headings[j]), np.sin(job.headings[j])
+    world = local @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + job.centres[j]  # [G^3, 3]
+    seen = [v for v in job.rig.observed if small[v].any()]
+    occ = hull(small[seen], Ks[seen], Es[seen], world) if len(seen) >= 2 else np.zeros(len(world), bool)
+    occ = occ.reshape(G, G, G)
+    idx = [np.flatnonzero(occ.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    return [[int(i.min()), int(i.max()) + 1] if len(i) else None for i in idx]
 
 
 def frames_block(job: FramesJob, j0: int, j1: int) -> dict[str, list]:
     """Write output frames j0..j1 (images, masks: one chunk each) and return each frame's occupied-cell box."""
     root = zarr.open_group(job.store, mode="r+")
-    Ks, Es, obs, views = job.rig.Ks, job.rig.Es, list(job.rig.observed), list(range(len(job.footage.videos)))
-    centres, headings, bg = job.centres, job.headings, np.asarray(job.background)
-    G = job.grid_size
-    local = grid_points(G, job.ell)
-    ft = job.footage
-    jump = ft.frame_jump
-    videos = [read_video(Path(ft.videos[c]), j0 * jump, j1 - j0, jump, ft.video_fps[c]) for c in views]
-    boxes = []
-    fault = os.environ.get(FAULT_ENV, "")
-    for j, (rgb, (full, small)) in enumerate(zip(zip(*videos), read_masks(ft, views, j0, j1)), start=j0):
-        root["images"][j] = np.stack([composite(f, fm, m, ft.ds, bg) for f, fm, m in zip(rgb, full, small)])
-        if fault == f"frames:{j0 // BLOCK}":  # test hook: die between the two chunks of a frame
-            os.kill(os.getpid(), signal.SIGKILL)
-        root["masks"][j] = small.astype(np.uint8)
-        c, s = np.cos(headings[j]), np.sin(headings[j])
-        world = local @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T + centres[j]
-        seen = [v for v in obs if small[v].any()]
-        occ = hull(small[seen], Ks[seen], Es[seen], world) if len(seen) >= 2 else np.zeros(len(world), bool)
-        occ = occ.reshape(G, G, G)
-        idx = [np.flatnonzero(occ.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-        boxes.append([[int(i.min()), int(i.max()) + 1] if len(i) else None for i in idx])
-    return {"boxes": boxes}
-
+    ft, bg = job.footage, np.asarray(job.background)
+    views = list(range(len(ft.videos)))
+    rgb = read_frames(ft.videos, ft.video_fps, views, j0, j1, ft.frame_jump)  # [F, V, H, W, 3]
+    full, small = read_masks(ft, views, j0, j1)  # [F, V, H, W], [F, V, h, w]
+    root["images"][j0:j1] = np.stack([composite(rgb[f], full[f], small[f], ft.ds, bg) for f in range(j1 - j0)])
+    if os.environ.get(FAULT_ENV, "") == f"frames:{j0 // BLOCK}":  # test hook: die between images and masks
+        os.kill(os.getpid(), signal.SIGKILL)
+    root["masks"][j0:j1] = small.astype(np.uint8)
+    local = grid_points(job.grid_size, job.ell)  # [G^3, 3] the cube's cell centres
+    return {"boxes": [occupied_box(job, local, small[j - j0], j) for j in range(j0, j1)]}
 
 def create_store(store: Path, n_out: int, C: int, h: int, w: int) -> None:
     """The store's image and mask arrays, one chunk per frame, unless an interrupted run made them already."""
@@ -99,7 +103,10 @@ def frames_step(inp: Inputs, cams: Cameras, ps: Pose, ell: float, fp: str) -> tu
     create_store(store, inp.n_out, inp.n_views, inp.H // ds, inp.W // ds)
     job = FramesJob(inp.footage, Rig(cams.Ks, ps.extrinsics, tuple(inp.observed)), str(store), ps.centre, ps.heading,
                     tuple(cfg.background), ell, cfg.grid_size)
-    res = run_blocks(frames_block, job, inp.n_out, inp.work / f"done-{fp}", inp.workers, "frames", inp.progress)
+    try:
+        res = run_blocks(frames_block, job, inp.n_out, inp.work / f"done-{fp}", inp.workers, "frames", inp.progress)
+    finally:
+        close_readers()  # those of this process (blocks run here with one worker)
     boxes = [b for r in res for b in r["boxes"]]
     volume_idx = cfg.volume_idx or crop_indices(boxes, cfg.grid_size)
     inp.log("frames: done")

@@ -38,24 +38,26 @@ def grid_points(n: int, side: float) -> np.ndarray:
 def hull(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, world: np.ndarray) -> np.ndarray:
     """Visual hull: bool [P] for world points [P, 3] (masks [V, H, W]), by the rule of carve.carve. A view whose mask
     touches its image border has a say only about the points it images. The other views have a say about every
-    point. A point is in the hull when at least two views have a say and all of those show foreground."""
-    inside = np.ones(len(world), dtype=bool)
-    say = np.zeros(len(world), dtype=np.int64)
+    point. A point is in the hull when at least two views have a say and all of those show foreground. A point
+    leaves the candidates at the first view that carves it away: later views project only those still inside."""
+    H, W = masks.shape[1:]
+    idx, say, pts = np.arange(len(world)), np.zeros(len(world), dtype=np.int64), world  # candidates [N], [N], [N, 3]
     for m, K, E in zip(masks, Ks, Es):
         P = K @ E[:3]
-        uvw = world @ P[:, :3].T + P[:, 3]
+        uvw = pts @ P[:, :3].T + P[:, 3]
         z = uvw[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             j, i = np.floor(uvw[:, 0] / z), np.floor(uvw[:, 1] / z)
-        ok = (z > 0) & (i >= 0) & (i < m.shape[0]) & (j >= 0) & (j < m.shape[1])
-        fg = np.zeros(len(world), dtype=bool)
-        fg[ok] = m[i[ok].astype(np.int64), j[ok].astype(np.int64)]
+        ok = (z > 0) & (i >= 0) & (i < H) & (j >= 0) & (j < W)
+        fg = np.zeros(len(pts), dtype=bool)
+        fg[ok] = m.reshape(-1)[i[ok].astype(np.int64) * W + j[ok].astype(np.int64)]
         touches = m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any()
-        has_say = ok if touches else np.ones(len(world), dtype=bool)
-        inside &= fg | ~has_say
-        say += has_say
-    return inside & (say >= min(2, len(masks)))
-
+        has_say = ok if touches else np.ones(len(pts), dtype=bool)
+        keep = fg | ~has_say
+        idx, say, pts = idx[keep], (say + has_say)[keep], pts[keep]
+    inside = np.zeros(len(world), dtype=bool)
+    inside[idx[say >= min(2, len(masks))]] = True
+    return inside
 
 def mask_extent(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, point: np.ndarray) -> float:
     """The animal's size at `point` [3] from its masks' bounding boxes: the largest box side over the views, in
@@ -67,3 +69,5 @@ def mask_extent(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, point: np.nda
             depth = (E[:3, :3] @ point + E[:3, 3])[2]
             size = max(size, (cols[-1] - cols[0] + 1) / K[0, 0] * depth, (rows[-1] - rows[0] + 1) / K[1, 1] * depth)
     return size
+
+

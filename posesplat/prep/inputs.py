@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from posesplat.data import default_holdout
 from posesplat.prep.cache import file_id
 from posesplat.prep.config import PrepConfig, load_prep_config
 from posesplat.prep.up import read_vertical_lines
@@ -46,6 +45,8 @@ class Inputs:
 def read_inputs(config: Path, out: Optional[str | Path], workers: Optional[int], progress: bool,
                 log: Callable[[str], None], trim: bool) -> Inputs:
     """Read and check everything prep is given, before any step runs (each check refuses with a PrepError)."""
+    from posesplat.data import default_holdout  # deferred: it loads torch, which the spawned block workers need not
+
     cfg, files, unused = load_prep_config(config)
     if unused:
         log(f"config keys not used: {'; '.join(unused)}")

@@ -16,7 +16,7 @@ from posesplat.prep.errors import PrepError
 from posesplat.prep.hull import grid_points, hull, mask_extent, mask_median, triangulate
 from posesplat.prep.inputs import Inputs
 from posesplat.prep.up import camera_up, world_from_calib
-from posesplat.prep.videos import Footage, read_masks
+from posesplat.prep.videos import Footage, close_readers, read_masks
 
 TRACK_SCALE = 1.25  # the tracking cube is this much larger than ell so that a rough centre still holds the animal
 TRUNK = 0.135  # default trunk radius / ell: the heading is the principal axis of the hull within that distance of
@@ -74,7 +74,7 @@ def track_block(job: TrackJob, j0: int, j1: int) -> dict[str, np.ndarray]:
     theta = np.arange(REACH_DIRS) * 2 * np.pi / REACH_DIRS
     dirs = np.concatenate([np.cos(theta)[:, None] * basis[0] + np.sin(theta)[:, None] * basis[1], [up, -up]])
     out = {k: [] for k in TRACK_KEYS}
-    for _, masks in read_masks(job.footage, obs, j0, j1):
+    for masks in read_masks(job.footage, obs, j0, j1)[1]:  # [V, h, w] per frame
         rough = triangulate([mask_median(m) for m in masks], Ks[obs], Es[obs])
         seen = [v for v, m in enumerate(masks) if m.any()]  # a view that lost the animal does not carve it away
         if np.isnan(rough).any() or len(seen) < 2:
@@ -104,7 +104,10 @@ def track_block(job: TrackJob, j0: int, j1: int) -> dict[str, np.ndarray]:
 def track_frames(inp: Inputs, job: TrackJob, fp: str) -> dict[str, np.ndarray]:
     """Every output frame tracked in parallel blocks (resuming those of an interrupted run), joined into arrays."""
     clear_stale(inp.work, "track", f"track-{fp}")
-    res = run_blocks(track_block, job, inp.n_out, inp.work / f"track-{fp}", inp.workers, "track", inp.progress)
+    try:
+        res = run_blocks(track_block, job, inp.n_out, inp.work / f"track-{fp}", inp.workers, "track", inp.progress)
+    finally:
+        close_readers()  # those of this process (blocks run here with one worker)
     return {k: np.concatenate([np.asarray(r[k], dtype=np.float64).reshape(-1, *np.shape(r[k])[1:])
                                for r in res]) for k in TRACK_KEYS}
 
