@@ -200,6 +200,8 @@ def run(sizes: list[tuple[int, int]], s3_files: int, repeats: int, old: Optional
                 layouts = {"parts": parts, "compacted": compacted_copy(parts, Path(tmp) / f"{rows}-{epochs}-compacted")}
                 print(f"wrote {rows} rows of {epochs}-epoch trials in both layouts ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
+                trials = sum(len(metrics_folder.parts_by_trial(Store(s).list(metrics_folder.FOLDER)))
+                             for s in (parts, parts / "confirm"))
                 for layout, study in layouts.items():
                     files = sum(1 for _ in study.rglob("*.parquet"))
                     where = {"local disk": str(study)}
@@ -209,7 +211,8 @@ def run(sizes: list[tuple[int, int]], s3_files: int, repeats: int, old: Optional
                     for storage, uri in where.items():
                         for code, tree in codes.items():
                             m = measure(uri, Path(tmp) / "report", repeats, tree)
-                            out.append({"rows": int(m["rows"]), "epochs": epochs, "layout": layout, "code": code,
+                            out.append({"rows": int(m["rows"]), "trials": trials, "epochs": epochs, "layout": layout,
+                                        "code": code,
                                         "files": files, "storage": storage, "load_s": m["load_s"],
                                         "report_s": m["report_s"]})
                             print(f"  {layout}, {storage}, {code} code: load {m['load_s']:.2f} s, report "
@@ -227,7 +230,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         base = by.get((r["rows"], r["epochs"], r["storage"], "parts", "old"))
         ratio = f"{base['report_s'] / r['report_s']:.1f}x" if base and r is not base else ""
-        lines.append(f"| {r['rows']:,} | ~{r['rows'] // r['epochs']:,} of {r['epochs']} epochs | {r['storage']} | "
+        lines.append(f"| {r['rows']:,} | {r['trials']:,} of up to {r['epochs']} epochs | {r['storage']} | "
                      f"{r['layout']} | {r['code']} | {r['files']:,} | {r['load_s']:.2f} | {r['report_s']:.2f} | "
                      f"{ratio} |")
     return "\n".join(lines)

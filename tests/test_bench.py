@@ -124,7 +124,7 @@ def test_analysis_scale_study_reads_the_same_in_both_layouts(tmp_path):
     got = {name: scale.measure(str(s), tmp_path / f"report-{name}", 1, scale.ROOT) for name, s in
            (("parts", parts), ("compacted", packed))}
     assert got["parts"]["rows"] == got["compacted"]["rows"] == len(load_studies([parts, parts / "confirm"]).metrics)
-    rows = [{"rows": 120, "epochs": 6, "layout": layout, "code": code, "files": 10, "storage": "local disk",
+    rows = [{"rows": 120, "trials": 20, "epochs": 6, "layout": layout, "code": code, "files": 10, "storage": "local disk",
              "load_s": 1.0, "report_s": t} for layout, code, t in (("parts", "old", 4.0), ("compacted", "new", 2.0))]
     assert scale.table(rows).splitlines()[-1].endswith("| 2.00 | 2.0x |")
 
