@@ -187,3 +187,19 @@ def test_trial_summary_vectorised_equals_the_loop_over_trials(tmp_path, last):
     assert len(got) == m["trial_id"].nunique() - 1
     pd.testing.assert_frame_equal(got, want[list(got.columns)])
     assert list(got.columns) == list(want.columns)
+
+
+def test_parts_that_cannot_be_one_table_stay_parts_with_a_note(tmp_path, capsys):
+    """A trial whose parts disagree on a column's type is not compacted: one note, the parts kept, no exception in
+    the driver's callback; the ended trial beside it is compacted."""
+    from study.runner.sink import ParquetSink
+
+    store = write_parts(tmp_path)
+    store.write_table([{"study": "s", "trial_id": "b", "epoch": 2, "valid_heldout_iou": "not a number"}],
+                      "metrics", folder.part_name("b", 2))
+    store.write_table([{"trial_id": t, "status": "completed", "last_epoch": n, "stopped_at_epoch": None}
+                       for t, n in ROWS.items()], "trials.parquet")
+    ParquetSink(tmp_path, "s", {}, 3).reconcile(dict(ROWS))
+    out = capsys.readouterr().out
+    assert "the metrics parts of trial b are kept as they are, not compacted" in out and len(out.splitlines()) == 1
+    assert names(tmp_path) == ["part-b-0001.parquet", "part-b-0002.parquet", "trial-a.parquet"]

@@ -226,13 +226,18 @@ class ParquetSink(Callback):
         before compaction existed. Leftover parts of a killed compaction go too."""
         names = self.store.list(folder.FOLDER)
         for tid in set(folder.parts_by_trial(names)) & (self.ended() | folder.compacted(names)):
-            folder.compact(self.store, tid, names)
+            self.compact(tid, names)
         self.folded = folder.compacted(self.store.list(folder.FOLDER))
 
-    def compact(self, tid: str) -> None:
-        """An ended trial's parts as one file (study.base.metrics_folder.compact)."""
-        if folder.compact(self.store, tid):
-            self.folded.add(tid)
+    def compact(self, tid: str, names: Optional[list[str]] = None) -> None:
+        """An ended trial's parts as one file (study.base.metrics_folder.compact). Parts that cannot be made one
+        table stay as they are, with a note: the analysis reads them so, and a study is not stopped for it."""
+        try:
+            if folder.compact(self.store, tid, names):
+                self.folded.add(tid)
+        except (pa.ArrowException, OSError) as e:
+            print(f"note: {self.store.path(folder.FOLDER)}: the metrics parts of trial {tid} are kept as they are, "
+                  f"not compacted ({type(e).__name__}: {(str(e).splitlines() or ['no detail'])[0]})", flush=True)
 
     def on_experiment_end(self, trials, **info):
         self.compact_ended()
