@@ -32,11 +32,9 @@ import pyarrow.fs as pafs
 
 from bench.reference import write_doc
 from posesplat import metrics as schema
-from study.analysis.analyze import report
-from study.analysis.load import load_studies
 from study.analysis.simulate import make_plan
 from study.base import metrics_folder
-from study.base.storage import Store, join_uri
+from study.base.storage import Store
 from study.runner.sink import full_config, list_type, null_types
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +101,13 @@ def write_study(root: Path, rows: int, epochs: int, seed: int = 0) -> Path:
     name = "scale"
     d = root / name
     base = {"dataset": "data/synthetic_mouse.zarr", "epochs": epochs, "device": "cuda"}
-    explore_epochs = [epochs if i % 3 == 0 else max(1, epochs // 3) for i in range(10**6)]
     explore, total, i = [], 0, 0
     while total < rows * (1 - CONFIRM_SHARE):
         mode, grid = MODES[i % 2], (32, 48)[i // 2 % 2]
+        ran = epochs if i % 3 == 0 else max(1, epochs // 3)
         explore.append((f"e{i:05d}", {"gaussian_mode": mode, "grid_size": grid, "max_frames": 300, "seed": i,
-                                      "lr": float(10 ** rng.uniform(-3.5, -2))}, explore_epochs[i]))
-        total += explore_epochs[i]
+                                      "lr": float(10 ** rng.uniform(-3.5, -2))}, ran))
+        total += ran
         i += 1
     pairs = max(1, round(rows * CONFIRM_SHARE / (2 * epochs)))
     seeds = [10_000 + k for k in range(pairs)]

@@ -145,14 +145,13 @@ def load_study(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 
 
 def read_rows(store: Store, parts: list[tuple[str, ...]], path: str | Path) -> pa.Table:
-    """The rows of a stage's metrics files, read in bulk (study.base.metrics_folder.read). When that fails, the
-    files are read one at a time to name the one that is damaged, or the columns that disagree."""
-    folder = "/".join(parts[0][:-1])
-    if all("/".join(p[:-1]) == folder for p in parts):
-        try:
-            return metrics_folder.read(store, [p[-1] for p in parts], folder)
-        except (pa.ArrowException, OSError):
-            pass  # named below
+    """The rows of a stage's metrics files (all in one folder, as stage_of lists them), read in bulk
+    (study.base.metrics_folder.read). When that fails, the files are read one at a time to name the one that is
+    damaged, or the columns that disagree."""
+    try:
+        return metrics_folder.read(store, [p[-1] for p in parts], "/".join(parts[0][:-1]))
+    except (pa.ArrowException, OSError):
+        pass  # named below
     tables = [_read_table(store, *p) for p in Progress(parts, desc=f"reading {store.name}", leave=False,
                                                     disable=len(parts) < 500)]
     try:
