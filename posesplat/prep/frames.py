@@ -44,9 +44,8 @@ def composite(frames: np.ndarray, mask_full: np.ndarray, mask: np.ndarray, ds: i
     if ds == 1:
         return np.where(mask[..., None], frames, np.round(bg * 255).clip(0, 255).astype(np.uint8))
     img = np.where(mask_full[..., None], frames.astype(np.float32), bg * 255)
-    if ds > 1:
-        h, w = img.shape[-3] // ds * ds, img.shape[-2] // ds * ds
-        img = img[..., :h, :w, :].reshape(*img.shape[:-3], h // ds, ds, w // ds, ds, 3).mean((-4, -2))
+    h, w = img.shape[-3] // ds * ds, img.shape[-2] // ds * ds
+    img = img[..., :h, :w, :].reshape(*img.shape[:-3], h // ds, ds, w // ds, ds, 3).mean((-4, -2))
     img = np.where(mask[..., None], img, bg * 255)
     return np.round(img).clip(0, 255).astype(np.uint8)
 
@@ -77,6 +76,7 @@ def frames_block(job: FramesJob, j0: int, j1: int) -> dict[str, list]:
     root["masks"][j0:j1] = small.astype(np.uint8)
     local = grid_points(job.grid_size, job.ell)  # [G^3, 3] the cube's cell centres
     return {"boxes": [occupied_box(job, local, small[j - j0], j) for j in range(j0, j1)]}
+
 
 def create_store(store: Path, n_out: int, C: int, h: int, w: int) -> None:
     """The store's image and mask arrays, one chunk per frame, unless an interrupted run made them already."""

@@ -59,6 +59,7 @@ def hull(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, world: np.ndarray) -
     inside[idx[say >= min(2, len(masks))]] = True
     return inside
 
+
 def mask_extent(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, point: np.ndarray) -> float:
     """The animal's size at `point` [3] from its masks' bounding boxes: the largest box side over the views, in
     pixels, times the point's depth over the focal length (0 if no mask has foreground)."""
@@ -69,5 +70,3 @@ def mask_extent(masks: np.ndarray, Ks: np.ndarray, Es: np.ndarray, point: np.nda
             depth = (E[:3, :3] @ point + E[:3, 3])[2]
             size = max(size, (cols[-1] - cols[0] + 1) / K[0, 0] * depth, (rows[-1] - rows[0] + 1) / K[1, 1] * depth)
     return size
-
-

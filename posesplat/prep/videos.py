@@ -187,6 +187,7 @@ def box_down(m: np.ndarray, ds: int) -> np.ndarray:
     h, w = m.shape[-2] // ds * ds, m.shape[-1] // ds * ds
     return m[..., :h, :w].reshape(*m.shape[:-2], h // ds, ds, w // ds, ds).mean((-3, -1)) >= 0.5
 
+
 def check_videos(cfg: PrepConfig, files: dict[str, Path], config: Path, trim: bool,
                  log: Callable[[str], None]) -> tuple[int, int, int, float, dict[str, Optional[float]]]:
     """(source frames, width, height, container fps, per video the fps to seek with or None to decode from the
