@@ -4,18 +4,21 @@ rates and seek rates (part of the steps' fingerprints, so that an earlier import
 arrays and the written images, masks and crop all equal it exactly; a tenth of a pixel's change would show."""
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from posesplat.data import open_dataset
 from posesplat.prep import prep
+from posesplat.prep.blocks import run_blocks
 from posesplat.prep.cameras import Rig, cameras_step
 from posesplat.prep.cube import crop_indices
-from posesplat.prep.frames import FramesJob
+from posesplat.prep.frames import FramesJob, composited
 from posesplat.prep.inputs import read_inputs
 from posesplat.prep.track import TRACK_KEYS, TrackJob, config_sides
 from posesplat.prep.videos import close_readers, read_video, video_info
@@ -106,3 +109,32 @@ def test_a_reader_gives_the_same_frames_in_any_order(imported, constant_rate):
             np.testing.assert_array_equal(got, every[start:start + count], err_msg=str(start))
     finally:
         close_readers()
+
+
+@pytest.mark.parametrize("background", [(0.0, 0.0, 0.0), (0.3, 0.6, 0.1)])
+def test_a_block_composited_at_once_equals_the_reference(background):
+    """Without downsampling a block is composited at once, in uint8 (background rows filled, foreground copied by
+    index): the same values as the reference's float path frame by frame, on any background colour."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 2, 8, 10, 3), dtype=np.uint8)  # [F, V, H, W, 3]
+    mask = rng.random((3, 2, 8, 10)) < 0.3
+    bg = np.asarray(background)
+    want = np.stack([np.stack([ref.composite(f, m, m, 1, bg) for f, m in zip(fs, ms)]) for fs, ms in zip(frames, mask)])
+    np.testing.assert_array_equal(composited(frames, mask, mask, 1, bg), want)
+
+
+def blas_threads(job: None = None, j0: int = 0, j1: int = 0) -> dict:
+    """A block that reports the BLAS threads it runs with (top level: the workers unpickle it by name)."""
+    return {"threads": [max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")]}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_blocks_run_with_one_blas_thread(workers, tmp_path):
+    """In the workers and in this process: OpenBLAS's spinning threads beside the workers doubled an import's time.
+    This process keeps its own threads outside the blocks."""
+    before = blas_threads()["threads"]
+    if before == [1]:
+        pytest.skip("OpenBLAS runs one thread here anyway (one CPU or OPENBLAS_NUM_THREADS=1): the test could not fail")
+    got = run_blocks(blas_threads, None, 40, tmp_path / "done", workers, "test", False)
+    assert [r["threads"] for r in got] == [[1]] * 3
+    assert blas_threads()["threads"] == before
