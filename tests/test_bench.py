@@ -164,3 +164,18 @@ def test_prep_speed_table_gives_rates_and_ratios():
     assert rows[2] == "| 128x128 | 500 | old | 1.0 | 10 | 10 | 1.0 | 104.0 | 4.8 | 3.0 | 34.7x |  |"
     assert rows[3] == "| 128x128 | 500 | new | 1.0 | 100 | 50 | 1.0 | 17.0 | 29.4 | 3.0 | 5.7x | yes |"
     assert rows[-1] == "- 500 frames at 128x128, 6 cameras: new imports 6.1x faster than old (104.0 s -> 17.0 s)."
+
+
+def test_the_gpu_design_variants_start_from_the_shipped_design(capsys):
+    """bench.gpu_designs' first row is the shipped GPU design (the docs' baseline); each row one variant, and
+    `--whole` one row per landscape at the chosen tuning seeds."""
+    from bench.gpu_designs import TARGET, VARIANTS, main, variant
+    from study.analysis.simulate import LANDSCAPES, procedure_designs
+
+    gpu = procedure_designs()[1]
+    assert VARIANTS[0] == (gpu.tune.seeds, gpu.seeds, gpu.looks)
+    assert variant(gpu, 7).tune.seeds == 7 and variant(gpu, 7)._replace(tune=gpu.tune) == gpu
+    assert TARGET in [land.name for land in LANDSCAPES]
+    assert main(["--studies", "2", "--whole", "21"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 2 + len(VARIANTS) + len(LANDSCAPES)  # two header rows
