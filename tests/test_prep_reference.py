@@ -4,7 +4,6 @@ rates and seek rates (part of the steps' fingerprints, so that an earlier import
 arrays and the written images, masks and crop all equal it exactly; a tenth of a pixel's change would show."""
 
 import json
-import os
 import random
 import sys
 from pathlib import Path
