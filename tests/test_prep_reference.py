@@ -17,7 +17,7 @@ from posesplat.prep import prep
 from posesplat.prep.blocks import run_blocks
 from posesplat.prep.cameras import Rig, cameras_step
 from posesplat.prep.cube import crop_indices
-from posesplat.prep.frames import FramesJob, composited
+from posesplat.prep.frames import FramesJob, composite, composited
 from posesplat.prep.inputs import read_inputs
 from posesplat.prep.track import TRACK_KEYS, TrackJob, config_sides
 from posesplat.prep.videos import close_readers, read_video, video_info
@@ -120,11 +120,14 @@ def test_a_block_composited_at_once_equals_the_reference(background):
     bg = np.asarray(background)
     want = np.stack([np.stack([ref.composite(f, m, m, 1, bg) for f, m in zip(fs, ms)]) for fs, ms in zip(frames, mask)])
     np.testing.assert_array_equal(composited(frames, mask, mask, 1, bg), want)
+    fortran = np.asfortranarray(frames)  # any memory layout: the output is written in its own C order
+    np.testing.assert_array_equal(composited(fortran, mask, mask, 1, bg), want)
+    np.testing.assert_array_equal(composite(frames[0, 0], mask[0, 0], mask[0, 0], 1, bg), want[0, 0])
 
 
 def blas_threads(job: None = None, j0: int = 0, j1: int = 0) -> dict:
     """A block that reports the BLAS threads it runs with (top level: the workers unpickle it by name)."""
-    return {"threads": [max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")]}
+    return {"threads": [max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)]}
 
 
 @pytest.mark.parametrize("workers", [1, 2])

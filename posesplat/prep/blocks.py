@@ -42,7 +42,8 @@ def run_blocks(fn: Callable[[Job, int, int], dict], job: Job, n: int, folder: Pa
                progress: bool) -> list:
     """Run fn(job, j0, j1) over the blocks not yet finished in `folder` (one result file per block), in parallel.
     Each block runs with one BLAS thread: the hull's small matrix products gain nothing from more, and OpenBLAS's
-    threads spin beside the workers, the decoders and zarr's writers (the import took 1.6-2x as long with them)."""
+    threads spin beside the workers, the decoders and zarr's writers (an import took 1.6-2x as long with them, measured
+    once). The limit covers the libraries loaded when a block starts (numpy's OpenBLAS); the blocks load no other."""
     folder.mkdir(parents=True, exist_ok=True)
     todo = [b for b in blocks(n) if not (folder / f"{b[0]:08d}.json").exists()]
     bar = Progress(total=n, initial=n - sum(j1 - j0 for j0, j1 in todo), desc=desc, unit="frame", disable=not progress)
