@@ -1,10 +1,10 @@
-"""A trial's time split: `python -m bench.trial_time [--old DIR] [--rounds 2] [--trials 2] [--write]`.
+"""A trial's time split: `python -m bench.trial_time [--old DIR ...] [--rounds 2] [--trials 2] [--write]`.
 
 Where one confirm-cell trial of the CPU design (the comparison space scaled down, the confirm stage's config, one
 thread) spends its wall time: data, the training step's forward, backward and optimiser, evaluation's forward,
 rendering, image metrics and geometry, checkpoints. Each part is the time inside the functions that do it, less the
 time of any timed function they call (so the parts add up to the trial). With `--old DIR` (a worktree of an earlier
-commit) the same trials run on that code too, old and new in alternating processes in one run: table 7 of
+commit; repeat it for several) the same trials run on that code too, the codes alternating in one run: table 7 of
 docs/benchmarks.md.
 """
 
@@ -158,6 +158,12 @@ def run_worker(tree: Path, mode: str, trials: int, dataset: str, gpu: bool) -> d
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def commit_of(tree: Path) -> str:
+    """The short commit a worktree is at: the name of its code in the table."""
+    r = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else tree.name
+
+
 def measure(trees: dict[str, Path], modes: list[str], rounds: int, trials: int, dataset: str, gpu: bool) -> dict:
     """{(code, mode): [worker results]}: each round runs every (mode, code) once, the codes alternating."""
     got = defaultdict(list)
@@ -193,9 +199,9 @@ def table(got: dict, modes: list[str], codes: list[str]) -> str:
     lines = ["\n".join(rows), ""]
     for mode in modes:
         work = sum(m[(new, mode)][p] for p in MODEL_WORK) / m[(new, mode)]["total"]
-        ratio = (f"; {codes[0]} / {new}: {m[(codes[0], mode)]['total'] / m[(new, mode)]['total']:.2f}x a trial, "
-                 f"{m[(codes[0], mode)]['first_s'] / m[(new, mode)]['first_s']:.2f}x a fresh process"
-                 if len(codes) > 1 else "")
+        ratio = "".join(f"; {c} / {new}: {m[(c, mode)]['total'] / m[(new, mode)]['total']:.2f}x a trial, "
+                        f"{m[(c, mode)]['first_s'] / m[(new, mode)]['first_s']:.2f}x a fresh process"
+                        for c in codes[:-1])
         lines.append(f"- {mode}: the model's and renderer's forward and backward are {work:.0%} of a trial{ratio} "
                      f"(medians of {m[(new, mode)]['n']} trials).")
     return "\n".join(lines)
@@ -203,7 +209,8 @@ def table(got: dict, modes: list[str], codes: list[str]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.trial_time", description=__doc__.splitlines()[0])
-    p.add_argument("--old", type=Path, help="a worktree of the code to compare with (git worktree add DIR COMMIT)")
+    p.add_argument("--old", type=Path, action="append", default=[],
+                   help="a worktree of code to compare with (git worktree add DIR COMMIT); may be repeated")
     p.add_argument("--modes", default="3d,2d")
     p.add_argument("--rounds", type=int, default=2, help="processes per (code, mode), alternating")
     p.add_argument("--trials", type=int, default=2, help="timed trials per process, after one warm-up trial")
@@ -218,16 +225,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not Path(a.dataset).exists():
         print(f"error: {a.dataset}: no such dataset (make data)", file=sys.stderr)
         return 2
-    trees = {"new": ROOT} if a.old is None else {"old": a.old.resolve(), "new": ROOT}
-    if a.old is not None and not (a.old / "posesplat").is_dir():
-        print(f"error: --old {a.old}: not a checkout of this project (no posesplat/)", file=sys.stderr)
+    for tree in a.old:
+        if not (tree / "posesplat").is_dir():
+            print(f"error: --old {tree}: not a checkout of this project (no posesplat/)", file=sys.stderr)
+            return 2
+    trees = {commit_of(tree): tree.resolve() for tree in a.old} | {"new": ROOT}
+    if len(trees) < len(a.old) + 1:
+        print("error: --old: two worktrees of one commit", file=sys.stderr)
         return 2
     modes = a.modes.split(",")
     got = measure(trees, modes, a.rounds, a.trials, str(Path(a.dataset).resolve()), a.gpu)
     text = table(got, modes, list(trees))
     print(text)
     if a.write:
-        old = (f" --old {a.old}" if a.old else "") + (" --gpu" if a.gpu else "")
+        old = "".join(f" --old {tree}" for tree in a.old) + (" --gpu" if a.gpu else "")
         write_doc(text, f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} with " +
                   TABLE_NOTE.format(old=old, rounds=a.rounds, trials=a.trials), title=TITLE)
     return 0

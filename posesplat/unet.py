@@ -8,12 +8,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+# PyTorch runs a float32 CPU convolution with a 3x3x3 kernel on oneDNN when the batch has more than one sample or
+# batch * channels * depth * height exceeds this; otherwise on its reference kernel (slow_conv3d), 2-5x slower here
+# (ConvParams::use_mkldnn in aten/src/ATen/native/Convolution.cpp; measured in docs/benchmarks.md, table 7).
+ONEDNN_MIN_ELEMENTS = 20480
+
+
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d that runs one small CPU sample as a batch of two: the sample and zeros.
+
+    The second sample sends the convolution to oneDNN (see ONEDNN_MIN_ELEMENTS); its output is dropped and its
+    gradient is zero, so the result is the same up to float rounding. Same parameters and state_dict as nn.Conv3d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # [1, C, D, H, W] -> [1, C', D, H, W]
+        if self.kernel_size != (1, 1, 1) and _pad_batch(x):
+            return super().forward(torch.cat([x, torch.zeros_like(x)]))[:1]
+        return super().forward(x)
+
+
+def _pad_batch(x: Tensor) -> bool:
+    """Whether a batch of two reaches oneDNN where `x` alone would take PyTorch's slow reference kernel."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] == 1
+            and x.shape[1] * x.shape[2] * x.shape[3] <= ONEDNN_MIN_ELEMENTS
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     """Two 3x3x3 convolutions with GroupNorm and SiLU."""
     groups = max(1, cout // 4)
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
-        nn.Conv3d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+        Conv3d(cin, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+        Conv3d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
     )
 
 
@@ -51,7 +77,7 @@ class UNetStack(nn.Module):
 
     def __init__(self, cin: int, width: int, num_unets: int):
         super().__init__()
-        self.lift = nn.Conv3d(cin, width, 3, padding=1)
+        self.lift = Conv3d(cin, width, 3, padding=1)
         self.unets = nn.ModuleList(UNet3D(width, width) for _ in range(num_unets))
 
     def forward(self, x: Tensor) -> Tensor:
