@@ -15,15 +15,17 @@ ONEDNN_MIN_ELEMENTS = 20480
 
 
 class Conv3d(nn.Conv3d):
-    """nn.Conv3d that runs one small CPU sample as a batch of two: the sample and zeros.
+    """nn.Conv3d that runs one small CPU sample as a batch of two: the sample and zeros, channels last.
 
-    The second sample sends the convolution to oneDNN (see ONEDNN_MIN_ELEMENTS); its output is dropped and its
-    gradient is zero, so the result is the same up to float rounding. Same parameters and state_dict as nn.Conv3d.
+    The second sample sends the convolution to oneDNN (see ONEDNN_MIN_ELEMENTS), which runs faster still on
+    channels-last input; its output is dropped and its gradient is zero, so the result is the same up to float
+    rounding. Same parameters and state_dict as nn.Conv3d.
     """
 
     def forward(self, x: Tensor) -> Tensor:  # [1, C, D, H, W] -> [1, C', D, H, W]
         if self.kernel_size != (1, 1, 1) and _pad_batch(x):
-            return super().forward(torch.cat([x, torch.zeros_like(x)]))[:1]
+            pair = torch.cat([x, torch.zeros_like(x)]).contiguous(memory_format=torch.channels_last_3d)
+            return super().forward(pair)[:1].contiguous()
         return super().forward(x)
 
 
