@@ -99,6 +99,7 @@ def instrument(clock: Clock) -> None:
         (model.PoseSplatter, "local_gaussians", in_eval("eval forward", "train forward")),
         (train, "to_world", in_eval("eval forward", "train forward")),
         (train, "render", in_eval("eval render", "train forward")),
+        (scores, "render", "eval render"),  # the observed views the surface distance needs: the renderer's work
         (scores, "image_metrics", "image metrics"), (scores, "geometry_errors", "geometry"),
         (scores.Tally, "score_body", "3D body metrics"), (train, "save_checkpoint", "checkpoint"),
     ]
@@ -252,8 +253,9 @@ TABLE_NOTE = (
     "study's Ray workers run many). Each "
     "part is the time inside the functions that do it less the timed functions they call: data (frames, masks and "
     "true geometry from the store), the step's forward (carving, U-Nets, head, render, loss), backward, the "
-    "optimiser with the finiteness checks, evaluation's forward and renders, image metrics, geometry errors (with "
-    "their renders into the observed views) and the 3D body metrics, checkpoints; other is the rest. Frames read "
+    "optimiser with the finiteness checks, evaluation's forward and renders (the renders into the observed views that "
+    "the surface distance needs included), image metrics, geometry errors and the 3D body metrics, checkpoints; other "
+    "is the rest. Frames read "
     "ahead in the background thread while a step computes are a row of their own, outside the sum. Medians over "
     "processes that alternate between the codes. Ray adds about 0.5 s per trial on top (table 3: 0.21 s per trial "
     "and 40 ms per epoch).")

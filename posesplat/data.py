@@ -51,6 +51,7 @@ class MultiViewDataset:
         self._arrays: dict[str, object] = {}  # the arrays frames are read from, opened once (_array)
         self._kept: Optional[dict[tuple, dict[str, torch.Tensor]]] = None  # keep_in_memory's decoded frames
         self._budget, self._used = 0, 0  # bytes
+        self._gt_kinds: Optional[np.ndarray] = None  # gt_kinds, read once
 
     # ------------------------------------------------------------------ validation
     def _err(self, array: str, problem: str) -> DatasetError:
@@ -260,15 +261,16 @@ class MultiViewDataset:
         """Memory held by keep_in_memory's frames (MB)."""
         return self._used / 2**20
 
-    def _kept_frame(self, key: tuple, decode_all) -> Optional[dict[str, torch.Tensor]]:
+    def _kept_frame(self, key: tuple, decode_all, nbytes: Optional[int] = None) -> Optional[dict]:
         """Every view of the frame `key` = (kind, frame, downsample): kept, or decoded by decode_all() and kept when
-        it fits in the budget (16 bytes a pixel and view: RGB and mask, or depth and normal); None when it does not
-        fit (the caller reads the views it needs)."""
+        it fits in the budget (`nbytes`, default 16 bytes a pixel and view: RGB and mask, or depth and normal); None
+        when it does not fit (the caller reads the views it needs)."""
         if self._kept is None:
             return None
         if key not in self._kept:
-            pixels = (self.height // key[2]) * (self.width // key[2]) * self.n_views
-            if self._used + 16 * pixels > self._budget:
+            if nbytes is None:
+                nbytes = 16 * (self.height // key[2]) * (self.width // key[2]) * self.n_views
+            if self._used + nbytes > self._budget:
                 return None
             self._kept[key] = decode_all()
             self._used += sum(t.nbytes for t in self._kept[key].values())
@@ -311,10 +313,16 @@ class MultiViewDataset:
         }
 
     def gt(self, frame: int) -> Optional[np.ndarray]:
-        """Ground-truth primitives of a frame [P, 10] (docs/dataset.md), or None."""
+        """Ground-truth primitives of a frame [P, 10] (docs/dataset.md), or None. With keep_in_memory, the whole
+        array is read once and kept when it fits the budget (the synthetic data stores it as one chunk, so a frame
+        costs a read of all of them)."""
         if not self.has_gt:
             return None
-        return np.asarray(self._array("gt/params")[frame])
+        every = self._kept_frame(("gt/params",), lambda: {"params": np.asarray(self._array("gt/params")[:])},
+                                 nbytes=self._array("gt/params").nbytes)
+        if every is None:
+            return np.asarray(self._array("gt/params")[frame])
+        return every["params"][frame].copy()
 
     def gt_geometry(self, frame: int, views: Sequence[int], downsample: int = 1) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """True z-depth [V, H, W] (m, 0 off the body) and outward world normals [V, H, W, 3] of a frame's views, box-
@@ -342,7 +350,12 @@ class MultiViewDataset:
         return depth, normal
 
     def gt_kinds(self) -> Optional[np.ndarray]:
-        return np.asarray(self.root["gt"]["kind"][:]) if self.has_gt else None
+        """The kind of each ground-truth primitive [P] (docs/dataset.md), or None; read once."""
+        if not self.has_gt:
+            return None
+        if self._gt_kinds is None:
+            self._gt_kinds = np.asarray(self._array("gt/kind")[:])
+        return self._gt_kinds.copy()
 
 
 def evaluated_frames(frames: np.ndarray, cap: Optional[int]) -> np.ndarray:

@@ -327,5 +327,10 @@ def test_frames_kept_in_memory_load_as_from_the_store(small_dataset):
                                                              kept.gt_geometry(frame, views, down)))
     assert torch.equal(kept.load(5, [4, 1], 2)["images"], store.load(5, [4, 1], 2)["images"])
     assert 0.5 < kept.kept_mb() <= 1.0
+    for frame in (0, 17, 0):  # true primitives and their kinds: equal, and a caller's change stays the caller's
+        assert np.array_equal(kept.gt(frame), store.gt(frame)) and np.array_equal(kept.gt_kinds(), store.gt_kinds())
+        kept.gt(frame)[:] = 0
+        kept.gt_kinds()[:] = 0
+    assert kept.kept_mb() <= 1.0
     with pytest.raises(DatasetError, match="view index 9 out of range"):
         kept.load(0, [9])
