@@ -223,6 +223,40 @@ def test_gpu_design_calls_a_small_deficit_with_a_saving(name):
     assert 0.93 <= r["coverage_95"] <= 0.98
 
 
+def test_concave_fits_are_the_constrained_least_squares_fits():
+    """concave_fits (every set of bends, every row at once) equals scipy's bounded least squares on each row, and
+    is concave: its slopes never rise."""
+    from scipy import optimize
+
+    rng = np.random.default_rng(0)
+    for k in (3, 5, 7, 9):
+        x = np.log(tuning.log_grid(1e-3, 0.256, k))
+        w = np.sqrt(rng.integers(3, 25, k).astype(float))
+        y = -np.abs(x - rng.uniform(x[0], x[-1], (40, 1))) * 0.05 + rng.normal(0, 0.01, (40, k))
+        got = tuning.concave_fits(x, y, w)
+        basis = np.stack([np.ones(k), x - x[0]] + [-np.maximum(x - x[j], 0) for j in range(1, k - 1)], 1)
+        for row, fit in zip(y, got):
+            ref = optimize.lsq_linear(basis * w[:, None], row * w, bounds=([-np.inf] * 2 + [0] * (k - 2), np.inf),
+                                      tol=1e-12)
+            np.testing.assert_allclose(fit, basis @ ref.x, atol=1e-6)
+        assert (np.diff(np.diff(got, axis=1) / np.diff(x), axis=1) <= 1e-9).all()
+
+
+@pytest.mark.parametrize("name", [pytest.param("2D 5% worse, peaked", marks=pytest.mark.slow),
+                                  "2D 0.5% worse and 30% faster, peaked"])
+def test_peaked_curves_keep_their_coverage_with_more_tuning_seeds(name):
+    """At 24 tuning seeds per value (the GPU design's 20 plus a fifth) the concave stand-in re-runs each draw's
+    selection on a plausible peaked truth, fitted to the means less a draw of their noise, as the quadratic does:
+    the 95% interval then covers 93-98% of the peaked deficits. On one fixed concave fit of the means (before
+    2026-12-08) it covered 92.3% and 91.0% in these same procedures (docs/analysis.md)."""
+    from bench.gpu_designs import rates, variant
+    from study.analysis.simulate import LANDSCAPES, procedure_designs
+
+    d = variant(procedure_designs()[1], 24)
+    r = rates(d, LANDSCAPES.index(_landscape(name)), d.seeds, d.looks, 300)  # the table's streams
+    assert r["wrong"] <= 0.025 and 0.93 <= r["coverage_95"] <= 0.98
+
+
 def test_tuning_error_grows_with_the_selection_noise():
     rng = np.random.default_rng(0)
     values = tuning.log_grid(4e-3, 6.4e-2, 5)

@@ -12,12 +12,13 @@ study widens that end of the grid by `widen_points` values at the grid's own log
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 
 LOW, HIGH = "low", "high"
 BRACKETED = "bracketed"
@@ -250,36 +251,56 @@ def lacks_fit(c: dict, maximize: bool = True, level: float = LACK_OF_FIT) -> boo
     return math.isfinite(f) and f > stats.f.ppf(1 - level, len(kept_values(c, maximize)) - 3, noise_df(c, maximize))
 
 
-def concave_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The concave piecewise-linear function with knots at x (ascending) nearest to y in weighted least squares (its
-    slopes may only fall: scipy.optimize.lsq_linear with bounds), at x. Keeps a peak that a quadratic flattens.
-    Shapes: x, y, w [values] -> [values]."""
+def concave_fits(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The concave piecewise-linear functions with knots at x (ascending) nearest to each row of y in weighted least
+    squares (slopes that may only fall), at x. Exact: the fit on each set of knots where the slope may change, the
+    feasible one nearest (2^(values-2) sets, every row at once). Keeps a peak that a quadratic flattens.
+    Shapes: x, w [values], y [rows, values] -> [rows, values]."""
     k = len(x)
-    basis = np.stack([np.ones(k), x - x[0]] + [-np.maximum(x - x[j], 0) for j in range(1, k - 1)], 1)
-    low = [-np.inf, -np.inf] + [0.0] * (k - 2)
-    fit = optimize.lsq_linear(basis * w[:, None], y * w, bounds=(low, [np.inf] * k))
-    return basis @ fit.x
+    basis = np.stack([np.ones(k), x - x[0]] + [-np.maximum(x - x[j], 0) for j in range(1, k - 1)], 1)  # [k, k]
+    out, best = np.empty(y.shape), np.full(len(y), np.inf)
+    for r in range(k - 1):
+        for bends in itertools.combinations(range(2, k), r):
+            cols = [0, 1, *bends]
+            coef = (y * w) @ np.linalg.pinv(basis[:, cols] * w[:, None]).T  # [rows, cols]
+            fit = coef @ basis[:, cols].T
+            res = (((fit - y) * w) ** 2).sum(1)
+            take = (coef[:, 2:] >= 0).all(1) & (res < best)
+            out[take], best[take] = fit[take], res[take]
+    return out
 
 
-def peak_bounds(x: np.ndarray, g: np.ndarray, i: int) -> tuple[float, float]:
-    """Bounds on the peak of a concave curve g near its best knot i. The lower comes from the parabola through i and
-    its neighbours (right for a smooth top). The upper is where the secants beyond them cross (the most a concave
-    curve can rise; right for a peak). At an end of x, g[i] twice."""
-    if i == 0 or i == len(x) - 1:
-        return float(g[i]), float(g[i])
-    a, b, _ = coef = np.polyfit(x[i - 1:i + 2], g[i - 1:i + 2], 2)
-    low = float(np.polyval(coef, min(max(-b / (2 * a), x[i - 1]), x[i + 1]))) if a < 0 else float(g[i])
-    high = low
-    for lo, hi in ((i - 1, i), (i, i + 1)):  # the peak between i and a neighbour
-        if lo == 0 or hi == len(x) - 1:
-            continue
-        rise = (g[lo] - g[lo - 1]) / (x[lo] - x[lo - 1])
-        fall = (g[hi + 1] - g[hi]) / (x[hi + 1] - x[hi])
-        if rise <= 0 or fall >= 0:
-            continue
-        t = min(max((g[hi] - g[lo] - fall * x[hi] + rise * x[lo]) / (rise - fall), x[lo]), x[hi])
-        high = max(high, float(g[lo] + rise * (t - x[lo])))
-    return max(low, float(g[i])), max(high, low, float(g[i]))
+def peak_bounds(x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on the peak of each concave row of g near its best knot i. The lower comes from the parabola through i
+    and its neighbours (right for a smooth top). The upper is where the secants beyond them cross (the most a concave
+    curve can rise; right for a peak). At an end of x, g[i] twice. Shapes: x [values], g [rows, values] -> (low,
+    high) [rows] each."""
+    rows, k = g.shape
+    r = np.arange(rows)
+    i = np.argmax(g, 1)
+    top = g[r, i]
+    inner = (i > 0) & (i < k - 1)
+    ic = np.clip(i, 1, k - 2)
+    x0, x1, x2 = x[ic - 1], x[ic], x[ic + 1]
+    g0, g1, g2 = g[r, ic - 1], g[r, ic], g[r, ic + 1]
+    # the parabola through the best knot and its neighbours: a (x - x1)^2 + b (x - x1) + g1
+    d0, d2 = x0 - x1, x2 - x1
+    a = ((g0 - g1) / d0 - (g2 - g1) / d2) / (d0 - d2)
+    b = (g0 - g1) / d0 - a * d0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = np.clip(x1 - b / (2 * np.where(a < 0, a, -1.0)), x0, x2)
+    low = np.where(inner & (a < 0), a * (vertex - x1) ** 2 + b * (vertex - x1) + g1, top)
+    high = low.copy()
+    for lo, hi in ((i - 1, i), (i, i + 1)):
+        ok = inner & (lo >= 1) & (hi <= k - 2)
+        lo_, hi_ = np.clip(lo, 1, k - 2), np.clip(hi, 1, k - 2)
+        rise = (g[r, lo_] - g[r, lo_ - 1]) / (x[lo_] - x[lo_ - 1])
+        fall = (g[r, np.minimum(hi_ + 1, k - 1)] - g[r, hi_]) / (x[np.minimum(hi_ + 1, k - 1)] - x[hi_])
+        ok &= (rise > 0) & (fall < 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.clip((g[r, hi_] - g[r, lo_] - fall * x[hi_] + rise * x[lo_]) / (rise - fall), x[lo_], x[hi_])
+        high = np.where(ok, np.maximum(high, g[r, lo_] + rise * (t - x[lo_])), high)
+    return np.maximum(low, top), np.maximum.reduce([high, low, top])
 
 
 def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool = True,
@@ -295,8 +316,8 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
     truth (a lucky value can make it peak in the wrong place). So each draw re-runs the selection on a plausible
     truth. On the bank of real runs this covered 92.7-94.3% of the realised errors, where the measured curve alone
     covered 89.7% (docs/analysis.md). Where the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the
-    concave fit instead, its optimum drawn uniformly between `peak_bounds` (docs/analysis.md, "Where the tuning's error
-    model holds"); `concave` forces the choice. `other`: another metric's JSON curve over the same values; then each
+    concave fit to the same plausible means instead, its optimum drawn uniformly between `peak_bounds`
+    (docs/analysis.md, "Where the tuning's error model holds"); `concave` forces the choice. `other`: another metric's JSON curve over the same values; then each
     draw's loss is that metric's (its quadratic stand-in at the selection's optimum minus at the value picked,
     relative), with the same picks.
     Shape [draws]."""
@@ -306,27 +327,23 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
         return np.zeros(draws)
     sds = sd * np.sqrt(df / rng.chisquare(df, draws))  # the noise itself is estimated, on df degrees of freedom
     noise = rng.normal(0, 1, (draws, len(x))) * sds[:, None] / np.sqrt(n)[None, :]
-    if lacks_fit(c, maximize) if concave is None else concave:
-        truth = concave_fit(x, y, np.sqrt(n))
-        low, high = peak_bounds(x, truth, int(np.argmax(truth)))
+    plausible = y[None, :] - rng.normal(0, 1, noise.shape) * sds[:, None] / np.sqrt(n)  # the means less their noise
+    if lacks_fit(c, maximize) if concave is None else concave:  # a plausible peaked truth per draw
+        truth = concave_fits(x, plausible, np.sqrt(n))  # [draws, values]
+        low, high = peak_bounds(x, truth)
         best = low + rng.uniform(0, 1, draws) * (high - low)
-        at = x[int(np.argmax(truth))]
+        at = x[np.argmax(truth, axis=1)]
     else:  # a plausible smooth truth per draw: the quadratic through the means less a draw of their noise
-        coefs = np.polyfit(x, (y[None, :] - rng.normal(0, 1, noise.shape) * sds[:, None] / np.sqrt(n)).T, 2)
+        coefs = np.polyfit(x, plausible.T, 2)
         truth = coefs[0][:, None] * x ** 2 + coefs[1][:, None] * x + coefs[2][:, None]  # [draws, values]
-        best = truth.max(1)
         peak = np.where(coefs[0] < 0, -coefs[1] / (2 * np.where(coefs[0] < 0, coefs[0], -1)), np.nan)
         inside = (coefs[0] < 0) & (peak >= x[0]) & (peak <= x[-1])  # the optimum between two values tried
-        best = np.where(inside, np.polyval(coefs, np.where(inside, peak, x[0])), best)
-        pick = np.argmax(truth + noise, axis=1)
-        if other is None:
-            return (best - truth[np.arange(draws), pick]) / np.abs(best)
+        best = np.where(inside, np.polyval(coefs, np.where(inside, peak, x[0])), truth.max(1))
         at = np.where(inside, peak, x[np.argmax(truth, axis=1)])
-        return _other_loss(c, other, maximize, other_maximize, at, x[pick])
-    pick = np.argmax(truth[None, :] + noise, axis=1)
+    pick = np.argmax(truth + noise, axis=1)
     if other is None:
-        return (best - truth[pick]) / np.abs(best)
-    return _other_loss(c, other, maximize, other_maximize, np.full(draws, at), x[pick])
+        return (best - truth[np.arange(draws), pick]) / np.abs(best)
+    return _other_loss(c, other, maximize, other_maximize, at, x[pick])
 
 
 def _other_loss(c: dict, other: dict, maximize: bool, other_maximize: bool, at: np.ndarray, picked: np.ndarray
