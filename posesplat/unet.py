@@ -10,7 +10,8 @@ from torch import Tensor
 
 # PyTorch runs a float32 CPU convolution with a 3x3x3 kernel on oneDNN when the batch has more than one sample or
 # batch * channels * depth * height exceeds this; otherwise on its reference kernel (slow_conv3d), 2-5x slower here
-# (ConvParams::use_mkldnn in aten/src/ATen/native/Convolution.cpp; measured in docs/benchmarks.md, table 7).
+# (ConvParams::use_mkldnn in aten/src/ATen/native/Convolution.cpp, torch 2.13; measured in docs/benchmarks.md, table
+# 7). Should a later torch change it, pairing costs speed, never a value (bench.trial_time shows the speed).
 ONEDNN_MIN_ELEMENTS = 20480
 
 
