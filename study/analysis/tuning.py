@@ -295,7 +295,7 @@ def peak_bounds(x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = inner & (lo >= 1) & (hi <= k - 2)
         lo_, hi_ = np.clip(lo, 1, k - 2), np.clip(hi, 1, k - 2)
         rise = (g[r, lo_] - g[r, lo_ - 1]) / (x[lo_] - x[lo_ - 1])
-        fall = (g[r, np.minimum(hi_ + 1, k - 1)] - g[r, hi_]) / (x[np.minimum(hi_ + 1, k - 1)] - x[hi_])
+        fall = (g[r, hi_ + 1] - g[r, hi_]) / (x[hi_ + 1] - x[hi_])  # hi_ <= k - 2: its right neighbour exists
         ok &= (rise > 0) & (fall < 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.clip((g[r, hi_] - g[r, lo_] - fall * x[hi_] + rise * x[lo_]) / (rise - fall), x[lo_], x[hi_])
@@ -317,9 +317,9 @@ def regret_draws(c: dict, draws: int, rng: np.random.Generator, maximize: bool =
     truth. On the bank of real runs this covered 92.7-94.3% of the realised errors, where the measured curve alone
     covered 89.7% (docs/analysis.md). Where the quadratic lacks fit (`lacks_fit`: a peak measured precisely), it is the
     concave fit to the same plausible means instead, its optimum drawn uniformly between `peak_bounds`
-    (docs/analysis.md, "Where the tuning's error model holds"); `concave` forces the choice. `other`: another metric's JSON curve over the same values; then each
-    draw's loss is that metric's (its quadratic stand-in at the selection's optimum minus at the value picked,
-    relative), with the same picks.
+    (docs/analysis.md, "Where the tuning's error model holds"); `concave` forces the choice. `other`: another
+    metric's JSON curve over the same values; then each draw's loss is that metric's (its quadratic stand-in at the
+    selection's optimum minus at the value picked, relative), with the same picks.
     Shape [draws]."""
     x, y, n = _curve_arrays(c, maximize)
     sd, df = pooled_sd(c, maximize), noise_df(c, maximize)
